@@ -1,0 +1,222 @@
+"""The client-facing wire protocol: requests and responses as msgpack arrays.
+
+A client sends one frame (a REQ socket) holding an encoded `Request`; the
+replica answers with one frame holding an encoded `Response`. The same encoded
+request bytes of a write (PUT, DELETE, CAS) are what the leader places in a
+Paxos slot, so the state machine decodes exactly what the client sent.
+
+Layout of a request frame (msgpack array):
+
+    [PROTOCOL_VERSION, op, client_id, seq, key, value, expected_value,
+     expected_version, stale]
+
+Layout of a response frame (msgpack array):
+
+    [PROTOCOL_VERSION, status, value, version, leader, error, info]
+
+Every field is type-checked on decode; anything malformed raises
+`ProtocolError` (never a bare msgpack or Python exception), so the replica can
+answer BAD_REQUEST and carry on.
+
+Exactly-once: a client picks a random 16-byte `client_id` and numbers its
+requests with `seq` (1, 2, ...). It retries a request with the same seq; the
+state machine records the last seq and result per client and returns the
+recorded result to a retry instead of applying it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from kvstore.limits import MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
+
+PROTOCOL_VERSION = 1
+CLIENT_ID_BYTES = 16
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a well-formed request or response."""
+
+
+class Op(IntEnum):
+    PUT = 1
+    GET = 2
+    DELETE = 3
+    CAS = 4
+    STATUS = 5
+
+
+WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+
+
+class Status(IntEnum):
+    OK = 0
+    NOT_FOUND = 1  # GET or DELETE of an absent key
+    CAS_FAILED = 2  # CAS whose expectation did not hold; value/version = current
+    REDIRECT = 3  # not the leader; `leader` names the replica id to ask
+    UNAVAILABLE = 4  # no leader known or the request could not be served now: retry
+    BAD_REQUEST = 5  # malformed request; `error` says why; nothing changed
+    TOO_LARGE = 6  # key or value over the documented limits; nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One client request.
+
+    PUT: key, value. GET: key; `stale=True` reads the replica's local state
+    without confirming leadership (may be stale). DELETE: key. CAS: key, value
+    (the new value) and exactly one of `expected_version` (0 means "the key
+    must be absent") or `expected_value`. STATUS: no fields.
+    """
+
+    op: Op
+    client_id: bytes = b""
+    seq: int = 0
+    key: bytes = b""
+    value: bytes | None = None
+    expected_value: bytes | None = None
+    expected_version: int | None = None
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One reply. `version` is the key's modification revision (0 = absent).
+    `info` carries the STATUS report (a dict of str to str/int)."""
+
+    status: Status
+    value: bytes | None = None
+    version: int = 0
+    leader: int | None = None
+    error: str = ""
+    info: dict[str, Any] | None = field(default=None)
+
+
+def validate_request(req: Request) -> tuple[Status, str] | None:
+    """Checks the documented limits and per-op fields. Returns None when the
+    request is acceptable, else (BAD_REQUEST or TOO_LARGE, message)."""
+    if req.op == Op.STATUS:
+        return None
+    if len(req.client_id) != CLIENT_ID_BYTES:
+        return Status.BAD_REQUEST, f"client_id must be {CLIENT_ID_BYTES} bytes"
+    if req.seq < 1:
+        return Status.BAD_REQUEST, "seq must be >= 1"
+    if not req.key:
+        return Status.BAD_REQUEST, "key must not be empty"
+    if len(req.key) > MAX_KEY_BYTES:
+        return Status.TOO_LARGE, f"key is {len(req.key)} bytes; the limit is {MAX_KEY_BYTES}"
+    for name in ("value", "expected_value"):
+        v = getattr(req, name)
+        if v is not None and len(v) > MAX_VALUE_BYTES:
+            return Status.TOO_LARGE, (
+                f"{name.replace('_', ' ')} is {len(v)} bytes; the limit is {MAX_VALUE_BYTES}"
+            )
+    if req.op == Op.PUT and req.value is None:
+        return Status.BAD_REQUEST, "PUT needs a value"
+    if req.op == Op.CAS:
+        if req.value is None:
+            return Status.BAD_REQUEST, "CAS needs a new value"
+        if (req.expected_value is None) == (req.expected_version is None):
+            return Status.BAD_REQUEST, "CAS needs exactly one of expected_value, expected_version"
+        if req.expected_version is not None and req.expected_version < 0:
+            return Status.BAD_REQUEST, "expected_version must be >= 0"
+    return None
+
+
+def encode_request(req: Request) -> bytes:
+    return msgpack.packb(
+        [
+            PROTOCOL_VERSION,
+            int(req.op),
+            req.client_id,
+            req.seq,
+            req.key,
+            req.value,
+            req.expected_value,
+            req.expected_version,
+            req.stale,
+        ],
+        use_bin_type=True,
+    )
+
+
+def _unpack_array(frame: bytes, length: int, what: str) -> list:
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"{what} frame must be bytes")
+    try:
+        obj = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable {what}: {type(exc).__name__}") from None
+    if not isinstance(obj, list) or len(obj) != length:
+        raise ProtocolError(f"{what} must be an array of {length} fields")
+    if obj[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {obj[0]!r}")
+    return obj
+
+
+def _check(value: Any, types: type | tuple[type, ...], name: str) -> Any:
+    # bool is an int subclass: refuse it where an int is meant.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ProtocolError(f"field {name} has the wrong type")
+    if not isinstance(value, types):
+        raise ProtocolError(f"field {name} has the wrong type")
+    return value
+
+
+def decode_request(frame: bytes) -> Request:
+    """Decodes and type-checks a request frame (limits are checked separately
+    by `validate_request`, so that the caller can say TOO_LARGE)."""
+    if len(frame) > MAX_REQUEST_BYTES:
+        raise ProtocolError(f"request of {len(frame)} bytes is over {MAX_REQUEST_BYTES}")
+    _, op, client_id, seq, key, value, exp_value, exp_version, stale = _unpack_array(
+        frame, 9, "request"
+    )
+    try:
+        op = Op(_check(op, int, "op"))
+    except ValueError:
+        raise ProtocolError(f"unknown op {op!r}") from None
+    return Request(
+        op=op,
+        client_id=_check(client_id, bytes, "client_id"),
+        seq=_check(seq, int, "seq"),
+        key=_check(key, bytes, "key"),
+        value=_check(value, (bytes, type(None)), "value"),
+        expected_value=_check(exp_value, (bytes, type(None)), "expected_value"),
+        expected_version=_check(exp_version, (int, type(None)), "expected_version"),
+        stale=_check(stale, bool, "stale"),
+    )
+
+
+def encode_response(resp: Response) -> bytes:
+    return msgpack.packb(
+        [
+            PROTOCOL_VERSION,
+            int(resp.status),
+            resp.value,
+            resp.version,
+            resp.leader,
+            resp.error,
+            resp.info,
+        ],
+        use_bin_type=True,
+    )
+
+
+def decode_response(frame: bytes) -> Response:
+    _, status, value, version, leader, error, info = _unpack_array(frame, 7, "response")
+    try:
+        status = Status(_check(status, int, "status"))
+    except ValueError:
+        raise ProtocolError(f"unknown status {status!r}") from None
+    return Response(
+        status=status,
+        value=_check(value, (bytes, type(None)), "value"),
+        version=_check(version, int, "version"),
+        leader=_check(leader, (int, type(None)), "leader"),
+        error=_check(error, str, "error"),
+        info=_check(info, (dict, type(None)), "info"),
+    )

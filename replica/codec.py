@@ -1,0 +1,147 @@
+"""The one codec for replica-to-replica messages.
+
+A frame is a one-byte type tag followed by a msgpack array of the message's
+fields in declaration order (the hashicorp/raft layout). The tag registry is
+explicit: tags are part of the wire format and never reused. Decoding checks
+every field's type and range, so a malformed, truncated or hostile frame
+raises `CodecError` and nothing else; the transport counts and drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from replica.messages import (
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Nack,
+    Phase1a,
+    Phase1b,
+    Phase2a,
+    Phase2b,
+    PreVote,
+    PreVoteReply,
+    Value,
+)
+
+
+class CodecError(ValueError):
+    """A frame that is not a well-formed replica message."""
+
+
+_MAX_INT = 2**63 - 1
+
+
+def _int(x: Any) -> int:
+    if type(x) is not int or not 0 <= x <= _MAX_INT:
+        raise CodecError("expected a non-negative integer")
+    return x
+
+
+def _bool(x: Any) -> bool:
+    if type(x) is not bool:
+        raise CodecError("expected a boolean")
+    return x
+
+
+def _ballot(x: Any) -> Ballot:
+    if type(x) is not list or len(x) != 2:
+        raise CodecError("expected a ballot [round, replica_id]")
+    return Ballot(_int(x[0]), _int(x[1]))
+
+
+def _value(x: Any) -> Value:
+    if type(x) is not list or not all(type(c) is bytes for c in x):
+        raise CodecError("expected a value (array of byte strings)")
+    return tuple(x)
+
+
+def _votes(x: Any) -> dict[int, tuple[Ballot, Value]]:
+    if type(x) is not list:
+        raise CodecError("expected an array of votes")
+    out = {}
+    for item in x:
+        if type(item) is not list or len(item) != 3:
+            raise CodecError("expected a vote [slot, vballot, value]")
+        out[_int(item[0])] = (_ballot(item[1]), _value(item[2]))
+    return out
+
+
+def _entries(x: Any) -> dict[int, Value]:
+    if type(x) is not list:
+        raise CodecError("expected an array of entries")
+    out = {}
+    for item in x:
+        if type(item) is not list or len(item) != 2:
+            raise CodecError("expected an entry [slot, value]")
+        out[_int(item[0])] = _value(item[1])
+    return out
+
+
+def _enc_votes(votes: dict[int, tuple[Ballot, Value]]) -> list:
+    return [[s, list(b), list(v)] for s, (b, v) in votes.items()]
+
+
+def _enc_entries(entries: dict[int, Value]) -> list:
+    return [[s, list(v)] for s, v in entries.items()]
+
+
+_ident: Callable[[Any], Any] = lambda x: x  # noqa: E731
+_as_list: Callable[[Any], Any] = list
+
+# tag -> (class, [(field encoder, field decoder)] in field order)
+_REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
+    1: (Phase1a, [(_ident, _int), (_as_list, _ballot), (_ident, _int)]),
+    2: (Phase1b, [(_ident, _int), (_as_list, _ballot), (_ident, _int), (_enc_votes, _votes)]),
+    3: (
+        Phase2a,
+        [(_ident, _int), (_as_list, _ballot), (_ident, _int), (_as_list, _value), (_ident, _int)],
+    ),
+    4: (Phase2b, [(_ident, _int), (_as_list, _ballot), (_ident, _int)]),
+    5: (Nack, [(_ident, _int), (_as_list, _ballot), (_as_list, _ballot)]),
+    6: (Heartbeat, [(_ident, _int), (_as_list, _ballot), (_ident, _int), (_ident, _int)]),
+    7: (HeartbeatAck, [(_ident, _int), (_as_list, _ballot), (_ident, _int), (_ident, _int)]),
+    8: (CatchupRequest, [(_ident, _int), (_as_list, _ballot), (_ident, _int)]),
+    9: (
+        CatchupReply,
+        [(_ident, _int), (_as_list, _ballot), (_enc_entries, _entries), (_ident, _int)],
+    ),
+    10: (PreVote, [(_ident, _int), (_ident, _int), (_ident, _int)]),
+    11: (PreVoteReply, [(_ident, _int), (_ident, _int), (_ident, _bool)]),
+}
+_TAG_OF: dict[type, int] = {cls: tag for tag, (cls, _) in _REGISTRY.items()}
+
+
+def encode(msg: Message) -> bytes:
+    """Encodes a message to one frame: tag byte + msgpack array of fields."""
+    tag = _TAG_OF[type(msg)]
+    _, fields = _REGISTRY[tag]
+    body = [enc(getattr(msg, name)) for (enc, _), name in zip(fields, msg.__slots__)]
+    return bytes((tag,)) + msgpack.packb(body, use_bin_type=True)
+
+
+def decode(frame: bytes) -> Message:
+    """Decodes one frame; raises CodecError on anything malformed."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)) or len(frame) < 2:
+        raise CodecError("frame too short")
+    entry = _REGISTRY.get(frame[0])
+    if entry is None:
+        raise CodecError(f"unknown message tag {frame[0]}")
+    cls, fields = entry
+    try:
+        body = msgpack.unpackb(memoryview(frame)[1:], raw=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise CodecError(f"undecodable {cls.__name__}: {type(exc).__name__}") from None
+    if type(body) is not list or len(body) != len(fields):
+        raise CodecError(f"{cls.__name__} must have {len(fields)} fields")
+    try:
+        return cls(*(dec(x) for (_, dec), x in zip(fields, body)))
+    except CodecError as exc:
+        raise CodecError(f"malformed {cls.__name__}: {exc}") from None

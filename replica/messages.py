@@ -1,0 +1,166 @@
+"""Messages between replicas, named as in Lamport's Paxos.tla, plus the
+Multi-Paxos extras a real log needs (commit notices, catch-up, pre-vote).
+
+Every message is a frozen dataclass with slots and carries `sender`, the
+replica id of whoever sent it (the transport checks it against the peer the
+frame came from). A slot value is a `Value`: a tuple of opaque command byte
+strings chosen together as one batch; the empty tuple is the no-op that fills
+a hole. The core never looks inside a command.
+
+Field meanings per message:
+
+Phase1a(ballot, from_slot)
+    A would-be leader asks every acceptor to promise `ballot` for every slot
+    >= from_slot (one prepare covers the whole tail of the log).
+Phase1b(ballot, from_slot, votes)
+    The promise. `votes` maps each slot >= from_slot at which the acceptor
+    has voted to (vballot, value) of its latest vote there.
+Phase2a(ballot, slot, value, commit_index)
+    The leader asks acceptors to vote for `value` at `slot` in `ballot`.
+    `commit_index` piggybacks the leader's knowledge: every slot below it is
+    chosen.
+Phase2b(ballot, slot)
+    The acceptor voted for the ballot's value at `slot`.
+Nack(ballot, promised)
+    The acceptor refused a message of `ballot` because it promised the higher
+    ballot `promised`. The receiver steps down/stops campaigning.
+Heartbeat(ballot, commit_index, round)
+    Leader's periodic commit notice and leadership probe; `round` numbers the
+    probe so that acknowledgements confirm pending linearizable reads.
+HeartbeatAck(ballot, round, first_unchosen)
+    A follower accepts `ballot` as the current leader's; `first_unchosen` lets
+    the leader see who is behind.
+CatchupRequest(ballot, from_slot)
+    A replica that lacks chosen values asks the leader for slots >= from_slot.
+CatchupReply(ballot, entries, commit_index)
+    Chosen values, `entries` maps slot to value, every slot < commit_index
+    is chosen.
+PreVote(round, first_unchosen)
+    A replica that lost contact with the leader asks whether the others would
+    follow a new leader at a ballot with round `round` before disturbing
+    anyone (pre-vote, as in Raft thesis 9.6).
+PreVoteReply(round, granted)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class Ballot(NamedTuple):
+    """A ballot number: totally ordered by (round, replica_id), unique per
+    replica because only replica `replica_id` ever uses it."""
+
+    round: int
+    replica_id: int
+
+
+ZERO_BALLOT = Ballot(0, 0)
+"""Lower than every ballot a replica uses (replica ids start at 1, rounds at 1)."""
+
+Value = tuple[bytes, ...]
+"""A slot value: a batch of opaque commands. `NOOP` is the empty batch."""
+
+NOOP: Value = ()
+
+Vote = tuple[Ballot, Value]
+"""An acceptor's vote at one slot: (vballot, value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Phase1a:
+    sender: int
+    ballot: Ballot
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Phase1b:
+    sender: int
+    ballot: Ballot
+    from_slot: int
+    votes: dict[int, Vote]
+
+
+@dataclass(frozen=True, slots=True)
+class Phase2a:
+    sender: int
+    ballot: Ballot
+    slot: int
+    value: Value
+    commit_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Phase2b:
+    sender: int
+    ballot: Ballot
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    sender: int
+    ballot: Ballot
+    promised: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    sender: int
+    ballot: Ballot
+    commit_index: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    sender: int
+    ballot: Ballot
+    round: int
+    first_unchosen: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupRequest:
+    sender: int
+    ballot: Ballot
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupReply:
+    sender: int
+    ballot: Ballot
+    entries: dict[int, Value]
+    commit_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreVote:
+    sender: int
+    round: int
+    first_unchosen: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply:
+    sender: int
+    round: int
+    granted: bool
+
+
+Message = (
+    Phase1a
+    | Phase1b
+    | Phase2a
+    | Phase2b
+    | Nack
+    | Heartbeat
+    | HeartbeatAck
+    | CatchupRequest
+    | CatchupReply
+    | PreVote
+    | PreVoteReply
+)
