@@ -1,0 +1,149 @@
+"""Durable acceptor state: the narrow seam between the Paxos core and disk.
+
+The core hands the driver, in each `Ready`, the acceptor writes it made (a new
+promised ballot, new votes, chosen values learned by catch-up). The driver
+must `persist` them in ONE atomic, synced batch before it sends any message of
+that `Ready`: a promise or vote that reached the network must survive a crash.
+
+Two implementations with one protocol:
+
+- `LevelDBStorage` shares the replica's single plyvel DB (the state machine
+  owns other prefixes). Key layout:
+    b"a"                      -> msgpack [round, replica_id]  (promised ballot)
+    b"v" + slot(8 bytes, BE)  -> msgpack [round, replica_id, [cmd, ...]]  (vote)
+    b"c" + slot(8 bytes, BE)  -> msgpack [cmd, ...]  (chosen value learned by
+                                 catch-up, where the local vote differs or is missing)
+  Big-endian slots keep LevelDB's key order equal to slot order.
+- `MemoryStorage` for tests and the simulator. It models the disk honestly:
+  a write with sync=False sits in a volatile buffer that `crash()` throws
+  away, exactly what a skipped fsync loses on power failure.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgpack
+
+from replica.messages import ZERO_BALLOT, Ballot, Value, Vote
+
+
+@dataclass(slots=True)
+class DurableState:
+    """What a replica's core starts from after a (re)start."""
+
+    promised: Ballot = ZERO_BALLOT
+    votes: dict[int, Vote] = field(default_factory=dict)
+    chosen: dict[int, Value] = field(default_factory=dict)
+
+
+class AcceptorStorage(Protocol):
+    def load(self) -> DurableState:
+        """Reads everything that was durably written."""
+        ...
+
+    def persist(
+        self,
+        promised: Ballot | None,
+        votes: dict[int, Vote],
+        chosen: dict[int, Value],
+        sync: bool = True,
+    ) -> None:
+        """Writes one atomic batch; with sync=True it is on disk on return."""
+        ...
+
+
+class MemoryStorage:
+    """In-memory storage that loses every unsynced write on `crash()`."""
+
+    def __init__(self) -> None:
+        self._durable = DurableState()
+        self._volatile: list[tuple[Ballot | None, dict[int, Vote], dict[int, Value]]] = []
+        self.sync_count = 0
+
+    def load(self) -> DurableState:
+        state = DurableState(self._durable.promised, dict(self._durable.votes),
+                             dict(self._durable.chosen))
+        for batch in self._volatile:  # a live process sees its own unsynced writes
+            _apply_batch(state, *batch)
+        return state
+
+    def persist(
+        self,
+        promised: Ballot | None,
+        votes: dict[int, Vote],
+        chosen: dict[int, Value],
+        sync: bool = True,
+    ) -> None:
+        self._volatile.append((promised, dict(votes), dict(chosen)))
+        if sync:
+            for batch in self._volatile:
+                _apply_batch(self._durable, *batch)
+            self._volatile.clear()
+            self.sync_count += 1
+
+    def crash(self) -> None:
+        """Power loss: every write not yet synced is gone."""
+        self._volatile.clear()
+
+
+def _apply_batch(
+    state: DurableState,
+    promised: Ballot | None,
+    votes: dict[int, Vote],
+    chosen: dict[int, Value],
+) -> None:
+    if promised is not None:
+        state.promised = promised
+    state.votes.update(votes)
+    state.chosen.update(chosen)
+
+
+_PROMISED_KEY = b"a"
+_VOTE_PREFIX = b"v"
+_CHOSEN_PREFIX = b"c"
+_SLOT = struct.Struct(">Q")
+
+
+def _slot_key(prefix: bytes, slot: int) -> bytes:
+    return prefix + _SLOT.pack(slot)
+
+
+class LevelDBStorage:
+    """Acceptor state in the replica's plyvel DB (prefixes a, v, c)."""
+
+    def __init__(self, db) -> None:  # db: plyvel.DB
+        self._db = db
+
+    def load(self) -> DurableState:
+        state = DurableState()
+        raw = self._db.get(_PROMISED_KEY)
+        if raw is not None:
+            r, rid = msgpack.unpackb(raw)
+            state.promised = Ballot(r, rid)
+        for key, raw in self._db.iterator(prefix=_VOTE_PREFIX):
+            r, rid, cmds = msgpack.unpackb(raw)
+            state.votes[_SLOT.unpack(key[1:])[0]] = (Ballot(r, rid), tuple(cmds))
+        for key, raw in self._db.iterator(prefix=_CHOSEN_PREFIX):
+            state.chosen[_SLOT.unpack(key[1:])[0]] = tuple(msgpack.unpackb(raw))
+        return state
+
+    def persist(
+        self,
+        promised: Ballot | None,
+        votes: dict[int, Vote],
+        chosen: dict[int, Value],
+        sync: bool = True,
+    ) -> None:
+        with self._db.write_batch(sync=sync) as wb:
+            if promised is not None:
+                wb.put(_PROMISED_KEY, msgpack.packb(list(promised)))
+            for slot, (ballot, value) in votes.items():
+                wb.put(
+                    _slot_key(_VOTE_PREFIX, slot),
+                    msgpack.packb([ballot[0], ballot[1], value], use_bin_type=True),
+                )
+            for slot, value in chosen.items():
+                wb.put(_slot_key(_CHOSEN_PREFIX, slot), msgpack.packb(value, use_bin_type=True))
