@@ -1,0 +1,598 @@
+"""The Multi-Paxos core of one replica: pure, stepped, and free of I/O.
+
+Theory of operation
+-------------------
+Every replica plays the three Paxos roles for an unbounded log of slots:
+
+* Acceptor. Keeps one promised ballot for the whole log and, per slot, its
+  latest vote (vballot, value). It promises a ballot on Phase1a and votes on
+  Phase2a only if the ballot is >= the promised one, otherwise it answers Nack.
+  Promises and votes are returned in `Ready` for the driver to persist, synced,
+  BEFORE the replies that reveal them are sent (the `Ready` contract below).
+
+* Proposer/leader. A replica that hears nothing from a leader for a randomized
+  number of ticks first runs a pre-vote (would a majority follow a new leader?
+  replicas that heard from a live leader recently say no, so a replica coming
+  back from a partition cannot depose a healthy leader). With a majority it
+  picks a ballot above every ballot it has seen and runs ONE Phase1a covering
+  every slot from its first unchosen one. With a majority of Phase1b it
+  re-proposes, per slot, the value with the highest vballot, fills holes with
+  no-ops, and only then serves new commands. It batches waiting commands into
+  one slot value and keeps up to `window` slots in flight. It steps down as
+  soon as it sees a higher ballot, and when it has not heard from a majority
+  for an election timeout (check-quorum).
+
+* Learner. A slot is chosen when a majority voted for it in one ballot. The
+  leader learns that from Phase2b and tells the others with `commit_index` on
+  Phase2a and Heartbeat. A follower marks slot s chosen only if its own vote
+  at s is from the leader's ballot (the leader proposed exactly one value at s
+  in that ballot); otherwise it asks the leader for the chosen values
+  (catch-up).
+
+Linearizable reads use a read index: the leader records the index reads must
+wait for, confirms with a majority (a heartbeat round) that it still leads,
+and releases the reads once everything up to that index is applied.
+
+The `Ready` contract (the driver MUST honour this order):
+  1. persist `promised`, `votes` and `chosen` in one atomic synced batch;
+  2. only then send `messages`;
+  3. apply `committed` to the state machine, in slot order;
+  4. answer the reads in `reads` (and fail those in `failed_reads`).
+
+The core never touches a socket, a clock, a thread or a disk; randomness comes
+from the `random.Random` the driver injects, so a seed replays a run exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Hashable
+
+from replica.messages import (
+    NOOP,
+    ZERO_BALLOT,
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Nack,
+    Phase1a,
+    Phase1b,
+    Phase2a,
+    Phase2b,
+    PreVote,
+    PreVoteReply,
+    Value,
+    Vote,
+)
+from replica.storage import DurableState
+
+
+class Role(Enum):
+    FOLLOWER = "follower"
+    PRECANDIDATE = "precandidate"  # running a pre-vote
+    CANDIDATE = "candidate"  # running Phase 1
+    LEADER = "leader"
+
+
+class NotLeader(Exception):
+    """propose/read_index on a replica that is not the serving leader."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    heartbeat_ticks: int = 2
+    """Leader sends a heartbeat (commit notice) every this many ticks."""
+    election_ticks: int = 20
+    """A follower campaigns after a random timeout in [election_ticks, 2*election_ticks)."""
+    window: int = 8
+    """Slots a leader keeps in flight at once; more commands wait and batch."""
+    max_batch_bytes: int = 4 * 1024 * 1024
+    """A slot value stops growing past this many bytes of commands."""
+    retransmit_ticks: int = 4
+    """Phase1a/Phase2a/CatchupRequest not answered for this long are sent again."""
+    catchup_entries: int = 512
+    """Most slots one CatchupReply carries."""
+
+
+@dataclass(slots=True)
+class Ready:
+    """What the driver must do after a call into the core, in field order."""
+
+    promised: Ballot | None = None
+    votes: dict[int, Vote] = field(default_factory=dict)
+    chosen: dict[int, Value] = field(default_factory=dict)
+    messages: list[tuple[int, Message]] = field(default_factory=list)
+    committed: list[tuple[int, Value]] = field(default_factory=list)
+    reads: list[Hashable] = field(default_factory=list)
+    failed_reads: list[Hashable] = field(default_factory=list)
+
+    def must_persist(self) -> bool:
+        return self.promised is not None or bool(self.votes) or bool(self.chosen)
+
+
+@dataclass(slots=True)
+class _InFlight:
+    value: Value
+    acks: set[int]
+    age: int = 0
+
+
+class PaxosCore:
+    """One replica's Multi-Paxos state machine. Drive it with `tick`, `step`,
+    `propose` and `read_index`; each returns the `Ready` to carry out."""
+
+    def __init__(
+        self,
+        replica_id: int,
+        replica_ids: list[int],
+        durable: DurableState,
+        applied_index: int,
+        rng: random.Random,
+        config: CoreConfig | None = None,
+    ) -> None:
+        if replica_id not in replica_ids or replica_id < 1:
+            raise ValueError("replica_id must be one of replica_ids, all >= 1")
+        self.id = replica_id
+        self.peers = [r for r in sorted(set(replica_ids)) if r != replica_id]
+        self.quorum = (len(self.peers) + 1) // 2 + 1
+        self.config = config or CoreConfig()
+        self._rng = rng
+        self._ready = Ready()
+        self._init_acceptor(durable, applied_index)
+        self._init_leader_state()
+
+    # ------------------------------------------------------------------ state
+
+    def _init_acceptor(self, durable: DurableState, applied_index: int) -> None:
+        self.promised: Ballot = durable.promised
+        self.votes: dict[int, Vote] = dict(durable.votes)
+        self.max_vote_slot = max(self.votes, default=-1)
+        # Chosen values we know. Below applied_index every slot is chosen; its
+        # value is the catch-up entry if one was stored, else our vote (a vote
+        # at a chosen slot carries the chosen value once we learned it).
+        self.log: dict[int, Value] = {}
+        for slot in range(applied_index):
+            value = durable.chosen.get(slot)
+            if value is None and slot in self.votes:
+                value = self.votes[slot][1]
+            if value is not None:
+                self.log[slot] = value
+        for slot, value in durable.chosen.items():
+            self.log.setdefault(slot, value)
+        self.commit_index = applied_index  # first slot not known chosen
+        self.emitted_index = applied_index  # first slot not yet handed out to apply
+        self.highest_seen: Ballot = durable.promised
+
+    def _init_leader_state(self) -> None:
+        self.role = Role.FOLLOWER
+        self.ballot: Ballot = ZERO_BALLOT  # our ballot as candidate/leader
+        self.leader_id: int | None = None
+        self.leader_ballot: Ballot = ZERO_BALLOT
+        self.ticks_since_leader = 0
+        self.election_timeout = self._random_timeout()
+        self.prevote_round = 0
+        self.prevote_grants: set[int] = set()
+        self.phase1b: dict[int, Phase1b] = {}
+        self.phase1_age = 0
+        self.in_flight: dict[int, _InFlight] = {}
+        self.pending: deque[bytes] = deque()
+        self.next_slot = self.commit_index
+        self.recovery_end = self.commit_index
+        self.hb_ticks = 0
+        self.hb_round = 0
+        self.hb_acks: dict[int, set[int]] = {}
+        self.reads_unsent: list[tuple[Hashable, int]] = []
+        self.reads_waiting: dict[int, list[tuple[Hashable, int]]] = {}
+        self.reads_confirmed: list[tuple[Hashable, int]] = []
+        self.heard_from: set[int] = set()
+        self.quorum_ticks = 0
+        self.catchup_age: int | None = None
+
+    def _random_timeout(self) -> int:
+        e = self.config.election_ticks
+        return self._rng.randrange(e, 2 * e)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    @property
+    def log_size(self) -> int:
+        return len(self.log)
+
+    # ------------------------------------------------------------- public API
+
+    def tick(self) -> Ready:
+        """One abstract unit of time passes."""
+        if self.role is Role.LEADER:
+            self._leader_tick()
+        else:
+            self._follower_tick()
+        return self._take_ready()
+
+    def step(self, msg: Message) -> Ready:
+        """A message from a peer arrives. Unknown senders are ignored."""
+        if msg.sender not in self.peers:
+            return self._take_ready()
+        handler = _HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, msg)
+        return self._take_ready()
+
+    def propose(self, commands: list[bytes]) -> Ready:
+        """Queues client commands on the leader; they are batched into slots
+        as the pipeline window allows. Raises NotLeader elsewhere."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        self.pending.extend(commands)
+        self._fill_window()
+        return self._take_ready()
+
+    def read_index(self, read_ids: list[Hashable]) -> Ready:
+        """Registers linearizable reads; each id comes back in `Ready.reads`
+        once the leader confirmed it still leads and applied far enough, or in
+        `Ready.failed_reads` if it loses leadership first."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        index = max(self.commit_index, self.recovery_end)
+        self.reads_unsent.extend((rid, index) for rid in read_ids)
+        self._send_heartbeats()
+        return self._take_ready()
+
+    def _take_ready(self) -> Ready:
+        ready, self._ready = self._ready, Ready()
+        return ready
+
+    def _send(self, dst: int, msg: Message) -> None:
+        self._ready.messages.append((dst, msg))
+
+    def _broadcast(self, msg: Message) -> None:
+        for peer in self.peers:
+            self._ready.messages.append((peer, msg))
+
+    # ------------------------------------------------------------ acceptor
+
+    def _promise(self, ballot: Ballot) -> None:
+        if ballot > self.promised:
+            self.promised = ballot
+            self._ready.promised = ballot
+        self._see(ballot)
+
+    def _see(self, ballot: Ballot) -> None:
+        if ballot > self.highest_seen:
+            self.highest_seen = ballot
+
+    def _vote(self, slot: int, ballot: Ballot, value: Value) -> None:
+        vote = (ballot, value)
+        self.votes[slot] = vote
+        self._ready.votes[slot] = vote
+        if slot > self.max_vote_slot:
+            self.max_vote_slot = slot
+
+    def _on_phase1a(self, msg: Phase1a) -> None:
+        """Phase1b action: promise msg.ballot if it is >= promised."""
+        if msg.ballot < self.promised:
+            self._send(msg.sender, Nack(self.id, msg.ballot, self.promised))
+            return
+        self._promise(msg.ballot)
+        self._follow(msg.sender, msg.ballot)
+        votes = {
+            s: self.votes[s]
+            for s in range(msg.from_slot, self.max_vote_slot + 1)
+            if s in self.votes
+        }
+        self._send(msg.sender, Phase1b(self.id, msg.ballot, msg.from_slot, votes))
+
+    def _on_phase2a(self, msg: Phase2a) -> None:
+        """Phase2b action: vote for msg.value at msg.slot if the ballot is >= promised."""
+        if msg.ballot < self.promised:
+            self._send(msg.sender, Nack(self.id, msg.ballot, self.promised))
+            return
+        self._promise(msg.ballot)
+        self._follow(msg.sender, msg.ballot)
+        self._vote(msg.slot, msg.ballot, msg.value)
+        self._send(msg.sender, Phase2b(self.id, msg.ballot, msg.slot))
+        self._learn_commit(msg.sender, msg.ballot, msg.commit_index)
+
+    def _follow(self, leader: int, ballot: Ballot) -> None:
+        """Accept `leader` (the owner of `ballot`) as the current leader."""
+        if self.role is not Role.FOLLOWER and ballot > self.ballot:
+            self._step_down()
+        if self.role is Role.FOLLOWER:
+            self.leader_id = leader
+            self.leader_ballot = ballot
+            self.ticks_since_leader = 0
+
+    # --------------------------------------------------------------- learner
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        if msg.ballot < self.promised:
+            self._send(msg.sender, Nack(self.id, msg.ballot, self.promised))
+            return
+        self._see(msg.ballot)
+        self._follow(msg.sender, msg.ballot)
+        self._learn_commit(msg.sender, msg.ballot, msg.commit_index)
+        self._send(msg.sender, HeartbeatAck(self.id, msg.ballot, msg.round, self.commit_index))
+
+    def _learn_commit(self, leader: int, ballot: Ballot, commit_index: int) -> None:
+        """Marks slots below the leader's commit_index chosen where our vote is
+        from the leader's ballot; asks for the rest by catch-up."""
+        slot = self.commit_index
+        while slot < commit_index:
+            if slot not in self.log:
+                vote = self.votes.get(slot)
+                if vote is None or vote[0] != ballot:
+                    break
+                self.log[slot] = vote[1]
+            slot += 1
+        self._advance_commit()
+        if self.commit_index < commit_index and self.catchup_age is None:
+            self.catchup_age = 0
+            self._send(leader, CatchupRequest(self.id, ballot, self.commit_index))
+
+    def _advance_commit(self) -> None:
+        """Moves commit_index over every contiguous chosen slot and hands the
+        newly chosen values to the driver to apply."""
+        while self.commit_index in self.log:
+            self.commit_index += 1
+        while self.emitted_index < self.commit_index:
+            self._ready.committed.append((self.emitted_index, self.log[self.emitted_index]))
+            self.emitted_index += 1
+        if self.reads_confirmed:
+            self._release_reads()
+
+    def _on_catchup_request(self, msg: CatchupRequest) -> None:
+        end = min(self.commit_index, msg.from_slot + self.config.catchup_entries)
+        entries = {s: self.log[s] for s in range(msg.from_slot, end) if s in self.log}
+        self._send(msg.sender, CatchupReply(self.id, self.promised, entries, self.commit_index))
+
+    def _on_catchup_reply(self, msg: CatchupReply) -> None:
+        """Learns chosen values sent by a replica that knows them."""
+        self.catchup_age = None
+        for slot, value in msg.entries.items():
+            if slot >= self.commit_index and slot not in self.log:
+                self.log[slot] = value
+                vote = self.votes.get(slot)
+                if vote is None or vote[1] != value:
+                    self._ready.chosen[slot] = value
+        self._advance_commit()
+        if self.commit_index < msg.commit_index and msg.entries:
+            self.catchup_age = 0
+            self._send(msg.sender, CatchupRequest(self.id, msg.ballot, self.commit_index))
+
+    # ------------------------------------------------------------- election
+
+    def _follower_tick(self) -> None:
+        self.ticks_since_leader += 1
+        if self.catchup_age is not None:
+            self.catchup_age += 1
+            if self.catchup_age > self.config.retransmit_ticks:
+                self.catchup_age = None  # the next commit notice asks again
+        if self.role is Role.CANDIDATE:
+            self.phase1_age += 1
+            if self.phase1_age % self.config.retransmit_ticks == 0:
+                self._send_phase1a(only_missing=True)
+        if self.ticks_since_leader >= self.election_timeout:
+            self._start_prevote()
+
+    def _start_prevote(self) -> None:
+        """Asks whether a majority would follow a new leader (pre-vote)."""
+        self.role = Role.PRECANDIDATE
+        self.leader_id = None
+        self.ticks_since_leader = 0
+        self.election_timeout = self._random_timeout()
+        self.prevote_round = self.highest_seen.round + 1
+        self.prevote_grants = {self.id}
+        self._broadcast(PreVote(self.id, self.prevote_round, self.commit_index))
+        self._check_prevote()
+
+    def _on_prevote(self, msg: PreVote) -> None:
+        """Grants if we have not heard from a leader for a full minimum election
+        timeout and the candidate knows at least as much of the log as we do."""
+        leader_alive = self.role is Role.LEADER or (
+            self.leader_id is not None
+            and self.ticks_since_leader < self.config.election_ticks
+        )
+        granted = not leader_alive and msg.first_unchosen >= self.commit_index
+        self._send(msg.sender, PreVoteReply(self.id, msg.round, granted))
+
+    def _on_prevote_reply(self, msg: PreVoteReply) -> None:
+        if self.role is Role.PRECANDIDATE and msg.round == self.prevote_round and msg.granted:
+            self.prevote_grants.add(msg.sender)
+            self._check_prevote()
+
+    def _check_prevote(self) -> None:
+        if len(self.prevote_grants) >= self.quorum:
+            self._start_phase1()
+
+    def _start_phase1(self) -> None:
+        """Phase1a action: one prepare for every slot from the first unchosen."""
+        self.role = Role.CANDIDATE
+        self.ballot = Ballot(max(self.highest_seen.round, self.promised.round) + 1, self.id)
+        self._promise(self.ballot)
+        self.phase1_age = 0
+        self.phase1b = {}
+        own = {s: self.votes[s] for s in range(self.commit_index, self.max_vote_slot + 1)
+               if s in self.votes}
+        self.phase1b[self.id] = Phase1b(self.id, self.ballot, self.commit_index, own)
+        self._send_phase1a(only_missing=False)
+        self._check_phase1()
+
+    def _send_phase1a(self, only_missing: bool) -> None:
+        msg = Phase1a(self.id, self.ballot, self.commit_index)
+        for peer in self.peers:
+            if not (only_missing and peer in self.phase1b):
+                self._send(peer, msg)
+
+    def _on_phase1b(self, msg: Phase1b) -> None:
+        if self.role is Role.CANDIDATE and msg.ballot == self.ballot:
+            self.phase1b[msg.sender] = msg
+            self._check_phase1()
+
+    def _check_phase1(self) -> None:
+        if len(self.phase1b) >= self.quorum:
+            self._become_leader()
+
+    def _on_nack(self, msg: Nack) -> None:
+        """A higher ballot exists: stop campaigning or leading at once."""
+        self._see(msg.promised)
+        if self.role in (Role.CANDIDATE, Role.LEADER) and msg.ballot == self.ballot:
+            if msg.promised > self.ballot:
+                self._step_down()
+
+    def _step_down(self) -> None:
+        self._ready.failed_reads.extend(rid for rid, _ in self.reads_unsent)
+        for reads in self.reads_waiting.values():
+            self._ready.failed_reads.extend(rid for rid, _ in reads)
+        self._ready.failed_reads.extend(rid for rid, _ in self.reads_confirmed)
+        commit, emitted = self.commit_index, self.emitted_index
+        self._init_leader_state()
+        self.commit_index, self.emitted_index = commit, emitted
+        self.next_slot = self.recovery_end = commit
+
+    # --------------------------------------------------------------- leader
+
+    def _become_leader(self) -> None:
+        """With a majority of promises: re-propose, per slot, the value with the
+        highest vballot, fill holes with no-ops, then serve new commands."""
+        best: dict[int, Vote] = {}
+        for p1b in self.phase1b.values():
+            for slot, (vballot, value) in p1b.votes.items():
+                if slot >= self.commit_index and (slot not in best or vballot > best[slot][0]):
+                    best[slot] = (vballot, value)
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self.leader_ballot = self.ballot
+        self.phase1b = {}
+        end = max(best, default=self.commit_index - 1) + 1
+        self.next_slot = self.commit_index
+        for slot in range(self.commit_index, end):
+            if slot in self.log:
+                value = self.log[slot]
+            else:
+                value = best[slot][1] if slot in best else NOOP
+            self._start_slot(value)
+        self.recovery_end = self.next_slot
+        self.heard_from = set()
+        self.quorum_ticks = 0
+        self._send_heartbeats()
+        self._fill_window()
+
+    def _start_slot(self, value: Value) -> None:
+        """Phase2a action for the next slot; the leader votes for itself too."""
+        slot = self.next_slot
+        self.next_slot += 1
+        self._vote(slot, self.ballot, value)
+        self.in_flight[slot] = _InFlight(value, {self.id})
+        self._broadcast(Phase2a(self.id, self.ballot, slot, value, self.commit_index))
+        self._check_chosen(slot)
+
+    def _fill_window(self) -> None:
+        """Drains waiting commands into new slots, one batch per slot."""
+        limit = self.config.max_batch_bytes
+        while self.pending and len(self.in_flight) < self.config.window:
+            batch, size = [], 0
+            while self.pending and (not batch or size + len(self.pending[0]) <= limit):
+                cmd = self.pending.popleft()
+                batch.append(cmd)
+                size += len(cmd)
+            self._start_slot(tuple(batch))
+
+    def _on_phase2b(self, msg: Phase2b) -> None:
+        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        self.heard_from.add(msg.sender)
+        entry = self.in_flight.get(msg.slot)
+        if entry is not None:
+            entry.acks.add(msg.sender)
+            self._check_chosen(msg.slot)
+
+    def _check_chosen(self, slot: int) -> None:
+        entry = self.in_flight[slot]
+        if len(entry.acks) >= self.quorum:
+            del self.in_flight[slot]
+            self.log[slot] = entry.value
+            self._advance_commit()
+            self._fill_window()
+
+    def _leader_tick(self) -> None:
+        self.hb_ticks += 1
+        if self.hb_ticks >= self.config.heartbeat_ticks:
+            self._send_heartbeats()
+        for slot, entry in self.in_flight.items():
+            entry.age += 1
+            if entry.age % self.config.retransmit_ticks == 0:
+                msg = Phase2a(self.id, self.ballot, slot, entry.value, self.commit_index)
+                for peer in self.peers:
+                    if peer not in entry.acks:
+                        self._send(peer, msg)
+        self.quorum_ticks += 1
+        if self.quorum_ticks >= self.config.election_ticks:
+            if len(self.heard_from) + 1 < self.quorum:
+                self._step_down()  # check-quorum: we may be cut off
+                return
+            self.heard_from = set()
+            self.quorum_ticks = 0
+
+    def _send_heartbeats(self) -> None:
+        self.hb_ticks = 0
+        self.hb_round += 1
+        self.hb_acks[self.hb_round] = {self.id}
+        if self.reads_unsent:
+            self.reads_waiting[self.hb_round] = self.reads_unsent
+            self.reads_unsent = []
+        self._broadcast(Heartbeat(self.id, self.ballot, self.commit_index, self.hb_round))
+        self._check_heartbeat_round(self.hb_round)
+
+    def _on_heartbeat_ack(self, msg: HeartbeatAck) -> None:
+        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+            return
+        self.heard_from.add(msg.sender)
+        acks = self.hb_acks.get(msg.round)
+        if acks is not None:
+            acks.add(msg.sender)
+            self._check_heartbeat_round(msg.round)
+        if msg.first_unchosen < self.commit_index:
+            # A follower behind us whose vote ballots differ asks for catch-up
+            # itself; nothing to do here but note that it is alive.
+            pass
+
+    def _check_heartbeat_round(self, round_: int) -> None:
+        """A majority acknowledged heartbeat `round_`: we were still leader when
+        it was sent, so every read registered before it is confirmed."""
+        if len(self.hb_acks[round_]) < self.quorum:
+            return
+        for r in [r for r in self.hb_acks if r <= round_]:
+            del self.hb_acks[r]
+            self.reads_confirmed.extend(self.reads_waiting.pop(r, ()))
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        keep = []
+        for rid, index in self.reads_confirmed:
+            if index <= self.emitted_index:
+                self._ready.reads.append(rid)
+            else:
+                keep.append((rid, index))
+        self.reads_confirmed = keep
+
+
+_HANDLERS = {
+    Phase1a: PaxosCore._on_phase1a,
+    Phase1b: PaxosCore._on_phase1b,
+    Phase2a: PaxosCore._on_phase2a,
+    Phase2b: PaxosCore._on_phase2b,
+    Nack: PaxosCore._on_nack,
+    Heartbeat: PaxosCore._on_heartbeat,
+    HeartbeatAck: PaxosCore._on_heartbeat_ack,
+    CatchupRequest: PaxosCore._on_catchup_request,
+    CatchupReply: PaxosCore._on_catchup_reply,
+    PreVote: PaxosCore._on_prevote,
+    PreVoteReply: PaxosCore._on_prevote_reply,
+}
