@@ -1,0 +1,168 @@
+"""Cluster addresses: the TOML cluster config file and `host:port` lists.
+
+One small module in kvstore/ (both replica/ and client/ depend on kvstore,
+never on each other), read by both sides: the replica server loads the cluster
+config file (docs/CONTRACTS.md, "Cluster config file") to learn its own bind
+addresses and its peers; the client and kvctl parse `host:port,host:port`
+lists (the client ports) and the local-cluster tool writes the config file.
+
+Addresses are kept in ZeroMQ endpoint form, `tcp://host:port`. A bare
+`host:port` is accepted wherever a user types an address and is normalized.
+Every problem raises `ConfigError` with a message that names the culprit.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_CLUSTER = "KVSTORE_CLUSTER"
+DEFAULT_CLUSTER = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+_SCHEME = "tcp://"
+
+
+class ConfigError(ValueError):
+    """A cluster config file or address list that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaAddress:
+    """Where one replica is reached and what it binds.
+
+    `peer` and `client` are the addresses others connect to (the peer port
+    and the client port); `peer_bind` and `client_bind` are what the replica
+    itself binds (they differ from the former behind NAT or docker, e.g.
+    `tcp://*:7101`).
+    """
+
+    id: int
+    peer: str
+    client: str
+    peer_bind: str
+    client_bind: str
+
+
+def normalize_address(text: str, *, allow_wildcard: bool = False) -> str:
+    """Returns `tcp://host:port` for `host:port` or `tcp://host:port`.
+
+    `allow_wildcard` accepts `*` as the host (bind addresses only)."""
+    raw = text.strip()
+    rest = raw[len(_SCHEME):] if raw.startswith(_SCHEME) else raw
+    if "://" in rest:
+        raise ConfigError(f"address {text!r}: only tcp:// is supported")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"address {text!r} is not host:port")
+    if host == "*" and not allow_wildcard:
+        raise ConfigError(f"address {text!r}: '*' is only valid in a bind address")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"address {text!r}: port must be a number in 1..65535")
+    return f"{_SCHEME}{host}:{int(port)}"
+
+
+def display_address(address: str) -> str:
+    """`tcp://host:port` -> `host:port`, for messages and tables."""
+    return address[len(_SCHEME):] if address.startswith(_SCHEME) else address
+
+
+def parse_cluster_addresses(spec: str | Sequence[str] | None = None) -> list[str]:
+    """Parses a client address list into `tcp://host:port` endpoints.
+
+    `spec` is a comma (or space) separated string, a sequence of addresses,
+    or None for the environment variable KVSTORE_CLUSTER, else the default
+    local cluster (127.0.0.1:7001..7003)."""
+    if spec is None:
+        spec = os.environ.get(ENV_CLUSTER) or DEFAULT_CLUSTER
+    if isinstance(spec, str):
+        items = spec.replace(",", " ").split()
+    else:
+        items = [item for item in spec if item.strip()]
+    if not items:
+        raise ConfigError("the cluster address list is empty")
+    addresses = [normalize_address(item) for item in items]
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"the cluster address list repeats an address: {spec!r}")
+    return addresses
+
+
+def load_cluster_config(path: str | os.PathLike[str]) -> list[ReplicaAddress]:
+    """Reads a cluster config file; returns the replicas in file order."""
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read cluster config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cluster config {path} is not valid TOML: {exc}") from None
+    entries = doc.get("replica")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"cluster config {path} has no [[replica]] tables")
+    replicas = [_parse_replica(entry, n, path) for n, entry in enumerate(entries, 1)]
+    seen: set[int] = set()
+    for replica in replicas:
+        if replica.id in seen:
+            raise ConfigError(f"cluster config {path}: replica id {replica.id} appears twice")
+        seen.add(replica.id)
+    return replicas
+
+
+def _parse_replica(entry: object, n: int, path: object) -> ReplicaAddress:
+    where = f"cluster config {path}, replica #{n}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(entry) - {"id", "peer", "client", "peer_bind", "client_bind"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    rid = entry.get("id")
+    if not isinstance(rid, int) or isinstance(rid, bool) or rid < 1:
+        raise ConfigError(f"{where}: id must be an integer >= 1")
+    fields: dict[str, str] = {}
+    for name in ("peer", "client", "peer_bind", "client_bind"):
+        value = entry.get(name)
+        if value is None and name.endswith("_bind"):
+            value = fields[name.removesuffix("_bind")]
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {name} must be a string like 'tcp://host:port'")
+        try:
+            fields[name] = normalize_address(value, allow_wildcard=name.endswith("_bind"))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {name}: {exc}") from None
+    return ReplicaAddress(id=rid, **fields)
+
+
+def dump_cluster_config(replicas: Sequence[ReplicaAddress]) -> str:
+    """The TOML text of a cluster config (bind addresses only when they
+    differ from the connect addresses)."""
+    lines = ["# Cluster config: see docs/CONTRACTS.md", ""]
+    for r in replicas:
+        lines += ["[[replica]]", f"id = {r.id}", f'peer = "{r.peer}"', f'client = "{r.client}"']
+        if r.peer_bind != r.peer:
+            lines.append(f'peer_bind = "{r.peer_bind}"')
+        if r.client_bind != r.client:
+            lines.append(f'client_bind = "{r.client_bind}"')
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_cluster_config(path: str | os.PathLike[str], replicas: Sequence[ReplicaAddress]) -> None:
+    """Writes the config file atomically (a reader never sees half a file)."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(dump_cluster_config(replicas), encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def local_cluster_config(
+    replicas: int, *, host: str = "127.0.0.1", base_port: int = 7001, peer_base_port: int = 7101
+) -> list[ReplicaAddress]:
+    """Replicas 1..n on one host: client ports base_port.., peer ports
+    peer_base_port..; each binds exactly the address it is reached at."""
+    result = []
+    for i in range(replicas):
+        peer = normalize_address(f"{host}:{peer_base_port + i}")
+        client = normalize_address(f"{host}:{base_port + i}")
+        result.append(ReplicaAddress(i + 1, peer, client, peer, client))
+    return result
