@@ -149,11 +149,12 @@ def _unpack_array(frame: bytes, length: int, what: str) -> list:
         raise ProtocolError(f"{what} frame must be bytes")
     try:
         obj = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
         raise ProtocolError(f"undecodable {what}: {type(exc).__name__}") from None
     if not isinstance(obj, list) or len(obj) != length:
         raise ProtocolError(f"{what} must be an array of {length} fields")
-    if obj[0] != PROTOCOL_VERSION:
+    # `type(...) is int`: True and 1.0 compare equal to 1 but are not version 1.
+    if type(obj[0]) is not int or obj[0] != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {obj[0]!r}")
     return obj
 
@@ -170,13 +171,16 @@ def _check(value: Any, types: type | tuple[type, ...], name: str) -> Any:
 def decode_request(frame: bytes) -> Request:
     """Decodes and type-checks a request frame (limits are checked separately
     by `validate_request`, so that the caller can say TOO_LARGE)."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError("request frame must be bytes")
     if len(frame) > MAX_REQUEST_BYTES:
         raise ProtocolError(f"request of {len(frame)} bytes is over {MAX_REQUEST_BYTES}")
     _, op, client_id, seq, key, value, exp_value, exp_version, stale = _unpack_array(
         frame, 9, "request"
     )
+    _check(op, int, "op")  # outside the try: ProtocolError is a ValueError
     try:
-        op = Op(_check(op, int, "op"))
+        op = Op(op)
     except ValueError:
         raise ProtocolError(f"unknown op {op!r}") from None
     return Request(
@@ -208,8 +212,9 @@ def encode_response(resp: Response) -> bytes:
 
 def decode_response(frame: bytes) -> Response:
     _, status, value, version, leader, error, info = _unpack_array(frame, 7, "response")
+    _check(status, int, "status")  # outside the try: ProtocolError is a ValueError
     try:
-        status = Status(_check(status, int, "status"))
+        status = Status(status)
     except ValueError:
         raise ProtocolError(f"unknown status {status!r}") from None
     return Response(

@@ -1,0 +1,334 @@
+"""The client wire protocol: round trips, limits, and malformed input always
+raising ProtocolError (never any other exception)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvstore.limits import MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
+from kvstore.protocol import (
+    CLIENT_ID_BYTES,
+    PROTOCOL_VERSION,
+    Op,
+    ProtocolError,
+    Request,
+    Response,
+    Status,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+    validate_request,
+)
+
+CID = b"c" * CLIENT_ID_BYTES
+
+# --- round trips ------------------------------------------------------------------
+
+REQUESTS = [
+    Request(Op.PUT, CID, 1, b"k", b"v"),
+    Request(Op.PUT, CID, 2**63, b"\x00\xff", b""),
+    Request(Op.GET, CID, 3, b"k"),
+    Request(Op.GET, CID, 4, b"k", stale=True),
+    Request(Op.DELETE, CID, 5, b"k"),
+    Request(Op.CAS, CID, 6, b"k", b"new", expected_value=b"old"),
+    Request(Op.CAS, CID, 7, b"k", b"new", expected_version=0),
+    Request(Op.CAS, CID, 8, b"k", b"new", expected_version=12345),
+    Request(Op.STATUS),
+]
+
+RESPONSES = [
+    Response(Status.OK, version=3),
+    Response(Status.OK, value=b"v", version=7),
+    Response(Status.NOT_FOUND),
+    Response(Status.CAS_FAILED, value=b"current", version=9),
+    Response(Status.CAS_FAILED, value=None, version=0),
+    Response(Status.REDIRECT, leader=2),
+    Response(Status.UNAVAILABLE, error="no leader"),
+    Response(Status.BAD_REQUEST, error="seq must be >= 1"),
+    Response(Status.TOO_LARGE, error="key is 5000 bytes"),
+    Response(Status.OK, info={"id": 1, "role": "leader", "leader": 1, "commit_index": 10}),
+]
+
+
+def test_every_op_and_status_is_covered() -> None:
+    assert {r.op for r in REQUESTS} == set(Op)
+    assert {r.status for r in RESPONSES} == set(Status)
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: r.op.name)
+def test_request_round_trip(req: Request) -> None:
+    decoded = decode_request(encode_request(req))
+    assert decoded == req
+    assert type(decoded.op) is Op
+
+
+@pytest.mark.parametrize("resp", RESPONSES, ids=lambda r: r.status.name)
+def test_response_round_trip(resp: Response) -> None:
+    decoded = decode_response(encode_response(resp))
+    assert decoded == resp
+    assert type(decoded.status) is Status
+
+
+@pytest.mark.parametrize("frame_type", [bytearray, memoryview])
+def test_decode_accepts_bytes_like_frames(frame_type: type) -> None:
+    req = REQUESTS[0]
+    assert decode_request(frame_type(encode_request(req))) == req
+
+
+@settings(max_examples=200)
+@given(
+    op=st.sampled_from(list(Op)),
+    client_id=st.binary(max_size=20),
+    seq=st.integers(0, 2**64 - 1),
+    key=st.binary(max_size=64),
+    value=st.none() | st.binary(max_size=64),
+    expected_value=st.none() | st.binary(max_size=64),
+    expected_version=st.none() | st.integers(-(2**63), 2**64 - 1),
+    stale=st.booleans(),
+)
+def test_any_request_round_trips(**fields: Any) -> None:
+    req = Request(**fields)
+    assert decode_request(encode_request(req)) == req
+
+
+# --- validate_request ---------------------------------------------------------------
+
+
+def _req(op: Op = Op.PUT, **fields: Any) -> Request:
+    base: dict[str, Any] = {"client_id": CID, "seq": 1, "key": b"k", "value": b"v"}
+    return Request(op, **{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        _req(),
+        _req(Op.PUT, value=b""),
+        _req(Op.PUT, key=b"k" * MAX_KEY_BYTES, value=b"v" * MAX_VALUE_BYTES),
+        _req(Op.GET, value=None),
+        _req(Op.DELETE, value=None),
+        _req(Op.CAS, expected_version=0),
+        _req(Op.CAS, expected_value=b""),
+        Request(Op.STATUS),
+    ],
+)
+def test_valid_requests_pass(req: Request) -> None:
+    assert validate_request(req) is None
+
+
+@pytest.mark.parametrize(
+    ("req", "status", "words"),
+    [
+        (_req(key=b"k" * (MAX_KEY_BYTES + 1)), Status.TOO_LARGE, "key"),
+        (_req(value=b"v" * (MAX_VALUE_BYTES + 1)), Status.TOO_LARGE, "value"),
+        (
+            _req(Op.CAS, expected_value=b"e" * (MAX_VALUE_BYTES + 1)),
+            Status.TOO_LARGE,
+            "expected value",
+        ),
+        (_req(key=b""), Status.BAD_REQUEST, "key"),
+        (_req(client_id=b""), Status.BAD_REQUEST, "client_id"),
+        (_req(client_id=CID + b"x"), Status.BAD_REQUEST, "client_id"),
+        (_req(seq=0), Status.BAD_REQUEST, "seq"),
+        (_req(seq=-1), Status.BAD_REQUEST, "seq"),
+        (_req(value=None), Status.BAD_REQUEST, "PUT needs a value"),
+        (_req(Op.CAS), Status.BAD_REQUEST, "exactly one"),
+        (
+            _req(Op.CAS, expected_value=b"a", expected_version=1),
+            Status.BAD_REQUEST,
+            "exactly one",
+        ),
+        (_req(Op.CAS, value=None, expected_version=1), Status.BAD_REQUEST, "new value"),
+        (_req(Op.CAS, expected_version=-1), Status.BAD_REQUEST, "expected_version"),
+    ],
+)
+def test_invalid_requests_are_rejected(req: Request, status: Status, words: str) -> None:
+    problem = validate_request(req)
+    assert problem is not None
+    assert problem[0] == status
+    assert words in problem[1]
+
+
+# --- malformed frames ----------------------------------------------------------------
+
+
+def _raw_request(**overrides: Any) -> bytes:
+    fields = [PROTOCOL_VERSION, int(Op.PUT), CID, 1, b"k", b"v", None, None, False]
+    names = ["version", "op", "client_id", "seq", "key", "value", "exp_value", "exp_version"]
+    names.append("stale")
+    for name, value in overrides.items():
+        fields[names.index(name)] = value
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def _raw_response(**overrides: Any) -> bytes:
+    fields: list[Any] = [PROTOCOL_VERSION, int(Status.OK), None, 0, None, "", None]
+    names = ["version", "status", "value", "version_", "leader", "error", "info"]
+    for name, value in overrides.items():
+        fields[names.index(name)] = value
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def test_raw_helpers_build_valid_frames() -> None:
+    assert decode_request(_raw_request()) == _req()
+    assert decode_response(_raw_response()) == Response(Status.OK)
+
+
+BAD_REQUEST_FRAMES = {
+    "empty": b"",
+    "garbage": b"\xc1\xc1\xc1",
+    "truncated": _raw_request()[:-3],
+    "trailing data": _raw_request() + b"\x00",
+    "not an array": msgpack.packb({"op": 1}),
+    "scalar": msgpack.packb(7),
+    "too short": msgpack.packb([PROTOCOL_VERSION, 1, CID, 1]),
+    "too long": msgpack.packb([PROTOCOL_VERSION, 1, CID, 1, b"k", b"v", None, None, False, 0]),
+    "deep nesting": b"\x91" * 100_000,
+    "unknown op": _raw_request(op=99),
+    "negative op": _raw_request(op=-1),
+    "op as str": _raw_request(op="PUT"),
+    "op as bool": _raw_request(op=True),
+    "op as float": _raw_request(op=1.0),
+    "version 2": _raw_request(version=2),
+    "version as bool": _raw_request(version=True),
+    "version as float": _raw_request(version=1.0),
+    "version as str": _raw_request(version="1"),
+    "seq as bool": _raw_request(seq=True),
+    "seq as float": _raw_request(seq=1.5),
+    "seq as None": _raw_request(seq=None),
+    "key as str": _raw_request(key="k"),
+    "key as None": _raw_request(key=None),
+    "client_id as str": _raw_request(client_id="c" * 16),
+    "value as int": _raw_request(value=5),
+    "value as list": _raw_request(value=[b"v"]),
+    "expected_value as str": _raw_request(exp_value="old"),
+    "expected_version as bool": _raw_request(exp_version=False),
+    "expected_version as bytes": _raw_request(exp_version=b"\x01"),
+    "stale as int": _raw_request(stale=1),
+    "stale as None": _raw_request(stale=None),
+    "invalid utf-8 str": _raw_request().replace(b"\xc4\x01k", b"\xa1\xff"),
+    "ext type": _raw_request(value=msgpack.ExtType(5, b"x")),
+    "oversized": b"\x00" * (MAX_REQUEST_BYTES + 1),
+}
+
+
+@pytest.mark.parametrize("frame", BAD_REQUEST_FRAMES.values(), ids=BAD_REQUEST_FRAMES.keys())
+def test_malformed_request_raises_protocol_error(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_request(frame)
+
+
+def test_oversized_request_is_refused_before_decoding() -> None:
+    frame = encode_request(_req(value=b"v" * (MAX_REQUEST_BYTES + 1)))
+    with pytest.raises(ProtocolError, match="over"):
+        decode_request(frame)
+
+
+@pytest.mark.parametrize("frame", [None, 7, 1.5, "text", [1, 2], object()])
+def test_non_bytes_frames_raise_protocol_error(frame: Any) -> None:
+    with pytest.raises(ProtocolError):
+        decode_request(frame)
+    with pytest.raises(ProtocolError):
+        decode_response(frame)
+
+
+BAD_RESPONSE_FRAMES = {
+    "empty": b"",
+    "garbage": b"\xc1",
+    "too short": msgpack.packb([PROTOCOL_VERSION, 0]),
+    "request frame": _raw_request(),
+    "unknown status": _raw_response(status=42),
+    "status as bool": _raw_response(status=False),
+    "status as str": _raw_response(status="OK"),
+    "version 0": _raw_response(version=0),
+    "version as bool": _raw_response(version=True),
+    "value as str": _raw_response(value="v"),
+    "key version as bool": _raw_response(version_=True),
+    "key version as None": _raw_response(version_=None),
+    "leader as bool": _raw_response(leader=True),
+    "leader as str": _raw_response(leader="1"),
+    "error as bytes": _raw_response(error=b"oops"),
+    "error as None": _raw_response(error=None),
+    "info as list": _raw_response(info=[1, 2]),
+    "info with int keys": msgpack.packb([PROTOCOL_VERSION, 0, None, 0, None, "", {1: 2}]),
+}
+
+
+@pytest.mark.parametrize("frame", BAD_RESPONSE_FRAMES.values(), ids=BAD_RESPONSE_FRAMES.keys())
+def test_malformed_response_raises_protocol_error(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_response(frame)
+
+
+def test_protocol_error_names_the_field() -> None:
+    with pytest.raises(ProtocolError, match="seq"):
+        decode_request(_raw_request(seq="1"))
+    with pytest.raises(ProtocolError, match="field op"):
+        decode_request(_raw_request(op=True))
+
+
+# --- fuzzing ----------------------------------------------------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | st.sampled_from([PROTOCOL_VERSION, CID, b"k"])
+)
+_msgpack_values = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=10)
+    | st.dictionaries(st.text(max_size=5), children, max_size=5),
+    max_leaves=30,
+)
+
+
+def _decode_or_protocol_error(frame: bytes) -> None:
+    """Decoding either succeeds with well-typed fields or raises ProtocolError;
+    any other exception fails the test."""
+    try:
+        req = decode_request(frame)
+    except ProtocolError:
+        pass
+    else:
+        assert isinstance(req.op, Op)
+        assert type(req.seq) is int
+        assert type(req.key) is bytes and type(req.client_id) is bytes
+        assert type(req.stale) is bool
+        validate_request(req)  # must not raise either
+    try:
+        resp = decode_response(frame)
+    except ProtocolError:
+        pass
+    else:
+        assert isinstance(resp.status, Status)
+        assert type(resp.version) is int
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(frame: bytes) -> None:
+    _decode_or_protocol_error(frame)
+
+
+@settings(max_examples=500)
+@given(st.lists(_msgpack_values, min_size=7, max_size=9))
+def test_fuzz_well_formed_msgpack_arrays(fields: list[Any]) -> None:
+    _decode_or_protocol_error(msgpack.packb(fields, use_bin_type=True))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=100), st.integers(0, 99), st.data())
+def test_fuzz_mutated_valid_frames(noise: bytes, cut: int, data: st.DataObject) -> None:
+    base = data.draw(st.sampled_from([encode_request(r) for r in REQUESTS]))
+    cut = min(cut, len(base))
+    _decode_or_protocol_error(base[:cut] + noise + base[cut + len(noise) :])
