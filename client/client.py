@@ -1,0 +1,404 @@
+"""The Python client of the replicated key-value store.
+
+`KVClient` holds the client addresses of all replicas and hides leader
+discovery, retries and timeouts behind put/get/delete/cas/status.
+
+Theory of operation:
+
+- One request is outstanding at a time, on a ZeroMQ REQ socket per replica
+  address (created lazily, cached while healthy). The steady state is one
+  send and one receive to the last known leader.
+- Exactly-once: the client has a random 16-byte `client_id` and numbers its
+  requests 1, 2, ...; a retry resends the SAME encoded frame (same seq), so
+  the state machine returns the recorded result instead of applying a write
+  twice (kvstore/protocol.py).
+- Lazy pirate: each attempt waits at most `attempt_timeout`; on silence the
+  REQ socket is closed (linger 0) and forgotten (a REQ socket that missed
+  its reply cannot send again) and the next replica is tried, until the
+  overall `timeout` is spent -> `ClusterUnavailable`.
+- REDIRECT names the leader by replica id, not by address, so that the
+  client works behind docker port mappings: the client maps ids to the
+  addresses it was given by asking STATUS (whose `info["id"]` is the
+  replica's id), lazily, the first time it must follow a redirect to an id
+  it does not know yet.
+- UNAVAILABLE (no leader yet), an undecodable reply, or a redirect that
+  cannot be followed usefully: a short backoff (5 ms doubling to 100 ms),
+  then the next replica.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, NoReturn, Self
+
+import zmq
+
+from client.config import display_address, parse_cluster_addresses
+from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge
+from kvstore.limits import MAX_FRAME_BYTES
+from kvstore.protocol import (
+    CLIENT_ID_BYTES,
+    Op,
+    ProtocolError,
+    Request,
+    Response,
+    Status,
+    decode_response,
+    encode_request,
+    validate_request,
+)
+
+__all__ = [
+    "BadRequest",
+    "CasResult",
+    "ClusterUnavailable",
+    "KVClient",
+    "KVError",
+    "RequestTooLarge",
+]
+
+_BACKOFF_MIN = 0.005
+_BACKOFF_MAX = 0.1
+# Statuses that end a request with an answer (the replica that gave it leads).
+_FINAL = (Status.OK, Status.NOT_FOUND, Status.CAS_FAILED)
+
+
+class CasResult(NamedTuple):
+    """Outcome of a compare-and-set. On success `value`/`version` are the new
+    ones; on failure they are the key's current ones (None/0 when absent)."""
+
+    succeeded: bool
+    value: bytes | None
+    version: int
+
+
+@dataclass(slots=True)
+class _Call:
+    """Book-keeping of one request across its attempts."""
+
+    deadline: float
+    backoff: float = _BACKOFF_MIN
+    free_hops: int = 0  # redirects followed since the last backoff
+    silent: set[int] = field(default_factory=set)  # indexes that timed out
+    last_problem: str = "no replica answered"
+
+
+def _to_bytes(data: bytes | str | bytearray | memoryview, what: str) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+class KVClient:
+    """A client of the key-value cluster; not thread-safe (one per thread).
+
+    `addresses`: client ports as "host:port" or "tcp://host:port", a list or
+    a comma-separated string; default env KVSTORE_CLUSTER, else
+    127.0.0.1:7001..7003. `timeout` bounds every call (seconds);
+    `attempt_timeout` bounds the wait for one replica's reply.
+    """
+
+    def __init__(
+        self,
+        addresses: str | list[str] | None = None,
+        *,
+        timeout: float = 5.0,
+        attempt_timeout: float = 1.0,
+        client_id: bytes | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if timeout <= 0 or attempt_timeout <= 0:
+            raise ValueError("timeout and attempt_timeout must be > 0")
+        if client_id is not None and len(client_id) != CLIENT_ID_BYTES:
+            raise ValueError(f"client_id must be {CLIENT_ID_BYTES} bytes")
+        self.addresses: list[str] = parse_cluster_addresses(addresses)
+        self.timeout = float(timeout)
+        self.attempt_timeout = float(attempt_timeout)
+        self.client_id: bytes = client_id if client_id is not None else os.urandom(16)
+        self._ctx = context if context is not None else zmq.Context.instance()
+        self._seq = 0
+        self._sockets: dict[int, zmq.Socket] = {}
+        self._rcvtimeo: dict[int, int] = {}
+        self._attempt_ms = max(1, int(self.attempt_timeout * 1000))
+        self._ids: dict[int, int] = {}  # replica id -> index in addresses
+        # Start at a random replica so that many clients spread their probes.
+        self._leader = random.randrange(len(self.addresses))
+        self._closed = False
+
+    # -- public API ---------------------------------------------------------
+
+    def put(self, key: bytes | str, value: bytes | str) -> int:
+        """Sets key to value; returns the key's new version."""
+        return self._request(Op.PUT, key, value=_to_bytes(value, "value")).version
+
+    def get(self, key: bytes | str, *, stale: bool = False) -> bytes | None:
+        """The value of key, or None if absent. `stale=True` reads whichever
+        replica answers, without confirming leadership (may be out of date)."""
+        found = self.get_versioned(key, stale=stale)
+        return None if found is None else found[0]
+
+    def get_versioned(self, key: bytes | str, *, stale: bool = False) -> tuple[bytes, int] | None:
+        """(value, version) of key, or None if absent."""
+        resp = self._request(Op.GET, key, stale=stale)
+        if resp.status is Status.NOT_FOUND or resp.value is None:
+            return None
+        return resp.value, resp.version
+
+    def delete(self, key: bytes | str) -> bool:
+        """Deletes key; returns whether it existed."""
+        return self._request(Op.DELETE, key).status is Status.OK
+
+    def cas(
+        self,
+        key: bytes | str,
+        new_value: bytes | str,
+        *,
+        expected_value: bytes | str | None = None,
+        expected_version: int | None = None,
+    ) -> CasResult:
+        """Sets key to new_value if its current value is `expected_value`, or
+        its current version is `expected_version` (0: the key is absent).
+        Give exactly one of the two."""
+        new = _to_bytes(new_value, "new_value")
+        exp = None if expected_value is None else _to_bytes(expected_value, "expected_value")
+        resp = self._request(
+            Op.CAS, key, value=new, expected_value=exp, expected_version=expected_version
+        )
+        if resp.status is Status.OK:
+            return CasResult(True, new if resp.value is None else resp.value, resp.version)
+        return CasResult(False, resp.value, resp.version)
+
+    def status(self) -> list[dict[str, Any]]:
+        """One dict per address, in order: the replica's STATUS info plus
+        "address", or {"address", "error"} when it did not answer in time."""
+        self._check_open()
+        wait = min(self.timeout, self.attempt_timeout)
+        replies = self._broadcast_status(range(len(self.addresses)), time.monotonic() + wait)
+        result: list[dict[str, Any]] = []
+        for index, address in enumerate(self.addresses):
+            reply = replies.get(index, "unreachable")
+            if isinstance(reply, str):
+                result.append({"address": display_address(address), "error": reply})
+            else:
+                result.append({**reply, "address": display_address(address)})
+        return result
+
+    def close(self) -> None:
+        """Closes the sockets (the context is shared and left alone)."""
+        for index in list(self._sockets):
+            self._drop_socket(index)
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        shown = ",".join(display_address(a) for a in self.addresses)
+        return f"KVClient({shown!r}, timeout={self.timeout})"
+
+    # -- one request --------------------------------------------------------
+
+    def _request(
+        self,
+        op: Op,
+        key: bytes | str,
+        *,
+        value: bytes | None = None,
+        expected_value: bytes | None = None,
+        expected_version: int | None = None,
+        stale: bool = False,
+    ) -> Response:
+        """Builds, validates (client-side limits) and sends one numbered
+        request; returns its final response."""
+        if self._closed:
+            self._check_open()
+        self._seq += 1
+        req = Request(
+            op,
+            self.client_id,
+            self._seq,
+            _to_bytes(key, "key"),
+            value,
+            expected_value,
+            expected_version,
+            stale,
+        )
+        problem = validate_request(req)
+        if problem is not None:
+            status, message = problem
+            raise (RequestTooLarge if status is Status.TOO_LARGE else BadRequest)(message)
+        return self._call(encode_request(req))
+
+    def _call(self, frame: bytes) -> Response:
+        """Sends frame until a final answer or the deadline (lazy pirate)."""
+        call = _Call(time.monotonic() + self.timeout)
+        target = self._leader
+        while True:
+            resp = self._attempt(target, frame, call)
+            if resp is not None:
+                status = resp.status
+                if status in _FINAL:
+                    self._leader = target
+                    return resp
+                if status is Status.REDIRECT:
+                    nxt = self._follow(resp.leader, target, call)
+                    if nxt is not None:
+                        target = nxt
+                        continue
+                elif status is Status.TOO_LARGE:
+                    raise RequestTooLarge(resp.error or "request too large")
+                elif status is Status.BAD_REQUEST:
+                    raise BadRequest(resp.error or "bad request")
+                else:
+                    call.last_problem = f"{display_address(self.addresses[target])} " + (
+                        f"answered UNAVAILABLE: {resp.error}" if resp.error else "is unavailable"
+                    )
+                self._sleep_backoff(call)
+            target = (target + 1) % len(self.addresses)
+
+    def _attempt(self, index: int, frame: bytes, call: _Call) -> Response | None:
+        """One send/receive to replica `index`. None when it stayed silent
+        (its socket is then discarded) or sent an undecodable reply (after a
+        backoff): either way the caller moves on to the next replica."""
+        remaining = call.deadline - time.monotonic()
+        if remaining <= 0:
+            self._give_up(call)
+        sock = self._sockets.get(index) or self._open_socket(index)
+        wait_ms = min(self._attempt_ms, max(1, int(remaining * 1000)))
+        if self._rcvtimeo[index] != wait_ms:
+            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            self._rcvtimeo[index] = wait_ms
+        try:
+            sock.send(frame, copy=len(frame) < 65536)
+            reply = sock.recv(copy=True)
+        except zmq.Again:
+            self._drop_socket(index)
+            call.silent.add(index)
+            call.last_problem = f"{display_address(self.addresses[index])} did not answer"
+            return None
+        call.silent.discard(index)
+        try:
+            return decode_response(reply)
+        except ProtocolError as exc:
+            call.last_problem = f"{display_address(self.addresses[index])} sent a bad reply: {exc}"
+            self._sleep_backoff(call)
+            return None
+
+    def _follow(self, leader: int | None, current: int, call: _Call) -> int | None:
+        """The address index to follow a REDIRECT to, or None to back off and
+        try the next replica (leader unknown, or redirects going round)."""
+        here = display_address(self.addresses[current])
+        if leader is None:
+            call.last_problem = f"{here} redirected without naming a leader"
+            return None
+        index = self._ids.get(leader)
+        if index is None:
+            self._learn_ids(call.deadline)
+            index = self._ids.get(leader)
+        if index is None:
+            call.last_problem = f"{here} redirected to replica {leader}, not among our addresses"
+            return None
+        call.last_problem = f"{here} redirected to replica {leader}"
+        if index in call.silent:
+            call.last_problem += ", which did not answer"
+            return None
+        if index == current or call.free_hops >= len(self.addresses):
+            return None
+        call.free_hops += 1
+        return index
+
+    def _sleep_backoff(self, call: _Call) -> None:
+        remaining = call.deadline - time.monotonic()
+        if remaining <= 0:
+            self._give_up(call)
+        time.sleep(min(call.backoff, remaining))
+        call.backoff = min(call.backoff * 2, _BACKOFF_MAX)
+        call.free_hops = 0
+
+    def _give_up(self, call: _Call) -> NoReturn:
+        shown = ",".join(display_address(a) for a in self.addresses)
+        raise ClusterUnavailable(
+            f"no answer from the cluster ({shown}) within {self.timeout:g}s "
+            f"(last: {call.last_problem}); the outcome of a write is unknown"
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KVError("the client is closed")
+
+    # -- sockets and STATUS -------------------------------------------------
+
+    def _open_socket(self, index: int) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        sock.setsockopt(zmq.RCVTIMEO, self._attempt_ms)
+        sock.connect(self.addresses[index])
+        self._sockets[index] = sock
+        self._rcvtimeo[index] = self._attempt_ms
+        return sock
+
+    def _drop_socket(self, index: int) -> None:
+        sock = self._sockets.pop(index, None)
+        self._rcvtimeo.pop(index, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def _learn_ids(self, deadline: float) -> None:
+        """Asks STATUS of every address whose replica id is still unknown."""
+        known = set(self._ids.values())
+        unknown = [i for i in range(len(self.addresses)) if i not in known]
+        if unknown:
+            end = min(deadline, time.monotonic() + self.attempt_timeout)
+            self._broadcast_status(unknown, end)
+
+    def _broadcast_status(self, indexes: Any, deadline: float) -> dict[int, dict | str]:
+        """Sends STATUS to the given addresses at once and collects replies
+        until all answered or the deadline. Learns replica ids on the way.
+        Returns index -> info dict, or an error string for a bad reply."""
+        frame = encode_request(Request(Op.STATUS, self.client_id))
+        poller = zmq.Poller()
+        waiting: dict[zmq.Socket, int] = {}
+        for index in indexes:
+            sock = self._sockets.get(index) or self._open_socket(index)
+            sock.send(frame)
+            poller.register(sock, zmq.POLLIN)
+            waiting[sock] = index
+        replies: dict[int, dict | str] = {}
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for sock, _ in poller.poll(max(1, int(remaining * 1000))):
+                index = waiting.pop(sock)
+                poller.unregister(sock)
+                replies[index] = self._status_reply(index, sock.recv())
+        for index in waiting.values():
+            self._drop_socket(index)  # silent: its REQ socket is stuck
+        return replies
+
+    def _status_reply(self, index: int, frame: bytes) -> dict | str:
+        try:
+            resp = decode_response(frame)
+        except ProtocolError as exc:
+            return f"bad reply: {exc}"
+        if resp.status is not Status.OK or not isinstance(resp.info, dict):
+            detail = f": {resp.error}" if resp.error else ""
+            return f"no status report (answered {resp.status.name}{detail})"
+        rid = resp.info.get("id")
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            for other, idx in list(self._ids.items()):
+                if idx == index and other != rid:
+                    del self._ids[other]  # the address now serves another id
+            self._ids[rid] = index
+        return resp.info
