@@ -36,11 +36,12 @@ from typing import Any, NamedTuple, NoReturn, Self
 
 import zmq
 
-from client.config import display_address, parse_cluster_addresses
 from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge
+from kvstore.config import display_address, parse_cluster_addresses
 from kvstore.limits import MAX_FRAME_BYTES
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
+    WRITE_OPS,
     Op,
     ProtocolError,
     Request,
@@ -80,6 +81,7 @@ class _Call:
     """Book-keeping of one request across its attempts."""
 
     deadline: float
+    write: bool
     backoff: float = _BACKOFF_MIN
     free_hops: int = 0  # redirects followed since the last backoff
     silent: set[int] = field(default_factory=set)  # indexes that timed out
@@ -237,11 +239,11 @@ class KVClient:
         if problem is not None:
             status, message = problem
             raise (RequestTooLarge if status is Status.TOO_LARGE else BadRequest)(message)
-        return self._call(encode_request(req))
+        return self._call(encode_request(req), op in WRITE_OPS)
 
-    def _call(self, frame: bytes) -> Response:
+    def _call(self, frame: bytes, write: bool) -> Response:
         """Sends frame until a final answer or the deadline (lazy pirate)."""
-        call = _Call(time.monotonic() + self.timeout)
+        call = _Call(time.monotonic() + self.timeout, write)
         target = self._leader
         while True:
             resp = self._attempt(target, frame, call)
@@ -327,9 +329,10 @@ class KVClient:
 
     def _give_up(self, call: _Call) -> NoReturn:
         shown = ",".join(display_address(a) for a in self.addresses)
+        unknown = "; the write may or may not have been applied" if call.write else ""
         raise ClusterUnavailable(
             f"no answer from the cluster ({shown}) within {self.timeout:g}s "
-            f"(last: {call.last_problem}); the outcome of a write is unknown"
+            f"(last: {call.last_problem}){unknown}"
         )
 
     def _check_open(self) -> None:

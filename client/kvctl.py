@@ -1,0 +1,386 @@
+"""`kvctl`: the command line of the key-value store.
+
+A thin shell over `client.client.KVClient`: argparse subcommands, bytes in
+and out, and one promise: no traceback ever reaches the user. Every failure
+is one line on stderr (`kvctl: error: ...`) and an exit code from the table
+in EXIT_CODES_HELP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from client.client import KVClient
+from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge
+from kvstore.config import ENV_CLUSTER, ConfigError, display_address
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # key not found, CAS failed, other failure
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_REJECTED = 4
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    key not found (get, delete) or compare-and-set failed
+  2    usage error (bad arguments, bad --cluster address)
+  3    cluster unavailable: no replica answered within --timeout
+       (the outcome of a write is then unknown: it may still be applied)
+  4    rejected: key or value too large, or a malformed request
+  130  interrupted (Ctrl-C)
+"""
+
+MAIN_EPILOG = f"""\
+The cluster is given by --cluster, else the environment variable
+{ENV_CLUSTER}, else 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 (the
+development cluster of `kvstore-cluster start`). Any replica will do: the
+client finds the leader by itself.
+
+Keys and values are byte strings (command-line arguments are taken as the
+bytes the shell passed). A VALUE of '-' is read from standard input verbatim
+(note that `echo` adds a newline; use `printf` or `echo -n`).
+
+examples:
+  kvctl put greeting hello
+  kvctl get greeting
+  kvctl cas greeting bonjour --expect hello
+  kvctl --cluster 10.0.0.1:7001,10.0.0.2:7001 status
+
+{EXIT_CODES_HELP}"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"kvctl: error: {message} (see '{self.prog} --help')\n")
+
+
+def _wrap(text: str) -> str:
+    """Fills a description (the formatter keeps text as written, for epilogs)."""
+    return textwrap.fill(text, width=78)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"timeout must be > 0 seconds, got {text}")
+    return value
+
+
+def _version_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a version is an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The kvctl argument parser (subcommands with their own --help)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="kvctl",
+        description=_wrap("Read and write the replicated key-value store."),
+        epilog=MAIN_EPILOG,
+        formatter_class=fmt,
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="ADDRS",
+        help=f"client addresses host:port,host:port,... (default: ${ENV_CLUSTER} "
+        "or 127.0.0.1:7001,7002,7003)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=5.0,
+        help="give up after this long (default: 5)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also print versions after writes"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_put(sub, fmt)
+    _add_get(sub, fmt)
+    _add_delete(sub, fmt)
+    _add_cas(sub, fmt)
+    _add_status(sub, fmt)
+    return parser
+
+
+def _add_put(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "put",
+        help="set a key to a value",
+        description=_wrap(
+            "Set KEY to VALUE (creating or replacing it). Prints OK; with "
+            "-v, the key's new version."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE", help="the value, or '-' to read it from stdin")
+    p.set_defaults(run=_run_put)
+
+
+def _add_get(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "get",
+        help="print a key's value",
+        description=_wrap(
+            "Print the value of KEY followed by a newline (--raw: the exact "
+            "bytes, no newline). A missing key prints nothing and exits with 1. Reads "
+            "are linearizable unless --stale."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    p.add_argument("key", metavar="KEY")
+    p.add_argument(
+        "--stale",
+        action="store_true",
+        help="read from whichever replica answers, without confirming with a "
+        "majority: faster, but possibly out of date",
+    )
+    p.add_argument(
+        "--version",
+        action="store_true",
+        help="print 'VERSION<TAB>VALUE' (the version is the key's last modification revision)",
+    )
+    p.add_argument("--raw", action="store_true", help="write the value's bytes only, no newline")
+    p.set_defaults(run=_run_get)
+
+
+def _add_delete(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "delete",
+        help="delete a key",
+        description=_wrap("Delete KEY. Prints OK; a key that did not exist exits with 1."),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(run=_run_delete)
+
+
+def _add_cas(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "cas",
+        help="compare-and-set a key",
+        description=_wrap(
+            "Atomically set KEY to NEW if its current value (or version) is "
+            "the expected one. Prints OK; otherwise exits with 1 and tells the "
+            "current version and value."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("new", metavar="NEW", help="the new value, or '-' to read it from stdin")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--expect", metavar="VALUE", help="the current value must be VALUE")
+    how.add_argument(
+        "--expect-version",
+        metavar="N",
+        type=_version_number,
+        help="the current version must be N (as printed by get --version)",
+    )
+    how.add_argument("--expect-absent", action="store_true", help="the key must not exist")
+    p.set_defaults(run=_run_cas)
+
+
+def _add_status(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show every replica's state",
+        description=_wrap(
+            "Ask every replica for its state and print a table: id, "
+            "address, role, the leader it follows, ballot, commit index, applied index "
+            "and log size. Unreachable replicas are shown as such. Exits with 3 if "
+            "no replica answered."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    p.set_defaults(run=_run_status)
+
+
+# -- running the commands ---------------------------------------------------
+
+
+def _arg_bytes(text: str, stdin_used: list[bool]) -> bytes:
+    """An argument's bytes; '-' reads stdin (once)."""
+    if text != "-":
+        return os.fsencode(text)
+    if stdin_used[0]:
+        raise _UsageError("only one argument can be '-' (standard input)")
+    stdin_used[0] = True
+    return sys.stdin.buffer.read()
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _out(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _run_put(client: KVClient, args: argparse.Namespace) -> int:
+    value = _arg_bytes(args.value, [False])
+    version = client.put(os.fsencode(args.key), value)
+    _out(f"OK version {version}\n".encode() if args.verbose else b"OK\n")
+    return EXIT_OK
+
+
+def _run_get(client: KVClient, args: argparse.Namespace) -> int:
+    found = client.get_versioned(os.fsencode(args.key), stale=args.stale)
+    if found is None:
+        print(f"kvctl: key not found: {args.key}", file=sys.stderr)
+        return EXIT_FAILED
+    value, version = found
+    prefix = f"{version}\t".encode() if args.version else b""
+    _out(prefix + value + (b"" if args.raw else b"\n"))
+    return EXIT_OK
+
+
+def _run_delete(client: KVClient, args: argparse.Namespace) -> int:
+    if not client.delete(os.fsencode(args.key)):
+        print(f"kvctl: key not found: {args.key}", file=sys.stderr)
+        return EXIT_FAILED
+    _out(b"OK\n")
+    return EXIT_OK
+
+
+def _run_cas(client: KVClient, args: argparse.Namespace) -> int:
+    stdin_used = [False]
+    new = _arg_bytes(args.new, stdin_used)
+    expected_value = None if args.expect is None else _arg_bytes(args.expect, stdin_used)
+    expected_version = 0 if args.expect_absent else args.expect_version
+    result = client.cas(
+        os.fsencode(args.key),
+        new,
+        expected_value=expected_value,
+        expected_version=expected_version,
+    )
+    if result.succeeded:
+        _out(f"OK version {result.version}\n".encode() if args.verbose else b"OK\n")
+        return EXIT_OK
+    if result.value is None:
+        current = "the key does not exist"
+    else:
+        current = f"current version {result.version}, value {_preview(result.value)}"
+    print(f"kvctl: cas failed: {current}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _preview(value: bytes, limit: int = 60) -> str:
+    text = value.decode("utf-8", "backslashreplace")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _run_status(client: KVClient, args: argparse.Namespace) -> int:
+    rows = client.status()
+    print(format_status_table(rows))
+    if all("error" in row for row in rows):
+        print("kvctl: error: no replica answered", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+_COLUMNS = (
+    ("ID", "id"),
+    ("ADDRESS", "address"),
+    ("ROLE", "role"),
+    ("LEADER", "leader"),
+    ("BALLOT", "ballot"),
+    ("COMMIT", "commit_index"),
+    ("APPLIED", "applied_index"),
+    ("LOG", "log_size"),
+)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "ballot" and isinstance(value, (list, tuple)):
+        return ".".join(str(part) for part in value)
+    return str(value)
+
+
+def format_status_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The `kvctl status` table: one line per replica, aligned columns; a
+    replica that did not answer shows its error in the ROLE column."""
+    table = [[title for title, _ in _COLUMNS]]
+    for row in rows:
+        if "error" in row:
+            cells = ["?", display_address(str(row.get("address", "?"))), row["error"]]
+            table.append(cells + ["-"] * (len(_COLUMNS) - 3))
+        else:
+            table.append([_cell(key, row.get(key)) for _, key in _COLUMNS])
+    widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _execute(args: argparse.Namespace) -> int:
+    run: Callable[[KVClient, argparse.Namespace], int] = args.run
+    attempt = min(1.0, args.timeout)
+    with KVClient(args.cluster, timeout=args.timeout, attempt_timeout=attempt) as client:
+        return run(client, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `kvctl`; returns the exit code (see EXIT_CODES_HELP)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _execute(args)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kvctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `kvctl get k | head -c1`: not an error
+        _silence_stdout()
+        return EXIT_OK
+    except (ConfigError, _UsageError) as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    except ClusterUnavailable as exc:
+        return _fail(EXIT_UNAVAILABLE, str(exc))
+    except (RequestTooLarge, BadRequest) as exc:
+        return _fail(EXIT_REJECTED, f"rejected: {exc}")
+    except KVError as exc:
+        return _fail(EXIT_FAILED, str(exc))
+    except OSError as exc:
+        return _fail(EXIT_FAILED, f"{exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 -- the promise: never a traceback
+        return _fail(EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"kvctl: error: {message}", file=sys.stderr)
+    return code
+
+
+def _silence_stdout() -> None:
+    # Python would report the broken pipe again when flushing at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
