@@ -123,7 +123,7 @@ def encode(msg: Message) -> bytes:
     """Encodes a message to one frame: tag byte + msgpack array of fields."""
     tag = _TAG_OF[type(msg)]
     _, fields = _REGISTRY[tag]
-    body = [enc(getattr(msg, name)) for (enc, _), name in zip(fields, msg.__slots__)]
+    body = [enc(getattr(msg, name)) for (enc, _), name in zip(fields, msg.__slots__, strict=False)]
     return bytes((tag,)) + msgpack.packb(body, use_bin_type=True)
 
 
@@ -142,6 +142,6 @@ def decode(frame: bytes) -> Message:
     if type(body) is not list or len(body) != len(fields):
         raise CodecError(f"{cls.__name__} must have {len(fields)} fields")
     try:
-        return cls(*(dec(x) for (_, dec), x in zip(fields, body)))
+        return cls(*(dec(x) for (_, dec), x in zip(fields, body, strict=False)))
     except CodecError as exc:
         raise CodecError(f"malformed {cls.__name__}: {exc}") from None

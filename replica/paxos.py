@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Hashable
 
 from replica.messages import (
     NOOP,
@@ -70,7 +70,16 @@ from replica.messages import (
     Value,
     Vote,
 )
-from replica.storage import DurableState
+
+
+@dataclass(slots=True)
+class DurableState:
+    """What a replica's core starts from after a (re)start: everything the
+    driver persisted from `Ready.promised`, `Ready.votes` and `Ready.chosen`."""
+
+    promised: Ballot = ZERO_BALLOT
+    votes: dict[int, Vote] = field(default_factory=dict)
+    chosen: dict[int, Value] = field(default_factory=dict)
 
 
 class Role(Enum):
@@ -265,15 +274,13 @@ class PaxosCore:
         self._see(ballot)
 
     def _see(self, ballot: Ballot) -> None:
-        if ballot > self.highest_seen:
-            self.highest_seen = ballot
+        self.highest_seen = max(self.highest_seen, ballot)
 
     def _vote(self, slot: int, ballot: Ballot, value: Value) -> None:
         vote = (ballot, value)
         self.votes[slot] = vote
         self._ready.votes[slot] = vote
-        if slot > self.max_vote_slot:
-            self.max_vote_slot = slot
+        self.max_vote_slot = max(self.max_vote_slot, slot)
 
     def _on_phase1a(self, msg: Phase1a) -> None:
         """Phase1b action: promise msg.ballot if it is >= promised."""
@@ -442,9 +449,9 @@ class PaxosCore:
     def _on_nack(self, msg: Nack) -> None:
         """A higher ballot exists: stop campaigning or leading at once."""
         self._see(msg.promised)
-        if self.role in (Role.CANDIDATE, Role.LEADER) and msg.ballot == self.ballot:
-            if msg.promised > self.ballot:
-                self._step_down()
+        ours = self.role in (Role.CANDIDATE, Role.LEADER) and msg.ballot == self.ballot
+        if ours and msg.promised > self.ballot:
+            self._step_down()
 
     def _step_down(self) -> None:
         self._ready.failed_reads.extend(rid for rid, _ in self.reads_unsent)
@@ -473,10 +480,7 @@ class PaxosCore:
         end = max(best, default=self.commit_index - 1) + 1
         self.next_slot = self.commit_index
         for slot in range(self.commit_index, end):
-            if slot in self.log:
-                value = self.log[slot]
-            else:
-                value = best[slot][1] if slot in best else NOOP
+            value = self.log[slot] if slot in self.log else best[slot][1] if slot in best else NOOP
             self._start_slot(value)
         self.recovery_end = self.next_slot
         self.heard_from = set()

@@ -22,21 +22,12 @@ Two implementations with one protocol:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import msgpack
 
-from replica.messages import ZERO_BALLOT, Ballot, Value, Vote
-
-
-@dataclass(slots=True)
-class DurableState:
-    """What a replica's core starts from after a (re)start."""
-
-    promised: Ballot = ZERO_BALLOT
-    votes: dict[int, Vote] = field(default_factory=dict)
-    chosen: dict[int, Value] = field(default_factory=dict)
+from replica.messages import Ballot, Value, Vote
+from replica.paxos import DurableState
 
 
 class AcceptorStorage(Protocol):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from replica.messages import Ballot, Message, Phase1b, Phase2b, Nack, Value
+from replica.messages import Ballot, Message, Nack, Phase1b, Phase2b, Value
 from replica.paxos import CoreConfig, PaxosCore, Ready
 from replica.storage import MemoryStorage
 
@@ -99,7 +99,7 @@ class Simulation:
         self.reads: dict[tuple[int, int], int] = {}  # (node, read id) -> required index
         self.read_counter = 0
         self.stats = Stats()
-        self._names, self._weights = zip(*self.WEIGHTS)
+        self._names, self._weights = zip(*self.WEIGHTS, strict=False)
 
     # ---------------------------------------------------------------- driver
 

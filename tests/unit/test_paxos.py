@@ -1,0 +1,353 @@
+"""The Paxos core driven by hand, one sentence of the protocol per test.
+
+Each test steps cores with `step`/`tick`/`propose`/`read_index` and asserts on
+the `Ready` they return; a tiny perfect network (`Net`) moves messages when a
+test wants the whole cluster to make progress.
+"""
+
+import random
+
+import pytest
+
+from replica.messages import (
+    NOOP,
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Heartbeat,
+    HeartbeatAck,
+    Nack,
+    Phase1a,
+    Phase1b,
+    Phase2a,
+    Phase2b,
+    PreVote,
+    PreVoteReply,
+)
+from replica.paxos import CoreConfig, DurableState, NotLeader, PaxosCore, Ready, Role
+
+CFG = CoreConfig(heartbeat_ticks=2, election_ticks=10, window=2, retransmit_ticks=3)
+
+
+def core(rid=1, ids=(1, 2, 3), durable=None, applied=0, cfg=CFG) -> PaxosCore:
+    return PaxosCore(rid, list(ids), durable or DurableState(), applied, random.Random(rid), cfg)
+
+
+def sent(ready: Ready, kind) -> list:
+    return [(dst, m) for dst, m in ready.messages if isinstance(m, kind)]
+
+
+class Net:
+    """Delivers every message at once, in order; records what was applied."""
+
+    def __init__(self, n=3, cfg=CFG):
+        ids = list(range(1, n + 1))
+        self.cores = {i: core(i, ids, cfg=cfg) for i in ids}
+        self.applied = {i: [] for i in ids}
+        self.reads = {i: [] for i in ids}
+        self.down: set[int] = set()
+
+    def handle(self, rid, ready):
+        queue = [(dst, m) for dst, m in ready.messages]
+        self.applied[rid].extend(ready.committed)
+        self.reads[rid].extend(ready.reads)
+        while queue:
+            dst, msg = queue.pop(0)
+            if dst in self.down or msg.sender in self.down:
+                continue
+            r = self.cores[dst].step(msg)
+            self.applied[dst].extend(r.committed)
+            self.reads[dst].extend(r.reads)
+            queue.extend(r.messages)
+
+    def tick(self, times=1):
+        for _ in range(times):
+            for rid, c in self.cores.items():
+                if rid not in self.down:
+                    self.handle(rid, c.tick())
+
+    def leader(self):
+        leaders = [c for rid, c in self.cores.items() if c.is_leader and rid not in self.down]
+        return leaders[0] if leaders else None
+
+    def elect(self):
+        for _ in range(200):
+            if self.leader():
+                return self.leader()
+            self.tick()
+        raise AssertionError("no leader elected")
+
+
+# --------------------------------------------------------------- acceptor
+
+
+def test_acceptor_promises_a_higher_ballot_and_persists_before_replying():
+    a = core(2)
+    r = a.step(Phase1a(1, Ballot(1, 1), 0))
+    assert r.promised == Ballot(1, 1)  # persisted in the same Ready, before...
+    [(dst, p1b)] = sent(r, Phase1b)  # ...the reply that reveals it
+    assert dst == 1 and p1b.ballot == Ballot(1, 1) and p1b.votes == {}
+
+
+def test_acceptor_nacks_a_lower_ballot_with_its_promise():
+    a = core(2)
+    a.step(Phase1a(3, Ballot(5, 3), 0))
+    r = a.step(Phase1a(1, Ballot(4, 1), 0))
+    assert r.promised is None
+    assert sent(r, Nack) == [(1, Nack(2, Ballot(4, 1), Ballot(5, 3)))]
+    r = a.step(Phase2a(1, Ballot(4, 1), 0, (b"x",), 0))
+    assert r.votes == {} and sent(r, Nack)
+
+
+def test_acceptor_votes_and_the_vote_is_in_ready_with_the_phase2b():
+    a = core(2)
+    r = a.step(Phase2a(1, Ballot(1, 1), 7, (b"x",), 0))
+    assert r.votes == {7: (Ballot(1, 1), (b"x",))}
+    assert r.promised == Ballot(1, 1)
+    assert sent(r, Phase2b) == [(1, Phase2b(2, Ballot(1, 1), 7))]
+
+
+def test_phase1b_reports_the_latest_vote_of_every_slot_from_from_slot():
+    a = core(2)
+    a.step(Phase2a(1, Ballot(1, 1), 3, (b"old",), 0))
+    a.step(Phase2a(3, Ballot(2, 3), 3, (b"new",), 0))
+    a.step(Phase2a(3, Ballot(2, 3), 5, (b"five",), 0))
+    a.step(Phase2a(3, Ballot(2, 3), 1, (b"one",), 0))
+    r = a.step(Phase1a(1, Ballot(3, 1), 2))
+    [(_, p1b)] = sent(r, Phase1b)
+    assert p1b.votes == {3: (Ballot(2, 3), (b"new",)), 5: (Ballot(2, 3), (b"five",))}
+
+
+def test_messages_from_unknown_senders_are_ignored():
+    a = core(2)
+    r = a.step(Phase1a(9, Ballot(1, 9), 0))
+    assert r.messages == [] and r.promised is None and a.promised == Ballot(0, 0)
+
+
+def test_durable_state_is_restored_on_restart():
+    durable = DurableState(Ballot(4, 2), {0: (Ballot(4, 2), (b"a",))}, {})
+    a = core(1, durable=durable, applied=1)
+    assert a.promised == Ballot(4, 2)
+    assert a.commit_index == 1 and a.log[0] == (b"a",)
+    r = a.step(Phase1a(3, Ballot(3, 3), 0))  # lower than the restored promise
+    assert sent(r, Nack)
+
+
+# ---------------------------------------------------------------- election
+
+
+def test_single_replica_elects_itself_and_commits_in_one_ready():
+    c = core(1, ids=(1,))
+    for _ in range(30):
+        c.tick()
+    assert c.is_leader
+    r = c.propose([b"a", b"b"])
+    assert r.votes and r.committed == [(0, (b"a", b"b"))]
+
+
+def test_follower_campaigns_with_prevote_then_phase1_on_a_majority():
+    c = core(1)
+    r = Ready()
+    for _ in range(2 * CFG.election_ticks):
+        r = c.tick()
+        if sent(r, PreVote):
+            break
+    assert c.role is Role.PRECANDIDATE and c.promised == Ballot(0, 0)  # pre-vote disturbs nobody
+    assert {dst for dst, _ in sent(r, PreVote)} == {2, 3}
+    r = c.step(PreVoteReply(2, c.prevote_round, True))
+    assert c.role is Role.CANDIDATE
+    assert r.promised == c.ballot and c.ballot.replica_id == 1
+    assert {dst for dst, m in sent(r, Phase1a) if m.from_slot == 0} == {2, 3}
+
+
+def test_prevote_is_refused_while_a_leader_is_heard_from():
+    f = core(2)
+    f.step(Heartbeat(1, Ballot(1, 1), 0, 1))
+    r = f.step(PreVote(3, 2, 0))
+    assert sent(r, PreVoteReply) == [(3, PreVoteReply(2, 2, False))]
+    for _ in range(CFG.election_ticks):
+        f.tick()
+    r = f.step(PreVote(3, 2, 0))
+    assert sent(r, PreVoteReply)[0][1].granted
+
+
+def test_prevote_is_refused_to_a_candidate_that_knows_less_of_the_log():
+    f = core(2, durable=DurableState(votes={0: (Ballot(1, 1), (b"x",))}), applied=1)
+    r = f.step(PreVote(3, 2, 0))
+    assert not sent(r, PreVoteReply)[0][1].granted
+
+
+def test_returning_replica_cannot_depose_a_healthy_leader():
+    net = Net()
+    leader = net.elect()
+    old_ballot = leader.ballot
+    lonely = next(rid for rid in net.cores if rid != leader.id)
+    net.down.add(lonely)  # partitioned away: it campaigns again and again
+    for _ in range(5):
+        for _ in range(3 * CFG.election_ticks):
+            net.handle(lonely, net.cores[lonely].tick())
+    net.down.discard(lonely)
+    net.tick(3 * CFG.election_ticks)
+    assert net.leader() is leader and leader.ballot == old_ballot
+
+
+def campaign(c: PaxosCore, granters=(2,)) -> None:
+    """Ticks `c` until it runs a pre-vote, then grants it from `granters`."""
+    for _ in range(2 * CFG.election_ticks):
+        if c.role is Role.PRECANDIDATE:
+            break
+        c.tick()
+    for g in granters:
+        c.step(PreVoteReply(g, c.prevote_round, True))
+    assert c.role is Role.CANDIDATE
+
+
+def test_new_leader_reproposes_highest_vballot_value_and_fills_holes_with_noops():
+    c = core(1)
+    campaign(c)
+    b = c.ballot
+    votes2 = {0: (Ballot(1, 2), (b"low",)), 2: (Ballot(1, 2), (b"two",))}
+    r = c.step(Phase1b(2, b, 0, votes2))
+    assert c.is_leader
+    proposals = {m.slot: m.value for _, m in sent(r, Phase2a) if _ == 2}
+    assert proposals == {0: (b"low",), 1: NOOP, 2: (b"two",)}
+    assert all(v[0] == b for v in r.votes.values())  # the leader votes for its own proposals
+
+
+def test_highest_vballot_wins_over_lower_ones():
+    c = core(1, ids=(1, 2, 3, 4, 5))
+    campaign(c, granters=(2, 3))
+    b = c.ballot
+    c.step(Phase1b(2, b, 0, {0: (Ballot(1, 2), (b"old",))}))
+    r = c.step(Phase1b(3, b, 0, {0: (Ballot(2, 3), (b"new",))}))
+    assert c.is_leader
+    assert {m.value for _, m in sent(r, Phase2a) if m.slot == 0} == {(b"new",)}
+
+
+def test_leader_steps_down_at_once_on_a_higher_ballot():
+    net = Net()
+    leader = net.elect()
+    other = next(rid for rid in net.cores if rid != leader.id)
+    r = leader.step(Nack(other, leader.ballot, Ballot(leader.ballot.round + 1, other)))
+    assert not leader.is_leader and leader.role is Role.FOLLOWER
+    assert r.messages == [] or not sent(r, Phase2a)
+
+
+def test_leader_steps_down_without_a_majority_check_quorum():
+    net = Net()
+    leader = net.elect()
+    net.down |= {rid for rid in net.cores if rid != leader.id}
+    for _ in range(2 * CFG.election_ticks + 1):
+        net.handle(leader.id, leader.tick())
+    assert not leader.is_leader
+
+
+def test_propose_on_a_follower_raises_not_leader_with_the_hint():
+    net = Net()
+    leader = net.elect()
+    follower = next(c for c in net.cores.values() if c is not leader)
+    with pytest.raises(NotLeader) as exc:
+        follower.propose([b"x"])
+    assert exc.value.args[0] == leader.id
+
+
+# --------------------------------------------------- batching and pipelining
+
+
+def test_commands_beyond_the_window_are_batched_into_one_slot():
+    leader = Net().elect()
+    r1 = leader.propose([b"a"])
+    r2 = leader.propose([b"b"])
+    r3 = leader.propose([b"c", b"d", b"e"])  # window (2) full: these wait
+    slots = [m.slot for r in (r1, r2) for _, m in sent(r, Phase2a)]
+    assert len(set(slots)) == 2 and not sent(r3, Phase2a)
+    assert len(leader.in_flight) == 2
+    first = min(leader.in_flight)
+    r = leader.step(Phase2b(2 if leader.id != 2 else 1, leader.ballot, first))
+    batched = [m.value for _, m in sent(r, Phase2a)]
+    assert (b"c", b"d", b"e") in batched
+
+
+def test_everyone_applies_the_same_log_in_order():
+    net = Net()
+    leader = net.elect()
+    for i in range(20):
+        net.handle(leader.id, leader.propose([b"cmd%d" % i]))
+    net.tick(4)
+    logs = [[v for _, v in net.applied[i]] for i in net.cores]
+    assert logs[0] == logs[1] == logs[2]
+    cmds = [c for v in logs[0] for c in v]
+    assert cmds == [b"cmd%d" % i for i in range(20)]
+    assert [s for s, _ in net.applied[1]] == list(range(len(net.applied[1])))
+
+
+# ------------------------------------------------------ learning and catch-up
+
+
+def test_follower_learns_chosen_only_for_votes_of_the_leaders_ballot():
+    f = core(2)
+    f.step(Phase2a(1, Ballot(1, 1), 0, (b"stale",), 0))
+    r = f.step(Heartbeat(3, Ballot(2, 3), 1, 1))  # slot 0 chosen in ballot (2,3)
+    assert r.committed == []  # our vote is from another ballot: not trusted
+    assert sent(r, CatchupRequest) == [(3, CatchupRequest(2, Ballot(2, 3), 0))]
+    r = f.step(CatchupReply(3, Ballot(2, 3), {0: (b"real",)}, 1))
+    assert r.committed == [(0, (b"real",))]
+    assert r.chosen == {0: (b"real",)}  # persisted: our vote differs
+
+
+def test_follower_applies_from_its_own_vote_in_the_leaders_ballot():
+    f = core(2)
+    f.step(Phase2a(1, Ballot(1, 1), 0, (b"x",), 0))
+    r = f.step(Heartbeat(1, Ballot(1, 1), 1, 1))
+    assert r.committed == [(0, (b"x",))] and r.chosen == {}
+    assert sent(r, HeartbeatAck)
+
+
+def test_lagging_replica_catches_up_after_rejoining():
+    net = Net()
+    leader = net.elect()
+    lag = next(rid for rid in net.cores if rid != leader.id)
+    net.down.add(lag)
+    for i in range(30):
+        net.handle(leader.id, leader.propose([b"w%d" % i]))
+    net.down.discard(lag)
+    net.tick(40)
+    assert net.cores[lag].commit_index == leader.commit_index
+    assert net.applied[lag] == net.applied[leader.id]
+
+
+# ------------------------------------------------------------------- reads
+
+
+def test_read_index_waits_for_a_majority_heartbeat_round():
+    net = Net()
+    leader = net.elect()
+    r = leader.read_index(["r1"])
+    assert r.reads == []
+    hbs = sent(r, Heartbeat)
+    assert hbs
+    other = hbs[0][0]
+    r = leader.step(HeartbeatAck(other, leader.ballot, hbs[0][1].round, leader.commit_index))
+    assert r.reads == ["r1"]
+
+
+def test_pending_reads_fail_when_leadership_is_lost():
+    net = Net()
+    leader = net.elect()
+    leader.read_index(["r1"])
+    r = leader.step(Nack(2 if leader.id != 2 else 1, leader.ballot,
+                         Ballot(leader.ballot.round + 1, 3)))
+    assert r.failed_reads == ["r1"] and r.reads == []
+
+
+def test_read_index_on_a_follower_raises():
+    net = Net()
+    net.elect()
+    follower = next(c for c in net.cores.values() if not c.is_leader)
+    with pytest.raises(NotLeader):
+        follower.read_index(["r"])
+
+
+def test_constructor_rejects_an_id_outside_the_cluster():
+    with pytest.raises(ValueError):
+        core(4)
