@@ -331,7 +331,8 @@ def format_status_table(rows: Sequence[dict[str, Any]]) -> str:
         else:
             table.append([_cell(key, row.get(key)) for _, key in _COLUMNS])
     widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _execute(args: argparse.Namespace) -> int:

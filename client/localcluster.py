@@ -18,6 +18,7 @@ sends SIGTERM, then SIGKILL to what is left after a grace period.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -97,17 +98,20 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def find_leader(rows: Sequence[dict[str, Any]]) -> int | None:
-    """The id of a replica that reports itself leader in a status() result."""
+    """The id of the replica that reports itself leader in a status()
+    result; if several do (an old leader not yet deposed), the one with the
+    highest ballot."""
+    best: tuple[list[int], int] | None = None
     for row in rows:
-        if "error" in row:
+        rid = row.get("id")
+        if "error" in row or not isinstance(rid, int):
             continue
-        role = str(row.get("role", "")).lower()
-        if role == "leader" or (
-            row.get("leader") is not None and row.get("leader") == row.get("id")
-        ):
-            rid = row.get("id")
-            return rid if isinstance(rid, int) else None
-    return None
+        if str(row.get("role", "")).lower() == "leader" or row.get("leader") == rid:
+            ballot = row.get("ballot")
+            key = (list(ballot) if isinstance(ballot, (list, tuple)) else [], rid)
+            if best is None or key > best:
+                best = key
+    return None if best is None else best[1]
 
 
 # -- the cluster directory ----------------------------------------------------
@@ -323,10 +327,8 @@ def _stop_pids(cluster: LocalCluster, pids: dict[int, int], grace: float = 10.0)
 
 def _signal(pid: int, sig: signal.Signals) -> None:
     if is_replica_process(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
