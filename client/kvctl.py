@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kvctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `kvctl get k | head -c1`: not an error
-        _silence_stdout()
+        silence_stdout()
         return EXIT_OK
     except (ConfigError, _UsageError) as exc:
         return _fail(EXIT_USAGE, str(exc))
@@ -374,8 +374,9 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _silence_stdout() -> None:
-    # Python would report the broken pipe again when flushing at exit.
+def silence_stdout() -> None:
+    """Points stdout at /dev/null after a broken pipe, so that Python does
+    not report it again when flushing at exit."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

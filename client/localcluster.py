@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from client.client import KVClient
-from client.kvctl import format_status_table
+from client.kvctl import format_status_table, silence_stdout
 from kvstore.config import (
     ConfigError,
     ReplicaAddress,
@@ -417,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kvstore-cluster status | head`: not an error
+        silence_stdout()
+        return 0
     except (ClusterError, ConfigError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
