@@ -20,8 +20,10 @@ def test_invariants_hold(sim_seed, replicas, request):
                     f"--sim-events {events}", pytrace=False)
     assert stats.events == events
     assert not sim.pending, "every retried proposal must be chosen after healing"
-    applied = {tuple(n.applied) for n in sim.nodes.values()}
-    assert len(applied) == 1, "after settling every replica applied the same log"
+    live = [n for n in sim.nodes.values() if n.core is not None]
+    assert len(live) >= sim.quorum
+    applied = {tuple(n.applied) for n in live}
+    assert len(applied) == 1, "after settling every live replica applied the same log"
 
 
 def _first_violation(broken: bool, check_durability: bool, seeds: range, replicas: int):
