@@ -288,6 +288,9 @@ class KVClient:
             call.silent.add(index)
             call.last_problem = f"{display_address(self.addresses[index])} did not answer"
             return None
+        except BaseException:  # e.g. Ctrl-C between send and recv: REQ is stuck
+            self._drop_socket(index)
+            raise
         call.silent.discard(index)
         try:
             return decode_response(reply)
@@ -378,16 +381,18 @@ class KVClient:
             poller.register(sock, zmq.POLLIN)
             waiting[sock] = index
         replies: dict[int, dict | str] = {}
-        while waiting:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            for sock, _ in poller.poll(max(1, int(remaining * 1000))):
-                index = waiting.pop(sock)
-                poller.unregister(sock)
-                replies[index] = self._status_reply(index, sock.recv())
-        for index in waiting.values():
-            self._drop_socket(index)  # silent: its REQ socket is stuck
+        try:
+            while waiting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                for sock, _ in poller.poll(max(1, int(remaining * 1000))):
+                    index = waiting.pop(sock)
+                    poller.unregister(sock)
+                    replies[index] = self._status_reply(index, sock.recv())
+        finally:
+            for index in waiting.values():
+                self._drop_socket(index)  # no reply: its REQ socket is stuck
         return replies
 
     def _status_reply(self, index: int, frame: bytes) -> dict | str:

@@ -9,6 +9,7 @@ that the tests can check seq numbers and where the client sent what.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -385,3 +386,23 @@ def test_bad_arguments() -> None:
     c.close()
     with pytest.raises(Exception, match="closed"):
         c.get("k")
+
+
+def test_interrupted_request_leaves_the_client_usable(make: Callable[..., FakeReplica]) -> None:
+    leader = make(1, first_n(1, silent, FakeStore()))
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise RuntimeError("interrupted")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with client_for(leader, attempt_timeout=2.0) as c:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(RuntimeError, match="interrupted"):
+                c.put("k", "v")  # stuck waiting for the silent first reply
+            t0 = time.monotonic()
+            assert c.put("k", "w") >= 1  # a fresh REQ socket, no EFSM
+            assert time.monotonic() - t0 < 1.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
