@@ -11,6 +11,17 @@ Sends never block: a DEALER has a bounded send queue (SNDHWM), IMMEDIATE set
 queue is full the message is dropped. Paxos tolerates loss and the core
 retransmits, so a slow or dead peer never stalls the event loop.
 
+Connections are watched with ZMTP heartbeats on both ends
+(`HEARTBEAT_IVL_MS`, `HEARTBEAT_TIMEOUT_MS`), so a half-open connection left
+by a partition or a crashed host is closed and the DEALER reconnects. The
+ROUTER sets ROUTER_HANDOVER: a peer that reconnects (restarted, or healed
+from a partition) while its old connection still looks alive takes over its
+routing id. Without handover libzmq silently ignores the newcomer's frames
+for as long as the stale connection lives, which can be forever. The price:
+without CURVE a stranger claiming a peer's id can displace that peer's link
+until the heartbeat timeout closes the displaced connection and it
+reconnects (seconds); routing ids identify, they do not authenticate.
+
 Inbound frames are dropped, counted per kind and logged once per kind
 (never raised) when the routing id is not a configured peer, the frame fails
 `codec.decode`, or `msg.sender` differs from the routing id.
@@ -42,6 +53,11 @@ PEER_SNDHWM = 10_000
 """Messages queued per peer before further sends to it are dropped."""
 RECONNECT_IVL_MS = 50
 """How soon a DEALER retries a peer that went away (a restarted replica)."""
+CONNECT_TIMEOUT_MS = 1000
+"""A connection attempt unanswered this long (a partitioned peer) is retried."""
+HEARTBEAT_IVL_MS = 500
+HEARTBEAT_TIMEOUT_MS = 2000
+"""ZMTP heartbeats on peer connections: silent this long means dead."""
 
 Envelope = list[bytes]
 """The routing frames of a client request, up to and including the empty
@@ -55,6 +71,11 @@ class BindError(Exception):
 def _base_options(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+
+
+def _heartbeats(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
 
 
 def _bind(sock: zmq.Socket, address: str, what: str) -> None:
@@ -94,9 +115,10 @@ class PeerTransport:
         self.bad = bad
         self.router = ctx.socket(zmq.ROUTER)
         _base_options(self.router)
-        # A restarted peer reconnects with the same routing id: let the new
-        # connection take over the old (possibly half-dead) one.
+        # A reconnecting peer takes over its routing id from a stale
+        # connection (see the module docstring).
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        _heartbeats(self.router)
         _bind(self.router, bind, "peer")
         self._routing: dict[bytes, int] = {b"%d" % pid: pid for pid in peers}
         self._dealers: dict[int, zmq.Socket] = {}
@@ -108,6 +130,8 @@ class PeerTransport:
             sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+            _heartbeats(sock)
             sock.connect(address)
             self._dealers[pid] = sock
 
@@ -125,7 +149,7 @@ class PeerTransport:
             sock = dealers.get(dst)
             if sock is None:
                 continue
-            try:
+            try:  # noqa: SIM105 - hot path: try is cheaper than suppress()
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 pass  # peer unreachable or too slow: Paxos retransmits
@@ -196,12 +220,10 @@ class ClientTransport:
 
     def reply(self, envelope: Envelope, payload: bytes) -> None:
         """Sends one reply; dropped if the client is gone or not reading."""
-        try:
+        try:  # noqa: SIM105 - hot path: try is cheaper than suppress()
             self.router.send_multipart([*envelope, payload], zmq.NOBLOCK)
-        except zmq.Again:
-            pass
         except zmq.ZMQError:
-            pass  # e.g. EHOSTUNREACH with ROUTER_MANDATORY: the client is gone
+            pass  # EAGAIN: the client is not reading; dropped like a lost reply
 
     def close(self) -> None:
         self.router.close(linger=0)

@@ -357,7 +357,7 @@ def test_concurrent_clients(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
     ctx = zmq.Context.instance()
     socks = []
-    for i in range(32):
+    for _ in range(32):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(cluster.address(leader))

@@ -1,0 +1,304 @@
+"""Hostile and malformed input against real replica processes.
+
+Garbage, truncated msgpack, wrong field types, unknown ops, over-limit
+requests and frames above ZMQ_MAXMSGSIZE, sent straight at a client socket
+(REQ and DEALER) and at a peer socket (a DEALER with an unknown routing id,
+and one that claims a real peer's id but sends garbage). Afterwards every
+replica must still run, answer STATUS and serve writes; bad requests must be
+answered BAD_REQUEST / TOO_LARGE and change nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from kvstore.limits import MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
+from kvstore.protocol import PROTOCOL_VERSION, Op, Request, Status, decode_response, encode_request
+from replica import codec
+from replica.messages import Ballot, Heartbeat, Phase1a, Phase2a
+from tests.integration.test_replica import LocalCluster, raw_request, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+_CID = b"b" * 16
+_VALID = encode_request(Request(Op.PUT, _CID, 1, b"key", b"value"))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path)
+    c.start_all()
+    try:
+        c.wait_leader()
+        yield c
+    finally:
+        c.close()
+
+
+def _dealer(address: str, routing_id: bytes | None = None) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 5000)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.connect(address)
+    return sock
+
+
+def _assert_healthy(cluster: LocalCluster, key: str = "healthy") -> dict[int, dict]:
+    """Every replica runs and answers STATUS; a write and a read succeed and
+    reach every replica (so every peer link works in both directions)."""
+    for rid in cluster.ids:
+        assert cluster.alive(rid), f"replica {rid} died:\n{cluster.log_text(rid)}"
+    leader = cluster.wait_leader()
+    client = cluster.client()
+    version = client.put(key, "ok")
+    assert client.get(key) == b"ok"
+    infos = {}
+    for rid in cluster.ids:
+        info = wait_for(
+            f"replica {rid} to apply revision {version}",
+            lambda rid=rid: (i := cluster.status(rid)) and i["revision"] >= version and i,
+        )
+        infos[rid] = info
+    assert infos[leader]["role"] == "leader"
+    return infos
+
+
+def _msgpack(*fields: object) -> bytes:
+    return msgpack.packb(list(fields), use_bin_type=True)
+
+
+def _request_fields(**override: object) -> bytes:
+    fields = {
+        "version": PROTOCOL_VERSION, "op": int(Op.PUT), "client_id": _CID, "seq": 1,
+        "key": b"k", "value": b"v", "expected_value": None, "expected_version": None,
+        "stale": False,
+    }  # fmt: skip
+    fields.update(override)
+    return _msgpack(*fields.values())
+
+
+BAD_REQUESTS = {
+    "empty": b"",
+    "garbage": b"\xc1\xff\x00garbage",
+    "not an array": msgpack.packb({"op": 1}),
+    "short array": _msgpack(PROTOCOL_VERSION, int(Op.PUT)),
+    "truncated": _VALID[:-3],
+    "trailing bytes": _VALID + b"\x00",
+    "wrong version": _request_fields(version=99),
+    "bool version": _request_fields(version=True),
+    "unknown op": _request_fields(op=99),
+    "op as string": _request_fields(op="PUT"),
+    "key as string": _request_fields(key="k"),
+    "seq as bool": _request_fields(seq=True),
+    "seq as float": _request_fields(seq=1.0),
+    "huge seq": _request_fields(seq=2**64 - 1, key=None),
+    "negative seq": _request_fields(seq=-1),
+    "short client id": _request_fields(client_id=b"x"),
+    "empty key": _request_fields(key=b""),
+    "put without value": _request_fields(value=None),
+    "cas without expectation": _request_fields(op=int(Op.CAS)),
+    "stale as int": _request_fields(op=int(Op.GET), stale=1),
+    "deep nesting": b"\x91" * 100_000 + b"\x00",
+    "lying length": b"\x99\xc6\xff\xff\xff\xff",
+    "huge map": b"\xdf\xff\xff\xff\xff",
+    "huge array": b"\xdd\xff\xff\xff\xff",
+}
+
+TOO_LARGE = {
+    "key": encode_request(Request(Op.PUT, _CID, 1, b"k" * (MAX_KEY_BYTES + 1), b"v")),
+    "value": encode_request(Request(Op.PUT, _CID, 1, b"k", b"v" * (MAX_VALUE_BYTES + 1))),
+    "expected value": encode_request(
+        Request(Op.CAS, _CID, 1, b"k", b"v", expected_value=b"e" * (MAX_VALUE_BYTES + 1))
+    ),
+    "frame": b"\x00" * (MAX_REQUEST_BYTES + 1),
+}
+
+
+def test_bad_client_requests_get_bad_request_and_change_nothing(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    before = cluster.status(leader)["revision"]
+    for rid in cluster.ids:  # followers check requests before redirecting
+        for name, frame in BAD_REQUESTS.items():
+            reply = raw_request(cluster.address(rid), frame)
+            assert reply is not None, f"{name}: no reply from replica {rid}"
+            resp = decode_response(reply)
+            assert resp.status is Status.BAD_REQUEST, (name, resp)
+            assert resp.error, name
+    assert cluster.status(leader)["revision"] == before
+    infos = _assert_healthy(cluster)
+    assert infos[leader]["bad_frames"].get("client_bad_request", 0) > 0
+
+
+def test_over_limit_requests_get_too_large(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    before = cluster.status(leader)["revision"]
+    for name, frame in TOO_LARGE.items():
+        resp = decode_response(raw_request(cluster.address(leader), frame, timeout=10))
+        assert resp.status is Status.TOO_LARGE, (name, resp)
+        assert "limit" in resp.error or "bytes" in resp.error, resp.error
+    assert cluster.status(leader)["revision"] == before
+    _assert_healthy(cluster)
+
+
+def test_frame_above_maxmsgsize_is_refused(cluster: LocalCluster) -> None:
+    """libzmq drops the connection of a frame above MAX_FRAME_BYTES: no reply,
+    nothing buffered, the replica keeps serving everybody else."""
+    leader = cluster.wait_leader()
+    for address in (cluster.address(leader), cluster.replicas[leader - 1].peer):
+        sock = _dealer(address)
+        try:
+            sock.send_multipart([b"", b"\x00" * (MAX_FRAME_BYTES + 1)])
+            assert sock.poll(1000) == 0
+        finally:
+            sock.close(linger=0)
+    _assert_healthy(cluster)
+
+
+def test_malformed_client_envelopes_are_dropped(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    sock = _dealer(cluster.address(leader))
+    try:
+        sock.send(_VALID)  # no empty delimiter
+        sock.send_multipart([b"x", _VALID])
+        sock.send_multipart([b"", b"x", b"y"])
+        sock.send_multipart([b"", BAD_REQUESTS["garbage"]])  # well-formed envelope
+        _, reply = sock.recv_multipart() if sock.poll(5000) else (None, None)
+        assert reply is not None and decode_response(reply).status is Status.BAD_REQUEST
+        assert sock.poll(200) == 0  # the three malformed ones got nothing
+    finally:
+        sock.close(linger=0)
+    infos = _assert_healthy(cluster)
+    assert infos[leader]["bad_frames"].get("client_envelope", 0) == 3
+
+
+def test_random_bytes_at_client_sockets(cluster: LocalCluster) -> None:
+    rng = random.Random(1234)
+    frames = [rng.randbytes(rng.randrange(0, 300)) for _ in range(200)]
+    frames += [_flip(rng, _VALID) for _ in range(200)]
+    for rid in cluster.ids:
+        sock = _dealer(cluster.address(rid))
+        replies = 0
+        try:
+            for frame in frames:
+                sock.send_multipart([b"", frame])
+            # One reply per request, except that copies of one write (same
+            # client_id and seq) in flight together share the first's reply.
+            while sock.poll(2000):
+                _, reply = sock.recv_multipart()
+                assert decode_response(reply).status in Status
+                replies += 1
+        finally:
+            sock.close(linger=0)
+        assert 200 <= replies <= len(frames), f"replica {rid}: {replies} replies"
+    _assert_healthy(cluster)
+
+
+def _flip(rng: random.Random, frame: bytes) -> bytes:
+    data = bytearray(frame)
+    for _ in range(rng.randrange(1, 4)):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    return bytes(data)
+
+
+def _forged_messages(sender: int) -> list[bytes]:
+    """Well-formed peer messages a stranger could send to disrupt the cluster."""
+    high = Ballot(10**6, sender)
+    return [
+        codec.encode(Phase1a(sender, high, 0)),
+        codec.encode(Phase2a(sender, high, 0, (b"evil",), 5)),
+        codec.encode(Heartbeat(sender, high, 10**6, 1)),
+    ]
+
+
+def _garbage_peer_frames(rng: random.Random, claimed: int) -> list[bytes]:
+    """Malformed frames, and random mutations of a message from a sender that
+    is not `claimed` (the routing id they are sent under); a mutation that
+    happens to be a well-formed message from `claimed` is left out: that one
+    would be a legitimate message (peers are not authenticated without CURVE)."""
+    valid = codec.encode(Phase2a(77, Ballot(1, 77), 0, (b"cmd",), 0))
+    frames = [b"", b"\x00", b"\xff" + valid[1:], valid[:-2], valid + b"\x00", b"\x03\xc1"]
+    frames += [bytes([tag]) + msgpack.packb(["x", None, 1.5]) for tag in range(1, 12)]
+    frames += [rng.randbytes(rng.randrange(1, 200)) for _ in range(100)]
+    frames += [_flip(rng, valid) for _ in range(100)]
+    return [f for f in frames if not _decodes_from(f, claimed)]
+
+
+def _decodes_from(frame: bytes, sender: int) -> bool:
+    try:
+        return codec.decode(frame).sender == sender
+    except codec.CodecError:
+        return False
+
+
+def test_unknown_peer_is_ignored(cluster: LocalCluster) -> None:
+    """A DEALER with a routing id that is no configured peer (a stranger, or
+    a replica's own id) gets everything dropped, even well-formed messages."""
+    leader = cluster.wait_leader()
+    rng = random.Random(7)
+    for rid in cluster.ids:
+        peer_address = cluster.replicas[rid - 1].peer
+        for routing_id in (b"99", str(rid).encode(), None):
+            sock = _dealer(peer_address, routing_id)
+            try:
+                frames = _forged_messages(2 if rid != 2 else 3) + _garbage_peer_frames(rng, 0)
+                for frame in frames:
+                    sock.send(frame)
+                sock.send_multipart([b"a", b"b", b"c"])
+            finally:
+                sock.close(linger=1000)  # deliver before closing
+
+    def counted(rid: int) -> bool:
+        info = cluster.status(rid)
+        return info is not None and info["bad_frames"].get("peer_unknown", 0) >= 3
+
+    for rid in cluster.ids:
+        wait_for(f"replica {rid} to count the frames", lambda rid=rid: counted(rid))
+    infos = _assert_healthy(cluster, "after-strangers")
+    for rid, info in infos.items():  # the forged ballot 10**6 reached nobody
+        assert info["promised"][0] < 10**6, (rid, info)
+        assert info["leader"] == leader or info["promised"][0] < 10**6
+
+
+def test_garbage_from_a_known_peer_id(cluster: LocalCluster) -> None:
+    """A DEALER claiming to be a follower sends garbage, and messages whose
+    sender differs from its routing id, to the leader. They are dropped. The
+    impostor displaces the real follower's link (ROUTER_HANDOVER; peers are
+    not authenticated without CURVE) only until heartbeats close the displaced
+    connection and it reconnects: the test proves the link is back by
+    stopping the other follower, after which writes need the follower."""
+    leader = cluster.wait_leader()
+    follower, other = (r for r in cluster.ids if r != leader)
+    sock = _dealer(cluster.replicas[leader - 1].peer, str(follower).encode())
+    rng = random.Random(99)
+    try:
+        for frame in _garbage_peer_frames(rng, follower):
+            sock.send(frame)
+        for frame in _forged_messages(other):  # sender != routing id
+            sock.send(frame)
+        sock.send_multipart([b"x", b"y"])
+    finally:
+        sock.close(linger=1000)
+
+    def counted() -> bool:
+        info = cluster.status(leader)
+        if info is None:
+            return False
+        bad = info["bad_frames"]
+        return bad.get("peer_undecodable", 0) > 0 and bad.get("peer_sender_mismatch", 0) >= 3
+
+    wait_for("the leader to count the garbage", counted)
+    _assert_healthy(cluster, "after-impostor")
+    cluster.kill(other)
+    client = cluster.client(timeout=30.0)
+    value = os.urandom(8).hex()
+    assert client.put("needs-both", value) > 0
+    assert client.get("needs-both") == value.encode()
