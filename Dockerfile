@@ -57,6 +57,6 @@ USER paxoskv
 WORKDIR /data
 # The replica's LevelDB lives here; compose mounts a named volume on it.
 VOLUME ["/data"]
-EXPOSE 7001 7002 7003 7101 7102 7103
+# Ports: replica N serves clients on 700N and peers on 710N (docker/cluster.toml).
 ENTRYPOINT ["kvstore-replica"]
 CMD ["--config", "/etc/paxoskv/cluster.toml", "--id", "1", "--data-dir", "/data"]
