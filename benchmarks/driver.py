@@ -1,0 +1,515 @@
+"""The load generator: one worker process running many closed-loop clients.
+
+The harness (benchmarks/harness.py) starts a few worker processes (spawned,
+so no ZeroMQ or gRPC state crosses a fork) and gives each a share of the
+logical clients. A logical client has one request outstanding at a time
+(closed loop): it sends, waits for the answer, records the latency, sends
+the next. The GIL makes threads useless here; instead each worker
+multiplexes its clients on one event loop:
+
+- paxoskv: every logical client has its own 16-byte client_id and seq, and
+  one ZeroMQ DEALER socket per replica it has talked to. A DEALER speaks to
+  the replica's ROUTER as a REQ socket would: [b"", request] out, [b"",
+  reply] back. One zmq.Poller covers all the sockets of the worker. A
+  REDIRECT resends the same frame (same seq: exactly-once) to the named
+  leader and tells the other clients of the worker; UNAVAILABLE backs off
+  (5 ms doubling to 100 ms) and tries the next replica; silence for
+  `attempt_timeout` closes that socket (a late reply must not be taken for
+  the next request's) and tries the next replica with the same frame.
+- etcd: grpc.aio, one channel per member per worker (HTTP/2 multiplexes the
+  worker's clients on it, as etcd's own clients do), one coroutine per
+  logical client. Errors (leader lost, member down, deadline) back off and
+  try the next member with the same request.
+
+Both send to the leader first (the harness tells them which it is); both
+measure from the first send of a request to its final answer, so retries
+and redirects are inside the latency.
+
+Latencies go into per-op histograms (benchmarks/histogram.py), in
+nanoseconds of CLOCK_MONOTONIC (system-wide on Linux, so the parent and the
+workers share a time base). Only requests started after the warm-up and
+finished before the end of the window count. Requests still outstanding at
+the end are abandoned.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import random
+import time
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from benchmarks.histogram import Histogram
+from benchmarks.workload import CAS, GET, PUT, OpStream, WorkloadSpec, payload
+
+MS = 1_000_000
+BACKOFF_MIN_NS = 5 * MS
+BACKOFF_MAX_NS = 100 * MS
+
+
+@dataclass
+class RunSpec:
+    """One run of a workload against one cluster, as handed to the workers."""
+
+    system: str  # "paxoskv" or "etcd"
+    endpoints: dict[int, str]  # replica id -> address
+    leader: int | None
+    clients: int
+    workload: WorkloadSpec
+    duration: float | None = 5.0  # seconds of measurement (None: run `ops`)
+    ops: int | None = None  # total operations to complete (with duration None)
+    warmup: float = 0.5
+    attempt_timeout: float = 1.0
+    timeline: bool = False  # keep every completion time (failover scenario)
+    client_base: int = 0  # logical client numbers start here (distinct streams per run)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["workload"] = self.workload.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        d = dict(d)
+        d["workload"] = WorkloadSpec(**d["workload"])
+        d["endpoints"] = {int(k): v for k, v in d["endpoints"].items()}
+        return cls(**d)
+
+
+@dataclass
+class WorkerStats:
+    hists: dict[str, Histogram] = field(default_factory=lambda: {PUT: Histogram(), GET: Histogram(), CAS: Histogram()})
+    errors: Counter = field(default_factory=Counter)
+    retries: int = 0
+    redirects: int = 0
+    cas_failed: int = 0
+    not_found: int = 0
+    abandoned: int = 0
+    completed_total: int = 0  # including warm-up
+    first_ns: int | None = None  # first measured completion
+    last_ns: int | None = None  # last measured completion
+    timeline: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hists": {op: h.to_dict() for op, h in self.hists.items()},
+            "errors": dict(self.errors),
+            "retries": self.retries,
+            "redirects": self.redirects,
+            "cas_failed": self.cas_failed,
+            "not_found": self.not_found,
+            "abandoned": self.abandoned,
+            "completed_total": self.completed_total,
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+            "timeline": self.timeline,
+        }
+
+
+class _Window:
+    """The measurement window and the stop rule shared by both drivers."""
+
+    def __init__(self, spec: RunSpec, start_ns: int, quota: int | None) -> None:
+        self.start_ns = start_ns
+        self.measure_from = start_ns + int(spec.warmup * 1e9)
+        self.end_ns = (
+            self.measure_from + int(spec.duration * 1e9) if spec.duration is not None else None
+        )
+        self.quota = quota  # measured ops this worker must complete (ops mode)
+        self.issued_measured = 0
+
+    def may_issue(self, now: int) -> bool:
+        if self.end_ns is not None:
+            return now < self.end_ns
+        if now < self.measure_from:
+            return True
+        if self.quota is not None and self.issued_measured >= self.quota:
+            return False
+        self.issued_measured += 1
+        return True
+
+
+def _stream(spec: RunSpec, no: int) -> OpStream:
+    return OpStream(spec.workload, no, no - spec.client_base, spec.clients)
+
+
+def _record(stats: WorkerStats, win: _Window, op: str, t0: int, t1: int, keep_timeline: bool) -> None:
+    stats.completed_total += 1
+    if keep_timeline:
+        stats.timeline.append(t1)
+    if t0 < win.measure_from or (win.end_ns is not None and t1 > win.end_ns):
+        return
+    stats.hists[op].record(t1 - t0)
+    if stats.first_ns is None:
+        stats.first_ns = t1
+    stats.last_ns = t1
+
+
+# --------------------------------------------------------------------------
+# paxoskv over ZeroMQ
+# --------------------------------------------------------------------------
+class _ZClient:
+    __slots__ = ("no", "cid", "seq", "stream", "socks", "op", "frame", "t0", "target",
+                 "deadline", "backoff", "active", "tried")  # fmt: skip
+
+    def __init__(self, no: int, stream: OpStream, cid: bytes) -> None:
+        self.no = no
+        self.cid = cid
+        self.seq = 0
+        self.stream = stream
+        self.socks: dict[int, Any] = {}
+        self.op = PUT
+        self.frame = b""
+        self.t0 = 0
+        self.target = 0
+        self.deadline = 0
+        self.backoff = BACKOFF_MIN_NS
+        self.active = False
+        self.tried = 0
+
+
+def run_paxoskv(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None,
+                progress: Any) -> WorkerStats:  # fmt: skip
+    import zmq
+
+    from kvstore.protocol import Op, Request, Status, decode_response, encode_request
+
+    ctx = zmq.Context()
+    stats = WorkerStats()
+    win = _Window(spec, start_ns, quota)
+    ids = sorted(spec.endpoints)
+    leader = [spec.leader if spec.leader in spec.endpoints else ids[0]]
+    value = payload(spec.workload.value_size, spec.workload.seed)
+    timeout_ns = int(spec.attempt_timeout * 1e9)
+    keep_tl = spec.timeline
+    poller = zmq.Poller()
+    owner: dict[Any, _ZClient] = {}
+    rng = random.Random(os.getpid())
+    clients = [
+        _ZClient(no, _stream(spec, no), rng.randbytes(16)) for no in client_nos
+    ]
+    wakeups: list[tuple[int, int, _ZClient]] = []  # (time, tiebreak, client) to resend
+    POLLIN = zmq.POLLIN
+    OK, NOT_FOUND, CAS_FAILED = Status.OK, Status.NOT_FOUND, Status.CAS_FAILED
+    REDIRECT, UNAVAILABLE = Status.REDIRECT, Status.UNAVAILABLE
+    op_codes = {PUT: Op.PUT, GET: Op.GET, CAS: Op.CAS}
+    now_ns = time.monotonic_ns
+
+    def sock_for(c: _ZClient, rid: int) -> Any:
+        s = c.socks.get(rid)
+        if s is None:
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(spec.endpoints[rid])
+            c.socks[rid] = s
+            poller.register(s, POLLIN)
+            owner[s] = c
+        return s
+
+    def drop_sock(c: _ZClient, rid: int) -> None:
+        s = c.socks.pop(rid, None)
+        if s is not None:
+            poller.unregister(s)
+            del owner[s]
+            s.close(0)
+
+    def send(c: _ZClient, now: int) -> None:
+        sock_for(c, c.target).send_multipart((b"", c.frame), copy=False)
+        c.deadline = now + timeout_ns
+
+    def start_next(c: _ZClient, now: int) -> None:
+        nxt = c.stream.next() if win.may_issue(now) else None
+        if nxt is None:
+            c.active = False
+            return
+        op, key = nxt
+        c.seq += 1
+        if op == PUT:
+            req = Request(Op.PUT, c.cid, c.seq, key, value)
+        elif op == GET:
+            req = Request(Op.GET, c.cid, c.seq, key)
+        else:
+            req = Request(op_codes[op], c.cid, c.seq, key, value, expected_value=value)
+        c.op = op
+        c.frame = encode_request(req)
+        c.t0 = now
+        c.target = leader[0]
+        c.backoff = BACKOFF_MIN_NS
+        c.tried = 0
+        c.active = True
+        send(c, now)
+
+    suspect_until: dict[int, int] = {}  # replicas that just timed out
+
+    def next_target(c: _ZClient, now: int) -> int:
+        """The leader hint unless it is the replica that just failed us or
+        is suspect; else the next replica that is not suspect."""
+        hint = leader[0]
+        if hint != c.target and suspect_until.get(hint, 0) <= now:
+            return hint
+        i = ids.index(c.target)
+        for k in range(1, len(ids) + 1):
+            rid = ids[(i + k) % len(ids)]
+            if suspect_until.get(rid, 0) <= now and rid != c.target:
+                return rid
+        return ids[(i + 1) % len(ids)]
+
+    def retry_later(c: _ZClient, now: int) -> None:
+        stats.retries += 1
+        c.tried += 1
+        c.target = next_target(c, now)
+        c.deadline = 1 << 62
+        heapq.heappush(wakeups, (now + c.backoff, c.no, c))
+        c.backoff = min(c.backoff * 2, BACKOFF_MAX_NS)
+
+    # Wait for the common start, connect first so the start is not skewed.
+    for c in clients:
+        sock_for(c, leader[0])
+    while now_ns() < start_ns:
+        time.sleep(min(0.005, max(0.0, (start_ns - now_ns()) / 1e9)))
+    now = now_ns()
+    for c in clients:
+        start_next(c, now)
+
+    last_scan = now
+    last_progress = now
+    grace_end: int | None = None
+    try:
+        while True:
+            active = sum(1 for c in clients if c.active)
+            now = now_ns()
+            if win.end_ns is not None and now >= win.end_ns:
+                stats.abandoned = active
+                break
+            if active == 0:
+                break
+            if win.end_ns is None and grace_end is not None and now > grace_end:
+                stats.abandoned = active
+                break
+            wait_ms = 10
+            if wakeups:
+                wait_ms = max(0, min(wait_ms, (wakeups[0][0] - now) // MS))
+            if win.end_ns is not None:
+                wait_ms = max(0, min(wait_ms, (win.end_ns - now) // MS + 1))
+            for s, _ in poller.poll(wait_ms):
+                c = owner.get(s)
+                if c is None:
+                    continue
+                frames = s.recv_multipart()
+                if not c.active or c.socks.get(c.target) is not s:
+                    continue  # a reply to an attempt we gave up on
+                now = now_ns()
+                try:
+                    resp = decode_response(frames[-1])
+                except Exception:  # noqa: BLE001
+                    stats.errors["undecodable reply"] += 1
+                    retry_later(c, now)
+                    continue
+                st = resp.status
+                if st == OK or st == NOT_FOUND or st == CAS_FAILED:
+                    if st == NOT_FOUND:
+                        stats.not_found += 1
+                    elif st == CAS_FAILED:
+                        stats.cas_failed += 1
+                    _record(stats, win, c.op, c.t0, now, keep_tl)
+                    if c.target != leader[0]:
+                        leader[0] = c.target
+                    start_next(c, now)
+                elif (
+                    st == REDIRECT
+                    and resp.leader in spec.endpoints
+                    and resp.leader != c.target
+                    and suspect_until.get(resp.leader, 0) <= now
+                ):
+                    stats.redirects += 1
+                    c.target = resp.leader
+                    leader[0] = resp.leader
+                    send(c, now)
+                elif st == REDIRECT or st == UNAVAILABLE:
+                    retry_later(c, now)
+                else:
+                    stats.errors[f"{st.name}: {resp.error}"[:120]] += 1
+                    start_next(c, now)
+            now = now_ns()
+            while wakeups and wakeups[0][0] <= now:
+                _, _, c = heapq.heappop(wakeups)
+                if c.active:
+                    send(c, now)
+            if now - last_scan >= 5 * MS:
+                last_scan = now
+                for c in clients:
+                    if c.active and c.deadline <= now:
+                        stats.errors["attempt timeout"] += 1
+                        drop_sock(c, c.target)
+                        suspect_until[c.target] = now + 2 * timeout_ns
+                        retry_later(c, now)
+                if progress is not None and now - last_progress >= 50 * MS:
+                    last_progress = now
+                    progress.value = stats.completed_total
+                if win.end_ns is None and grace_end is None and win.quota is not None and (
+                    win.issued_measured >= win.quota
+                ):
+                    grace_end = now + 2 * timeout_ns + 5_000 * MS
+    finally:
+        if progress is not None:
+            progress.value = stats.completed_total
+        for c in clients:
+            for rid in list(c.socks):
+                drop_sock(c, rid)
+        ctx.term()
+    return stats
+
+
+# --------------------------------------------------------------------------
+# etcd over gRPC (grpc.aio)
+# --------------------------------------------------------------------------
+def run_etcd(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None,
+             progress: Any) -> WorkerStats:  # fmt: skip
+    import asyncio
+
+    return asyncio.run(_run_etcd_async(spec, client_nos, start_ns, quota, progress))
+
+
+async def _run_etcd_async(spec: RunSpec, client_nos: list[int], start_ns: int,
+                          quota: int | None, progress: Any) -> WorkerStats:  # fmt: skip
+    import asyncio
+
+    import grpc
+
+    from benchmarks import etcd as pb
+
+    stats = WorkerStats()
+    win = _Window(spec, start_ns, quota)
+    ids = sorted(spec.endpoints)
+    leader = [spec.leader if spec.leader in spec.endpoints else ids[0]]
+    value = payload(spec.workload.value_size, spec.workload.seed)
+    keep_tl = spec.timeline
+    now_ns = time.monotonic_ns
+    options = [
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.initial_reconnect_backoff_ms", 20),
+        ("grpc.min_reconnect_backoff_ms", 20),
+        ("grpc.max_reconnect_backoff_ms", 200),
+    ]
+    channels = {rid: grpc.aio.insecure_channel(ep, options=options) for rid, ep in spec.endpoints.items()}
+    methods = {
+        rid: {
+            PUT: ch.unary_unary(pb.KV_PUT),
+            GET: ch.unary_unary(pb.KV_RANGE),
+            CAS: ch.unary_unary(pb.KV_TXN),
+        }
+        for rid, ch in channels.items()
+    }
+    for ch in channels.values():
+        try:
+            await asyncio.wait_for(ch.channel_ready(), timeout=5)
+        except Exception:  # noqa: BLE001 - a member may be down (failover runs)
+            pass
+    while now_ns() < start_ns:
+        await asyncio.sleep(min(0.005, max(0.0, (start_ns - now_ns()) / 1e9)))
+
+    async def client(no: int) -> None:
+        stream = _stream(spec, no)
+        while True:
+            now = now_ns()
+            nxt = stream.next() if win.may_issue(now) else None
+            if nxt is None:
+                return
+            op, key = nxt
+            if op == PUT:
+                body = pb.encode_put(key, value)
+            elif op == GET:
+                body = pb.encode_range(key)
+            else:
+                body = pb.encode_cas(key, value, value)
+            t0 = now
+            backoff = BACKOFF_MIN_NS
+            target = leader[0]
+            while True:
+                try:
+                    reply = await methods[target][op](body, timeout=spec.attempt_timeout)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    stats.errors[f"{exc.code().name}"] += 1
+                    stats.retries += 1
+                    if leader[0] == target:
+                        leader[0] = ids[(ids.index(target) + 1) % len(ids)]
+                    target = leader[0]
+                    await asyncio.sleep(backoff / 1e9)
+                    backoff = min(backoff * 2, BACKOFF_MAX_NS)
+            t1 = now_ns()
+            if op == GET:
+                if pb.decode_range_value(reply) is None:
+                    stats.not_found += 1
+            elif op == CAS:
+                if not pb.decode_txn_succeeded(reply):
+                    stats.cas_failed += 1
+            _record(stats, win, op, t0, t1, keep_tl)
+
+    async def reporter() -> None:
+        while True:
+            if progress is not None:
+                progress.value = stats.completed_total
+            await asyncio.sleep(0.05)
+
+    rep = asyncio.create_task(reporter())
+    tasks = [asyncio.create_task(client(no)) for no in client_nos]
+    try:
+        if win.end_ns is not None:
+            remaining = max(0.0, (win.end_ns - now_ns()) / 1e9)
+            done, pending = await asyncio.wait(tasks, timeout=remaining)
+        else:
+            done, pending = await asyncio.wait(tasks)
+        stats.abandoned = len(pending)
+        for t in pending:
+            t.cancel()
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        rep.cancel()
+        if progress is not None:
+            progress.value = stats.completed_total
+        for ch in channels.values():
+            await ch.close(grace=None)
+    return stats
+
+
+# --------------------------------------------------------------------------
+# the worker process
+# --------------------------------------------------------------------------
+def worker_main(spec_dict: dict[str, Any], wid: int, client_nos: list[int], quota: int | None,
+                ready_q: Any, start_ev: Any, start_ns: Any, progress: Any,
+                result_q: Any) -> None:  # fmt: skip
+    """Entry point of a spawned worker: set up, say ready, wait for the
+    common start time, run, send back the stats."""
+    try:
+        spec = RunSpec.from_dict(spec_dict)
+        run = run_paxoskv if spec.system == "paxoskv" else run_etcd
+        if spec.system == "etcd":
+            import grpc  # noqa: F401 - import before the start, not inside the window
+        else:
+            import zmq  # noqa: F401
+
+            import kvstore.protocol  # noqa: F401
+        if spec.workload.distribution == "zipfian":  # the O(keys) set-up, before the start
+            from benchmarks.workload import _zipf_cdf
+
+            _zipf_cdf(spec.workload.keys, spec.workload.theta)
+        ready_q.put(("ready", wid, None))
+        if not start_ev.wait(120):
+            raise TimeoutError("the harness never gave the start signal")
+        stats = run(spec, client_nos, start_ns.value, quota, progress)
+        result_q.put(("ok", wid, stats.to_dict()))
+    except BaseException:  # noqa: BLE001 - report everything to the parent
+        msg = traceback.format_exc()
+        try:
+            ready_q.put(("error", wid, msg))
+            result_q.put(("error", wid, msg))
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,219 @@
+"""Runs one workload against a running cluster with N closed-loop clients.
+
+`run_workload` spawns the worker processes (benchmarks/driver.py), waits
+until every worker has set up, gives one common start time, shows a
+progress bar while they run, then merges their histograms into one result:
+
+    {"clients", "duration_s", "ops", "throughput", "latency_ms": {count,
+     mean, min, p50, p90, p99, p99.9, max}, "by_op": {op: latency_ms},
+     "errors", "retries", "redirects", "cas_failed", "not_found",
+     "histogram": <overall histogram, for the CDF plot>, ...}
+
+Throughput is measured operations / measurement window (ops mode: first
+send to last measured completion). Latency percentiles come from the merged
+HDR-style histogram (3 significant digits).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.driver import RunSpec, worker_main
+from benchmarks.histogram import Histogram
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain carriage returns)."""
+
+    def __init__(self, enabled: bool | None = None, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._last_len = 0
+
+    def show(self, label: str, frac: float, detail: str) -> None:
+        if not self.enabled:
+            return
+        frac = min(1.0, max(0.0, frac))
+        width = 24
+        filled = int(frac * width)
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"\r{label[:34]:<34} [{bar}] {frac:4.0%} {detail}"
+        pad = max(0, self._last_len - len(line))
+        self.stream.write(line + " " * pad)
+        self.stream.flush()
+        self._last_len = len(line)
+
+    def note(self, text: str) -> None:
+        """A line of its own (clears the bar first)."""
+        if self.enabled:
+            self.stream.write("\r" + " " * self._last_len + "\r")
+            self._last_len = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled and self._last_len:
+            self.stream.write("\r" + " " * self._last_len + "\r")
+            self.stream.flush()
+            self._last_len = 0
+
+
+def default_workers(clients: int) -> int:
+    """Worker processes for a run: one per core (at most 4), never more than
+    clients. The clients share the 2 cores with the cluster; more processes
+    only add context switches."""
+    return max(1, min(clients, min(4, os.cpu_count() or 2)))
+
+
+def run_workload(
+    spec: RunSpec,
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    label: str = "",
+    on_tick: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """Runs `spec`; returns the merged result (see the module doc).
+
+    `on_tick(elapsed_seconds)` is called about every 20 ms from the start
+    (the failover scenario kills the leader from there)."""
+    if spec.duration is None and spec.ops is None and spec.workload.distribution != "sequential":
+        raise ValueError("a run needs a duration or an op count")
+    ctx = mp.get_context("spawn")
+    nworkers = min(workers or default_workers(spec.clients), spec.clients)
+    shares: list[list[int]] = [[] for _ in range(nworkers)]
+    for i in range(spec.clients):
+        shares[i % nworkers].append(spec.client_base + i)
+    quotas: list[int | None] = [None] * nworkers
+    if spec.duration is None and spec.ops is not None:
+        for w in range(nworkers):
+            quotas[w] = spec.ops * len(shares[w]) // spec.clients
+        quotas[0] = (quotas[0] or 0) + spec.ops - sum(q or 0 for q in quotas)
+
+    ready_q = ctx.Queue()
+    result_q = ctx.Queue()
+    start_ev = ctx.Event()
+    start_ns = ctx.Value("q", 0, lock=False)
+    counters = [ctx.Value("q", 0, lock=False) for _ in range(nworkers)]
+    spec_dict = spec.to_dict()
+    procs = [
+        ctx.Process(
+            target=worker_main,
+            args=(spec_dict, w, shares[w], quotas[w], ready_q, start_ev, start_ns, counters[w],
+                  result_q),  # fmt: skip
+            daemon=True,
+            name=f"bench-worker-{w}",
+        )
+        for w in range(nworkers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        ready = 0
+        deadline = time.monotonic() + 60
+        while ready < nworkers:
+            try:
+                kind, wid, msg = ready_q.get(timeout=0.5)
+            except Exception:  # noqa: BLE001 - queue.Empty
+                if time.monotonic() > deadline or any(not p.is_alive() for p in procs):
+                    raise RuntimeError("a benchmark worker failed to start") from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"benchmark worker {wid} failed:\n{msg}")
+            ready += 1
+        t_start = time.monotonic_ns() + 20_000_000
+        start_ns.value = t_start
+        start_ev.set()
+
+        total_s = (spec.warmup + spec.duration) if spec.duration is not None else None
+        results: dict[int, dict[str, Any]] = {}
+        pb = progress or Progress(enabled=False)
+        while len(results) < nworkers:
+            try:
+                kind, wid, payload = result_q.get(timeout=0.02)
+                if kind == "error":
+                    raise RuntimeError(f"benchmark worker {wid} failed:\n{payload}")
+                results[wid] = payload
+                continue
+            except RuntimeError:
+                raise
+            except Exception:  # noqa: BLE001 - queue.Empty
+                pass
+            elapsed = (time.monotonic_ns() - t_start) / 1e9
+            if on_tick is not None and elapsed >= 0:
+                on_tick(elapsed)
+            done_ops = sum(c.value for c in counters)
+            if total_s:
+                frac = elapsed / total_s
+                detail = f"{max(0.0, elapsed):5.1f}/{total_s:.1f}s {done_ops:>9,} ops"
+            else:
+                goal = spec.ops or spec.workload.keys
+                frac = done_ops / max(1, goal)
+                detail = f"{done_ops:>9,}/{goal:,} ops {max(0.0, elapsed):5.1f}s"
+            if elapsed > 0:
+                detail += f" {done_ops / elapsed:>8,.0f}/s"
+            pb.show(label, frac, detail)
+            if any(not p.is_alive() and p.exitcode not in (0, None) for p in procs):
+                if len(results) < nworkers and result_q.empty():
+                    raise RuntimeError("a benchmark worker died")
+            limit = (total_s or 3600) + 4 * spec.attempt_timeout + 60
+            if elapsed > limit:
+                raise TimeoutError(f"the benchmark run did not finish within {limit:.0f}s")
+        pb.done()
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return merge_results(spec, [results[w] for w in sorted(results)], t_start)
+
+
+def merge_results(spec: RunSpec, parts: list[dict[str, Any]], t_start: int) -> dict[str, Any]:
+    by_op: dict[str, Histogram] = {}
+    errors: Counter = Counter()
+    totals = Counter()
+    timeline: list[int] = []
+    firsts, lasts = [], []
+    for part in parts:
+        for op, hd in part["hists"].items():
+            by_op.setdefault(op, Histogram()).merge(Histogram.from_dict(hd))
+        errors.update(part["errors"])
+        for k in ("retries", "redirects", "cas_failed", "not_found", "abandoned", "completed_total"):
+            totals[k] += part[k]
+        if part["first_ns"] is not None:
+            firsts.append(part["first_ns"])
+            lasts.append(part["last_ns"])
+        timeline.extend(part["timeline"])
+    overall = Histogram.merged(by_op.values())
+    measure_from = t_start + int(spec.warmup * 1e9)
+    if spec.duration is not None:
+        window = spec.duration
+    else:
+        window = ((max(lasts) - measure_from) / 1e9) if lasts else 0.0
+    result: dict[str, Any] = {
+        "system": spec.system,
+        "clients": spec.clients,
+        "workload": spec.workload.to_dict(),
+        "mix": spec.workload.label,
+        "duration_s": round(window, 4),
+        "warmup_s": spec.warmup,
+        "ops": overall.total,
+        "throughput": overall.total / window if window > 0 else 0.0,
+        "latency_ms": overall.summary(),
+        "by_op": {op: h.summary() for op, h in by_op.items() if h.total},
+        "errors": dict(errors),
+        "error_count": sum(errors.values()),
+        **{k: totals[k] for k in ("retries", "redirects", "cas_failed", "not_found", "abandoned")},
+        "histogram": overall.to_dict(),
+    }
+    if spec.timeline:
+        result["timeline_ns"] = sorted(timeline)
+        result["t_start_ns"] = t_start
+    return result

@@ -1,0 +1,360 @@
+"""`python -m benchmarks.run`: the benchmark suite, paxoskv and etcd side by side.
+
+    python -m benchmarks.run                      # the standard suite (< ~5 min)
+    python -m benchmarks.run --suite quick        # a shorter pass
+    python -m benchmarks.run --suite full         # 1M keys, 100k catch-up, longer runs
+    python -m benchmarks.run --suite smoke        # seconds; what the test suite runs
+    python -m benchmarks.run --system paxoskv --scenarios steady \\
+        --clients 1,8,64 --duration 10 --mix put=50,get=50 --dist zipfian
+
+Writes benchmarks/results/<timestamp>.json and .png plus latest.json and
+latest.png (or under --out), and prints a one-screen table. See
+benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import etcd as etcd_mod
+from benchmarks.cluster import server_available
+from benchmarks.harness import Progress
+from benchmarks.scenarios import KiB, MiB, SCENARIOS, SuiteConfig, SystemRunner
+from benchmarks.sysinfo import load_average, machine_info, versions
+from benchmarks.workload import parse_mix
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SYSTEMS = ("paxoskv", "etcd")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        clients=[1, 4], duration=1.0, warmup=0.2, keys=100, get_clients=[1], mixed_clients=4,
+        value_sizes=[100, 10 * KiB], value_duration=0.5, store_sizes=[200, 1000],
+        store_clients=4, store_duration=0.5, preload_clients=8, catchup_writes=500,
+        catchup_clients=8, catchup_timeout=30.0, failover_clients=4, failover_before=0.5,
+        failover_after=3.0, scenarios=["steady"],
+    ),
+    "quick": dict(
+        clients=[1, 16, 64], duration=2.0, get_clients=[1], value_sizes=[100, 10 * KiB, 1 * MiB],
+        value_duration=1.0, store_sizes=[1000, 10_000], store_duration=1.0, catchup_writes=5000,
+        failover_after=4.0,
+    ),
+    "standard": dict(),
+    "full": dict(
+        clients=[1, 2, 4, 8, 16, 32, 64, 128], duration=10.0, warmup=1.0,
+        value_sizes=[100, 1 * KiB, 4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB],
+        value_duration=5.0, store_sizes=[1000, 10_000, 100_000, 1_000_000], store_duration=5.0,
+        catchup_writes=100_000, catchup_timeout=600.0, failover_after=8.0,
+    ),
+}
+
+# name, unit, which way is better ("low"/"high"), target (op, value) or None
+TARGETS = {
+    "put1_p50": ("<=", 0.8),
+    "put64_tput": (">=", 10_000),
+    "put64_p99": ("<=", 25.0),
+    "get1_p50": ("<=", 0.5),
+}
+
+
+def _int_list(text: str) -> list[int]:
+    out = []
+    for part in text.replace(" ", ",").split(","):
+        if not part:
+            continue
+        mult = 1
+        p = part.strip().lower()
+        for suffix, m in (("kib", KiB), ("mib", MiB), ("k", 1000), ("m", 1_000_000)):
+            if p.endswith(suffix):
+                p, mult = p[: -len(suffix)], m
+                break
+        out.append(int(float(p) * mult))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Latency/throughput benchmarks of paxoskv, side by side with etcd.",
+    )
+    ap.add_argument("--suite", choices=sorted(PRESETS), default="standard")
+    ap.add_argument("--system", choices=("both", *SYSTEMS), default="both",
+                    help="which system(s) to run; 'both' runs etcd only when it is installed")
+    ap.add_argument("--no-etcd", action="store_true", help="skip the etcd comparison")
+    ap.add_argument("--scenarios", help=f"comma list of {', '.join(SCENARIOS)}")
+    ap.add_argument("--replicas", type=int, choices=(3, 5))
+    ap.add_argument("--clients", type=_int_list, help="client counts of the sweep, e.g. 1,4,16,64")
+    ap.add_argument("--duration", type=float, help="seconds per run (after the warm-up)")
+    ap.add_argument("--ops", type=int, help="run each sweep point for this many ops instead")
+    ap.add_argument("--warmup", type=float)
+    ap.add_argument("--mix", type=parse_mix, help="e.g. put=50,get=45,cas=5 (default put)")
+    ap.add_argument("--keys", type=int)
+    ap.add_argument("--dist", dest="distribution", choices=("uniform", "zipfian"))
+    ap.add_argument("--theta", type=float, help="zipfian skew (default 0.99)")
+    ap.add_argument("--value-size", type=int)
+    ap.add_argument("--value-sizes", type=_int_list, help="value-size sweep, e.g. 100,1KiB,1MiB")
+    ap.add_argument("--store-sizes", type=_int_list, help="store-size sweep, e.g. 1k,100k,1m")
+    ap.add_argument("--catchup-writes", type=int)
+    ap.add_argument("--failover-clients", type=int)
+    ap.add_argument("--workers", type=int, help="load-generator processes (default: cores)")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar on stderr (default: when it is a terminal)")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace) -> SuiteConfig:
+    cfg = SuiteConfig(name=args.suite, **PRESETS[args.suite])
+    for name in ("replicas", "clients", "duration", "ops", "warmup", "mix", "keys", "distribution",
+                 "theta", "value_size", "value_sizes", "store_sizes", "catchup_writes",
+                 "failover_clients", "workers", "seed"):  # fmt: skip
+        v = getattr(args, name)
+        if v is not None:
+            setattr(cfg, name, v)
+    if args.scenarios:
+        wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        bad = set(wanted) - set(SCENARIOS)
+        if bad:
+            raise SystemExit(f"unknown scenario(s): {', '.join(sorted(bad))}")
+        cfg.scenarios = wanted
+    if cfg.mixed_clients > max(cfg.clients):
+        cfg.mixed_clients = max(cfg.clients)
+    return cfg
+
+
+# --------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------
+def _find(runs: list[dict[str, Any]] | None, clients: int) -> dict[str, Any] | None:
+    for r in runs or []:
+        if r.get("clients") == clients:
+            return r
+    return None
+
+
+def headline(sc: dict[str, Any]) -> dict[str, float | None]:
+    """The figures of the table for one system (None where not measured)."""
+    steady = sc.get("steady") if isinstance(sc.get("steady"), dict) else {}
+    sweep = steady.get("sweep") or []
+    gets = steady.get("get") or []
+    out: dict[str, float | None] = {}
+    one = _find(sweep, 1)
+    top = max(sweep, key=lambda r: r["clients"]) if sweep else None
+    out["put1_p50"] = one["latency_ms"]["p50"] if one else None
+    out["put1_p99"] = one["latency_ms"]["p99"] if one else None
+    out["put1_tput"] = one["throughput"] if one else None
+    out["put64_tput"] = top["throughput"] if top else None
+    out["put64_p50"] = top["latency_ms"]["p50"] if top else None
+    out["put64_p99"] = top["latency_ms"]["p99"] if top else None
+    out["put64_p999"] = top["latency_ms"]["p99.9"] if top else None
+    out["put64_clients"] = top["clients"] if top else None
+    g1 = _find(gets, 1)
+    gtop = max(gets, key=lambda r: r["clients"]) if gets else None
+    out["get1_p50"] = g1["latency_ms"]["p50"] if g1 else None
+    out["get1_p99"] = g1["latency_ms"]["p99"] if g1 else None
+    out["getN_tput"] = gtop["throughput"] if gtop and gtop["clients"] > 1 else None
+    mixed = (steady.get("mixed") or [None])[0]
+    out["mixed_tput"] = mixed["throughput"] if mixed else None
+    out["mixed_p99"] = mixed["latency_ms"]["p99"] if mixed else None
+    fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
+    out["failover_s"] = fo.get("unavailable_s")
+    cu = sc.get("catchup") if isinstance(sc.get("catchup"), dict) else {}
+    out["catchup_s"] = cu.get("restart_to_caught_up_s")
+    for r in sc.get("values") if isinstance(sc.get("values"), list) else []:
+        out[f"value_{r['value_size']}_p50"] = r["latency_ms"]["p50"]
+    for p in sc.get("store") if isinstance(sc.get("store"), list) else []:
+        out[f"store_{p['keys']}_put_p50"] = p["put"]["latency_ms"]["p50"]
+        out[f"store_{p['keys']}_get_p50"] = p["get"]["latency_ms"]["p50"]
+    return out
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "op/s":
+        return f"{v:,.0f}"
+    if unit == "s":
+        return f"{v:.2f}"
+    return f"{v:.2f}" if v < 100 else f"{v:,.0f}"
+
+
+def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """[{label, unit, better, key, values: {system: v}, ratio, target, met}]"""
+    cfg = doc["config"]
+    heads = {name: headline(s["scenarios"]) for name, s in doc["systems"].items()
+             if s.get("status") == "ok"}  # fmt: skip
+    any_head = next(iter(heads.values()), {})
+    topc = any_head.get("put64_clients") or max(cfg.get("clients") or [64])
+    mixlab = "/".join(f"{int(v)}" for v in (cfg.get("mixed") or {}).values())
+    spec: list[tuple[str, str, str, str]] = [
+        ("put1_p50", "PUT 1 client p50", "ms", "low"),
+        ("put1_p99", "PUT 1 client p99", "ms", "low"),
+        ("put1_tput", "PUT 1 client throughput", "op/s", "high"),
+        ("put64_tput", f"PUT {topc} clients throughput", "op/s", "high"),
+        ("put64_p50", f"PUT {topc} clients p50", "ms", "low"),
+        ("put64_p99", f"PUT {topc} clients p99", "ms", "low"),
+        ("put64_p999", f"PUT {topc} clients p99.9", "ms", "low"),
+        ("get1_p50", "GET 1 client p50 (linearizable)", "ms", "low"),
+        ("get1_p99", "GET 1 client p99 (linearizable)", "ms", "low"),
+        ("getN_tput", f"GET {max(cfg.get('get_clients') or [1])} clients throughput", "op/s", "high"),
+        ("mixed_tput", f"mixed put/get/cas {mixlab} zipf, {cfg.get('mixed_clients')}c", "op/s", "high"),
+        ("mixed_p99", "mixed p99", "ms", "low"),
+        ("failover_s", "failover: unavailable after kill -9", "s", "low"),
+        ("catchup_s", f"catch-up after {cfg.get('catchup_writes', 0):,} writes", "s", "low"),
+    ]
+    for size in cfg.get("value_sizes") or []:
+        spec.append((f"value_{size}_p50", f"PUT p50, value {_size_label(size)}", "ms", "low"))
+    for n in sorted(cfg.get("store_sizes") or []):
+        spec.append((f"store_{n}_put_p50", f"PUT p50, store {n:,} keys", "ms", "low"))
+        spec.append((f"store_{n}_get_p50", f"GET p50, store {n:,} keys", "ms", "low"))
+    rows = []
+    for key, label, unit, better in spec:
+        vals = {name: h.get(key) for name, h in heads.items()}
+        if all(v is None for v in vals.values()):
+            continue
+        ours, theirs = vals.get("paxoskv"), vals.get("etcd")
+        ratio = None
+        if ours and theirs:
+            ratio = (theirs / ours) if better == "low" else (ours / theirs)
+        target = TARGETS.get(key) if key != "put64_tput" or topc == 64 else None
+        if key == "put64_p99" and topc != 64:
+            target = None
+        met = None
+        if target and ours is not None:
+            met = ours <= target[1] if target[0] == "<=" else ours >= target[1]
+        rows.append({"key": key, "label": label, "unit": unit, "better": better, "values": vals,
+                     "ratio": ratio, "target": target, "met": met})  # fmt: skip
+    return rows
+
+
+def _size_label(n: int) -> str:
+    from benchmarks.scenarios import _size
+
+    return _size(n)
+
+
+def render_table(doc: dict[str, Any]) -> str:
+    rows = table_rows(doc)
+    names = [n for n in SYSTEMS if doc["systems"].get(n, {}).get("status") == "ok"]
+    m = doc["machine"]
+    cfg = doc["config"]
+    lines = [
+        f"{' vs '.join(names) or 'nothing ran'}: {cfg['replicas']} replicas, durable writes, "
+        f"{cfg['value_size']} B values, {cfg['keys']:,} keys ({cfg['distribution']}), "
+        f"suite {cfg['name']}",
+        f"machine: {m.get('cores')} cores {m.get('cpu')}, {m.get('memory_gib')} GiB, "
+        f"{m.get('data_fs')}, fsync p50 {m.get('fsync_ms', {}).get('p50', float('nan')):.2f} ms; "
+        f"load avg {m.get('load_average_at_start')}",
+    ]
+    for name, s in doc["systems"].items():
+        if s.get("status") != "ok":
+            lines.append(f"{name}: {s.get('status')} - {s.get('reason', '')}")
+    header = f"{'metric':<44}{'unit':>5}" + "".join(f"{n:>12}" for n in names)
+    if "paxoskv" in names and "etcd" in names:
+        header += f"{'ratio':>8}"
+    header += f"{'target':>12}"
+    lines += ["", header, "-" * len(header)]
+    for r in rows:
+        line = f"{r['label'][:43]:<44}{r['unit']:>5}"
+        line += "".join(f"{_fmt(r['values'].get(n), r['unit']):>12}" for n in names)
+        if "paxoskv" in names and "etcd" in names:
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+            line += f"{ratio:>8}"
+        if r["target"]:
+            op, val = r["target"]
+            mark = "ok" if r["met"] else ("MISS" if r["met"] is False else "")
+            tgt = f"{op}{val:g} {mark}"
+            line += f"{tgt:>12}"
+        lines.append(line)
+    if "paxoskv" in names and "etcd" in names:
+        lines.append("ratio > 1: paxoskv ahead (etcd/paxoskv for latency and times, "
+                     "paxoskv/etcd for throughput)")  # fmt: skip
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    progress = Progress(enabled=args.progress)
+    t_suite = time.monotonic()
+    now = dt.datetime.now(dt.timezone.utc).astimezone()
+
+    systems: list[str] = []
+    skipped: dict[str, str] = {}
+    want = list(SYSTEMS) if args.system == "both" else [args.system]
+    if args.no_etcd and "etcd" in want:
+        want.remove("etcd")
+        skipped["etcd"] = "skipped (--no-etcd)"
+    for name in want:
+        why = server_available() if name == "paxoskv" else etcd_mod.unavailable_reason()
+        if why:
+            skipped[name] = why
+            if name == "etcd":
+                progress.note(f"etcd comparison skipped: {why}; running paxoskv alone")
+            else:
+                progress.note(f"paxoskv skipped: {why}")
+        else:
+            systems.append(name)
+
+    doc: dict[str, Any] = {
+        "schema": 1,
+        "created": now.isoformat(timespec="seconds"),
+        "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "versions": versions(),
+        "config": cfg.to_dict(),
+        "systems": {name: {"status": "skipped", "reason": why} for name, why in skipped.items()},
+    }
+    for name in systems:
+        t0 = time.monotonic()
+        runner = SystemRunner(name, cfg, progress)
+        try:
+            scen = runner.run_all()
+            doc["systems"][name] = {"status": "ok", "scenarios": scen,
+                                    "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - report it and go on with the other system
+            progress.note(f"{name} failed: {type(exc).__name__}: {exc}")
+            doc["systems"][name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    doc["machine"]["load_average_at_end"] = load_average()
+    doc["seconds"] = round(time.monotonic() - t_suite, 1)
+    doc["table"] = table_rows(doc)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    json_path = out / f"{stamp}.json"
+    text = json.dumps(doc, indent=1, default=str)
+    json_path.write_text(text)
+    (out / "latest.json").write_text(text)
+    png_path = None
+    if not args.no_plot:
+        from benchmarks.plot import matplotlib_available, plot
+
+        if matplotlib_available() and any(s.get("status") == "ok" for s in doc["systems"].values()):
+            png_path = plot(doc, out / f"{stamp}.png")
+            (out / "latest.png").write_bytes(png_path.read_bytes())
+        elif not matplotlib_available():
+            progress.note("no plot: matplotlib is not installed (pip install -e '.[bench]')")
+    print(render_table(doc))
+    print(f"\nwrote {json_path}" + (f" and {png_path}" if png_path else "") +
+          f" (latest.* beside them) in {doc['seconds']:.0f}s")  # fmt: skip
+    ok = any(s.get("status") == "ok" for s in doc["systems"].values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
