@@ -283,13 +283,22 @@ step_wheelhouse() {
     say "wheelhouse: target Python $pyver, $arch, glibc $glibc (from $BASE_IMAGE)"
     mkdir -p "$WHEELHOUSE"
     rm -f "$WHEELHOUSE"/paxoskv-*.whl
-    # 1. The project itself (pure Python, py3-none-any).
-    local iso=()
+    # 1. The project itself (pure Python, py3-none-any), built from a clean
+    #    copy of the sources: setuptools' in-tree build/ could carry stale
+    #    modules into the wheel, and the work tree stays untouched.
+    local iso=() src
     if "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 61)' 2>/dev/null; then
         iso=(--no-build-isolation)   # works offline too
     fi
-    "$PYTHON" -m pip wheel -q --no-deps "${iso[@]}" -w "$WHEELHOUSE" . >/dev/null \
-        || die "wheelhouse: building the paxoskv wheel failed"
+    src=$(mktemp -d /tmp/paxoskv-src.XXXXXX)
+    tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml kvstore replica client \
+        $( [ -f README.md ] && echo README.md ) $( [ -f LICENSE ] && echo LICENSE ) | tar -C "$src" -xf -
+    if ! "$PYTHON" -m pip wheel -q --no-deps "${iso[@]}" -w "$ROOT/$WHEELHOUSE" "$src" >"$src.log" 2>&1; then
+        grep -v "is ignored: it is neither a file nor a directory" "$src.log" | tail -n 20 >&2
+        rm -rf "$src" "$src.log"
+        die "wheelhouse: building the paxoskv wheel failed"
+    fi
+    rm -rf "$src" "$src.log"
     # 2. Its runtime dependencies, as binary wheels for the target.
     local whl reqs=()
     whl=$(ls "$WHEELHOUSE"/paxoskv-*.whl | head -n1)
