@@ -132,6 +132,11 @@ step_apt() {
         pkgs+=(debootstrap)
     fi
     have iptables || pkgs+=(iptables)
+    # With AppArmor on in the kernel, dockerd needs apparmor_parser to load
+    # its default profile (a recommendation of docker.io, not a dependency).
+    if [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ] && ! have apparmor_parser; then
+        pkgs+=(apparmor)
+    fi
     if [ ${#pkgs[@]} = 0 ]; then say "apt: docker engine, compose, debootstrap, iptables already installed"; return 0; fi
     is_root || die "apt: need root to install ${pkgs[*]}"
     have apt-get || die "apt: no apt-get; install ${pkgs[*]} by other means"
