@@ -12,34 +12,29 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
 
+from kvstore.config import normalize_address
 from kvstore.limits import MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
 from kvstore.protocol import PROTOCOL_VERSION, Op, Request, Status, decode_response, encode_request
 from replica import codec
 from replica.messages import Ballot, Heartbeat, Phase1a, Phase2a
-from tests.integration.test_replica import LocalCluster, raw_request, wait_for
+from tests.integration.conftest import Cluster
+from tests.integration.test_replica import (
+    peer_address,
+    raw_request,
+    status_of,
+    wait_agreed_leader,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 _CID = b"b" * 16
 _VALID = encode_request(Request(Op.PUT, _CID, 1, b"key", b"value"))
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path)
-    c.start_all()
-    try:
-        c.wait_leader()
-        yield c
-    finally:
-        c.close()
 
 
 def _dealer(address: str, routing_id: bytes | None = None) -> zmq.Socket:
@@ -48,16 +43,16 @@ def _dealer(address: str, routing_id: bytes | None = None) -> zmq.Socket:
     sock.setsockopt(zmq.SNDTIMEO, 5000)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    sock.connect(address)
+    sock.connect(normalize_address(address))
     return sock
 
 
-def _assert_healthy(cluster: LocalCluster, key: str = "healthy") -> dict[int, dict]:
+def _assert_healthy(cluster: Cluster, key: str = "healthy") -> dict[int, dict]:
     """Every replica runs and answers STATUS; a write and a read succeed and
     reach every replica (so every peer link works in both directions)."""
     for rid in cluster.ids:
-        assert cluster.alive(rid), f"replica {rid} died:\n{cluster.log_text(rid)}"
-    leader = cluster.wait_leader()
+        assert cluster.is_running(rid), f"replica {rid} died:\n{cluster.log_tail(rid)}"
+    leader = wait_agreed_leader(cluster)
     client = cluster.client()
     version = client.put(key, "ok")
     assert client.get(key) == b"ok"
@@ -65,7 +60,7 @@ def _assert_healthy(cluster: LocalCluster, key: str = "healthy") -> dict[int, di
     for rid in cluster.ids:
         info = wait_for(
             f"replica {rid} to apply revision {version}",
-            lambda rid=rid: (i := cluster.status(rid)) and i["revision"] >= version and i,
+            lambda rid=rid: (i := status_of(cluster, rid)) and i["revision"] >= version and i,
         )
         infos[rid] = info
     assert infos[leader]["role"] == "leader"
@@ -123,9 +118,9 @@ TOO_LARGE = {
 }
 
 
-def test_bad_client_requests_get_bad_request_and_change_nothing(cluster: LocalCluster) -> None:
-    leader = cluster.wait_leader()
-    before = cluster.status(leader)["revision"]
+def test_bad_client_requests_get_bad_request_and_change_nothing(cluster: Cluster) -> None:
+    leader = wait_agreed_leader(cluster)
+    before = status_of(cluster, leader)["revision"]
     for rid in cluster.ids:  # followers check requests before redirecting
         for name, frame in BAD_REQUESTS.items():
             reply = raw_request(cluster.address(rid), frame)
@@ -133,27 +128,27 @@ def test_bad_client_requests_get_bad_request_and_change_nothing(cluster: LocalCl
             resp = decode_response(reply)
             assert resp.status is Status.BAD_REQUEST, (name, resp)
             assert resp.error, name
-    assert cluster.status(leader)["revision"] == before
+    assert status_of(cluster, leader)["revision"] == before
     infos = _assert_healthy(cluster)
     assert infos[leader]["bad_frames"].get("client_bad_request", 0) > 0
 
 
-def test_over_limit_requests_get_too_large(cluster: LocalCluster) -> None:
-    leader = cluster.wait_leader()
-    before = cluster.status(leader)["revision"]
+def test_over_limit_requests_get_too_large(cluster: Cluster) -> None:
+    leader = wait_agreed_leader(cluster)
+    before = status_of(cluster, leader)["revision"]
     for name, frame in TOO_LARGE.items():
         resp = decode_response(raw_request(cluster.address(leader), frame, timeout=10))
         assert resp.status is Status.TOO_LARGE, (name, resp)
         assert "limit" in resp.error or "bytes" in resp.error, resp.error
-    assert cluster.status(leader)["revision"] == before
+    assert status_of(cluster, leader)["revision"] == before
     _assert_healthy(cluster)
 
 
-def test_frame_above_maxmsgsize_is_refused(cluster: LocalCluster) -> None:
+def test_frame_above_maxmsgsize_is_refused(cluster: Cluster) -> None:
     """libzmq drops the connection of a frame above MAX_FRAME_BYTES: no reply,
     nothing buffered, the replica keeps serving everybody else."""
-    leader = cluster.wait_leader()
-    for address in (cluster.address(leader), cluster.replicas[leader - 1].peer):
+    leader = wait_agreed_leader(cluster)
+    for address in (cluster.address(leader), peer_address(cluster, leader)):
         sock = _dealer(address)
         try:
             sock.send_multipart([b"", b"\x00" * (MAX_FRAME_BYTES + 1)])
@@ -163,8 +158,8 @@ def test_frame_above_maxmsgsize_is_refused(cluster: LocalCluster) -> None:
     _assert_healthy(cluster)
 
 
-def test_malformed_client_envelopes_are_dropped(cluster: LocalCluster) -> None:
-    leader = cluster.wait_leader()
+def test_malformed_client_envelopes_are_dropped(cluster: Cluster) -> None:
+    leader = wait_agreed_leader(cluster)
     sock = _dealer(cluster.address(leader))
     try:
         sock.send(_VALID)  # no empty delimiter
@@ -180,7 +175,7 @@ def test_malformed_client_envelopes_are_dropped(cluster: LocalCluster) -> None:
     assert infos[leader]["bad_frames"].get("client_envelope", 0) == 3
 
 
-def test_random_bytes_at_client_sockets(cluster: LocalCluster) -> None:
+def test_random_bytes_at_client_sockets(cluster: Cluster) -> None:
     rng = random.Random(1234)
     frames = [rng.randbytes(rng.randrange(0, 300)) for _ in range(200)]
     frames += [_flip(rng, _VALID) for _ in range(200)]
@@ -239,15 +234,15 @@ def _decodes_from(frame: bytes, sender: int) -> bool:
         return False
 
 
-def test_unknown_peer_is_ignored(cluster: LocalCluster) -> None:
+def test_unknown_peer_is_ignored(cluster: Cluster) -> None:
     """A DEALER with a routing id that is no configured peer (a stranger, or
     a replica's own id) gets everything dropped, even well-formed messages."""
-    leader = cluster.wait_leader()
+    leader = wait_agreed_leader(cluster)
     rng = random.Random(7)
     for rid in cluster.ids:
-        peer_address = cluster.replicas[rid - 1].peer
+        address = peer_address(cluster, rid)
         for routing_id in (b"99", str(rid).encode(), None):
-            sock = _dealer(peer_address, routing_id)
+            sock = _dealer(address, routing_id)
             try:
                 frames = _forged_messages(2 if rid != 2 else 3) + _garbage_peer_frames(rng, 0)
                 for frame in frames:
@@ -257,7 +252,7 @@ def test_unknown_peer_is_ignored(cluster: LocalCluster) -> None:
                 sock.close(linger=1000)  # deliver before closing
 
     def counted(rid: int) -> bool:
-        info = cluster.status(rid)
+        info = status_of(cluster, rid)
         return info is not None and info["bad_frames"].get("peer_unknown", 0) >= 3
 
     for rid in cluster.ids:
@@ -268,16 +263,16 @@ def test_unknown_peer_is_ignored(cluster: LocalCluster) -> None:
         assert info["leader"] == leader or info["promised"][0] < 10**6
 
 
-def test_garbage_from_a_known_peer_id(cluster: LocalCluster) -> None:
+def test_garbage_from_a_known_peer_id(cluster: Cluster) -> None:
     """A DEALER claiming to be a follower sends garbage, and messages whose
     sender differs from its routing id, to the leader. They are dropped. The
     impostor displaces the real follower's link (ROUTER_HANDOVER; peers are
     not authenticated without CURVE) only until heartbeats close the displaced
     connection and it reconnects: the test proves the link is back by
     stopping the other follower, after which writes need the follower."""
-    leader = cluster.wait_leader()
+    leader = wait_agreed_leader(cluster)
     follower, other = (r for r in cluster.ids if r != leader)
-    sock = _dealer(cluster.replicas[leader - 1].peer, str(follower).encode())
+    sock = _dealer(peer_address(cluster, leader), str(follower).encode())
     rng = random.Random(99)
     try:
         for frame in _garbage_peer_frames(rng, follower):
@@ -289,7 +284,7 @@ def test_garbage_from_a_known_peer_id(cluster: LocalCluster) -> None:
         sock.close(linger=1000)
 
     def counted() -> bool:
-        info = cluster.status(leader)
+        info = status_of(cluster, leader)
         if info is None:
             return False
         bad = info["bad_frames"]
