@@ -351,8 +351,8 @@ step_image() {
     # The build stage is tagged too ($stage_tag), so that its cached layers
     # (the venv) survive the pruning of this project's dangling images below.
     local stage_tag="${IMAGE%:*}:build-stage"
-    if ! { DOCKER_BUILDKIT=0 docker build --target build -t "$stage_tag" "${args[@]}" . \
-           && DOCKER_BUILDKIT=0 docker build -t "$IMAGE" "${args[@]}" . ; } >"$log" 2>&1; then
+    if ! { DOCKER_BUILDKIT=0 docker build --force-rm --target build -t "$stage_tag" "${args[@]}" . \
+           && DOCKER_BUILDKIT=0 docker build --force-rm -t "$IMAGE" "${args[@]}" . ; } >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         die "image: docker build failed (full log: $log)"
     fi
@@ -366,6 +366,16 @@ step_image() {
 
 # --------------------------------------------------------------------------
 T0=$(now)
+# One run at a time on a machine: the wheelhouse and the image tag are shared
+# (two test runs building at once would delete each other's wheel).
+LOCK=${PAXOSKV_PREP_LOCK:-/tmp/paxoskv-docker-prep.lock}
+if have flock; then
+    exec 9>>"$LOCK"
+    if ! flock -n 9; then
+        say "another docker-prep run holds $LOCK; waiting (at most 15 min)"
+        flock -w 900 9 || die "timed out waiting for $LOCK"
+    fi
+fi
 [ "$SKIP_APT" = 1 ] || step_apt
 [ "$SKIP_ENGINE" = 1 ] || step_engine
 if [ "$SKIP_BASE$SKIP_WHEELHOUSE$SKIP_IMAGE" != 111 ]; then
