@@ -1,0 +1,43 @@
+"""A deliberately broken replica, to prove that the fault tests catch bugs.
+
+`python -m tests.fault.broken_replica --config F --id N --data-dir D` runs
+`replica.server` with ONE change: a replica that believes it is the leader
+answers linearizable GETs from its local state at once, without the read
+index (no heartbeat round confirming with a majority that it still leads).
+
+That is the classic "leader reads" bug: a leader cut off from its peers, or
+paused long enough to be replaced, keeps believing it leads until its
+check-quorum timer fires, and meanwhile serves reads that miss writes the
+new leader has acknowledged. `runner.stale_read_scenario` makes that happen
+deterministically and the linearizability checker must say "violation".
+
+(Another classic, acknowledging votes that were never fsync'd, cannot be
+caught by kill -9: the page cache survives a killed process. It needs a
+simulated power loss, which is the simulator's job: tests/sim.)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kvstore.protocol import Request
+from replica import server
+from replica.paxos import Role
+from replica.transport import Envelope
+
+
+def _read_local_if_leader(self: server.Replica, envelope: Envelope, req: Request) -> None:
+    """BROKEN on purpose: trusts the replica's own belief that it leads."""
+    if self.core.role is not Role.LEADER:
+        self.clients.reply(envelope, self._not_leader_reply())
+        return
+    self._reply(envelope, self._read_local(req.key))
+
+
+def main(argv: list[str] | None = None) -> int:
+    server.Replica._read_linearizable = _read_local_if_leader  # type: ignore[method-assign]
+    return server.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

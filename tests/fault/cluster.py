@@ -1,0 +1,186 @@
+"""The integration `Cluster`, made partitionable and checkable for fault runs.
+
+`FaultCluster` is `tests.integration.conftest.Cluster` (one launcher, not
+two) with three additions:
+
+- Every replica process runs with a group id of its own (`gid(rid)`; the
+  user stays root). Outgoing packets carry their socket owner's gid, which
+  iptables' `owner` match sees on the OUTPUT hook, so `nemesis.Firewall`
+  can drop "what replica i sends to replica j's peer port" without any help
+  from the replica: the transport's DEALERs connect from ephemeral ports on
+  127.0.0.1, indistinguishable by address. Clients (this process, gid 0)
+  are never matched, so a partitioned replica stays reachable by clients.
+- `module`: the Python module the replicas run, `replica.server` or a
+  deliberately broken wrapper (`tests.fault.broken_replica`).
+- `wait_settled` and `state_checksums`: the end-of-run checks that every
+  replica applied the same log and holds the same data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plyvel
+
+from client.localcluster import REPLICA_MODULE, replica_command, replica_env
+from kvstore.statemachine import KVStateMachine
+from tests.integration.conftest import Cluster
+
+GID_BASE = 3_000_000
+"""Replica group ids are GID_BASE + 16 * (launcher pid % 100_000) + replica id:
+unique per launcher, far from any real group, below 2**31."""
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One replica's state machine as found on disk after a clean stop."""
+
+    rid: int
+    applied_index: int
+    revision: int
+    checksum: str
+    keys: int
+
+
+class FaultCluster(Cluster):
+    """A `Cluster` whose replicas can be told apart by iptables."""
+
+    def __init__(
+        self, root: Path, replicas: int = 3, *, tick_ms: int = 10, module: str = REPLICA_MODULE
+    ) -> None:
+        super().__init__(root, replicas, tick_ms=tick_ms)
+        self.module = module
+        self._gid0 = GID_BASE + 16 * (os.getpid() % 100_000)
+        self.starts: dict[int, int] = {rid: 0 for rid in self.ids}
+        self.exits: list[tuple[int, int]] = []  # (rid, returncode) seen by reap()
+        self._reaped: set[int] = set()
+
+    def gid(self, rid: int) -> int:
+        """The group id replica `rid` runs with."""
+        self._replica(rid)
+        return self._gid0 + rid
+
+    def peer_port(self, rid: int) -> int:
+        return int(self._replica(rid).peer.rsplit(":", 1)[1])
+
+    def start_replica(self, rid: int) -> None:
+        """As `Cluster.start_replica`, under the replica's own gid and with
+        `self.module` as the program."""
+        self._replica(rid)
+        if self.is_running(rid):
+            raise RuntimeError(f"replica {rid} is already running")
+        cmd = replica_command(self.config_path, rid, self.data_dir(rid), self.tick_ms)
+        cmd[cmd.index(REPLICA_MODULE)] = self.module
+        with open(self.log_path(rid), "ab") as log:
+            log.write(f"=== start #{self.starts[rid] + 1} of replica {rid} ===\n".encode())
+            log.flush()
+            self.procs[rid] = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=replica_env(), cwd=self.root, group=self.gid(rid),
+            )  # fmt: skip
+        self.starts[rid] += 1
+
+    def is_paused(self, rid: int) -> bool:
+        """Whether the replica's process is stopped (SIGSTOP), from /proc."""
+        proc = self.procs.get(rid)
+        if proc is None or proc.poll() is not None:
+            return False
+        try:
+            with open(f"/proc/{proc.pid}/stat", encoding="ascii") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+        except OSError:
+            return False
+
+    def reap(self) -> list[tuple[int, int]]:
+        """Replicas that exited on their own (not by a signal we sent), each
+        process reported once: (rid, returncode). The caller decides."""
+        found = []
+        for rid, proc in self.procs.items():
+            if (
+                proc.poll() is not None
+                and proc.pid not in self._reaped
+                and self._unexpected_exit(proc)
+            ):
+                self._reaped.add(proc.pid)
+                found.append((rid, proc.returncode))
+        self.exits += found
+        return found
+
+    # -- end-of-run checks --
+
+    def wait_settled(self, timeout: float = 30.0, stable_rounds: int = 3) -> dict[str, Any]:
+        """Polls STATUS until every replica answers, all name the same
+        leader, and all have the same commit index and have applied up to it,
+        `stable_rounds` polls in a row. Returns {"ok", "seconds", "rows"}."""
+        started = time.monotonic()
+        deadline = started + timeout
+        streak, rows, last = 0, [], None
+        while time.monotonic() < deadline:
+            rows = self.status(timeout=1.0)
+            sig = _settled_signature(rows)
+            if sig is not None and sig == last:
+                streak += 1
+            elif sig is not None:
+                streak = 1
+            else:
+                streak = 0
+            last = sig
+            if streak >= stable_rounds:
+                return {"ok": True, "seconds": time.monotonic() - started, "rows": rows}
+            time.sleep(0.2)
+        return {"ok": False, "seconds": time.monotonic() - started, "rows": rows}
+
+    def state_checksums(self) -> list[ReplicaState]:
+        """Opens every replica's LevelDB (the replicas must be stopped) and
+        returns its applied index, revision and data checksum."""
+        states = []
+        for rid in self.ids:
+            if self.is_running(rid):
+                raise RuntimeError(f"replica {rid} is running; stop it first")
+            db = plyvel.DB(str(self.data_dir(rid)))
+            try:
+                sm = KVStateMachine(db)
+                states.append(
+                    ReplicaState(rid, sm.applied_index, sm.revision, sm.checksum(), sm.key_count())
+                )
+            finally:
+                db.close()
+        return states
+
+    def log_errors(self) -> dict[int, list[str]]:
+        """Lines of the replica logs that show a crash or an error."""
+        found: dict[int, list[str]] = {}
+        for rid in self.ids:
+            try:
+                text = self.log_path(rid).read_text(errors="replace")
+            except OSError:
+                continue
+            bad = [
+                ln
+                for ln in text.splitlines()
+                if "Traceback" in ln or " ERROR " in ln or " CRITICAL " in ln
+            ]
+            if bad:
+                found[rid] = bad
+        return found
+
+
+def _settled_signature(rows: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """(leader, commit index) if the STATUS rows show a settled cluster."""
+    if not rows or any("error" in r for r in rows):
+        return None
+    leaders = {r.get("leader") for r in rows}
+    commits = {r.get("commit_index") for r in rows}
+    if len(leaders) != 1 or None in leaders or len(commits) != 1:
+        return None
+    if any(r.get("applied_index") != r.get("commit_index") for r in rows):
+        return None
+    roles = [r.get("role") for r in rows]
+    if roles.count("leader") != 1:
+        return None
+    return leaders.pop(), commits.pop()

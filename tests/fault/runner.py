@@ -1,0 +1,568 @@
+"""One fault run: a real cluster, concurrent clients, a nemesis, the checks.
+
+Theory of operation
+-------------------
+`FaultRun.run()`:
+
+1. starts a `FaultCluster` (3 or 5 real replica processes) and a `Firewall`;
+2. starts `clients` worker threads, each with its own `KVClient` (short
+   timeout) recording into one `History`: get / put / value-CAS / delete on
+   a few hot keys, every written value unique (`w<worker>-<n>`). With
+   `epoch_s` the hot keys change every epoch, so no key's subhistory grows
+   without bound in a long run (the checker's cost is per key);
+3. runs the `Nemesis` schedule for `duration_s` (one bounded fault at a
+   time, each healed before the next);
+4. stops the clients, heals everything, waits until the cluster settles
+   (one leader, every replica applied up to the same commit index), reads
+   every key used, recorded in the history too;
+5. checks: (a) the history is linearizable (`tests.fault.linearizability`);
+   (b) every acknowledged write is visible in the final reads unless a later
+   write overwrote it (`lost_writes`, the same property stated directly,
+   with a plainer message); (c) the replicas, stopped, have the same applied
+   index and the same state-machine checksum; (d) no replica exited by
+   itself and no replica logged a traceback; (e) the cluster settled.
+
+Outcomes as the history records them: a reply is `ok` (a failed CAS is ok
+with result False), BadRequest/RequestTooLarge are `fail` (nothing
+happened), a timeout (ClusterUnavailable) or any other error is `unknown`
+(a write may still take effect later; the checker allows either).
+
+`stale_read_scenario` is the deterministic scenario that a replica serving
+reads without its quorum fails: see its docstring.
+
+Everything a run makes stays under `root` (cluster files, replica logs,
+history.jsonl, nemesis.log, summary.txt).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.client import KVClient
+from client.errors import BadRequest, ClusterUnavailable, RequestTooLarge
+from client.localcluster import REPLICA_MODULE
+from tests.fault.cluster import FaultCluster, ReplicaState
+from tests.fault.history import History, Kind, Operation, Outcome
+from tests.fault.linearizability import Result, Verdict, check
+from tests.fault.nemesis import (
+    Firewall,
+    Nemesis,
+    NemesisConfig,
+    cut_links,
+    parse_kinds,
+    partition_links,
+    remove_stale_chains,
+)
+
+FINAL = "final"
+"""The process name of the final reads in the history."""
+
+
+@dataclass
+class RunConfig:
+    replicas: int = 3
+    duration_s: float = 15.0
+    seed: int = 0
+    nemesis: str = "all"
+    clients: int = 4
+    keys: int = 3
+    epoch_s: float = 0.0
+    """0: the same hot keys for the whole run; else fresh keys every epoch."""
+    op_timeout_s: float = 1.5
+    attempt_timeout_s: float = 0.3
+    think_s: float = 0.0
+    """Pause between two operations of one client (spares the CPU)."""
+    tick_ms: int = 10
+    module: str = REPLICA_MODULE
+    fault_min_s: float = 1.0
+    fault_max_s: float = 3.0
+    quiet_min_s: float = 0.5
+    quiet_max_s: float = 1.5
+    settle_timeout_s: float = 30.0
+    check_seconds_per_key: float = 60.0
+    verbose: bool = True
+
+
+@dataclass
+class Summary:
+    """What a run found. `passed` only if every check passed."""
+
+    config: RunConfig
+    root: Path
+    history: History
+    result: Result | None = None
+    faults: Counter[str] = field(default_factory=Counter)
+    fault_log: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    states: list[ReplicaState] = field(default_factory=list)
+    settled: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return None if self.result is None else self.result.verdict
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.LINEARIZABLE and not self.problems
+
+    def text(self) -> str:
+        cfg = self.config
+        ops = self.history.operations()
+        by_outcome = Counter(o.outcome for o in ops if o.process != FINAL)
+        lines = [
+            f"fault run: {cfg.replicas} replicas ({cfg.module}), seed {cfg.seed}, "
+            f"{cfg.duration_s:g}s of faults '{cfg.nemesis}', {cfg.clients} clients, "
+            f"{self.seconds:.0f}s in all; files in {self.root}",
+            f"operations: {sum(by_outcome.values())} (ok {by_outcome[Outcome.OK]}, "
+            f"fail {by_outcome[Outcome.FAIL]}, unknown {by_outcome[Outcome.UNKNOWN]}, "
+            f"pending {by_outcome[Outcome.PENDING]}) on "
+            f"{len({o.key for o in ops})} keys; by kind:",
+            *("  " + ln for ln in self.history.summary_text().splitlines()),
+            f"faults injected: {sum(self.faults.values())}"
+            + "".join(f"\n  {k:<20} {n}" for k, n in sorted(self.faults.items())),
+        ]
+        if self.settled:
+            lines.append(
+                f"settled: {'yes' if self.settled.get('ok') else 'NO'} after "
+                f"{self.settled.get('seconds', 0):.1f}s"
+            )
+        if self.states:
+            applied = {s.applied_index for s in self.states}
+            sums = {s.checksum for s in self.states}
+            lines.append(
+                "replicas: "
+                + ", ".join(
+                    f"{s.rid}: applied {s.applied_index}, {s.keys} keys, {s.checksum[:12]}"
+                    for s in self.states
+                )
+                + ("  (agree)" if len(applied) == 1 and len(sums) == 1 else "  (DIFFER)")
+            )
+        lines.append(
+            "acknowledged writes: "
+            + ("all visible in the final reads" if not self.lost else f"{len(self.lost)} LOST")
+        )
+        lines += ["  " + ln for ln in self.lost[:20]]
+        if self.result is not None:
+            lines.append("linearizability: " + self.result.report())
+        lines += [f"problem: {p}" for p in self.problems]
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(
+            f"VERDICT: {verdict}: history "
+            f"{'not checked' if self.verdict is None else self.verdict.value}"
+            + (f"; {len(self.problems)} other problem(s)" if self.problems else "")
+        )
+        return "\n".join(lines)
+
+
+# -- the checks that do not need the search ------------------------------------
+
+
+def _effect(op: Operation) -> tuple[bool, Any]:
+    """(is a write that may have taken effect, the value it leaves)."""
+    if op.outcome is Outcome.FAIL:
+        return False, None
+    if op.kind is Kind.PUT:
+        return True, op.value
+    if op.kind is Kind.DELETE:
+        return True, None
+    if op.kind is Kind.CAS:
+        if op.outcome is Outcome.OK and not op.result:
+            return False, None
+        return True, op.value
+    return False, None
+
+
+def lost_writes(history: History) -> list[str]:
+    """Every acknowledged write must be visible in the final read of its key
+    unless overwritten. Precisely: the final value must come from a write
+    (or the initial absence) that no acknowledged write strictly follows in
+    real time. Returns one line per key where that fails."""
+    ops = history.operations()
+    finals = {o.key: o for o in ops if o.process == FINAL and o.kind is Kind.GET}
+    writes: dict[Any, list[Operation]] = defaultdict(list)
+    for o in ops:
+        if o.process != FINAL and _effect(o)[0]:
+            writes[o.key].append(o)
+    out = []
+    for key, final in sorted(finals.items(), key=lambda kv: str(kv[0])):
+        if final.outcome is not Outcome.OK:
+            out.append(f"{key!r}: the final read got no answer ({final.outcome.value})")
+            continue
+        ws = writes.get(key, [])
+        acked = [w for w in ws if w.outcome is Outcome.OK]
+        # A source survives if no acknowledged write began after it ended.
+        last_ack_invoke = max((w.invoke_ns for w in acked), default=-1)
+        sources = [w for w in ws if _effect(w)[1] == final.result]
+        ok = any(w.outcome is not Outcome.OK or last_ack_invoke <= w.complete_ns for w in sources)
+        if final.result is None and not acked:
+            ok = True  # still the initial absence (or an unacknowledged delete)
+        if ok:
+            continue
+        if not sources and final.result is not None:
+            out.append(f"{key!r}: final value {final.result!r} was never written")
+            continue
+        latest = [w for w in acked if not any(v.invoke_ns > w.complete_ns for v in acked)]
+        out.append(
+            f"{key!r}: final value {final.result!r}, but these acknowledged writes "
+            f"came after its source and are not visible: "
+            + "; ".join(w.describe() for w in latest[:5])
+        )
+    return out
+
+
+def compare_states(states: list[ReplicaState]) -> list[str]:
+    problems = []
+    applied = {s.applied_index for s in states}
+    if len(applied) != 1:
+        problems.append(
+            "replicas applied different numbers of slots: "
+            + ", ".join(f"{s.rid}: {s.applied_index}" for s in states)
+        )
+    elif len({s.checksum for s in states}) != 1:
+        problems.append(
+            f"replicas applied {applied.pop()} slots each but their data differ: "
+            + ", ".join(f"{s.rid}: {s.checksum[:16]}" for s in states)
+        )
+    return problems
+
+
+# -- the run --------------------------------------------------------------------
+
+
+class FaultRun:
+    """Runs one fault run under `root`; see the module doc."""
+
+    def __init__(self, config: RunConfig, root: Path) -> None:
+        self.cfg = config
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.history = History()
+        self.keys_used: set[bytes] = set()
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._log_file = open(self.root / "run.log", "a", encoding="utf-8")  # noqa: SIM115
+        self.worker_errors: Counter[str] = Counter()
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self._t0:8.2f}s] {msg}"
+        self._log_file.write(line + "\n")
+        self._log_file.flush()
+        if self.cfg.verbose:
+            print(line, flush=True)
+
+    # -- workers --
+
+    def _keys_now(self) -> list[bytes]:
+        cfg = self.cfg
+        epoch = int((time.monotonic() - self._t0) / cfg.epoch_s) if cfg.epoch_s > 0 else 0
+        return [f"e{epoch}k{i}".encode() for i in range(cfg.keys)]
+
+    def _worker(self, wid: int, addresses: list[str]) -> None:
+        cfg = self.cfg
+        rng = random.Random(cfg.seed * 1000 + wid)
+        hist = self.history
+        seen: dict[bytes, bytes | None] = {}
+        n = 0
+        with KVClient(
+            addresses, timeout=cfg.op_timeout_s, attempt_timeout=cfg.attempt_timeout_s
+        ) as client:
+            while not self._stop.is_set():
+                key = rng.choice(self._keys_now())
+                self.keys_used.add(key)
+                n += 1
+                value = f"w{wid}-{n}".encode()
+                r = rng.random()
+                try:
+                    if r < 0.40:
+                        h = hist.invoke(wid, Kind.GET, key)
+                        got = self._call(hist, h, client.get, key)
+                        if got is not _UNKNOWN:
+                            hist.ok(h, got)
+                            seen[key] = got
+                    elif r < 0.65:
+                        h = hist.invoke(wid, Kind.PUT, key, value)
+                        if self._call(hist, h, client.put, key, value) is not _UNKNOWN:
+                            hist.ok(h)
+                            seen[key] = value
+                    elif r < 0.93:
+                        exp = seen.get(key)
+                        h = hist.invoke(wid, Kind.CAS, key, value, expected=exp)
+                        if exp is None:
+                            res = self._call(hist, h, client.cas, key, value, expected_version=0)
+                        else:
+                            res = self._call(hist, h, client.cas, key, value, expected_value=exp)
+                        if res is not _UNKNOWN:
+                            hist.ok(h, res.succeeded)
+                            seen[key] = value if res.succeeded else res.value
+                    else:
+                        h = hist.invoke(wid, Kind.DELETE, key)
+                        existed = self._call(hist, h, client.delete, key)
+                        if existed is not _UNKNOWN:
+                            hist.ok(h, existed)
+                            seen[key] = None
+                except Exception as exc:  # a bug in this harness: stop loudly
+                    self.worker_errors[f"worker {wid} crashed: {exc!r}"] += 1
+                    self.log(f"worker {wid} crashed: {exc!r}")
+                    return
+                if cfg.think_s > 0:
+                    self._stop.wait(rng.uniform(0, 2 * cfg.think_s))
+
+    def _call(self, hist: History, handle: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Calls the client; records fail/unknown itself and returns _UNKNOWN
+        then, else returns the call's result for the caller to record."""
+        try:
+            return fn(*args, **kwargs)
+        except ClusterUnavailable:
+            hist.unknown(handle)
+        except (BadRequest, RequestTooLarge) as exc:
+            hist.fail(handle)
+            self.worker_errors[f"refused: {exc}"] += 1
+        except Exception as exc:  # the outcome is unknown: be conservative
+            hist.unknown(handle)
+            self.worker_errors[f"{type(exc).__name__}: {exc}"] += 1
+        return _UNKNOWN
+
+    # -- phases --
+
+    def run(self) -> Summary:
+        cfg = self.cfg
+        started = time.monotonic()
+        summary = Summary(cfg, self.root, self.history)
+        stale = remove_stale_chains()
+        if stale:
+            self.log(f"removed iptables chains left by dead runs: {stale}")
+        kinds = parse_kinds(cfg.nemesis, cfg.replicas)
+        firewall = Firewall() if any(k.startswith("partition") for k in kinds) else None
+        cluster = FaultCluster(
+            self.root / "cluster", cfg.replicas, tick_ms=cfg.tick_ms, module=cfg.module
+        )
+        nemesis = Nemesis(
+            cluster,
+            firewall,
+            NemesisConfig(
+                kinds, cfg.fault_min_s, cfg.fault_max_s, cfg.quiet_min_s, cfg.quiet_max_s
+            ),
+            random.Random(cfg.seed),
+            log=self.log,
+        )
+        workers: list[threading.Thread] = []
+        try:
+            self.log(f"starting {cfg.replicas} replicas ({cfg.module}) in {cluster.root}")
+            cluster.start(timeout=30)
+            self.log(f"leader {cluster.leader_id()}; {cfg.clients} clients, nemesis {kinds}")
+            self._t0 = time.monotonic()
+            for wid in range(cfg.clients):
+                t = threading.Thread(
+                    target=self._worker,
+                    args=(wid, cluster.addresses),
+                    name=f"client-{wid}",
+                    daemon=True,
+                )
+                t.start()
+                workers.append(t)
+            nemesis.start()
+            self._stop.wait(cfg.duration_s)
+            self._finish(summary, cluster, nemesis, workers)
+        finally:
+            self._stop.set()
+            nemesis.stop()
+            cluster.stop()
+            if firewall is not None:
+                firewall.close()
+            summary.seconds = time.monotonic() - started
+            self._save(summary, nemesis)
+            self._log_file.close()
+        return summary
+
+    def _finish(
+        self,
+        summary: Summary,
+        cluster: FaultCluster,
+        nemesis: Nemesis,
+        workers: list[threading.Thread],
+    ) -> None:
+        cfg = self.cfg
+        self.log("stopping the clients and the nemesis")
+        self._stop.set()
+        for t in workers:
+            t.join(cfg.op_timeout_s + 10)
+        nemesis.stop()
+        summary.faults = nemesis.counts()
+        summary.problems += nemesis.problems
+        summary.problems += list(self.worker_errors_that_matter())
+        self.log("healed; waiting for the cluster to settle")
+        summary.settled = cluster.wait_settled(cfg.settle_timeout_s)
+        if not summary.settled["ok"]:
+            summary.problems.append(
+                f"the cluster did not settle within {cfg.settle_timeout_s:g}s after healing: "
+                + "; ".join(_row(r) for r in summary.settled["rows"])
+            )
+        self.log(
+            f"settled={summary.settled['ok']} after {summary.settled['seconds']:.1f}s; "
+            f"final reads of {len(self.keys_used)} keys"
+        )
+        self._final_reads(cluster)
+        summary.lost = lost_writes(self.history)
+        if summary.lost:
+            summary.problems.append(f"{len(summary.lost)} key(s) lost acknowledged writes")
+        self.log(f"checking {len(self.history)} operations for linearizability")
+        summary.result = check(self.history, max_seconds_per_key=cfg.check_seconds_per_key)
+        self.log(f"checker: {summary.result.verdict.value}")
+        cluster.stop(grace=10)
+        for rid, code in cluster.reap():
+            summary.problems.append(f"replica {rid} exited with status {code}")
+        summary.states = cluster.state_checksums()
+        summary.problems += compare_states(summary.states)
+        for rid, lines in cluster.log_errors().items():
+            summary.problems.append(
+                f"replica {rid} logged {len(lines)} error line(s), first: {lines[0][:200]}"
+            )
+
+    def worker_errors_that_matter(self) -> list[str]:
+        return [
+            f"{msg} (x{n})"
+            for msg, n in self.worker_errors.items()
+            if "crashed" in msg or "refused" in msg
+        ]
+
+    def _final_reads(self, cluster: FaultCluster) -> None:
+        hist = self.history
+        with KVClient(cluster.addresses, timeout=10.0, attempt_timeout=1.0) as client:
+            for key in sorted(self.keys_used):
+                h = hist.invoke(FINAL, Kind.GET, key)
+                got = self._call(hist, h, client.get, key)
+                if got is not _UNKNOWN:
+                    hist.ok(h, got)
+
+    def _save(self, summary: Summary, nemesis: Nemesis) -> None:
+        t0 = int(self._t0 * 1e9)
+        summary.fault_log = [e.describe(t0) for e in nemesis.events]
+        try:
+            self.history.save(self.root / "history.jsonl")
+            (self.root / "nemesis.log").write_text("\n".join(summary.fault_log) + "\n")
+            (self.root / "summary.txt").write_text(summary.text() + "\n")
+        except OSError as exc:
+            self.log(f"could not save the run's files: {exc}")
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+_UNKNOWN = _Unknown()
+
+
+def _row(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r.get('address')}: {r['error']}"
+    return (
+        f"{r.get('id')}: {r.get('role')} leader={r.get('leader')} "
+        f"commit={r.get('commit_index')} applied={r.get('applied_index')}"
+    )
+
+
+def run(config: RunConfig, root: Path) -> Summary:
+    return FaultRun(config, root).run()
+
+
+# -- the deterministic stale-read scenario --------------------------------------
+
+
+def stale_read_scenario(
+    root: Path, module: str = REPLICA_MODULE, *, replicas: int = 3, verbose: bool = True
+) -> Summary:
+    """A leader cut off from its peers but not from clients must not answer
+    a read with old data.
+
+    1. put(k, v1) through the leader L, acknowledged.
+    2. Cut L off from every peer (both ways), then at once SIGSTOP L: its
+       clock stops, so a replica that trusts its own belief that it leads
+       still believes it when it wakes up.
+    3. The others elect a new leader; put(k, v2) through it, acknowledged.
+    4. A client that knows only L's address sends get(k); L is resumed
+       while that request waits. A correct replica cannot confirm its
+       leadership with a majority: the read fails (unknown). A replica that
+       reads its local state answers v1 after v2 was acknowledged: the
+       history is not linearizable.
+    5. Heal, settle, final reads, the usual checks.
+    """
+    root = Path(root)
+    cfg = RunConfig(
+        replicas=replicas, duration_s=0, nemesis="partition", module=module, verbose=verbose
+    )
+    run = FaultRun(cfg, root)
+    summary = Summary(cfg, root, run.history)
+    hist = run.history
+    key = b"stale"
+    started = time.monotonic()
+    cluster = FaultCluster(root / "cluster", replicas, module=module)
+    firewall = Firewall()
+    try:
+        cluster.start(timeout=30)
+        leader = cluster.leader_id()
+        assert leader is not None
+        others = [r for r in cluster.ids if r != leader]
+        run.log(f"leader is {leader}")
+        run.keys_used.add(key)
+        with KVClient(cluster.addresses, timeout=10, attempt_timeout=1) as c:
+            h = hist.invoke("a", Kind.PUT, key, b"v1")
+            c.put(key, b"v1")
+            hist.ok(h)
+        cut_links(cluster, firewall, partition_links([[leader], others]))
+        cluster.pause(leader)
+        run.log(f"isolated and paused {leader}")
+        summary.faults["partition-leader+pause"] += 1
+        new = cluster.wait_for_leader(20, exclude=(leader,))
+        run.log(f"new leader {new}")
+        with KVClient([cluster.address(r) for r in others], timeout=10, attempt_timeout=1) as c:
+            h = hist.invoke("b", Kind.PUT, key, b"v2")
+            c.put(key, b"v2")
+            hist.ok(h)
+        run.log("v2 acknowledged by the new majority")
+
+        def read_old() -> None:
+            with KVClient([cluster.address(leader)], timeout=3, attempt_timeout=3) as c:
+                h = hist.invoke("c", Kind.GET, key)
+                got = run._call(hist, h, c.get, key)
+                if got is not _UNKNOWN:
+                    hist.ok(h, got)
+                    run.log(f"the old leader answered {got!r}")
+                else:
+                    run.log("the old leader did not answer (as it must not)")
+
+        reader = threading.Thread(target=read_old)
+        reader.start()
+        time.sleep(0.3)
+        cluster.resume(leader)
+        reader.join(10)
+        firewall.heal()
+        summary.settled = cluster.wait_settled(30)
+        if not summary.settled["ok"]:
+            summary.problems.append("the cluster did not settle after healing")
+        run._final_reads(cluster)
+        summary.lost = lost_writes(hist)
+        summary.result = check(hist)
+        run.log(f"checker: {summary.result.verdict.value}")
+        cluster.stop(grace=10)
+        summary.states = cluster.state_checksums()
+        summary.problems += compare_states(summary.states)
+    finally:
+        cluster.stop()
+        firewall.close()
+        summary.seconds = time.monotonic() - started
+        try:
+            hist.save(root / "history.jsonl")
+            (root / "summary.txt").write_text(summary.text() + "\n")
+        except OSError:
+            pass
+        run._log_file.close()
+    return summary
