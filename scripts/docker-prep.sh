@@ -292,8 +292,19 @@ step_wheelhouse() {
     #    copy of the sources: setuptools' in-tree build/ could carry stale
     #    modules into the wheel, and the work tree stays untouched.
     local iso=() src
-    if "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 61)' 2>/dev/null; then
-        iso=(--no-build-isolation)   # works offline too
+    # Without build isolation (works offline) when the host Python can build
+    # it: setuptools >= 61, and the wheel package below setuptools 70.1.
+    if "$PYTHON" - 2>/dev/null <<'PY'
+import sys
+import setuptools
+v = tuple(int(x) for x in setuptools.__version__.split(".")[:2])
+if v < (61, 0):
+    sys.exit(1)
+if v < (70, 1):
+    import wheel  # noqa: F401  (bdist_wheel lived there)
+PY
+    then
+        iso=(--no-build-isolation)
     fi
     src=$(mktemp -d /tmp/paxoskv-src.XXXXXX)
     tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml kvstore replica client \
