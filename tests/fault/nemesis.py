@@ -40,8 +40,10 @@ bounded time, heal it, and again, until stopped. Faults by family:
                talking to both), partition-oneway (the leader's messages
                out, or in, dropped; the other direction works)
 
-`--nemesis all` draws from every family. At most one fault is active at a
-time, so a majority is reachable again after every heal.
+`--nemesis all` draws from every family: the kinds come in rounds, every
+kind once per round in a seeded random order, so even a short run sees each.
+At most one fault is active at a time, so a majority is reachable again
+after every heal.
 """
 
 from __future__ import annotations
@@ -297,6 +299,7 @@ class Nemesis:
     _thread: threading.Thread | None = None
     _paused: set[int] = field(default_factory=set)
     _down: set[int] = field(default_factory=set)
+    _deck: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         needs_fw = [k for k in self.config.kinds if k.startswith("partition")]
@@ -323,7 +326,9 @@ class Nemesis:
                     break
                 if not cfg.kinds:
                     continue
-                kind = self.rng.choice(cfg.kinds)
+                if not self._deck:  # every kind once, in a seeded order
+                    self._deck = self.rng.sample(cfg.kinds, len(cfg.kinds))
+                kind = self._deck.pop()
                 self.inject(kind, self.rng.uniform(cfg.fault_min_s, cfg.fault_max_s))
         except Exception as exc:  # reported, never silent
             self.problems.append(f"nemesis crashed: {exc!r}")

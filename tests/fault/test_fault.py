@@ -1,0 +1,155 @@
+"""Fault injection against real clusters, checked for linearizability.
+
+Short runs for CI (a few minutes in all): one per nemesis family and cluster
+size, the deterministic stale-read scenario against the real replica (must
+pass) and against a deliberately broken one (must be caught), and checks of
+the pieces that need no cluster. The long run is `python -m
+tests.fault.longrun` (docs/FAULTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fault.history import History, Kind, Operation, Outcome
+from tests.fault.linearizability import Verdict
+from tests.fault.nemesis import ALL_KINDS, FAMILIES, Firewall, parse_kinds, partition_links
+from tests.fault.runner import FINAL, RunConfig, compare_states, lost_writes, run
+from tests.fault.runner import stale_read_scenario as scenario
+
+SHORT = {"duration_s": 12.0, "fault_min_s": 1.0, "fault_max_s": 2.0,
+         "quiet_min_s": 0.3, "quiet_max_s": 0.8}  # fmt: skip
+
+
+def _chains() -> str:
+    out = subprocess.run(["iptables", "-w", "5", "-S"], capture_output=True, text=True)
+    return out.stdout
+
+
+@pytest.mark.parametrize("replicas", [3, 5])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_short_run(family: str, replicas: int, firewall_ok: None, run_dir: Path) -> None:
+    seed = 100 * replicas + list(FAMILIES).index(family)
+    summary = run(RunConfig(replicas=replicas, seed=seed, nemesis=family, **SHORT), run_dir)
+    print(summary.text())
+    assert summary.passed, summary.text()
+    assert sum(summary.faults.values()) >= 3, summary.faults
+    assert set(summary.faults) <= set(FAMILIES[family])
+    ok = sum(o.outcome is Outcome.OK for o in summary.history)
+    assert ok >= 100, f"only {ok} operations succeeded: the cluster made little progress"
+    assert f"KVF{os.getpid()}" not in _chains(), "the iptables chain was left behind"
+
+
+def test_broken_replica_is_caught(firewall_ok: None, run_dir: Path) -> None:
+    """A leader that serves reads from local state, without confirming with
+    a majority that it still leads, answers a stale read: the checker must
+    say so."""
+    summary = scenario(run_dir, "tests.fault.broken_replica")
+    print(summary.text())
+    assert summary.verdict is Verdict.VIOLATION, summary.text()
+    bad = summary.result.violations()
+    assert [k.key for k in bad] == [b"stale"]
+    assert "read b'v1' but the register holds b'v2'" in str(bad[0])
+
+
+def test_real_replica_passes_the_stale_read_scenario(firewall_ok: None, run_dir: Path) -> None:
+    summary = scenario(run_dir)
+    print(summary.text())
+    assert summary.passed, summary.text()
+
+
+def test_firewall_cuts_one_direction_and_cleans_up(firewall_ok: None) -> None:
+    with Firewall() as fw:
+        assert f"-N {fw.chain}" in _chains()
+        fw.cut(3_999_999, 9)
+        assert "--gid-owner 3999999" in _chains()
+        fw.heal()
+        assert "--gid-owner 3999999" not in _chains()
+        assert f"-N {fw.chain}" in _chains()
+    assert fw.chain not in _chains()
+
+
+# -- pieces that need no cluster ------------------------------------------------
+
+
+def test_partition_links_cut_both_ways_between_sides_only() -> None:
+    links = set(partition_links([[1, 2], [4, 5]]))
+    assert links == {(1, 4), (1, 5), (2, 4), (2, 5), (4, 1), (4, 2), (5, 1), (5, 2)}
+    assert set(partition_links([[3], [1, 2]])) == {(3, 1), (3, 2), (1, 3), (2, 3)}
+
+
+def test_parse_kinds() -> None:
+    assert parse_kinds("all", 3) == ALL_KINDS
+    assert parse_kinds("kill,pause-leader", 5) == (*FAMILIES["kill"], "pause-leader")
+    assert parse_kinds("none", 3) == ()
+    with pytest.raises(ValueError, match="unknown nemesis"):
+        parse_kinds("flood", 3)
+
+
+def _op(
+    process: object,
+    kind: Kind,
+    key: bytes,
+    t0: int,
+    t1: int | None,
+    outcome: Outcome = Outcome.OK,
+    **kw: object,
+) -> Operation:
+    return Operation(
+        process=process, kind=kind, key=key, invoke_ns=t0, complete_ns=t1, outcome=outcome, **kw
+    )  # type: ignore[arg-type]
+
+
+def _history(*ops: Operation) -> History:
+    return History.from_operations(ops)
+
+
+def test_lost_writes_flags_an_acknowledged_write_missing_at_the_end() -> None:
+    h = _history(
+        _op(1, Kind.PUT, b"k", 0, 10, value=b"a"),
+        _op(2, Kind.PUT, b"k", 20, 30, value=b"b"),
+        _op(FINAL, Kind.GET, b"k", 100, 110, result=b"a"),
+    )
+    (line,) = lost_writes(h)
+    assert "put(b'k', b'b')" in line
+
+
+def test_lost_writes_accepts_concurrent_and_unknown_writes() -> None:
+    h = _history(
+        _op(1, Kind.PUT, b"k", 0, 30, value=b"a"),
+        _op(2, Kind.PUT, b"k", 10, 20, value=b"b"),  # concurrent: either may win
+        _op(3, Kind.PUT, b"j", 0, 10, value=b"x"),
+        _op(4, Kind.CAS, b"j", 20, None, Outcome.UNKNOWN, value=b"y", expected=b"x"),
+        _op(5, Kind.DELETE, b"d", 0, 10, result=False),
+        _op(FINAL, Kind.GET, b"k", 100, 110, result=b"a"),
+        _op(FINAL, Kind.GET, b"j", 100, 110, result=b"y"),
+        _op(FINAL, Kind.GET, b"d", 100, 110, result=None),
+    )
+    assert lost_writes(h) == []
+
+
+def test_lost_writes_flags_a_value_nobody_wrote_and_a_failed_final_read() -> None:
+    h = _history(
+        _op(1, Kind.PUT, b"k", 0, 10, value=b"a"),
+        _op(2, Kind.CAS, b"k", 20, 30, value=b"z", expected=b"q", result=False),
+        _op(FINAL, Kind.GET, b"k", 100, 110, result=b"z"),
+        _op(FINAL, Kind.GET, b"m", 100, None, Outcome.UNKNOWN),
+    )
+    lines = lost_writes(h)
+    assert any("never written" in ln for ln in lines)
+    assert any("no answer" in ln for ln in lines)
+
+
+def test_compare_states() -> None:
+    from tests.fault.cluster import ReplicaState
+
+    same = [ReplicaState(r, 7, 3, "ab", 2) for r in (1, 2, 3)]
+    assert compare_states(same) == []
+    lagging = [*same[:2], ReplicaState(3, 6, 3, "ab", 2)]
+    assert "different numbers of slots" in compare_states(lagging)[0]
+    diverged = [*same[:2], ReplicaState(3, 7, 3, "cd", 2)]
+    assert "data differ" in compare_states(diverged)[0]
