@@ -507,12 +507,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: replica.stop())
     signal.signal(signal.SIGINT, lambda *_: replica.stop())
+    status = 0
     try:
         replica.run()
+    except Exception:  # a disk or driver failure: crash-stop, never limp on
+        log.exception("replica %d: fatal error", replica.id)
+        status = 1
     finally:
         log.info("replica %d shutting down", replica.id)
         replica.close()
-    return 0
+    return status
 
 
 if __name__ == "__main__":
