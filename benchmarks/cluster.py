@@ -134,8 +134,13 @@ class KVCluster:
             peer = f"tcp://127.0.0.1:{ports[2 * i + 1]}"
             addrs.append(ReplicaAddress(i + 1, peer, client, peer, client))
             self.replicas.append(
-                Replica(i + 1, client, peer, self.base_dir / f"r{i + 1}",
-                        self.base_dir / f"replica-{i + 1}.log")  # fmt: skip
+                Replica(
+                    i + 1,
+                    client,
+                    peer,
+                    self.base_dir / f"r{i + 1}",
+                    self.base_dir / f"replica-{i + 1}.log",
+                )
             )
         self.config_path = self.base_dir / "cluster.toml"
         write_cluster_config(self.config_path, addrs)
@@ -145,8 +150,17 @@ class KVCluster:
 
     def _spawn(self, r: Replica) -> None:
         r.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", SERVER_MODULE, "--config", str(self.config_path),
-                "--id", str(r.id), "--data-dir", str(r.data_dir)]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            "--config",
+            str(self.config_path),
+            "--id",
+            str(r.id),
+            "--data-dir",
+            str(r.data_dir),
+        ]
         if self.tick_ms is not None:
             args += ["--tick-ms", str(self.tick_ms)]
         args += ["--log-level", "warning", *self.extra_args]
@@ -157,9 +171,14 @@ class KVCluster:
         log = open(r.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             r.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=str(REPO_ROOT), env=env, start_new_session=True,
-            )  # fmt: skip
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO_ROOT),
+                env=env,
+                start_new_session=True,
+            )
         finally:
             log.close()
 
@@ -257,8 +276,10 @@ def _git_version() -> str | None:
     try:
         rev = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return rev or None

@@ -34,9 +34,9 @@ the end are abandoned.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
-import random
 import time
 import traceback
 from collections import Counter
@@ -82,7 +82,9 @@ class RunSpec:
 
 @dataclass
 class WorkerStats:
-    hists: dict[str, Histogram] = field(default_factory=lambda: {PUT: Histogram(), GET: Histogram(), CAS: Histogram()})
+    hists: dict[str, Histogram] = field(
+        default_factory=lambda: {PUT: Histogram(), GET: Histogram(), CAS: Histogram()}
+    )
     errors: Counter = field(default_factory=Counter)
     retries: int = 0
     redirects: int = 0
@@ -137,7 +139,9 @@ def _stream(spec: RunSpec, no: int) -> OpStream:
     return OpStream(spec.workload, no, no - spec.client_base, spec.clients)
 
 
-def _record(stats: WorkerStats, win: _Window, op: str, t0: int, t1: int, keep_timeline: bool) -> None:
+def _record(
+    stats: WorkerStats, win: _Window, op: str, t0: int, t1: int, keep_timeline: bool
+) -> None:
     stats.completed_total += 1
     if keep_timeline:
         stats.timeline.append(t1)
@@ -153,8 +157,21 @@ def _record(stats: WorkerStats, win: _Window, op: str, t0: int, t1: int, keep_ti
 # paxoskv over ZeroMQ
 # --------------------------------------------------------------------------
 class _ZClient:
-    __slots__ = ("no", "cid", "seq", "stream", "socks", "op", "frame", "t0", "target",
-                 "deadline", "backoff", "active", "tried")  # fmt: skip
+    __slots__ = (
+        "no",
+        "cid",
+        "seq",
+        "stream",
+        "socks",
+        "op",
+        "frame",
+        "t0",
+        "target",
+        "deadline",
+        "backoff",
+        "active",
+        "tried",
+    )
 
     def __init__(self, no: int, stream: OpStream, cid: bytes) -> None:
         self.no = no
@@ -172,8 +189,9 @@ class _ZClient:
         self.tried = 0
 
 
-def run_paxoskv(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None,
-                progress: Any) -> WorkerStats:  # fmt: skip
+def run_paxoskv(
+    spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None, progress: Any
+) -> WorkerStats:
     import zmq
 
     from kvstore.protocol import Op, Request, Status, decode_response, encode_request
@@ -188,10 +206,9 @@ def run_paxoskv(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int 
     keep_tl = spec.timeline
     poller = zmq.Poller()
     owner: dict[Any, _ZClient] = {}
-    rng = random.Random(os.getpid())
-    clients = [
-        _ZClient(no, _stream(spec, no), rng.randbytes(16)) for no in client_nos
-    ]
+    # Fresh random client ids for every run: a worker process serves many
+    # runs, and the replicas remember every (client_id, seq) they applied.
+    clients = [_ZClient(no, _stream(spec, no), os.urandom(16)) for no in client_nos]
     wakeups: list[tuple[int, int, _ZClient]] = []  # (time, tiebreak, client) to resend
     POLLIN = zmq.POLLIN
     OK, NOT_FOUND, CAS_FAILED = Status.OK, Status.NOT_FOUND, Status.CAS_FAILED
@@ -310,7 +327,7 @@ def run_paxoskv(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int 
                     retry_later(c, now)
                     continue
                 st = resp.status
-                if st == OK or st == NOT_FOUND or st == CAS_FAILED:
+                if st in (OK, NOT_FOUND, CAS_FAILED):
                     if st == NOT_FOUND:
                         stats.not_found += 1
                     elif st == CAS_FAILED:
@@ -329,7 +346,7 @@ def run_paxoskv(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int 
                     c.target = resp.leader
                     leader[0] = resp.leader
                     send(c, now)
-                elif st == REDIRECT or st == UNAVAILABLE:
+                elif st in (REDIRECT, UNAVAILABLE):
                     retry_later(c, now)
                 else:
                     stats.errors[f"{st.name}: {resp.error}"[:120]] += 1
@@ -350,8 +367,11 @@ def run_paxoskv(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int 
                 if progress is not None and now - last_progress >= 50 * MS:
                     last_progress = now
                     progress.value = stats.completed_total
-                if win.end_ns is None and grace_end is None and win.quota is not None and (
-                    win.issued_measured >= win.quota
+                if (
+                    win.end_ns is None
+                    and grace_end is None
+                    and win.quota is not None
+                    and (win.issued_measured >= win.quota)
                 ):
                     grace_end = now + 2 * timeout_ns + 5_000 * MS
     finally:
@@ -367,15 +387,17 @@ def run_paxoskv(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int 
 # --------------------------------------------------------------------------
 # etcd over gRPC (grpc.aio)
 # --------------------------------------------------------------------------
-def run_etcd(spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None,
-             progress: Any) -> WorkerStats:  # fmt: skip
+def run_etcd(
+    spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None, progress: Any
+) -> WorkerStats:
     import asyncio
 
     return asyncio.run(_run_etcd_async(spec, client_nos, start_ns, quota, progress))
 
 
-async def _run_etcd_async(spec: RunSpec, client_nos: list[int], start_ns: int,
-                          quota: int | None, progress: Any) -> WorkerStats:  # fmt: skip
+async def _run_etcd_async(
+    spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None, progress: Any
+) -> WorkerStats:
     import asyncio
 
     import grpc
@@ -396,7 +418,9 @@ async def _run_etcd_async(spec: RunSpec, client_nos: list[int], start_ns: int,
         ("grpc.min_reconnect_backoff_ms", 20),
         ("grpc.max_reconnect_backoff_ms", 200),
     ]
-    channels = {rid: grpc.aio.insecure_channel(ep, options=options) for rid, ep in spec.endpoints.items()}
+    channels = {
+        rid: grpc.aio.insecure_channel(ep, options=options) for rid, ep in spec.endpoints.items()
+    }
     methods = {
         rid: {
             PUT: ch.unary_unary(pb.KV_PUT),
@@ -406,10 +430,8 @@ async def _run_etcd_async(spec: RunSpec, client_nos: list[int], start_ns: int,
         for rid, ch in channels.items()
     }
     for ch in channels.values():
-        try:
+        with contextlib.suppress(Exception):  # a member may be down (failover runs)
             await asyncio.wait_for(ch.channel_ready(), timeout=5)
-        except Exception:  # noqa: BLE001 - a member may be down (failover runs)
-            pass
     while now_ns() < start_ns:
         await asyncio.sleep(min(0.005, max(0.0, (start_ns - now_ns()) / 1e9)))
 
@@ -446,9 +468,8 @@ async def _run_etcd_async(spec: RunSpec, client_nos: list[int], start_ns: int,
             if op == GET:
                 if pb.decode_range_value(reply) is None:
                     stats.not_found += 1
-            elif op == CAS:
-                if not pb.decode_txn_succeeded(reply):
-                    stats.cas_failed += 1
+            elif op == CAS and not pb.decode_txn_succeeded(reply):
+                stats.cas_failed += 1
             _record(stats, win, op, t0, t1, keep_tl)
 
     async def reporter() -> None:
@@ -483,33 +504,39 @@ async def _run_etcd_async(spec: RunSpec, client_nos: list[int], start_ns: int,
 # --------------------------------------------------------------------------
 # the worker process
 # --------------------------------------------------------------------------
-def worker_main(spec_dict: dict[str, Any], wid: int, client_nos: list[int], quota: int | None,
-                ready_q: Any, start_ev: Any, start_ns: Any, progress: Any,
-                result_q: Any) -> None:  # fmt: skip
-    """Entry point of a spawned worker: set up, say ready, wait for the
-    common start time, run, send back the stats."""
-    try:
-        spec = RunSpec.from_dict(spec_dict)
-        run = run_paxoskv if spec.system == "paxoskv" else run_etcd
-        if spec.system == "etcd":
-            import grpc  # noqa: F401 - import before the start, not inside the window
-        else:
-            import zmq  # noqa: F401
+def worker_loop(wid: int, task_q: Any, ready_q: Any, result_q: Any, progress: Any) -> None:
+    """Entry point of a spawned worker: for each task, set up, say ready,
+    wait for ("go", start_ns), run, send back the stats. None ends it."""
+    import zmq  # noqa: F401 - the imports happen once, before any run
 
-            import kvstore.protocol  # noqa: F401
-        if spec.workload.distribution == "zipfian":  # the O(keys) set-up, before the start
-            from benchmarks.workload import _zipf_cdf
+    import kvstore.protocol  # noqa: F401
 
-            _zipf_cdf(spec.workload.keys, spec.workload.theta)
-        ready_q.put(("ready", wid, None))
-        if not start_ev.wait(120):
-            raise TimeoutError("the harness never gave the start signal")
-        stats = run(spec, client_nos, start_ns.value, quota, progress)
-        result_q.put(("ok", wid, stats.to_dict()))
-    except BaseException:  # noqa: BLE001 - report everything to the parent
-        msg = traceback.format_exc()
+    with contextlib.suppress(ImportError):
+        import grpc  # noqa: F401
+    while True:
+        task = task_q.get()
+        if task is None:
+            return
+        spec_dict, client_nos, quota = task
         try:
-            ready_q.put(("error", wid, msg))
-            result_q.put(("error", wid, msg))
-        except Exception:  # noqa: BLE001
-            pass
+            spec = RunSpec.from_dict(spec_dict)
+            run = run_paxoskv if spec.system == "paxoskv" else run_etcd
+            if spec.workload.distribution == "zipfian":  # the O(keys) set-up, before the start
+                from benchmarks.workload import _zipf_cdf
+
+                _zipf_cdf(spec.workload.keys, spec.workload.theta)
+            ready_q.put(("ready", wid, None))
+            go = task_q.get()
+            if go is None:
+                return
+            progress.value = 0
+            stats = run(spec, client_nos, go[1], quota, progress)
+            result_q.put(("ok", wid, stats.to_dict()))
+        except BaseException:  # noqa: BLE001 - report everything to the parent
+            msg = traceback.format_exc()
+            try:
+                ready_q.put(("error", wid, msg))
+                result_q.put(("error", wid, msg))
+            except Exception:  # noqa: BLE001
+                pass
+            return

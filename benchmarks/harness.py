@@ -16,6 +16,7 @@ HDR-style histogram (3 significant digits).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import sys
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.driver import RunSpec, worker_main
+from benchmarks.driver import RunSpec, worker_loop
 from benchmarks.histogram import Histogram
 
 
@@ -71,22 +72,87 @@ def default_workers(clients: int) -> int:
     return max(1, min(clients, min(4, os.cpu_count() or 2)))
 
 
+class WorkerPool:
+    """Load-generator processes kept across runs (spawning one costs about a
+    second of imports; a suite makes dozens of runs). Each worker takes one
+    task at a time: set up, say ready, wait for the common start time, run,
+    send back its stats. A run that fails closes the pool; the next run
+    starts a fresh one."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ctx = mp.get_context("spawn")
+        self.procs: list[Any] = []
+        self.tasks: list[Any] = []
+        self.counters: list[Any] = []
+        self.ready_q: Any = None
+        self.result_q: Any = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ensure(self, n: int) -> None:
+        """At least n live workers (n <= size grows the pool if needed)."""
+        if self.procs and any(not p.is_alive() for p in self.procs):
+            self.close()
+        if not self.procs:
+            self.ready_q = self.ctx.Queue()
+            self.result_q = self.ctx.Queue()
+        while len(self.procs) < n:
+            w = len(self.procs)
+            task_q = self.ctx.Queue()
+            counter = self.ctx.Value("q", 0, lock=False)
+            p = self.ctx.Process(
+                target=worker_loop,
+                name=f"bench-worker-{w}",
+                daemon=True,
+                args=(w, task_q, self.ready_q, self.result_q, counter),
+            )
+            p.start()
+            self.procs.append(p)
+            self.tasks.append(task_q)
+            self.counters.append(counter)
+
+    def close(self) -> None:
+        for q in self.tasks:
+            with contextlib.suppress(Exception):
+                q.put(None)
+        for p in self.procs:
+            p.join(timeout=3)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for q in [*self.tasks, self.ready_q, self.result_q]:
+            if q is not None:
+                q.close()
+                q.cancel_join_thread()
+        self.procs, self.tasks, self.counters = [], [], []
+        self.ready_q = self.result_q = None
+
+
 def run_workload(
     spec: RunSpec,
     *,
     workers: int | None = None,
+    pool: WorkerPool | None = None,
     progress: Progress | None = None,
     label: str = "",
     on_tick: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Runs `spec`; returns the merged result (see the module doc).
 
+    Without `pool` the worker processes are started for this run only.
     `on_tick(elapsed_seconds)` is called about every 20 ms from the start
     (the failover scenario kills the leader from there)."""
     if spec.duration is None and spec.ops is None and spec.workload.distribution != "sequential":
         raise ValueError("a run needs a duration or an op count")
-    ctx = mp.get_context("spawn")
-    nworkers = min(workers or default_workers(spec.clients), spec.clients)
+    nworkers = min(workers or (pool.size if pool else default_workers(spec.clients)), spec.clients)
+    own_pool = pool is None
+    if pool is None:
+        pool = WorkerPool(nworkers)
     shares: list[list[int]] = [[] for _ in range(nworkers)]
     for i in range(spec.clients):
         shares[i % nworkers].append(spec.client_base + i)
@@ -96,30 +162,20 @@ def run_workload(
             quotas[w] = spec.ops * len(shares[w]) // spec.clients
         quotas[0] = (quotas[0] or 0) + spec.ops - sum(q or 0 for q in quotas)
 
-    ready_q = ctx.Queue()
-    result_q = ctx.Queue()
-    start_ev = ctx.Event()
-    start_ns = ctx.Value("q", 0, lock=False)
-    counters = [ctx.Value("q", 0, lock=False) for _ in range(nworkers)]
     spec_dict = spec.to_dict()
-    procs = [
-        ctx.Process(
-            target=worker_main,
-            args=(spec_dict, w, shares[w], quotas[w], ready_q, start_ev, start_ns, counters[w],
-                  result_q),  # fmt: skip
-            daemon=True,
-            name=f"bench-worker-{w}",
-        )
-        for w in range(nworkers)
-    ]
-    for p in procs:
-        p.start()
+    ok = False
     try:
+        pool.ensure(nworkers)
+        procs = pool.procs[:nworkers]
+        counters = pool.counters[:nworkers]
+        for w in range(nworkers):
+            counters[w].value = 0
+            pool.tasks[w].put((spec_dict, shares[w], quotas[w]))
         ready = 0
         deadline = time.monotonic() + 60
         while ready < nworkers:
             try:
-                kind, wid, msg = ready_q.get(timeout=0.5)
+                kind, wid, msg = pool.ready_q.get(timeout=0.5)
             except Exception:  # noqa: BLE001 - queue.Empty
                 if time.monotonic() > deadline or any(not p.is_alive() for p in procs):
                     raise RuntimeError("a benchmark worker failed to start") from None
@@ -128,15 +184,15 @@ def run_workload(
                 raise RuntimeError(f"benchmark worker {wid} failed:\n{msg}")
             ready += 1
         t_start = time.monotonic_ns() + 20_000_000
-        start_ns.value = t_start
-        start_ev.set()
+        for w in range(nworkers):
+            pool.tasks[w].put(("go", t_start))
 
         total_s = (spec.warmup + spec.duration) if spec.duration is not None else None
         results: dict[int, dict[str, Any]] = {}
         pb = progress or Progress(enabled=False)
         while len(results) < nworkers:
             try:
-                kind, wid, payload = result_q.get(timeout=0.02)
+                kind, wid, payload = pool.result_q.get(timeout=0.02)
                 if kind == "error":
                     raise RuntimeError(f"benchmark worker {wid} failed:\n{payload}")
                 results[wid] = payload
@@ -159,19 +215,16 @@ def run_workload(
             if elapsed > 0:
                 detail += f" {done_ops / elapsed:>8,.0f}/s"
             pb.show(label, frac, detail)
-            if any(not p.is_alive() and p.exitcode not in (0, None) for p in procs):
-                if len(results) < nworkers and result_q.empty():
-                    raise RuntimeError("a benchmark worker died")
+            if any(not p.is_alive() for p in procs) and pool.result_q.empty():
+                raise RuntimeError("a benchmark worker died")
             limit = (total_s or 3600) + 4 * spec.attempt_timeout + 60
             if elapsed > limit:
                 raise TimeoutError(f"the benchmark run did not finish within {limit:.0f}s")
         pb.done()
+        ok = True
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        if own_pool or not ok:
+            pool.close()
     return merge_results(spec, [results[w] for w in sorted(results)], t_start)
 
 
@@ -185,7 +238,14 @@ def merge_results(spec: RunSpec, parts: list[dict[str, Any]], t_start: int) -> d
         for op, hd in part["hists"].items():
             by_op.setdefault(op, Histogram()).merge(Histogram.from_dict(hd))
         errors.update(part["errors"])
-        for k in ("retries", "redirects", "cas_failed", "not_found", "abandoned", "completed_total"):
+        for k in (
+            "retries",
+            "redirects",
+            "cas_failed",
+            "not_found",
+            "abandoned",
+            "completed_total",
+        ):
             totals[k] += part[k]
         if part["first_ns"] is not None:
             firsts.append(part["first_ns"])

@@ -64,7 +64,12 @@ class Histogram:
             idx = value
         else:
             shift = value.bit_length() - SUB_BUCKET_BITS
-            idx = SUB_BUCKET_COUNT + (shift - 1) * SUB_BUCKET_HALF + (value >> shift) - SUB_BUCKET_HALF
+            idx = (
+                SUB_BUCKET_COUNT
+                + (shift - 1) * SUB_BUCKET_HALF
+                + (value >> shift)
+                - SUB_BUCKET_HALF
+            )
         counts = self.counts
         counts[idx] = counts.get(idx, 0) + count
         self.total += count

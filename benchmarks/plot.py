@@ -23,8 +23,11 @@ def matplotlib_available() -> bool:
 
 
 def _systems(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(name, s["scenarios"]) for name, s in doc["systems"].items()
-            if s.get("status") == "ok" and s.get("scenarios")]  # fmt: skip
+    return [
+        (name, s["scenarios"])
+        for name, s in doc["systems"].items()
+        if s.get("status") == "ok" and s.get("scenarios")
+    ]
 
 
 def _plain_log(ax: Any, which: str = "both") -> None:
@@ -32,11 +35,17 @@ def _plain_log(ax: Any, which: str = "both") -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fmt = FuncFormatter(lambda v, _: f"{v:,.10g}" if v >= 1 else f"{v:.3g}")
-    for axis in ((ax.xaxis, ax.yaxis) if which == "both" else
-                 ((ax.xaxis,) if which == "x" else (ax.yaxis,))):  # fmt: skip
+    for axis in (
+        (ax.xaxis, ax.yaxis) if which == "both" else ((ax.xaxis,) if which == "x" else (ax.yaxis,))
+    ):
         axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(fmt)
         axis.set_minor_formatter(NullFormatter())
+
+
+def _legend(ax: Any, **kw: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, **kw)
 
 
 def _bytes_log(ax: Any, sizes: list[int]) -> None:
@@ -79,18 +88,30 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         x = [r["throughput"] for r in sweep]
         col = COLORS.get(name)
         ax_lt.plot(x, [r["latency_ms"]["p50"] for r in sweep], "o-", color=col, label=f"{name} p50")
-        ax_lt.plot(x, [r["latency_ms"]["p99"] for r in sweep], "s--", color=col, alpha=0.7,
-                   label=f"{name} p99")  # fmt: skip
+        ax_lt.plot(
+            x,
+            [r["latency_ms"]["p99"] for r in sweep],
+            "s--",
+            color=col,
+            alpha=0.7,
+            label=f"{name} p99",
+        )
         for r in sweep:
-            ax_lt.annotate(f"{r['clients']}c", (r["throughput"], r["latency_ms"]["p50"]),
-                           textcoords="offset points", xytext=(4, -10), fontsize=8, color=col)  # fmt: skip
+            ax_lt.annotate(
+                f"{r['clients']}c",
+                (r["throughput"], r["latency_ms"]["p50"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+                color=col,
+            )
     ax_lt.set_yscale("log")
     _plain_log(ax_lt, "y")
     ax_lt.set_xlabel("throughput (ops/s)")
     ax_lt.set_ylabel("latency (ms, log)")
     ax_lt.set_title("latency vs throughput (closed loop, client sweep)")
     ax_lt.grid(True, which="both", alpha=0.3)
-    ax_lt.legend(fontsize=8)
+    _legend(ax_lt)
 
     # 2. CDF
     for name, sc in systems:
@@ -99,22 +120,28 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
             continue
         runs = steady["sweep"]
         picks = [runs[0]] if len(runs) == 1 else [runs[0], runs[-1]]
-        for r, style in zip(picks, ("-", "--")):
+        for r, style in zip(picks, ("-", "--"), strict=False):
             h = Histogram.from_dict(r["histogram"])
             pts = list(h.cdf())
             if not pts:
                 continue
             xs = [v / 1e6 for v, _ in pts]
             ys = [f for _, f in pts]
-            ax_cdf.step(xs, ys, style, where="post", color=COLORS.get(name),
-                        label=f"{name} {r['clients']} client(s)")  # fmt: skip
+            ax_cdf.step(
+                xs,
+                ys,
+                style,
+                where="post",
+                color=COLORS.get(name),
+                label=f"{name} {r['clients']} client(s)",
+            )
     ax_cdf.set_xscale("log")
     _plain_log(ax_cdf, "x")
     ax_cdf.set_xlabel("latency (ms, log)")
     ax_cdf.set_ylabel("fraction of requests")
     ax_cdf.set_title("latency CDF (main workload)")
     ax_cdf.grid(True, which="both", alpha=0.3)
-    ax_cdf.legend(fontsize=8, loc="lower right")
+    _legend(ax_cdf, loc="lower right")
 
     # 3. value size
     for name, sc in systems:
@@ -123,9 +150,17 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
             continue
         xs = [r["value_size"] for r in vals]
         col = COLORS.get(name)
-        ax_val.plot(xs, [r["latency_ms"]["p50"] for r in vals], "o-", color=col, label=f"{name} p50")
-        ax_val.plot(xs, [r["latency_ms"]["p99"] for r in vals], "s--", color=col, alpha=0.7,
-                    label=f"{name} p99")  # fmt: skip
+        ax_val.plot(
+            xs, [r["latency_ms"]["p50"] for r in vals], "o-", color=col, label=f"{name} p50"
+        )
+        ax_val.plot(
+            xs,
+            [r["latency_ms"]["p99"] for r in vals],
+            "s--",
+            color=col,
+            alpha=0.7,
+            label=f"{name} p99",
+        )
     ax_val.set_xscale("log")
     ax_val.set_yscale("log")
     _plain_log(ax_val, "y")
@@ -134,7 +169,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     ax_val.set_ylabel("PUT latency (ms, log)")
     ax_val.set_title(f"value size ({cfg.get('value_clients', 1)} client(s))")
     ax_val.grid(True, which="both", alpha=0.3)
-    ax_val.legend(fontsize=8)
+    _legend(ax_val)
 
     # 4. store size
     for name, sc in systems:
@@ -143,12 +178,28 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
             continue
         xs = [p["keys"] for p in pts]
         col = COLORS.get(name)
-        ax_store.plot(xs, [p["put"]["latency_ms"]["p50"] for p in pts], "o-", color=col,
-                      label=f"{name} PUT p50")  # fmt: skip
-        ax_store.plot(xs, [p["get"]["latency_ms"]["p50"] for p in pts], "^:", color=col,
-                      label=f"{name} GET p50")  # fmt: skip
-        ax_store.plot(xs, [p["put"]["latency_ms"]["p99"] for p in pts], "s--", color=col, alpha=0.5,
-                      label=f"{name} PUT p99")  # fmt: skip
+        ax_store.plot(
+            xs,
+            [p["put"]["latency_ms"]["p50"] for p in pts],
+            "o-",
+            color=col,
+            label=f"{name} PUT p50",
+        )
+        ax_store.plot(
+            xs,
+            [p["get"]["latency_ms"]["p50"] for p in pts],
+            "^:",
+            color=col,
+            label=f"{name} GET p50",
+        )
+        ax_store.plot(
+            xs,
+            [p["put"]["latency_ms"]["p99"] for p in pts],
+            "s--",
+            color=col,
+            alpha=0.5,
+            label=f"{name} PUT p99",
+        )
     ax_store.set_xscale("log")
     ax_store.set_yscale("log")
     _plain_log(ax_store)
@@ -156,7 +207,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     ax_store.set_ylabel("latency (ms, log)")
     ax_store.set_title(f"store size ({cfg.get('store_clients', 16)} clients)")
     ax_store.grid(True, which="both", alpha=0.3)
-    ax_store.legend(fontsize=8)
+    _legend(ax_store)
 
     # 5. failover timeline
     for name, sc in systems:
@@ -174,7 +225,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     ax_fo.set_ylabel("completed writes/s (100 ms bins)")
     ax_fo.set_title(f"failover ({cfg.get('failover_clients', 16)} writing clients)")
     ax_fo.grid(True, alpha=0.3)
-    ax_fo.legend(fontsize=8)
+    _legend(ax_fo)
 
     # 6. bars: catch-up and failover times
     labels, groups = [], {}
@@ -182,15 +233,23 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
         cu = sc.get("catchup") if isinstance(sc.get("catchup"), dict) else {}
         groups[name] = [fo.get("unavailable_s"), cu.get("restart_to_caught_up_s")]
-    labels = ["failover\nunavailability", f"catch-up after\n{cfg.get('catchup_writes', 0):,} writes"]
+    labels = [
+        "failover\nunavailability",
+        f"catch-up after\n{cfg.get('catchup_writes', 0):,} writes",
+    ]
     width = 0.8 / max(1, len(groups))
     for k, (name, vals) in enumerate(groups.items()):
         xs = [i + (k - (len(groups) - 1) / 2) * width for i in range(len(labels))]
         hs = [v if v is not None else 0 for v in vals]
         bars = ax_bar.bar(xs, hs, width, color=COLORS.get(name), label=name)
-        for b, v in zip(bars, vals):
-            ax_bar.annotate("n/a" if v is None else f"{v:.2f}s", (b.get_x() + b.get_width() / 2, b.get_height()),
-                            ha="center", va="bottom", fontsize=8)  # fmt: skip
+        for b, v in zip(bars, vals, strict=False):
+            ax_bar.annotate(
+                "n/a" if v is None else f"{v:.2f}s",
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax_bar.set_xticks(range(len(labels)), labels)
     ax_bar.set_ylabel("seconds")
     ax_bar.set_title("recovery times (lower is better)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 from benchmarks import etcd as etcd_mod
 from benchmarks.cluster import server_available
 from benchmarks.harness import Progress
-from benchmarks.scenarios import KiB, MiB, SCENARIOS, SuiteConfig, SystemRunner
+from benchmarks.scenarios import SCENARIOS, KiB, MiB, SuiteConfig, SystemRunner
 from benchmarks.sysinfo import load_average, machine_info, versions
 from benchmarks.workload import parse_mix
 
@@ -35,23 +34,49 @@ SYSTEMS = ("paxoskv", "etcd")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        clients=[1, 4], duration=1.0, warmup=0.2, keys=100, get_clients=[1], mixed_clients=4,
-        value_sizes=[100, 10 * KiB], value_duration=0.5, store_sizes=[200, 1000],
-        store_clients=4, store_duration=0.5, preload_clients=8, catchup_writes=500,
-        catchup_clients=8, catchup_timeout=30.0, failover_clients=4, failover_before=0.5,
-        failover_after=3.0, scenarios=["steady"],
+        clients=[1, 4],
+        duration=1.0,
+        warmup=0.2,
+        keys=100,
+        get_clients=[1],
+        mixed_clients=4,
+        value_sizes=[100, 10 * KiB],
+        value_duration=0.5,
+        store_sizes=[200, 1000],
+        store_clients=4,
+        store_duration=0.5,
+        preload_clients=8,
+        catchup_writes=500,
+        catchup_clients=8,
+        catchup_timeout=30.0,
+        failover_clients=4,
+        failover_before=0.5,
+        failover_after=3.0,
+        scenarios=["steady"],
     ),
     "quick": dict(
-        clients=[1, 16, 64], duration=2.0, get_clients=[1], value_sizes=[100, 10 * KiB, 1 * MiB],
-        value_duration=1.0, store_sizes=[1000, 10_000], store_duration=1.0, catchup_writes=5000,
+        clients=[1, 16, 64],
+        duration=2.0,
+        get_clients=[1],
+        value_sizes=[100, 10 * KiB, 1 * MiB],
+        value_duration=1.0,
+        store_sizes=[1000, 10_000],
+        store_duration=1.0,
+        catchup_writes=5000,
         failover_after=4.0,
     ),
     "standard": dict(),
     "full": dict(
-        clients=[1, 2, 4, 8, 16, 32, 64, 128], duration=10.0, warmup=1.0,
+        clients=[1, 2, 4, 8, 16, 32, 64, 128],
+        duration=10.0,
+        warmup=1.0,
         value_sizes=[100, 1 * KiB, 4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1 * MiB],
-        value_duration=5.0, store_sizes=[1000, 10_000, 100_000, 1_000_000], store_duration=5.0,
-        catchup_writes=100_000, catchup_timeout=600.0, failover_after=8.0,
+        value_duration=5.0,
+        store_sizes=[1000, 10_000, 100_000, 1_000_000],
+        store_duration=5.0,
+        catchup_writes=100_000,
+        catchup_timeout=600.0,
+        failover_after=8.0,
     ),
 }
 
@@ -85,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latency/throughput benchmarks of paxoskv, side by side with etcd.",
     )
     ap.add_argument("--suite", choices=sorted(PRESETS), default="standard")
-    ap.add_argument("--system", choices=("both", *SYSTEMS), default="both",
-                    help="which system(s) to run; 'both' runs etcd only when it is installed")
+    ap.add_argument(
+        "--system",
+        choices=("both", *SYSTEMS),
+        default="both",
+        help="which system(s) to run; 'both' runs etcd only when it is installed",
+    )
     ap.add_argument("--no-etcd", action="store_true", help="skip the etcd comparison")
     ap.add_argument("--scenarios", help=f"comma list of {', '.join(SCENARIOS)}")
     ap.add_argument("--replicas", type=int, choices=(3, 5))
@@ -105,18 +134,42 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--failover-clients", type=int)
     ap.add_argument("--workers", type=int, help="load-generator processes (default: cores)")
     ap.add_argument("--seed", type=int)
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the paxoskv leader during the largest sweep point; summary in the report",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="progress bar on stderr (default: when it is a terminal)")
+    ap.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when it is a terminal)",
+    )
     return ap
 
 
 def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     cfg = SuiteConfig(name=args.suite, **PRESETS[args.suite])
-    for name in ("replicas", "clients", "duration", "ops", "warmup", "mix", "keys", "distribution",
-                 "theta", "value_size", "value_sizes", "store_sizes", "catchup_writes",
-                 "failover_clients", "workers", "seed"):  # fmt: skip
+    for name in (
+        "replicas",
+        "clients",
+        "duration",
+        "ops",
+        "warmup",
+        "mix",
+        "keys",
+        "distribution",
+        "theta",
+        "value_size",
+        "value_sizes",
+        "store_sizes",
+        "catchup_writes",
+        "failover_clients",
+        "workers",
+        "seed",
+    ):
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
@@ -126,8 +179,10 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         if bad:
             raise SystemExit(f"unknown scenario(s): {', '.join(sorted(bad))}")
         cfg.scenarios = wanted
-    if cfg.mixed_clients > max(cfg.clients):
-        cfg.mixed_clients = max(cfg.clients)
+    cfg.mixed_clients = min(cfg.mixed_clients, max(cfg.clients))
+    if args.profile:
+        cfg.profile = True
+        cfg.profile_dir = str(args.out)
     return cfg
 
 
@@ -190,8 +245,11 @@ def _fmt(v: float | None, unit: str) -> str:
 def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """[{label, unit, better, key, values: {system: v}, ratio, target, met}]"""
     cfg = doc["config"]
-    heads = {name: headline(s["scenarios"]) for name, s in doc["systems"].items()
-             if s.get("status") == "ok"}  # fmt: skip
+    heads = {
+        name: headline(s["scenarios"])
+        for name, s in doc["systems"].items()
+        if s.get("status") == "ok"
+    }
     any_head = next(iter(heads.values()), {})
     topc = any_head.get("put64_clients") or max(cfg.get("clients") or [64])
     mixlab = "/".join(f"{int(v)}" for v in (cfg.get("mixed") or {}).values())
@@ -205,8 +263,18 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ("put64_p999", f"PUT {topc} clients p99.9", "ms", "low"),
         ("get1_p50", "GET 1 client p50 (linearizable)", "ms", "low"),
         ("get1_p99", "GET 1 client p99 (linearizable)", "ms", "low"),
-        ("getN_tput", f"GET {max(cfg.get('get_clients') or [1])} clients throughput", "op/s", "high"),
-        ("mixed_tput", f"mixed put/get/cas {mixlab} zipf, {cfg.get('mixed_clients')}c", "op/s", "high"),
+        (
+            "getN_tput",
+            f"GET {max(cfg.get('get_clients') or [1])} clients throughput",
+            "op/s",
+            "high",
+        ),
+        (
+            "mixed_tput",
+            f"mixed put/get/cas {mixlab} zipf, {cfg.get('mixed_clients')}c",
+            "op/s",
+            "high",
+        ),
         ("mixed_p99", "mixed p99", "ms", "low"),
         ("failover_s", "failover: unavailable after kill -9", "s", "low"),
         ("catchup_s", f"catch-up after {cfg.get('catchup_writes', 0):,} writes", "s", "low"),
@@ -231,8 +299,18 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         met = None
         if target and ours is not None:
             met = ours <= target[1] if target[0] == "<=" else ours >= target[1]
-        rows.append({"key": key, "label": label, "unit": unit, "better": better, "values": vals,
-                     "ratio": ratio, "target": target, "met": met})  # fmt: skip
+        rows.append(
+            {
+                "key": key,
+                "label": label,
+                "unit": unit,
+                "better": better,
+                "values": vals,
+                "ratio": ratio,
+                "target": target,
+                "met": met,
+            }
+        )
     return rows
 
 
@@ -261,7 +339,7 @@ def render_table(doc: dict[str, Any]) -> str:
     header = f"{'metric':<44}{'unit':>5}" + "".join(f"{n:>12}" for n in names)
     if "paxoskv" in names and "etcd" in names:
         header += f"{'ratio':>8}"
-    header += f"{'target':>12}"
+    header += f"{'target':>14}"
     lines += ["", header, "-" * len(header)]
     for r in rows:
         line = f"{r['label'][:43]:<44}{r['unit']:>5}"
@@ -272,12 +350,14 @@ def render_table(doc: dict[str, Any]) -> str:
         if r["target"]:
             op, val = r["target"]
             mark = "ok" if r["met"] else ("MISS" if r["met"] is False else "")
-            tgt = f"{op}{val:g} {mark}"
-            line += f"{tgt:>12}"
+            tgt = f"{op} {val:,g} {mark}"
+            line += f"{tgt:>14}"
         lines.append(line)
     if "paxoskv" in names and "etcd" in names:
-        lines.append("ratio > 1: paxoskv ahead (etcd/paxoskv for latency and times, "
-                     "paxoskv/etcd for throughput)")  # fmt: skip
+        lines.append(
+            "ratio > 1: paxoskv ahead (etcd/paxoskv for latency and times, "
+            "paxoskv/etcd for throughput)"
+        )
     return "\n".join(lines)
 
 
@@ -289,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     progress = Progress(enabled=args.progress)
     t_suite = time.monotonic()
-    now = dt.datetime.now(dt.timezone.utc).astimezone()
+    now = dt.datetime.now(dt.UTC).astimezone()
 
     systems: list[str] = []
     skipped: dict[str, str] = {}
@@ -311,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "schema": 1,
         "created": now.isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            ["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "machine": machine_info(),
         "versions": versions(),
         "config": cfg.to_dict(),
@@ -322,8 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         runner = SystemRunner(name, cfg, progress)
         try:
             scen = runner.run_all()
-            doc["systems"][name] = {"status": "ok", "scenarios": scen,
-                                    "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+            doc["systems"][name] = {
+                "status": "ok",
+                "scenarios": scen,
+                "seconds": round(time.monotonic() - t0, 1),
+            }
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - report it and go on with the other system
@@ -350,8 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         elif not matplotlib_available():
             progress.note("no plot: matplotlib is not installed (pip install -e '.[bench]')")
     print(render_table(doc))
-    print(f"\nwrote {json_path}" + (f" and {png_path}" if png_path else "") +
-          f" (latest.* beside them) in {doc['seconds']:.0f}s")  # fmt: skip
+    prof = doc["systems"].get("paxoskv", {}).get("scenarios", {}).get("steady", {})
+    if isinstance(prof, dict) and "profile" in prof:
+        from benchmarks.profile import render
+
+        print()
+        print(render(prof["profile"]))
+    print(
+        f"\nwrote {json_path}"
+        + (f" and {png_path}" if png_path else "")
+        + f" (latest.* beside them) in {doc['seconds']:.0f}s"
+    )
     ok = any(s.get("status") == "ok" for s in doc["systems"].values())
     return 0 if ok else 1
 

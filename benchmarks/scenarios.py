@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchmarks.driver import RunSpec
-from benchmarks.harness import Progress, run_workload
+from benchmarks.harness import Progress, WorkerPool, default_workers, run_workload
+from benchmarks.profile import Profiler
 from benchmarks.workload import PUT, WorkloadSpec
 
 KiB = 1024
@@ -79,6 +82,9 @@ class SuiteConfig:
     failover_before: float = 1.5
     failover_after: float = 5.0
     failover_attempt_timeout: float = 0.25
+    # py-spy on the leader during the largest sweep point (paxoskv only)
+    profile: bool = False
+    profile_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,16 +108,25 @@ class SystemRunner:
         self.cfg = cfg
         self.progress = progress
         self.cluster_info: dict[str, Any] = {}
+        self.pool: WorkerPool | None = None
 
     # -- helpers -----------------------------------------------------------
     def _workload(self, **kw: Any) -> WorkloadSpec:
-        base = dict(mix=self.cfg.mix, keys=self.cfg.keys, distribution=self.cfg.distribution,
-                    theta=self.cfg.theta, value_size=self.cfg.value_size, seed=self.cfg.seed)  # fmt: skip
+        base = dict(
+            mix=self.cfg.mix,
+            keys=self.cfg.keys,
+            distribution=self.cfg.distribution,
+            theta=self.cfg.theta,
+            value_size=self.cfg.value_size,
+            seed=self.cfg.seed,
+        )
         base.update(kw)
         return WorkloadSpec(**base)
 
-    def _run(self, cluster: Any, label: str, clients: int, workload: WorkloadSpec,
-             **kw: Any) -> dict[str, Any]:  # fmt: skip
+    def _run(
+        self, cluster: Any, label: str, clients: int, workload: WorkloadSpec, **kw: Any
+    ) -> dict[str, Any]:
+        on_tick = kw.pop("on_tick", None)
         leader = cluster.leader()
         spec = RunSpec(
             system=self.system,
@@ -125,36 +140,64 @@ class SystemRunner:
             attempt_timeout=kw.pop("attempt_timeout", self.cfg.attempt_timeout),
             **kw,
         )
-        result = run_workload(spec, workers=self.cfg.workers, progress=self.progress,
-                              label=f"{self.system}: {label}")  # fmt: skip
+        result = run_workload(
+            spec,
+            workers=self.cfg.workers,
+            pool=self.pool,
+            progress=self.progress,
+            label=f"{self.system}: {label}",
+            on_tick=on_tick,
+        )
         result["label"] = label
         return result
 
-    def preload(self, cluster: Any, start: int, end: int, value_size: int | None = None) -> dict[str, Any]:
+    def preload(
+        self, cluster: Any, start: int, end: int, value_size: int | None = None
+    ) -> dict[str, Any]:
         """Puts keys [start, end) once each, with many concurrent clients."""
         n = end - start
         if n <= 0:
             return {"keys": 0, "seconds": 0.0, "rate": 0.0}
         clients = max(1, min(self.cfg.preload_clients, n))
-        wl = self._workload(mix={PUT: 1.0}, keys=n, key_offset=start, distribution="sequential",
-                            value_size=self.cfg.value_size if value_size is None else value_size)  # fmt: skip
+        wl = self._workload(
+            mix={PUT: 1.0},
+            keys=n,
+            key_offset=start,
+            distribution="sequential",
+            value_size=self.cfg.value_size if value_size is None else value_size,
+        )
         t0 = time.monotonic()
-        r = self._run(cluster, f"preload {start:,}..{end:,}", clients, wl, duration=None,
-                      warmup=0.0)  # fmt: skip
+        r = self._run(
+            cluster, f"preload {start:,}..{end:,}", clients, wl, duration=None, warmup=0.0
+        )
         secs = time.monotonic() - t0
-        return {"keys": n, "seconds": round(secs, 3), "rate": r["ops"] / max(1e-9, r["duration_s"]),
-                "errors": r["error_count"]}  # fmt: skip
+        return {
+            "keys": n,
+            "seconds": round(secs, 3),
+            "rate": r["ops"] / max(1e-9, r["duration_s"]),
+            "errors": r["error_count"],
+        }
 
     def _start(self) -> Any:
         cluster = make_cluster(self.system, self.cfg.replicas)
         t0 = time.monotonic()
         cluster.start()
-        self.cluster_info = {"replicas": self.cfg.replicas, "start_s": round(time.monotonic() - t0, 2),
-                             "version": cluster.version()}  # fmt: skip
+        self.cluster_info = {
+            "replicas": self.cfg.replicas,
+            "start_s": round(time.monotonic() - t0, 2),
+            "version": cluster.version(),
+        }
         return cluster
 
     # -- scenarios ---------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
+        size = self.cfg.workers or default_workers(
+            max([*self.cfg.clients, self.cfg.preload_clients])
+        )
+        with WorkerPool(size) as self.pool:
+            return self._run_all()
+
+    def _run_all(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         cfg = self.cfg
         wanted = set(cfg.scenarios)
@@ -167,7 +210,11 @@ class SystemRunner:
                     out["values"] = self._guard("values", lambda: self.values(cluster))
             finally:
                 cluster.stop()
-        for name, fn in (("store", self.store), ("catchup", self.catchup), ("failover", self.failover)):
+        for name, fn in (
+            ("store", self.store),
+            ("catchup", self.catchup),
+            ("failover", self.failover),
+        ):
             if name in wanted:
                 out[name] = self._guard(name, fn)
         out["cluster"] = self.cluster_info
@@ -188,7 +235,16 @@ class SystemRunner:
             kw: dict[str, Any] = {}
             if cfg.ops is not None:
                 kw = {"duration": None, "ops": cfg.ops}
-            sweep.append(self._run(cluster, f"{self._workload().label} x{c}", c, self._workload(), **kw))
+            profiler = None
+            if cfg.profile and self.system == "paxoskv" and c == max(cfg.clients):
+                profiler = self._profiler(cluster)
+                kw["on_tick"] = profiler.tick
+            sweep.append(
+                self._run(cluster, f"{self._workload().label} x{c}", c, self._workload(), **kw)
+            )
+            if profiler is not None:
+                res["profile"] = profiler.finish()
+                res["profile"]["clients"] = c
         res["sweep"] = sweep
         res["get"] = [
             self._run(cluster, f"get x{c}", c, self._workload(mix={"get": 1.0}))
@@ -196,17 +252,36 @@ class SystemRunner:
         ]
         if cfg.mixed:
             wl = self._workload(mix=cfg.mixed, distribution=cfg.mixed_distribution)
-            res["mixed"] = [self._run(cluster, f"mixed x{cfg.mixed_clients}", cfg.mixed_clients, wl)]
+            res["mixed"] = [
+                self._run(cluster, f"mixed x{cfg.mixed_clients}", cfg.mixed_clients, wl)
+            ]
         return res
+
+    def _profiler(self, cluster: Any) -> _LeaderProfile:
+        out_dir = Path(self.cfg.profile_dir or tempfile.gettempdir())
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return _LeaderProfile(
+            cluster, self.cfg.warmup, self.cfg.duration, out_dir / f"profile-leader-{stamp}.txt"
+        )
 
     def values(self, cluster: Any) -> list[dict[str, Any]]:
         cfg = self.cfg
         out = []
         for i, size in enumerate(cfg.value_sizes):
-            wl = self._workload(mix={PUT: 1.0}, keys=cfg.value_keys, distribution="uniform",
-                                value_size=size, key_offset=1_000_000_000 + i * 100_000)  # fmt: skip
-            r = self._run(cluster, f"value {_size(size)} x{cfg.value_clients}", cfg.value_clients,
-                          wl, duration=cfg.value_duration)  # fmt: skip
+            wl = self._workload(
+                mix={PUT: 1.0},
+                keys=cfg.value_keys,
+                distribution="uniform",
+                value_size=size,
+                key_offset=1_000_000_000 + i * 100_000,
+            )
+            r = self._run(
+                cluster,
+                f"value {_size(size)} x{cfg.value_clients}",
+                cfg.value_clients,
+                wl,
+                duration=cfg.value_duration,
+            )
             r["value_size"] = size
             out.append(r)
         return out
@@ -223,8 +298,13 @@ class SystemRunner:
                 point: dict[str, Any] = {"keys": n, "preload": pre}
                 for op in ("put", "get"):
                     wl = self._workload(mix={op: 1.0}, keys=n, distribution="uniform")
-                    point[op] = self._run(cluster, f"store {n:,} keys {op} x{cfg.store_clients}",
-                                          cfg.store_clients, wl, duration=cfg.store_duration)  # fmt: skip
+                    point[op] = self._run(
+                        cluster,
+                        f"store {n:,} keys {op} x{cfg.store_clients}",
+                        cfg.store_clients,
+                        wl,
+                        duration=cfg.store_duration,
+                    )
                 out.append(point)
         finally:
             cluster.stop()
@@ -265,9 +345,11 @@ class SystemRunner:
                     if applied >= target:
                         t_done = now
                         break
-                self.progress.show(f"{self.system}: catch-up of replica {follower}",
-                                   (last or 0) / max(1, target),
-                                   f"applied {last if last is not None else '-'}/{target}")  # fmt: skip
+                self.progress.show(
+                    f"{self.system}: catch-up of replica {follower}",
+                    (last or 0) / max(1, target),
+                    f"applied {last if last is not None else '-'}/{target}",
+                )
                 time.sleep(0.02)
             self.progress.done()
             return {
@@ -309,14 +391,24 @@ class SystemRunner:
 
             wl = self._workload(mix={PUT: 1.0}, distribution="uniform")
             spec = RunSpec(
-                system=self.system, endpoints=cluster.endpoints(), leader=leader,
-                clients=cfg.failover_clients, workload=wl,
-                duration=cfg.failover_before + cfg.failover_after, warmup=0.0,
-                attempt_timeout=cfg.failover_attempt_timeout, timeline=True,
-            )  # fmt: skip
-            r = run_workload(spec, workers=cfg.workers, progress=self.progress,
-                             label=f"{self.system}: failover x{cfg.failover_clients}",
-                             on_tick=on_tick)  # fmt: skip
+                system=self.system,
+                endpoints=cluster.endpoints(),
+                leader=leader,
+                clients=cfg.failover_clients,
+                workload=wl,
+                duration=cfg.failover_before + cfg.failover_after,
+                warmup=0.0,
+                attempt_timeout=cfg.failover_attempt_timeout,
+                timeline=True,
+            )
+            r = run_workload(
+                spec,
+                workers=cfg.workers,
+                pool=self.pool,
+                progress=self.progress,
+                label=f"{self.system}: failover x{cfg.failover_clients}",
+                on_tick=on_tick,
+            )
             new_leader = None
             for _ in range(100):
                 new_leader = cluster.leader()
@@ -328,8 +420,38 @@ class SystemRunner:
             cluster.stop()
 
 
-def analyse_failover(r: dict[str, Any], t_kill: int | None, old: int, new: int | None,
-                     cfg: SuiteConfig) -> dict[str, Any]:  # fmt: skip
+class _LeaderProfile:
+    """Starts py-spy on the leader when the measurement window opens."""
+
+    def __init__(self, cluster: Any, warmup: float, duration: float | None, out: Path) -> None:
+        self.cluster = cluster
+        self.warmup = warmup
+        self.duration = duration or 5.0
+        self.out = out
+        self.profiler: Profiler | None = None
+        self.leader: int | None = None
+
+    def tick(self, elapsed: float) -> None:
+        if self.profiler is None and elapsed >= self.warmup:
+            self.leader = self.cluster.leader()
+            pid = self.cluster.pids().get(self.leader) if self.leader else None
+            self.profiler = Profiler(pid or -1, self.duration, self.out)
+            if pid:
+                self.profiler.start()
+            else:
+                self.profiler.error = "no leader to profile"
+
+    def finish(self) -> dict[str, Any]:
+        if self.profiler is None:
+            return {"error": "the run ended before the profile started"}
+        summary = self.profiler.wait()
+        summary["leader"] = self.leader
+        return summary
+
+
+def analyse_failover(
+    r: dict[str, Any], t_kill: int | None, old: int, new: int | None, cfg: SuiteConfig
+) -> dict[str, Any]:
     tl: list[int] = r.pop("timeline_ns")
     t_start = r.pop("t_start_ns")
     r.pop("histogram", None)
@@ -350,7 +472,7 @@ def analyse_failover(r: dict[str, Any], t_kill: int | None, old: int, new: int |
     # that ends the longest silence after the last pre-kill completion.
     pts = ([before[-1]] if before else [t_kill]) + after
     best_gap, gap_end = 0, None
-    for a, b in zip(pts, pts[1:]):
+    for a, b in zip(pts, pts[1:], strict=False):
         if b - a > best_gap:
             best_gap, gap_end = b - a, b
     out["unavailable_s"] = round((gap_end - t_kill) / 1e9, 4) if gap_end is not None else None

@@ -36,8 +36,12 @@ def _mem_total_gib() -> float | None:
 
 def _fs_type(path: str) -> str | None:
     try:
-        out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", path],
-                             capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+        out = subprocess.run(
+            ["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", path],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out or None
     except (OSError, subprocess.TimeoutExpired):
         return None

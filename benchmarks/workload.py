@@ -26,9 +26,9 @@ import hashlib
 import random
 from array import array
 from bisect import bisect_right
-from itertools import accumulate
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 PUT, GET, CAS = "put", "get", "cas"
@@ -162,7 +162,9 @@ class OpStream:
     client `index` of `clients` visits its share of the keys once, then
     next() returns None."""
 
-    def __init__(self, spec: WorkloadSpec, client_no: int, index: int = 0, clients: int = 1) -> None:
+    def __init__(
+        self, spec: WorkloadSpec, client_no: int, index: int = 0, clients: int = 1
+    ) -> None:
         self.rng = random.Random(spec.seed * 1_000_003 + client_no)
         self.keys = KeyChooser(spec, self.rng) if spec.distribution != "sequential" else None
         self._next_seq = spec.key_offset + index
@@ -192,7 +194,7 @@ class OpStream:
             op = self._single
         else:
             u = self.rng.random()
-            for op, c in zip(self._ops, self._cum):  # noqa: B007 - at most 3 entries
+            for op, c in zip(self._ops, self._cum, strict=False):  # noqa: B007 - at most 3 entries
                 if u < c:
                     break
         return op, key_name(self.keys.next_index())

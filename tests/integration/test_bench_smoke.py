@@ -1,0 +1,96 @@
+"""Smoke run of the benchmark harness (benchmarks/run.py) against real clusters.
+
+`python -m benchmarks.run --suite smoke` for about a second a point with a
+few clients: the command works end to end, writes the JSON (and the PNG when
+matplotlib is installed) and the table, and measures nonzero operations.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_SERVER = (ROOT / "replica" / "server.py").exists()
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+HAVE_ETCD = shutil.which("etcd") is not None and importlib.util.find_spec("grpc") is not None
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def run_bench(tmp_path: Path, *args: str) -> tuple[dict, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["BENCH_DATA_DIR"] = str(tmp_path)
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--suite",
+            "smoke",
+            "--out",
+            str(out),
+            "--no-progress",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((out / "latest.json").read_text())
+    if HAVE_MPL:
+        png = (out / "latest.png").read_bytes()
+        assert png.startswith(b"\x89PNG")
+    return doc, proc.stdout
+
+
+def check_system(doc: dict, name: str, clients: list[int]) -> None:
+    system = doc["systems"][name]
+    assert system["status"] == "ok", system
+    steady = system["scenarios"]["steady"]
+    assert "error" not in steady, steady
+    assert steady["preload"]["keys"] > 0
+    assert [r["clients"] for r in steady["sweep"]] == clients
+    for r in steady["sweep"] + steady["get"]:
+        assert r["ops"] > 0 and r["throughput"] > 0, r
+        lat = r["latency_ms"]
+        for k in ("p50", "p90", "p99", "p99.9", "max"):
+            assert lat[k] > 0
+        assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+        assert r["histogram"]["total"] == r["ops"]
+        assert r["error_count"] == 0, r["errors"]
+    # the GETs read preloaded keys
+    assert steady["get"][0]["not_found"] == 0
+
+
+@pytest.mark.skipif(not HAVE_SERVER, reason="replica/server.py does not exist yet")
+def test_smoke_run_against_our_cluster(tmp_path):
+    doc, stdout = run_bench(tmp_path, "--system", "paxoskv", "--clients", "1,3", "--duration", "1")
+    for key in ("machine", "versions", "config", "systems", "table", "created", "seconds"):
+        assert key in doc
+    assert doc["machine"]["cores"] >= 1 and "fsync_ms" in doc["machine"]
+    assert doc["config"]["replicas"] == 3
+    check_system(doc, "paxoskv", [1, 3])
+    assert "PUT 1 client p50" in stdout and "paxoskv" in stdout
+    keys = {row["key"] for row in doc["table"]}
+    assert {"put1_p50", "get1_p50", "put64_tput"} <= keys
+
+
+@pytest.mark.skipif(not HAVE_ETCD, reason="etcd (Debian etcd-server) or grpcio not installed")
+def test_smoke_run_against_etcd(tmp_path):
+    doc, stdout = run_bench(tmp_path, "--system", "etcd", "--clients", "2", "--duration", "1")
+    check_system(doc, "etcd", [2])
+    assert doc["versions"]["etcd"]
+    assert "etcd" in stdout
