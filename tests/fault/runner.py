@@ -104,6 +104,8 @@ class Summary:
     settled: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    title: str = ""
+    """The first line; by default it describes the random run."""
 
     @property
     def verdict(self) -> Verdict | None:
@@ -117,10 +119,12 @@ class Summary:
         cfg = self.config
         ops = self.history.operations()
         by_outcome = Counter(o.outcome for o in ops if o.process != FINAL)
-        lines = [
+        title = self.title or (
             f"fault run: {cfg.replicas} replicas ({cfg.module}), seed {cfg.seed}, "
-            f"{cfg.duration_s:g}s of faults '{cfg.nemesis}', {cfg.clients} clients, "
-            f"{self.seconds:.0f}s in all; files in {self.root}",
+            f"{cfg.duration_s:g}s of faults '{cfg.nemesis}', {cfg.clients} clients"
+        )
+        lines = [
+            f"{title}; {self.seconds:.0f}s in all; files in {self.root}",
             f"operations: {sum(by_outcome.values())} (ok {by_outcome[Outcome.OK]}, "
             f"fail {by_outcome[Outcome.FAIL]}, unknown {by_outcome[Outcome.UNKNOWN]}, "
             f"pending {by_outcome[Outcome.PENDING]}) on "
@@ -283,28 +287,32 @@ class FaultRun:
                 try:
                     if r < 0.40:
                         h = hist.invoke(wid, Kind.GET, key)
-                        got = self._call(hist, h, client.get, key)
+                        got = self.record_call(hist, h, client.get, key)
                         if got is not _UNKNOWN:
                             hist.ok(h, got)
                             seen[key] = got
                     elif r < 0.65:
                         h = hist.invoke(wid, Kind.PUT, key, value)
-                        if self._call(hist, h, client.put, key, value) is not _UNKNOWN:
+                        if self.record_call(hist, h, client.put, key, value) is not _UNKNOWN:
                             hist.ok(h)
                             seen[key] = value
                     elif r < 0.93:
                         exp = seen.get(key)
                         h = hist.invoke(wid, Kind.CAS, key, value, expected=exp)
                         if exp is None:
-                            res = self._call(hist, h, client.cas, key, value, expected_version=0)
+                            res = self.record_call(
+                                hist, h, client.cas, key, value, expected_version=0
+                            )
                         else:
-                            res = self._call(hist, h, client.cas, key, value, expected_value=exp)
+                            res = self.record_call(
+                                hist, h, client.cas, key, value, expected_value=exp
+                            )
                         if res is not _UNKNOWN:
                             hist.ok(h, res.succeeded)
                             seen[key] = value if res.succeeded else res.value
                     else:
                         h = hist.invoke(wid, Kind.DELETE, key)
-                        existed = self._call(hist, h, client.delete, key)
+                        existed = self.record_call(hist, h, client.delete, key)
                         if existed is not _UNKNOWN:
                             hist.ok(h, existed)
                             seen[key] = None
@@ -315,7 +323,7 @@ class FaultRun:
                 if cfg.think_s > 0:
                     self._stop.wait(rng.uniform(0, 2 * cfg.think_s))
 
-    def _call(self, hist: History, handle: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def record_call(self, hist: History, handle: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Calls the client; records fail/unknown itself and returns _UNKNOWN
         then, else returns the call's result for the caller to record."""
         try:
@@ -409,7 +417,7 @@ class FaultRun:
             f"settled={summary.settled['ok']} after {summary.settled['seconds']:.1f}s; "
             f"final reads of {len(self.keys_used)} keys"
         )
-        self._final_reads(cluster)
+        self.final_reads(cluster)
         summary.lost = lost_writes(self.history)
         if summary.lost:
             summary.problems.append(f"{len(summary.lost)} key(s) lost acknowledged writes")
@@ -433,12 +441,12 @@ class FaultRun:
             if "crashed" in msg or "refused" in msg
         ]
 
-    def _final_reads(self, cluster: FaultCluster) -> None:
+    def final_reads(self, cluster: FaultCluster) -> None:
         hist = self.history
         with KVClient(cluster.addresses, timeout=10.0, attempt_timeout=1.0) as client:
             for key in sorted(self.keys_used):
                 h = hist.invoke(FINAL, Kind.GET, key)
-                got = self._call(hist, h, client.get, key)
+                got = self.record_call(hist, h, client.get, key)
                 if got is not _UNKNOWN:
                     hist.ok(h, got)
 
@@ -500,7 +508,10 @@ def stale_read_scenario(
         replicas=replicas, duration_s=0, nemesis="partition", module=module, verbose=verbose
     )
     run = FaultRun(cfg, root)
-    summary = Summary(cfg, root, run.history)
+    summary = Summary(
+        cfg, root, run.history,
+        title=f"stale-read scenario: {replicas} replicas ({module})",
+    )  # fmt: skip
     hist = run.history
     key = b"stale"
     started = time.monotonic()
@@ -532,7 +543,7 @@ def stale_read_scenario(
         def read_old() -> None:
             with KVClient([cluster.address(leader)], timeout=3, attempt_timeout=3) as c:
                 h = hist.invoke("c", Kind.GET, key)
-                got = run._call(hist, h, c.get, key)
+                got = run.record_call(hist, h, c.get, key)
                 if got is not _UNKNOWN:
                     hist.ok(h, got)
                     run.log(f"the old leader answered {got!r}")
@@ -548,7 +559,7 @@ def stale_read_scenario(
         summary.settled = cluster.wait_settled(30)
         if not summary.settled["ok"]:
             summary.problems.append("the cluster did not settle after healing")
-        run._final_reads(cluster)
+        run.final_reads(cluster)
         summary.lost = lost_writes(hist)
         summary.result = check(hist)
         run.log(f"checker: {summary.result.verdict.value}")
