@@ -51,10 +51,19 @@ class FaultCluster(Cluster):
     """A `Cluster` whose replicas can be told apart by iptables."""
 
     def __init__(
-        self, root: Path, replicas: int = 3, *, tick_ms: int = 10, module: str = REPLICA_MODULE
+        self,
+        root: Path,
+        replicas: int = 3,
+        *,
+        tick_ms: int = 10,
+        module: str = REPLICA_MODULE,
+        own_gids: bool | None = None,
     ) -> None:
         super().__init__(root, replicas, tick_ms=tick_ms)
         self.module = module
+        # Changing the group id needs root; without it kill and pause work,
+        # partitions do not.
+        self.own_gids = os.geteuid() == 0 if own_gids is None else own_gids
         self._gid0 = GID_BASE + 16 * (os.getpid() % 100_000)
         self.starts: dict[int, int] = {rid: 0 for rid in self.ids}
         self.exits: list[tuple[int, int]] = []  # (rid, returncode) seen by reap()
@@ -63,6 +72,8 @@ class FaultCluster(Cluster):
     def gid(self, rid: int) -> int:
         """The group id replica `rid` runs with."""
         self._replica(rid)
+        if not self.own_gids:
+            raise RuntimeError("replicas run without their own gids (not root)")
         return self._gid0 + rid
 
     def peer_port(self, rid: int) -> int:
@@ -81,7 +92,8 @@ class FaultCluster(Cluster):
             log.flush()
             self.procs[rid] = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=replica_env(), cwd=self.root, group=self.gid(rid),
+                env=replica_env(), cwd=self.root,
+                group=self.gid(rid) if self.own_gids else None,
             )  # fmt: skip
         self.starts[rid] += 1
 

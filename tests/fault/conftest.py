@@ -44,10 +44,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def firewall_ok() -> None:
-    """Skips the test unless real clusters and iptables partitions work."""
+def cluster_ok() -> None:
+    """Skips the test unless real replica processes can run."""
     if SERVER_MISSING:
         pytest.skip("replica/server.py is not there yet")
+
+
+@pytest.fixture
+def firewall_ok(cluster_ok: None) -> None:
+    """Skips the test unless iptables partitions work too (root, iptables)."""
     problem = _firewall_problem()
     if problem:
         pytest.skip(f"fault tests need root and iptables: {problem}")

@@ -126,6 +126,7 @@ class Firewall:
         self.cuts: set[tuple[int, int]] = set()  # (gid, dport) pairs dropped
         self._lock = threading.Lock()
         self.binary = ""
+        remove_stale_chains()
         problems = []
         for binary in _iptables_binaries():
             try:

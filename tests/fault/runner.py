@@ -57,7 +57,6 @@ from tests.fault.nemesis import (
     cut_links,
     parse_kinds,
     partition_links,
-    remove_stale_chains,
 )
 
 FINAL = "final"
@@ -344,9 +343,6 @@ class FaultRun:
         cfg = self.cfg
         started = time.monotonic()
         summary = Summary(cfg, self.root, self.history)
-        stale = remove_stale_chains()
-        if stale:
-            self.log(f"removed iptables chains left by dead runs: {stale}")
         kinds = parse_kinds(cfg.nemesis, cfg.replicas)
         firewall = Firewall() if any(k.startswith("partition") for k in kinds) else None
         cluster = FaultCluster(
