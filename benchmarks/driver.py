@@ -37,11 +37,15 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
+import resource
 import time
 import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from msgpack import packb as _packb
+from msgpack import unpackb as _unpackb
 
 from benchmarks.histogram import Histogram
 from benchmarks.workload import CAS, GET, PUT, OpStream, WorkloadSpec, payload
@@ -95,6 +99,7 @@ class WorkerStats:
     first_ns: int | None = None  # first measured completion
     last_ns: int | None = None  # last measured completion
     timeline: list[int] = field(default_factory=list)
+    cpu_s: float = 0.0  # CPU time of this worker process during the run (all threads)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +114,7 @@ class WorkerStats:
             "first_ns": self.first_ns,
             "last_ns": self.last_ns,
             "timeline": self.timeline,
+            "cpu_s": self.cpu_s,
         }
 
 
@@ -156,47 +162,69 @@ def _record(
 # --------------------------------------------------------------------------
 # paxoskv over ZeroMQ
 # --------------------------------------------------------------------------
-class _ZClient:
-    __slots__ = (
-        "no",
-        "cid",
-        "seq",
-        "stream",
-        "socks",
-        "op",
-        "frame",
-        "t0",
-        "target",
-        "deadline",
-        "backoff",
-        "active",
-        "tried",
-    )
+def fast_encode(op: str, cid: bytes, seq: int, key: bytes, value: bytes) -> bytes:
+    """`kvstore.protocol.encode_request` of a PUT, GET or CAS (expected value =
+    new value), without building a Request; the unit tests check that the
+    bytes are identical."""
+    from kvstore.protocol import PROTOCOL_VERSION, Op
 
-    def __init__(self, no: int, stream: OpStream, cid: bytes) -> None:
-        self.no = no
+    if op == PUT:
+        fields = [PROTOCOL_VERSION, int(Op.PUT), cid, seq, key, value, None, None, False]
+    elif op == GET:
+        fields = [PROTOCOL_VERSION, int(Op.GET), cid, seq, key, None, None, None, False]
+    else:
+        fields = [PROTOCOL_VERSION, int(Op.CAS), cid, seq, key, value, value, None, False]
+    return _packb(fields, use_bin_type=True)
+
+
+def fast_status(frame: bytes) -> int:
+    """The status of an encoded Response (-1 if it is not a response); the
+    full `decode_response` runs only for the rare non-final statuses."""
+    try:
+        obj = _unpackb(frame, raw=False)
+        return obj[1] if isinstance(obj, list) and len(obj) == 7 else -1
+    except Exception:  # noqa: BLE001
+        return -1
+
+
+class _ZClient:
+    __slots__ = ("idx", "cid", "seq", "stream", "op", "frame", "t0", "target", "attempt",
+                 "deadline", "backoff", "active")  # fmt: skip
+
+    def __init__(self, idx: int, stream: OpStream, cid: bytes) -> None:
+        self.idx = idx
         self.cid = cid
         self.seq = 0
         self.stream = stream
-        self.socks: dict[int, Any] = {}
         self.op = PUT
         self.frame = b""
         self.t0 = 0
         self.target = 0
+        self.attempt = 0
         self.deadline = 0
         self.backoff = BACKOFF_MIN_NS
         self.active = False
-        self.tried = 0
 
 
 def run_paxoskv(
     spec: RunSpec, client_nos: list[int], start_ns: int, quota: int | None, progress: Any
 ) -> WorkerStats:
+    """The closed loop of this worker's clients against our replicas.
+
+    One DEALER per replica carries all the worker's logical clients: a
+    request goes out as [tag, b"", request] and the replica's ROUTER sends
+    the reply back with the same envelope (every frame up to the empty
+    delimiter, as for a REQ socket behind a proxy), so the reply arrives as
+    [tag, b"", reply]. The 8-byte tag names the logical client and its
+    attempt: a late reply to an attempt that was given up is recognised
+    and dropped. The sessions are per logical client (client_id, seq), as
+    the replicas see them."""
     import zmq
 
-    from kvstore.protocol import Op, Request, Status, decode_response, encode_request
+    from kvstore.protocol import Status, decode_response
 
     ctx = zmq.Context()
+    SNDMORE = int(zmq.SNDMORE)
     stats = WorkerStats()
     win = _Window(spec, start_ns, quota)
     ids = sorted(spec.endpoints)
@@ -204,38 +232,34 @@ def run_paxoskv(
     value = payload(spec.workload.value_size, spec.workload.seed)
     timeout_ns = int(spec.attempt_timeout * 1e9)
     keep_tl = spec.timeline
-    poller = zmq.Poller()
-    owner: dict[Any, _ZClient] = {}
     # Fresh random client ids for every run: a worker process serves many
     # runs, and the replicas remember every (client_id, seq) they applied.
-    clients = [_ZClient(no, _stream(spec, no), os.urandom(16)) for no in client_nos]
+    clients = [_ZClient(i, _stream(spec, no), os.urandom(16)) for i, no in enumerate(client_nos)]
     wakeups: list[tuple[int, int, _ZClient]] = []  # (time, tiebreak, client) to resend
-    POLLIN = zmq.POLLIN
-    OK, NOT_FOUND, CAS_FAILED = Status.OK, Status.NOT_FOUND, Status.CAS_FAILED
+    NOT_FOUND, CAS_FAILED = int(Status.NOT_FOUND), int(Status.CAS_FAILED)
     REDIRECT, UNAVAILABLE = Status.REDIRECT, Status.UNAVAILABLE
-    op_codes = {PUT: Op.PUT, GET: Op.GET, CAS: Op.CAS}
+    FINAL = (int(Status.OK), NOT_FOUND, CAS_FAILED)
+    NOBLOCK = zmq.NOBLOCK
     now_ns = time.monotonic_ns
+    suspect_until: dict[int, int] = {}  # replicas that just timed out
 
-    def sock_for(c: _ZClient, rid: int) -> Any:
-        s = c.socks.get(rid)
-        if s is None:
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.connect(spec.endpoints[rid])
-            c.socks[rid] = s
-            poller.register(s, POLLIN)
-            owner[s] = c
-        return s
-
-    def drop_sock(c: _ZClient, rid: int) -> None:
-        s = c.socks.pop(rid, None)
-        if s is not None:
-            poller.unregister(s)
-            del owner[s]
-            s.close(0)
+    socks: dict[int, Any] = {}
+    poller = zmq.Poller()
+    for rid in ids:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect(spec.endpoints[rid])
+        socks[rid] = s
+        poller.register(s, zmq.POLLIN)
 
     def send(c: _ZClient, now: int) -> None:
-        sock_for(c, c.target).send_multipart((b"", c.frame), copy=False)
+        c.attempt += 1
+        s = socks[c.target]
+        s.send(((c.attempt << 16) | c.idx).to_bytes(8, "little"), SNDMORE)
+        s.send(b"", SNDMORE)
+        s.send(c.frame, 0, copy=True)
         c.deadline = now + timeout_ns
 
     def start_next(c: _ZClient, now: int) -> None:
@@ -245,22 +269,13 @@ def run_paxoskv(
             return
         op, key = nxt
         c.seq += 1
-        if op == PUT:
-            req = Request(Op.PUT, c.cid, c.seq, key, value)
-        elif op == GET:
-            req = Request(Op.GET, c.cid, c.seq, key)
-        else:
-            req = Request(op_codes[op], c.cid, c.seq, key, value, expected_value=value)
         c.op = op
-        c.frame = encode_request(req)
+        c.frame = fast_encode(op, c.cid, c.seq, key, value)
         c.t0 = now
         c.target = leader[0]
         c.backoff = BACKOFF_MIN_NS
-        c.tried = 0
         c.active = True
         send(c, now)
-
-    suspect_until: dict[int, int] = {}  # replicas that just timed out
 
     def next_target(c: _ZClient, now: int) -> int:
         """The leader hint unless it is the replica that just failed us or
@@ -277,15 +292,58 @@ def run_paxoskv(
 
     def retry_later(c: _ZClient, now: int) -> None:
         stats.retries += 1
-        c.tried += 1
         c.target = next_target(c, now)
+        c.attempt += 1  # any reply to the attempt given up is now stale
         c.deadline = 1 << 62
-        heapq.heappush(wakeups, (now + c.backoff, c.no, c))
+        heapq.heappush(wakeups, (now + c.backoff, c.idx, c))
         c.backoff = min(c.backoff * 2, BACKOFF_MAX_NS)
 
-    # Wait for the common start, connect first so the start is not skewed.
-    for c in clients:
-        sock_for(c, leader[0])
+    def on_reply(frames: list[bytes], now: int) -> None:
+        if len(frames) != 3:
+            stats.errors["malformed reply envelope"] += 1
+            return
+        tag = int.from_bytes(frames[0], "little")
+        idx = tag & 0xFFFF
+        if idx >= len(clients):
+            return
+        c = clients[idx]
+        if not c.active or (tag >> 16) != c.attempt:
+            return  # a reply to an attempt we gave up on
+        st = fast_status(frames[2])
+        if st in FINAL:
+            if st == NOT_FOUND:
+                stats.not_found += 1
+            elif st == CAS_FAILED:
+                stats.cas_failed += 1
+            _record(stats, win, c.op, c.t0, now, keep_tl)
+            if c.target != leader[0]:
+                leader[0] = c.target
+            start_next(c, now)
+            return
+        try:
+            resp = decode_response(frames[2])
+        except Exception:  # noqa: BLE001
+            stats.errors["undecodable reply"] += 1
+            retry_later(c, now)
+            return
+        st = resp.status
+        if (
+            st == REDIRECT
+            and resp.leader in spec.endpoints
+            and resp.leader != c.target
+            and suspect_until.get(resp.leader, 0) <= now
+        ):
+            stats.redirects += 1
+            c.target = resp.leader
+            leader[0] = resp.leader
+            send(c, now)
+        elif st in (REDIRECT, UNAVAILABLE):
+            retry_later(c, now)
+        else:
+            stats.errors[f"{st.name}: {resp.error}"[:120]] += 1
+            start_next(c, now)
+
+    # Wait for the common start (the sockets are connected by now).
     while now_ns() < start_ns:
         time.sleep(min(0.005, max(0.0, (start_ns - now_ns()) / 1e9)))
     now = now_ns()
@@ -297,73 +355,22 @@ def run_paxoskv(
     grace_end: int | None = None
     try:
         while True:
-            active = sum(1 for c in clients if c.active)
             now = now_ns()
             if win.end_ns is not None and now >= win.end_ns:
-                stats.abandoned = active
+                stats.abandoned = sum(1 for c in clients if c.active)
                 break
-            if active == 0:
-                break
-            if win.end_ns is None and grace_end is not None and now > grace_end:
-                stats.abandoned = active
-                break
-            wait_ms = 10
-            if wakeups:
-                wait_ms = max(0, min(wait_ms, (wakeups[0][0] - now) // MS))
-            if win.end_ns is not None:
-                wait_ms = max(0, min(wait_ms, (win.end_ns - now) // MS + 1))
-            for s, _ in poller.poll(wait_ms):
-                c = owner.get(s)
-                if c is None:
-                    continue
-                frames = s.recv_multipart()
-                if not c.active or c.socks.get(c.target) is not s:
-                    continue  # a reply to an attempt we gave up on
-                now = now_ns()
-                try:
-                    resp = decode_response(frames[-1])
-                except Exception:  # noqa: BLE001
-                    stats.errors["undecodable reply"] += 1
-                    retry_later(c, now)
-                    continue
-                st = resp.status
-                if st in (OK, NOT_FOUND, CAS_FAILED):
-                    if st == NOT_FOUND:
-                        stats.not_found += 1
-                    elif st == CAS_FAILED:
-                        stats.cas_failed += 1
-                    _record(stats, win, c.op, c.t0, now, keep_tl)
-                    if c.target != leader[0]:
-                        leader[0] = c.target
-                    start_next(c, now)
-                elif (
-                    st == REDIRECT
-                    and resp.leader in spec.endpoints
-                    and resp.leader != c.target
-                    and suspect_until.get(resp.leader, 0) <= now
-                ):
-                    stats.redirects += 1
-                    c.target = resp.leader
-                    leader[0] = resp.leader
-                    send(c, now)
-                elif st in (REDIRECT, UNAVAILABLE):
-                    retry_later(c, now)
-                else:
-                    stats.errors[f"{st.name}: {resp.error}"[:120]] += 1
-                    start_next(c, now)
-            now = now_ns()
-            while wakeups and wakeups[0][0] <= now:
-                _, _, c = heapq.heappop(wakeups)
-                if c.active:
-                    send(c, now)
             if now - last_scan >= 5 * MS:
                 last_scan = now
+                active = 0
                 for c in clients:
-                    if c.active and c.deadline <= now:
-                        stats.errors["attempt timeout"] += 1
-                        drop_sock(c, c.target)
-                        suspect_until[c.target] = now + 2 * timeout_ns
-                        retry_later(c, now)
+                    if c.active:
+                        active += 1
+                        if c.deadline <= now:
+                            stats.errors["attempt timeout"] += 1
+                            suspect_until[c.target] = now + 2 * timeout_ns
+                            retry_later(c, now)
+                if active == 0 and not wakeups:
+                    break
                 if progress is not None and now - last_progress >= 50 * MS:
                     last_progress = now
                     progress.value = stats.completed_total
@@ -371,15 +378,35 @@ def run_paxoskv(
                     win.end_ns is None
                     and grace_end is None
                     and win.quota is not None
-                    and (win.issued_measured >= win.quota)
+                    and win.issued_measured >= win.quota
                 ):
                     grace_end = now + 2 * timeout_ns + 5_000 * MS
+                if grace_end is not None and now > grace_end:
+                    stats.abandoned = active
+                    break
+            wait_ms = 5
+            if wakeups:
+                wait_ms = max(0, min(wait_ms, (wakeups[0][0] - now) // MS))
+            if win.end_ns is not None:
+                wait_ms = max(0, min(wait_ms, (win.end_ns - now) // MS + 1))
+            for s, _ in poller.poll(wait_ms):
+                for _ in range(1024):
+                    try:
+                        frames = s.recv_multipart(NOBLOCK)
+                    except zmq.Again:
+                        break
+                    on_reply(frames, now_ns())
+            if wakeups:
+                now = now_ns()
+                while wakeups and wakeups[0][0] <= now:
+                    _, _, c = heapq.heappop(wakeups)
+                    if c.active:
+                        send(c, now)
     finally:
         if progress is not None:
             progress.value = stats.completed_total
-        for c in clients:
-            for rid in list(c.socks):
-                drop_sock(c, rid)
+        for s in socks.values():
+            s.close(0)
         ctx.term()
     return stats
 
@@ -504,6 +531,11 @@ async def _run_etcd_async(
 # --------------------------------------------------------------------------
 # the worker process
 # --------------------------------------------------------------------------
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def worker_loop(wid: int, task_q: Any, ready_q: Any, result_q: Any, progress: Any) -> None:
     """Entry point of a spawned worker: for each task, set up, say ready,
     wait for ("go", start_ns), run, send back the stats. None ends it."""
@@ -530,7 +562,9 @@ def worker_loop(wid: int, task_q: Any, ready_q: Any, result_q: Any, progress: An
             if go is None:
                 return
             progress.value = 0
+            cpu0 = _cpu_seconds()
             stats = run(spec, client_nos, go[1], quota, progress)
+            stats.cpu_s = _cpu_seconds() - cpu0
             result_q.put(("ok", wid, stats.to_dict()))
         except BaseException:  # noqa: BLE001 - report everything to the parent
             msg = traceback.format_exc()

@@ -251,6 +251,7 @@ def merge_results(spec: RunSpec, parts: list[dict[str, Any]], t_start: int) -> d
             firsts.append(part["first_ns"])
             lasts.append(part["last_ns"])
         timeline.extend(part["timeline"])
+        totals["cpu_ns"] += int(part.get("cpu_s", 0.0) * 1e9)
     overall = Histogram.merged(by_op.values())
     measure_from = t_start + int(spec.warmup * 1e9)
     if spec.duration is not None:
@@ -271,6 +272,7 @@ def merge_results(spec: RunSpec, parts: list[dict[str, Any]], t_start: int) -> d
         "errors": dict(errors),
         "error_count": sum(errors.values()),
         **{k: totals[k] for k in ("retries", "redirects", "cas_failed", "not_found", "abandoned")},
+        "client_cpu_s": round(totals["cpu_ns"] / 1e9, 3),
         "histogram": overall.to_dict(),
     }
     if spec.timeline:

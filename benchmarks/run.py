@@ -212,6 +212,8 @@ def headline(sc: dict[str, Any]) -> dict[str, float | None]:
     out["put64_p99"] = top["latency_ms"]["p99"] if top else None
     out["put64_p999"] = top["latency_ms"]["p99.9"] if top else None
     out["put64_clients"] = top["clients"] if top else None
+    out["put64_server_cpu"] = top.get("server_cpu_share") if top else None
+    out["put64_client_cpu"] = top.get("client_cpu_share") if top else None
     g1 = _find(gets, 1)
     gtop = max(gets, key=lambda r: r["clients"]) if gets else None
     out["get1_p50"] = g1["latency_ms"]["p50"] if g1 else None
@@ -237,7 +239,7 @@ def _fmt(v: float | None, unit: str) -> str:
         return "-"
     if unit == "op/s":
         return f"{v:,.0f}"
-    if unit == "s":
+    if unit in ("s", "cores"):
         return f"{v:.2f}"
     return f"{v:.2f}" if v < 100 else f"{v:,.0f}"
 
@@ -261,6 +263,8 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ("put64_p50", f"PUT {topc} clients p50", "ms", "low"),
         ("put64_p99", f"PUT {topc} clients p99", "ms", "low"),
         ("put64_p999", f"PUT {topc} clients p99.9", "ms", "low"),
+        ("put64_server_cpu", f"PUT {topc} clients: CPU of the cluster", "cores", "none"),
+        ("put64_client_cpu", f"PUT {topc} clients: CPU of the clients", "cores", "none"),
         ("get1_p50", "GET 1 client p50 (linearizable)", "ms", "low"),
         ("get1_p99", "GET 1 client p99 (linearizable)", "ms", "low"),
         (
@@ -291,7 +295,7 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         ours, theirs = vals.get("paxoskv"), vals.get("etcd")
         ratio = None
-        if ours and theirs:
+        if ours and theirs and better != "none":
             ratio = (theirs / ours) if better == "low" else (ours / theirs)
         target = TARGETS.get(key) if key != "put64_tput" or topc == 64 else None
         if key == "put64_p99" and topc != 64:
@@ -336,13 +340,13 @@ def render_table(doc: dict[str, Any]) -> str:
     for name, s in doc["systems"].items():
         if s.get("status") != "ok":
             lines.append(f"{name}: {s.get('status')} - {s.get('reason', '')}")
-    header = f"{'metric':<44}{'unit':>5}" + "".join(f"{n:>12}" for n in names)
+    header = f"{'metric':<44}{'unit':>6}" + "".join(f"{n:>12}" for n in names)
     if "paxoskv" in names and "etcd" in names:
         header += f"{'ratio':>8}"
-    header += f"{'target':>14}"
+    header += f"  {'target':>14}"
     lines += ["", header, "-" * len(header)]
     for r in rows:
-        line = f"{r['label'][:43]:<44}{r['unit']:>5}"
+        line = f"{r['label'][:43]:<44}{r['unit']:>6}"
         line += "".join(f"{_fmt(r['values'].get(n), r['unit']):>12}" for n in names)
         if "paxoskv" in names and "etcd" in names:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
@@ -351,7 +355,7 @@ def render_table(doc: dict[str, Any]) -> str:
             op, val = r["target"]
             mark = "ok" if r["met"] else ("MISS" if r["met"] is False else "")
             tgt = f"{op} {val:,g} {mark}"
-            line += f"{tgt:>14}"
+            line += f"  {tgt:>14}"
         lines.append(line)
     if "paxoskv" in names and "etcd" in names:
         lines.append(

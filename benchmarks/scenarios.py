@@ -18,6 +18,7 @@ A fresh cluster for steady(+values), store, catchup and failover each.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import tempfile
 import time
@@ -128,6 +129,9 @@ class SystemRunner:
     ) -> dict[str, Any]:
         on_tick = kw.pop("on_tick", None)
         leader = cluster.leader()
+        pids = cluster.pids()
+        cpu0 = {rid: proc_cpu_seconds(pid) for rid, pid in pids.items()}
+        t0 = time.monotonic()
         spec = RunSpec(
             system=self.system,
             endpoints=cluster.endpoints(),
@@ -148,7 +152,18 @@ class SystemRunner:
             label=f"{self.system}: {label}",
             on_tick=on_tick,
         )
+        wall = time.monotonic() - t0
         result["label"] = label
+        # CPU of the cluster's processes over the whole run (warm-up and
+        # set-up included, so per-op figures are slight overestimates).
+        used = {}
+        for rid, pid in pids.items():
+            after = proc_cpu_seconds(pid)
+            if after is not None and cpu0.get(rid) is not None:
+                used[rid] = round(after - cpu0[rid], 3)
+        result["server_cpu_s"] = used
+        result["server_cpu_share"] = round(sum(used.values()) / wall, 3) if wall > 0 else None
+        result["client_cpu_share"] = round(result["client_cpu_s"] / wall, 3) if wall > 0 else None
         return result
 
     def preload(
@@ -418,6 +433,16 @@ class SystemRunner:
             return analyse_failover(r, state.get("t_kill_ns"), leader, new_leader, cfg)
         finally:
             cluster.stop()
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _LeaderProfile:
