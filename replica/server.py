@@ -40,7 +40,9 @@ with replicating it" optimisation and it is safe because Phase2a reveals no
 acceptor state of the sender: the ballot it uses was made durable as the
 leader's own promise before its Phase1a went out, and the leader's own vote
 only counts towards a quorum once some follower's Phase2b for that slot is
-processed, which happens in a later iteration, after the sync returned. Every
+processed, which happens in a later iteration, after the sync returned (a
+single-replica cluster, whose own vote is a quorum, has no peers to send
+to, and answers clients only after the sync as usual). Every
 message that does reveal acceptor state (Phase1b, Phase2b, Nack, Phase1a
 with a fresh promise, ...) waits for the sync. Set `EARLY_PHASE2A = False`
 for the textbook order (one fsync more on the commit path).
