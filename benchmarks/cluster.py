@@ -197,9 +197,9 @@ class KVCluster:
             return None
         return self.probe.status(self.replicas[rid - 1].client, timeout)
 
-    def leader(self) -> int | None:
+    def leader(self, timeout: float = 0.5) -> int | None:
         for r in self.replicas:
-            st = self.status(r.id)
+            st = self.status(r.id, timeout)
             if st and st.get("role") == "leader":
                 return r.id
         return None

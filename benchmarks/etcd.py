@@ -376,12 +376,12 @@ class EtcdCluster:
         m.member_id = int(st["member_id"])
         return st
 
-    def leader(self) -> int | None:
+    def leader(self, timeout: float = 0.5) -> int | None:
         """The harness id of the current leader, or None."""
         for m in self.members:
             if m.proc is None or m.proc.poll() is not None:
                 continue
-            st = self.status(m.id)
+            st = self.status(m.id, timeout)
             if st and st["leader"]:
                 for other in self.members:
                     if other.member_id == 0:

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="py-spy the paxoskv leader during the largest sweep point; summary in the report",
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    ap.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: print the table of an earlier result (with --markdown: as markdown)",
+    )
+    ap.add_argument("--markdown", action="store_true", help="with --report: a markdown table")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument(
         "--progress",
@@ -224,6 +231,7 @@ def headline(sc: dict[str, Any]) -> dict[str, float | None]:
     out["mixed_p99"] = mixed["latency_ms"]["p99"] if mixed else None
     fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
     out["failover_s"] = fo.get("unavailable_s")
+    out["elected_s"] = fo.get("leader_elected_s")
     cu = sc.get("catchup") if isinstance(sc.get("catchup"), dict) else {}
     out["catchup_s"] = cu.get("restart_to_caught_up_s")
     for r in sc.get("values") if isinstance(sc.get("values"), list) else []:
@@ -281,6 +289,7 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         ("mixed_p99", "mixed p99", "ms", "low"),
         ("failover_s", "failover: unavailable after kill -9", "s", "low"),
+        ("elected_s", "failover: new leader seen in STATUS", "s", "low"),
         ("catchup_s", f"catch-up after {cfg.get('catchup_writes', 0):,} writes", "s", "low"),
     ]
     for size in cfg.get("value_sizes") or []:
@@ -368,8 +377,32 @@ def render_table(doc: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
+def render_markdown(doc: dict[str, Any]) -> str:
+    """The table as markdown (for benchmarks/README.md)."""
+    rows = table_rows(doc)
+    names = [n for n in SYSTEMS if doc["systems"].get(n, {}).get("status") == "ok"]
+    both = "paxoskv" in names and "etcd" in names
+    head = ["metric", "unit", *names] + (["ratio"] if both else []) + ["target"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], r["unit"], *(_fmt(r["values"].get(n), r["unit"]) for n in names)]
+        if both:
+            cells.append(f"{r['ratio']:.2f}x" if r["ratio"] else "-")
+        tgt = ""
+        if r["target"]:
+            op, val = r["target"]
+            tgt = f"{op} {val:,g} " + ("met" if r["met"] else "**missed**")
+        cells.append(tgt)
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report:
+        doc = json.loads(args.report.read_text())
+        print(render_markdown(doc) if args.markdown else render_table(doc))
+        return 0
     cfg = config_from_args(args)
     progress = Progress(enabled=args.progress)
     t_suite = time.monotonic()

@@ -403,6 +403,11 @@ class SystemRunner:
                     state["t_kill_ns"] = time.monotonic_ns()
                     cluster.kill(leader, signal.SIGKILL)
                     state["killed"] = True
+                elif state["killed"] and "t_elected_ns" not in state:
+                    # a surviving replica that reports a new leader (STATUS)
+                    lid = cluster.leader(timeout=0.05)
+                    if lid is not None and lid != leader:
+                        state["t_elected_ns"] = time.monotonic_ns()
 
             wl = self._workload(mix={PUT: 1.0}, distribution="uniform")
             spec = RunSpec(
@@ -430,7 +435,12 @@ class SystemRunner:
                 if new_leader is not None:
                     break
                 time.sleep(0.05)
-            return analyse_failover(r, state.get("t_kill_ns"), leader, new_leader, cfg)
+            out = analyse_failover(r, state.get("t_kill_ns"), leader, new_leader, cfg)
+            if "t_elected_ns" in state and "t_kill_ns" in state:
+                out["leader_elected_s"] = round(
+                    (state["t_elected_ns"] - state["t_kill_ns"]) / 1e9, 4
+                )
+            return out
         finally:
             cluster.stop()
 
