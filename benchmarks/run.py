@@ -36,6 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         clients=[1, 4],
         duration=1.0,
+        kvclient_duration=0.3,
         warmup=0.2,
         keys=100,
         get_clients=[1],
@@ -226,6 +227,9 @@ def headline(sc: dict[str, Any]) -> dict[str, float | None]:
     out["get1_p50"] = g1["latency_ms"]["p50"] if g1 else None
     out["get1_p99"] = g1["latency_ms"]["p99"] if g1 else None
     out["getN_tput"] = gtop["throughput"] if gtop and gtop["clients"] > 1 else None
+    kvc = steady.get("kvclient") if isinstance(steady.get("kvclient"), dict) else {}
+    out["kvc_put_p50"] = kvc["put"]["latency_ms"]["p50"] if "put" in kvc else None
+    out["kvc_get_p50"] = kvc["get"]["latency_ms"]["p50"] if "get" in kvc else None
     mixed = (steady.get("mixed") or [None])[0]
     out["mixed_tput"] = mixed["throughput"] if mixed else None
     out["mixed_p99"] = mixed["latency_ms"]["p99"] if mixed else None
@@ -266,6 +270,7 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     spec: list[tuple[str, str, str, str]] = [
         ("put1_p50", "PUT 1 client p50", "ms", "low"),
         ("put1_p99", "PUT 1 client p99", "ms", "low"),
+        ("kvc_put_p50", "PUT 1 client p50, via KVClient", "ms", "low"),
         ("put1_tput", "PUT 1 client throughput", "op/s", "high"),
         ("put64_tput", f"PUT {topc} clients throughput", "op/s", "high"),
         ("put64_p50", f"PUT {topc} clients p50", "ms", "low"),
@@ -275,6 +280,7 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ("put64_client_cpu", f"PUT {topc} clients: CPU of the clients", "cores", "none"),
         ("get1_p50", "GET 1 client p50 (linearizable)", "ms", "low"),
         ("get1_p99", "GET 1 client p99 (linearizable)", "ms", "low"),
+        ("kvc_get_p50", "GET 1 client p50, via KVClient", "ms", "low"),
         (
             "getN_tput",
             f"GET {max(cfg.get('get_clients') or [1])} clients throughput",

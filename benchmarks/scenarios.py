@@ -62,6 +62,7 @@ class SuiteConfig:
         default_factory=lambda: {"put": 50.0, "get": 45.0, "cas": 5.0}
     )
     mixed_clients: int = 64
+    kvclient_duration: float = 2.0  # 1 client through client.client.KVClient (paxoskv)
     mixed_distribution: str = "zipfian"
     # value-size sweep
     value_sizes: list[int] = field(
@@ -265,12 +266,49 @@ class SystemRunner:
             self._run(cluster, f"get x{c}", c, self._workload(mix={"get": 1.0}))
             for c in cfg.get_clients
         ]
+        if self.system == "paxoskv" and cfg.kvclient_duration > 0:
+            res["kvclient"] = self._guard("kvclient", lambda: self.kvclient(cluster))
         if cfg.mixed:
             wl = self._workload(mix=cfg.mixed, distribution=cfg.mixed_distribution)
             res["mixed"] = [
                 self._run(cluster, f"mixed x{cfg.mixed_clients}", cfg.mixed_clients, wl)
             ]
         return res
+
+    def kvclient(self, cluster: Any) -> dict[str, Any]:
+        """One client through the project's client library (client.client.
+        KVClient, a REQ socket): sequential PUTs, then GETs, in this process."""
+        import random
+
+        from benchmarks.histogram import Histogram
+        from benchmarks.workload import key_name, payload
+        from client.client import KVClient
+
+        cfg = self.cfg
+        value = payload(cfg.value_size, cfg.seed)
+        rng = random.Random(cfg.seed)
+        out: dict[str, Any] = {"duration_s": cfg.kvclient_duration}
+        addrs = [cluster.endpoints()[rid] for rid in sorted(cluster.endpoints())]
+        with KVClient(addrs, timeout=10.0) as kv:
+            for op in ("put", "get"):
+                hist = Histogram()
+                t_end = time.monotonic() + cfg.kvclient_duration
+                while time.monotonic() < t_end:
+                    key = key_name(rng.randrange(cfg.keys))
+                    t0 = time.monotonic_ns()
+                    if op == "put":
+                        kv.put(key, value)
+                    else:
+                        kv.get(key)
+                    hist.record(time.monotonic_ns() - t0)
+                    self.progress.show(
+                        f"{self.system}: KVClient {op} x1",
+                        1 - (t_end - time.monotonic()) / cfg.kvclient_duration,
+                        f"{hist.total:,} ops",
+                    )
+                self.progress.done()
+                out[op] = {"ops": hist.total, "latency_ms": hist.summary()}
+        return out
 
     def _profiler(self, cluster: Any) -> _LeaderProfile:
         out_dir = Path(self.cfg.profile_dir or tempfile.gettempdir())
