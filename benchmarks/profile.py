@@ -82,7 +82,7 @@ def _frame_name(frame: str) -> tuple[str, str]:
     return (f"{func} ({file}:{line})" if line else f"{func} ({file})"), f"{func} ({file})"
 
 
-def summarize(raw: str, top: int = 15) -> dict[str, Any]:
+def summarize(raw: str, top: int = 25) -> dict[str, Any]:
     """Top frames by self samples and top functions by inclusive samples,
     as percentages of all samples, from py-spy's raw (collapsed) output:
     one line per distinct stack, `frame;frame;...;leaf COUNT`."""
@@ -118,7 +118,8 @@ def render(summary: dict[str, Any], lines: int = 12) -> str:
     out = [f"profile of the leader ({summary['samples']} samples, idle included):",
            "  self time                                          |  inclusive time"]  # fmt: skip
     left = summary["self_top"][:lines]
-    right = summary["inclusive_top"][:lines]
+    # the root chain (<module>, main, run ...) is ~100 % and says nothing
+    right = [e for e in summary["inclusive_top"] if e[1] < 99.0][:lines]
     for i in range(max(len(left), len(right))):
         a = f"{left[i][1]:5.1f}% {left[i][0][:44]}" if i < len(left) else ""
         b = f"{right[i][1]:5.1f}% {right[i][0][:44]}" if i < len(right) else ""
