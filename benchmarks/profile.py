@@ -119,7 +119,7 @@ def render(summary: dict[str, Any], lines: int = 12) -> str:
            "  self time                                          |  inclusive time"]  # fmt: skip
     left = summary["self_top"][:lines]
     # the root chain (<module>, main, run ...) is ~100 % and says nothing
-    right = [e for e in summary["inclusive_top"] if e[1] < 99.0][:lines]
+    right = [e for e in summary["inclusive_top"] if e[1] < 95.0][:lines]
     for i in range(max(len(left), len(right))):
         a = f"{left[i][1]:5.1f}% {left[i][0][:44]}" if i < len(left) else ""
         b = f"{right[i][1]:5.1f}% {right[i][0][:44]}" if i < len(right) else ""
