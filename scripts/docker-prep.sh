@@ -153,7 +153,8 @@ start_dockerd() {  # $@: extra args; returns 0 once `docker info` answers
     local pid deadline
     : >"$DOCKERD_LOG"
     # setsid: the daemon outlives this script and is not in its process group.
-    setsid dockerd "$@" >>"$DOCKERD_LOG" 2>&1 < /dev/null &
+    # 9>&-: the daemon must not inherit (and so hold forever) the run lock.
+    setsid dockerd "$@" >>"$DOCKERD_LOG" 2>&1 < /dev/null 9>&- &
     pid=$!
     echo "$pid" >"$PIDFILE"
     say "engine: started dockerd $* (pid $pid, log $DOCKERD_LOG, pid file $PIDFILE)"
