@@ -310,7 +310,9 @@ PY
     src=$(mktemp -d /tmp/paxoskv-src.XXXXXX)
     tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml kvstore replica client \
         $( [ -f README.md ] && echo README.md ) $( [ -f LICENSE ] && echo LICENSE ) | tar -C "$src" -xf -
-    if ! "$PYTHON" -m pip wheel -q --no-deps "${iso[@]}" -w "$ROOT/$WHEELHOUSE" "$src" >"$src.log" 2>&1; then
+    # A fixed SOURCE_DATE_EPOCH gives the same wheel bytes for the same
+    # sources, so an unchanged tree hits docker's build cache.
+    if ! SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel -q --no-deps "${iso[@]}" -w "$ROOT/$WHEELHOUSE" "$src" >"$src.log" 2>&1; then
         grep -v "is ignored: it is neither a file nor a directory" "$src.log" | tail -n 20 >&2
         rm -rf "$src" "$src.log"
         die "wheelhouse: building the paxoskv wheel failed"
