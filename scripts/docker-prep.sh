@@ -308,8 +308,9 @@ PY
         iso=(--no-build-isolation)
     fi
     src=$(mktemp -d /tmp/paxoskv-src.XXXXXX)
-    tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml kvstore replica client \
-        $( [ -f README.md ] && echo README.md ) $( [ -f LICENSE ] && echo LICENSE ) | tar -C "$src" -xf -
+    local parts=(pyproject.toml kvstore replica client) f
+    for f in README.md LICENSE; do [ -f "$f" ] && parts+=("$f"); done
+    tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - "${parts[@]}" | tar -C "$src" -xf -
     # A fixed SOURCE_DATE_EPOCH gives the same wheel bytes for the same
     # sources, so an unchanged tree hits docker's build cache.
     if ! SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel -q --no-deps "${iso[@]}" -w "$ROOT/$WHEELHOUSE" "$src" >"$src.log" 2>&1; then
@@ -346,7 +347,7 @@ PY
         die "wheelhouse: no binary wheels of ${reqs[*]} for Python $pyver/$arch; copy a wheelhouse from a connected machine into $WHEELHOUSE"
     fi
     rm -f "$log"
-    say "wheelhouse: $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels in $WHEELHOUSE ($(( $(now) - t0 )) s): $(cd "$WHEELHOUSE" && ls *.whl | tr '\n' ' ')"
+    say "wheelhouse: $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels in $WHEELHOUSE ($(( $(now) - t0 )) s): $(cd "$WHEELHOUSE" && ls -- *.whl | tr '\n' ' ')"
 }
 
 # --------------------------------------------------------------------------
