@@ -94,8 +94,13 @@ def remove_stale_projects() -> list[str]:
     }
     for kind, (ls, rm) in kinds.items():
         out = _run(
-            ls + ["--filter", "label=com.docker.compose.project", "--format",
-                  '{{.ID}} {{.Label "com.docker.compose.project"}}'],
+            ls
+            + [
+                "--filter",
+                "label=com.docker.compose.project",
+                "--format",
+                '{{.ID}} {{.Label "com.docker.compose.project"}}',
+            ],
             timeout=60,
         )
         stale = []
@@ -103,7 +108,7 @@ def remove_stale_projects() -> list[str]:
             ident, _, project = line.partition(" ")
             if not project.startswith(PROJECT_PREFIX):
                 continue
-            pid = project[len(PROJECT_PREFIX):].partition("x")[0]
+            pid = project[len(PROJECT_PREFIX) :].partition("x")[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 stale.append(ident)
         if stale:
@@ -127,7 +132,9 @@ def docker_env() -> DockerEnv:
         )
     compose = _compose_command()
     if compose is None:
-        _unavailable("neither `docker compose` nor `docker-compose` works (apt-get install docker-compose)")
+        _unavailable(
+            "neither `docker compose` nor `docker-compose` works (apt-get install docker-compose)"
+        )
     image = os.environ.get("PAXOSKV_IMAGE", "paxoskv:latest")
     env = DockerEnv(compose=compose, image=image)
     remove_stale_projects()

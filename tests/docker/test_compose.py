@@ -96,22 +96,44 @@ class Cluster:
 
     # -- commands -------------------------------------------------------------
 
-    def compose(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
+    def compose(
+        self, *args: str, timeout: float = 180, check: bool = True
+    ) -> subprocess.CompletedProcess:
         cmd = [*self.env.compose, "-f", str(COMPOSE_FILE), "-p", self.project, *args]
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=self.proc_env,
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env=self.proc_env,
             stdin=subprocess.DEVNULL,
         )
         if check and proc.returncode != 0:
             pytest.fail(
-                f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+                f"{' '.join(cmd)} exited {proc.returncode}:\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
             )
         return proc
 
-    def kvctl(self, *args: str, cluster: str | None = None, timeout: float = 5) -> subprocess.CompletedProcess:
-        cmd = [*self.kvctl_cmd, "--cluster", cluster or self.cluster_arg, "--timeout", str(timeout), *args]
+    def kvctl(
+        self, *args: str, cluster: str | None = None, timeout: float = 5
+    ) -> subprocess.CompletedProcess:
+        cmd = [
+            *self.kvctl_cmd,
+            "--cluster",
+            cluster or self.cluster_arg,
+            "--timeout",
+            str(timeout),
+            *args,
+        ]
         return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout + 30, cwd=ROOT, env=self.proc_env,
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 30,
+            cwd=ROOT,
+            env=self.proc_env,
             stdin=subprocess.DEVNULL,
         )
 
@@ -132,7 +154,7 @@ class Cluster:
         for line in lines[1:]:
             cells = line.split()
             if len(cells) == len(header) and cells[0].isdigit():
-                rows[int(cells[0])] = dict(zip(header, cells))
+                rows[int(cells[0])] = dict(zip(header, cells, strict=True))
         return rows
 
     def agreed_leader(self, among: set[int] | None = None) -> int | None:
@@ -155,9 +177,14 @@ class Cluster:
         directly by compose's labels (quicker than `compose ps`, same for v1
         and v2)."""
         out = self.docker(
-            "ps", "-a", "-q", "--no-trunc",
-            "--filter", f"label=com.docker.compose.project={self.project}",
-            "--filter", f"label=com.docker.compose.service={service}",
+            "ps",
+            "-a",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            f"label=com.docker.compose.project={self.project}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
         )
         ids = out.stdout.split()
         assert len(ids) <= 1, f"several containers for {service}: {ids}"
@@ -169,7 +196,9 @@ class Cluster:
         result = {}
         for service, cid in ids.items():
             out = self.docker("inspect", "-f", "{{.State.Health.Status}}", cid) if cid else None
-            result[service] = "absent" if out is None else (out.stdout.strip() or out.stderr.strip())
+            result[service] = (
+                "absent" if out is None else (out.stdout.strip() or out.stderr.strip())
+            )
         return result
 
     def all_healthy(self) -> bool:
@@ -178,18 +207,22 @@ class Cluster:
     def put(self, key: str, value: str, *, deadline_s: float = 60) -> None:
         """kvctl put, retried (a new process each time) until it succeeds: a
         write during a leader change may time out once and succeed later."""
+
         def attempt() -> bool:
             proc = self.kvctl("put", key, value, timeout=5)
             if proc.returncode != 0:
                 raise AssertionError(f"kvctl put exited {proc.returncode}: {proc.stderr.strip()}")
             return proc.stdout.strip() == "OK"
+
         wait_for(f"kvctl put {key} {value}", attempt, deadline_s)
 
     def get(self, key: str, *extra: str, cluster: str | None = None) -> str | None:
         proc = self.kvctl("get", key, *extra, cluster=cluster, timeout=5)
         if proc.returncode == 1 and "not found" in proc.stderr:
             return None
-        assert proc.returncode == 0, f"kvctl get {key} exited {proc.returncode}: {proc.stderr.strip()}"
+        assert proc.returncode == 0, (
+            f"kvctl get {key} exited {proc.returncode}: {proc.stderr.strip()}"
+        )
         return proc.stdout.rstrip("\n")
 
     def logs(self) -> str:
@@ -240,7 +273,9 @@ def test_cluster_survives_leader_loss_and_full_restart(cluster: Cluster) -> None
 
     # 1. Up, healthy, one leader.
     _timed(c, "compose up -d", lambda: c.compose("up", "-d", timeout=300))
-    _timed(c, "three containers healthy", lambda: wait_for("healthy containers", c.all_healthy, 120))
+    _timed(
+        c, "three containers healthy", lambda: wait_for("healthy containers", c.all_healthy, 120)
+    )
     leader = _timed(c, "leader elected", lambda: wait_for("an agreed leader", c.agreed_leader, 60))
 
     # 2. Reads and writes from the host and from inside the network.
@@ -282,7 +317,9 @@ def test_cluster_survives_leader_loss_and_full_restart(cluster: Cluster) -> None
         target = max(int(rows[i]["APPLIED"]) for i in others)
         return int(rows[old]["APPLIED"]) >= target > 0
 
-    _timed(c, f"replica{old} caught up", lambda: wait_for(f"replica{old} to catch up", caught_up, 90))
+    _timed(
+        c, f"replica{old} caught up", lambda: wait_for(f"replica{old} to catch up", caught_up, 90)
+    )
     # A stale read on the restarted replica alone is served from its own state.
     assert c.get("while-down-4", "--stale", cluster=old_addr) == "v4"
     assert c.get("after-failover", "--stale", cluster=old_addr) == "still-writable"
@@ -295,17 +332,29 @@ def test_cluster_survives_leader_loss_and_full_restart(cluster: Cluster) -> None
     _timed(c, "compose up -d again", lambda: c.compose("up", "-d", timeout=300))
     after = {s: c.container_id(s) for s in before}
     assert all(after[s] and after[s] != before[s] for s in before), (before, after)
-    _timed(c, "leader after full restart", lambda: wait_for("a leader after restart", c.agreed_leader, 90))
+    _timed(
+        c,
+        "leader after full restart",
+        lambda: wait_for("a leader after restart", c.agreed_leader, 90),
+    )
     assert c.get("greeting") == "hello"
     assert c.get("from-inside") == "yes"
     assert c.get("after-failover") == "still-writable"
     assert [c.get(f"while-down-{i}") for i in range(5)] == [f"v{i}" for i in range(5)]
     c.put("after-restart", "ok")
     assert c.get("after-restart") == "ok"
-    _timed(c, "all healthy after restart", lambda: wait_for("all healthy after restart", c.all_healthy, 90))
+    _timed(
+        c,
+        "all healthy after restart",
+        lambda: wait_for("all healthy after restart", c.all_healthy, 90),
+    )
 
     # 6. down -v removes everything the project made.
-    _timed(c, "compose down -v", lambda: c.compose("down", "-v", "--remove-orphans", "-t", "10", timeout=180))
+    _timed(
+        c,
+        "compose down -v",
+        lambda: c.compose("down", "-v", "--remove-orphans", "-t", "10", timeout=180),
+    )
     assert c.leftovers() == []
     assert c.docker("image", "inspect", c.env.image).returncode == 0  # kept for later runs
     c.timings["scenario total"] = time.monotonic() - t_start
