@@ -87,19 +87,19 @@ def remove_stale_projects() -> list[str]:
     containers, volumes and networks of projects named PROJECT_PREFIX<pid>x...
     whose pid no longer runs (a live pid may be a concurrent run)."""
     removed: list[str] = []
-    kinds = {
-        "container": (["docker", "ps", "-a"], ["docker", "rm", "-f", "-v"]),
-        "volume": (["docker", "volume", "ls"], ["docker", "volume", "rm", "-f"]),
-        "network": (["docker", "network", "ls"], ["docker", "network", "rm"]),
+    kinds = {  # kind: (list command, its id field, remove command)
+        "container": (["docker", "ps", "-a"], "{{.ID}}", ["docker", "rm", "-f", "-v"]),
+        "volume": (["docker", "volume", "ls"], "{{.Name}}", ["docker", "volume", "rm", "-f"]),
+        "network": (["docker", "network", "ls"], "{{.ID}}", ["docker", "network", "rm"]),
     }
-    for kind, (ls, rm) in kinds.items():
+    for kind, (ls, id_field, rm) in kinds.items():
         out = _run(
             ls
             + [
                 "--filter",
                 "label=com.docker.compose.project",
                 "--format",
-                '{{.ID}} {{.Label "com.docker.compose.project"}}',
+                id_field + ' {{.Label "com.docker.compose.project"}}',
             ],
             timeout=60,
         )
