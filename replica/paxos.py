@@ -107,6 +107,8 @@ class CoreConfig:
     """Phase1a/Phase2a/CatchupRequest not answered for this long are sent again."""
     catchup_entries: int = 512
     """Most slots one CatchupReply carries."""
+    catchup_bytes: int = 8 * 1024 * 1024
+    """A CatchupReply stops growing past this many bytes of commands."""
 
 
 @dataclass(slots=True)
@@ -356,7 +358,16 @@ class PaxosCore:
 
     def _on_catchup_request(self, msg: CatchupRequest) -> None:
         end = min(self.commit_index, msg.from_slot + self.config.catchup_entries)
-        entries = {s: self.log[s] for s in range(msg.from_slot, end) if s in self.log}
+        entries: dict[int, Value] = {}
+        size = 0
+        for slot in range(msg.from_slot, end):
+            value = self.log.get(slot)
+            if value is None:
+                break
+            entries[slot] = value
+            size += sum(len(c) for c in value)
+            if size >= self.config.catchup_bytes:
+                break  # at least one entry; frames stay well under the limit
         self._send(msg.sender, CatchupReply(self.id, self.promised, entries, self.commit_index))
 
     def _on_catchup_reply(self, msg: CatchupReply) -> None:

@@ -118,6 +118,10 @@ class PeerTransport:
         # A reconnecting peer takes over its routing id from a stale
         # connection (see the module docstring).
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No receive limit: with the default (1000) a replica resumed after a
+        # long stall overflows its queue and libzmq 4.3.5 aborts on the
+        # heartbeat timer (zeromq/libzmq#3937). Each peer's SNDHWM bounds it.
+        self.router.setsockopt(zmq.RCVHWM, 0)
         _heartbeats(self.router)
         _bind(self.router, bind, "peer")
         self._routing: dict[bytes, int] = {b"%d" % pid: pid for pid in peers}

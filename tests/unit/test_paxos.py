@@ -351,3 +351,17 @@ def test_read_index_on_a_follower_raises():
 def test_constructor_rejects_an_id_outside_the_cluster():
     with pytest.raises(ValueError):
         core(4)
+
+
+def test_catchup_reply_is_capped_in_bytes_but_carries_at_least_one_entry():
+    cfg = CoreConfig(catchup_bytes=250)
+    big = (b"x" * 100,)
+    durable = DurableState(votes={s: (Ballot(1, 1), big) for s in range(10)})
+    leader = core(1, durable=durable, applied=10, cfg=cfg)
+    r = leader.step(CatchupRequest(2, Ballot(1, 1), 0))
+    [(_, reply)] = sent(r, CatchupReply)
+    assert sorted(reply.entries) == [0, 1, 2] and reply.commit_index == 10
+    huge = core(1, durable=DurableState(votes={0: (Ballot(1, 1), (b"y" * 1000,))}),
+                applied=1, cfg=cfg)
+    [(_, reply)] = sent(huge.step(CatchupRequest(2, Ballot(1, 1), 0)), CatchupReply)
+    assert list(reply.entries) == [0]
