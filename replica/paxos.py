@@ -38,6 +38,9 @@ The `Ready` contract (the driver MUST honour this order):
   2. only then send `messages`;
   3. apply `committed` to the state machine, in slot order;
   4. answer the reads in `reads` (and fail those in `failed_reads`).
+(The real driver may send a leader's Phase2a before syncing the leader's own
+vote, since Phase2a reveals no acceptor state of its sender and the own vote
+is only counted after a later Phase2b: see replica/server.py, EARLY_PHASE2A.)
 
 The core never touches a socket, a clock, a thread or a disk; randomness comes
 from the `random.Random` the driver injects, so a seed replays a run exactly.
