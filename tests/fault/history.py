@@ -116,8 +116,11 @@ class Operation:
         if self.kind is Kind.PUT:
             call = f"put({self.key!r}, {self.value!r})"
         elif self.kind is Kind.CAS:
-            exp = (f"v{self.expected_version}" if self.expected_version is not None
-                   else repr(self.expected))
+            exp = (
+                f"v{self.expected_version}"
+                if self.expected_version is not None
+                else repr(self.expected)
+            )
             call = f"cas({self.key!r}, {exp} -> {self.value!r})"
         else:
             call = f"{self.kind.value}({self.key!r})"
@@ -130,20 +133,32 @@ class Operation:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "process": self.process, "kind": self.kind.value,
-            "key": _enc(self.key), "value": _enc(self.value),
-            "expected": _enc(self.expected), "expected_version": self.expected_version,
-            "invoke_ns": self.invoke_ns, "complete_ns": self.complete_ns,
-            "outcome": self.outcome.value, "result": _enc(self.result),
+            "id": self.id,
+            "process": self.process,
+            "kind": self.kind.value,
+            "key": _enc(self.key),
+            "value": _enc(self.value),
+            "expected": _enc(self.expected),
+            "expected_version": self.expected_version,
+            "invoke_ns": self.invoke_ns,
+            "complete_ns": self.complete_ns,
+            "outcome": self.outcome.value,
+            "result": _enc(self.result),
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Operation:
         return cls(
-            id=obj["id"], process=obj["process"], kind=Kind(obj["kind"]),
-            key=_dec(obj["key"]), value=_dec(obj["value"]), expected=_dec(obj["expected"]),
-            expected_version=obj["expected_version"], invoke_ns=obj["invoke_ns"],
-            complete_ns=obj["complete_ns"], outcome=Outcome(obj["outcome"]),
+            id=obj["id"],
+            process=obj["process"],
+            kind=Kind(obj["kind"]),
+            key=_dec(obj["key"]),
+            value=_dec(obj["value"]),
+            expected=_dec(obj["expected"]),
+            expected_version=obj["expected_version"],
+            invoke_ns=obj["invoke_ns"],
+            complete_ns=obj["complete_ns"],
+            outcome=Outcome(obj["outcome"]),
             result=_dec(obj["result"]),
         )
 
@@ -167,17 +182,30 @@ class History:
 
     # -- recording ---------------------------------------------------------
 
-    def invoke(self, process: int | str, kind: Kind | str, key: Value,
-               value: Value | None = None, *, expected: Value | None = None,
-               expected_version: int | None = None) -> int:
+    def invoke(
+        self,
+        process: int | str,
+        kind: Kind | str,
+        key: Value,
+        value: Value | None = None,
+        *,
+        expected: Value | None = None,
+        expected_version: int | None = None,
+    ) -> int:
         """Records the start of an operation; returns its handle."""
         now = self._clock()
         with self._lock:
             handle = self._next_id
             self._next_id += 1
             self._ops[handle] = Operation(
-                process=process, kind=Kind(kind), key=key, value=value, expected=expected,
-                expected_version=expected_version, invoke_ns=now, id=handle,
+                process=process,
+                kind=Kind(kind),
+                key=key,
+                value=value,
+                expected=expected,
+                expected_version=expected_version,
+                invoke_ns=now,
+                id=handle,
             )
         return handle
 
@@ -227,8 +255,9 @@ class History:
         """Invocations and completions on one timeline (pending and unknown
         operations with no completion time have only their invocation)."""
         evs = [Event(o.invoke_ns, True, o) for o in self.operations()]
-        evs += [Event(o.complete_ns, False, o) for o in self.operations()
-                if o.complete_ns is not None]
+        evs += [
+            Event(o.complete_ns, False, o) for o in self.operations() if o.complete_ns is not None
+        ]
         return sorted(evs, key=lambda e: (e.time_ns, not e.is_invoke, e.op.id))
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -247,8 +276,9 @@ class History:
     def save(self, path: str | Path) -> None:
         """Writes one JSON object per line, in invocation order."""
         with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(op.to_json(), separators=(",", ":")) + "\n"
-                         for op in self.operations())
+            f.writelines(
+                json.dumps(op.to_json(), separators=(",", ":")) + "\n" for op in self.operations()
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> History:
@@ -266,8 +296,10 @@ class History:
     def merge(cls, histories: Iterable[History]) -> History:
         """One history holding the operations of several (e.g. one per client
         process); ids are renumbered in invocation order."""
-        ops = sorted((o for h in histories for o in h.operations()),
-                     key=lambda o: (o.invoke_ns, str(o.process), o.id))
+        ops = sorted(
+            (o for h in histories for o in h.operations()),
+            key=lambda o: (o.invoke_ns, str(o.process), o.id),
+        )
         return cls.from_operations(ops)
 
     @classmethod

@@ -210,8 +210,9 @@ def _normalise(op: Operation) -> _Step | None:
 
 def _anonymise(steps: list[_Step]) -> list[_Step]:
     """Replaces written values that no step ever compares with by _UNREAD."""
-    compared = {s.a for s in steps
-                if s.code in (_Code.READ, _Code.CAS_OK, _Code.CAS_FALSE, _Code.CAS_MAYBE)}
+    compared = {
+        s.a for s in steps if s.code in (_Code.READ, _Code.CAS_OK, _Code.CAS_FALSE, _Code.CAS_MAYBE)
+    }
 
     def anon(v: Any) -> Any:
         return v if v is None or v in compared else _UNREAD
@@ -275,16 +276,20 @@ class Diagnostic:
     def __str__(self) -> str:
         t0 = min((o.invoke_ns for o in self.window), default=0)
         shown = min(len(self.prefix), _PREFIX_SHOWN)
-        out = [f"longest linearizable prefix: {len(self.prefix)} operations; the last "
-               + f"{shown}, in linearization order:"]
+        out = [
+            f"longest linearizable prefix: {len(self.prefix)} operations; the last "
+            + f"{shown}, in linearization order:"
+        ]
         out += [f"    {_line(o, t0)}" for o in self.prefix[-_PREFIX_SHOWN:]]
         out.append(f"  register after the prefix: {self.state!r}")
         if self.blocked is not None:
             out.append(f"  stuck at the completion of  {_line(self.blocked, t0)}")
         out.append("  no pending operation can be placed next:")
         out += [f"    {_line(o, t0)}\n        -> {why}" for o, why in self.candidates]
-        out.append(f"  subhistory around that point ({len(self.window)} operations, "
-                   "by invocation; times in ms):")
+        out.append(
+            f"  subhistory around that point ({len(self.window)} operations, "
+            "by invocation; times in ms):"
+        )
         out += [f"    {_line(o, t0)}" for o in self.window[:_WINDOW_SHOWN]]
         if len(self.window) > _WINDOW_SHOWN:
             out.append(f"    ... {len(self.window) - _WINDOW_SHOWN} more")
@@ -292,8 +297,11 @@ class Diagnostic:
 
 
 def _line(op: Operation, t0: int) -> str:
-    end = "   ?   " if op.outcome is not Outcome.OK or op.complete_ns is None else (
-        f"{(op.complete_ns - t0) / 1e6:7.3f}")
+    end = (
+        "   ?   "
+        if op.outcome is not Outcome.OK or op.complete_ns is None
+        else (f"{(op.complete_ns - t0) / 1e6:7.3f}")
+    )
     return f"#{op.id:<5} [{(op.invoke_ns - t0) / 1e6:7.3f} .. {end}] {op.describe()}"
 
 
@@ -312,8 +320,10 @@ class KeyResult:
     reason: str = ""
 
     def __str__(self) -> str:
-        head = (f"key {self.key!r}: {self.verdict.value} ({self.operations} operations, "
-                f"{self.dropped} dropped, {self.steps} steps, {self.seconds:.2f}s)")
+        head = (
+            f"key {self.key!r}: {self.verdict.value} ({self.operations} operations, "
+            f"{self.dropped} dropped, {self.steps} steps, {self.seconds:.2f}s)"
+        )
         if self.reason:
             head += f"\n  {self.reason}"
         if self.diagnostic is not None:
@@ -349,8 +359,10 @@ class Result:
     def report(self) -> str:
         """The overall verdict, then every key that is not linearizable."""
         n_ops = sum(k.operations for k in self.keys.values())
-        lines = [f"{self.verdict.value}: {len(self.keys)} keys, {n_ops} operations checked, "
-                 + f"{len(self.violations())} violations, {len(self.undecided())} undecided"]
+        lines = [
+            f"{self.verdict.value}: {len(self.keys)} keys, {n_ops} operations checked, "
+            + f"{len(self.violations())} violations, {len(self.undecided())} undecided"
+        ]
         lines += [str(k) for k in self.violations() + self.undecided()]
         return "\n".join(lines)
 
@@ -365,8 +377,10 @@ class _Search:
 
     def __init__(self, steps: list[_Step]) -> None:
         self.steps = steps = _number(steps)
-        ends = sorted([(s.call, 0, i) for i, s in enumerate(steps) if s.required]
-                      + [(s.ret, 1, i) for i, s in enumerate(steps) if s.required])
+        ends = sorted(
+            [(s.call, 0, i) for i, s in enumerate(steps) if s.required]
+            + [(s.ret, 1, i) for i, s in enumerate(steps) if s.required]
+        )
         maybes = sorted((s.call, 0, i) for i, s in enumerate(steps) if not s.required)
         # Two chains in one set of arrays, each between a head sentinel and a
         # tail sentinel that reads as a completion at +infinity:
@@ -523,19 +537,30 @@ class _Search:
         # placed in that stretch, and the candidates.
         tail = prefix_ix[-_PREFIX_SHOWN:]
         lo = min(steps[i].call for i in tail + pending_ix if steps[i].required)
-        window = {i for i, s in enumerate(steps)
-                  if s.required and s.call <= blocked.ret and s.ret >= lo}
+        window = {
+            i for i, s in enumerate(steps) if s.required and s.call <= blocked.ret and s.ret >= lo
+        }
         window.update(tail, pending_ix)
-        return Diagnostic(key, [steps[i].op for i in prefix_ix], state, blocked.op,
-                          candidates, [steps[i].op for i in sorted(window)])
+        return Diagnostic(
+            key,
+            [steps[i].op for i in prefix_ix],
+            state,
+            blocked.op,
+            candidates,
+            [steps[i].op for i in sorted(window)],
+        )
 
 
 # -- entry points ------------------------------------------------------------
 
 
-def check_key(key: Value, ops: Iterable[Operation], *,
-              max_steps: int | None = DEFAULT_MAX_STEPS,
-              max_seconds: float | None = DEFAULT_MAX_SECONDS) -> KeyResult:
+def check_key(
+    key: Value,
+    ops: Iterable[Operation],
+    *,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+) -> KeyResult:
     """Checks the operations on one key against a register."""
     ops = sorted(ops, key=lambda o: (o.invoke_ns, o.id))
     steps = _anonymise([s for s in map(_normalise, ops) if s is not None])
@@ -546,25 +571,39 @@ def check_key(key: Value, ops: Iterable[Operation], *,
     elapsed = time.monotonic() - started
     reason = ""
     if verdict is Verdict.UNKNOWN:
-        reason = (f"budget exhausted ({search.steps_taken} steps, {elapsed:.1f}s; limits "
-                  f"{max_steps} steps, {max_seconds}s): NOT a pass")
+        reason = (
+            f"budget exhausted ({search.steps_taken} steps, {elapsed:.1f}s; limits "
+            f"{max_steps} steps, {max_seconds}s): NOT a pass"
+        )
     diagnostic = None if verdict is Verdict.LINEARIZABLE else search.diagnostic(key)
-    return KeyResult(key, verdict, len(steps), len(ops) - len(steps), search.steps_taken,
-                     elapsed, diagnostic, reason)
+    return KeyResult(
+        key,
+        verdict,
+        len(steps),
+        len(ops) - len(steps),
+        search.steps_taken,
+        elapsed,
+        diagnostic,
+        reason,
+    )
 
 
-def check(history: History | Iterable[Operation], *,
-          max_steps_per_key: int | None = DEFAULT_MAX_STEPS,
-          max_seconds_per_key: float | None = DEFAULT_MAX_SECONDS) -> Result:
+def check(
+    history: History | Iterable[Operation],
+    *,
+    max_steps_per_key: int | None = DEFAULT_MAX_STEPS,
+    max_seconds_per_key: float | None = DEFAULT_MAX_SECONDS,
+) -> Result:
     """Checks a whole history, key by key. `None` budgets mean unlimited."""
     by_key: dict[Value, list[Operation]] = defaultdict(list)
     for op in history:
         by_key[op.key].append(op)
-    return Result({
-        key: check_key(key, ops, max_steps=max_steps_per_key,
-                       max_seconds=max_seconds_per_key)
-        for key, ops in by_key.items()
-    })
+    return Result(
+        {
+            key: check_key(key, ops, max_steps=max_steps_per_key, max_seconds=max_seconds_per_key)
+            for key, ops in by_key.items()
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
