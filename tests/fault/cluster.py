@@ -1,10 +1,14 @@
 """The integration `Cluster`, made partitionable and checkable for fault runs.
 
 `FaultCluster` is `tests.integration.conftest.Cluster` (one launcher, not
-two) with three additions:
+two) with these additions:
 
-- Every replica process runs with a group id of its own (`gid(rid)`; the
-  user stays root). Outgoing packets carry their socket owner's gid, which
+- `net`: a `tests.fault.netns.NetnsNetwork`. Each replica then runs inside
+  its own network namespace (`ip netns exec`), listens on its own address
+  (peer port PEER_PORT, client port CLIENT_PORT) and reaches the others over
+  veth pairs and a bridge; the network makes the cuts.
+- Without `net` (loopback), every replica process runs with a group id of
+  its own (`gid(rid)`; the user stays root). Outgoing packets carry their socket owner's gid, which
   iptables' `owner` match sees on the OUTPUT hook, so `nemesis.Firewall`
   can drop "what replica i sends to replica j's peer port" without any help
   from the replica: the transport's DEALERs connect from ephemeral ports on
@@ -28,8 +32,14 @@ from typing import Any
 import plyvel
 
 from client.localcluster import REPLICA_MODULE, replica_command, replica_env
+from kvstore.config import ReplicaAddress, write_cluster_config
 from kvstore.statemachine import KVStateMachine
+from tests.fault.netns import NetnsNetwork
 from tests.integration.conftest import Cluster
+
+PEER_PORT = 7001
+CLIENT_PORT = 7101
+"""The ports of every replica on a namespace network (each has its own address)."""
 
 GID_BASE = 3_000_000
 """Replica group ids are GID_BASE + 16 * (launcher pid % 100_000) + replica id:
@@ -58,11 +68,18 @@ class FaultCluster(Cluster):
         tick_ms: int = 10,
         module: str = REPLICA_MODULE,
         own_gids: bool | None = None,
+        net: NetnsNetwork | None = None,
     ) -> None:
         super().__init__(root, replicas, tick_ms=tick_ms)
         self.module = module
+        self.net = net
+        if net is not None:
+            self.replicas = [_netns_address(net, rid) for rid in self.ids]
+            write_cluster_config(self.config_path, self.replicas)
         # Changing the group id needs root; without it kill and pause work,
-        # partitions do not.
+        # loopback partitions do not. A namespace network needs no gids.
+        if net is not None:
+            own_gids = False
         self.own_gids = os.geteuid() == 0 if own_gids is None else own_gids
         self._gid0 = GID_BASE + 16 * (os.getpid() % 100_000)
         self.starts: dict[int, int] = {rid: 0 for rid in self.ids}
@@ -80,13 +97,15 @@ class FaultCluster(Cluster):
         return int(self._replica(rid).peer.rsplit(":", 1)[1])
 
     def start_replica(self, rid: int) -> None:
-        """As `Cluster.start_replica`, under the replica's own gid and with
-        `self.module` as the program."""
+        """As `Cluster.start_replica`, with `self.module` as the program, in
+        the replica's namespace (or under its own gid on loopback)."""
         self._replica(rid)
         if self.is_running(rid):
             raise RuntimeError(f"replica {rid} is already running")
         cmd = replica_command(self.config_path, rid, self.data_dir(rid), self.tick_ms)
         cmd[cmd.index(REPLICA_MODULE)] = self.module
+        if self.net is not None:
+            cmd = self.net.command(rid, cmd)
         with open(self.log_path(rid), "ab") as log:
             log.write(f"=== start #{self.starts[rid] + 1} of replica {rid} ===\n".encode())
             log.flush()
@@ -180,6 +199,12 @@ class FaultCluster(Cluster):
             if bad:
                 found[rid] = bad
         return found
+
+
+def _netns_address(net: NetnsNetwork, rid: int) -> ReplicaAddress:
+    peer = f"tcp://{net.address(rid)}:{PEER_PORT}"
+    client = f"tcp://{net.address(rid)}:{CLIENT_PORT}"
+    return ReplicaAddress(rid, peer, client, peer, client)
 
 
 def _settled_signature(rows: list[dict[str, Any]]) -> tuple[int, int] | None:

@@ -1,8 +1,9 @@
 """Fault tests: marked `fault`, skipped (one line) where they cannot run.
 
-Every test in tests/fault/test_fault.py needs real replica processes, and
-those that make partitions need root and a working iptables; without them
-the test is skipped with the reason. Each test gets a default timeout so a
+Every test in tests/fault/test_fault.py needs real replica processes; the
+runs on namespace networks need root, iproute2 and iptables (`netns_ok`),
+the loopback partitions root and iptables (`firewall_ok`); without them the
+test is skipped with the reason. Each test gets a default timeout so a
 wedged cluster never hangs the suite, and keeps its run's files (logs,
 history.jsonl, summary.txt) when it fails.
 """
@@ -56,6 +57,21 @@ def firewall_ok(cluster_ok: None) -> None:
     problem = _firewall_problem()
     if problem:
         pytest.skip(f"fault tests need root and iptables: {problem}")
+
+
+@functools.cache
+def _netns_problem() -> str | None:
+    from tests.fault.netns import netns_problem
+
+    return netns_problem()
+
+
+@pytest.fixture
+def netns_ok(cluster_ok: None) -> None:
+    """Skips the test unless namespace networks work (root, iproute2, iptables)."""
+    problem = _netns_problem()
+    if problem:
+        pytest.skip(f"fault tests need root, iproute2 and iptables: {problem}")
 
 
 @pytest.fixture

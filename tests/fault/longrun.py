@@ -12,8 +12,13 @@ nemesis.log, summary.txt) stay under --dir.
 (`runner.stale_read_scenario`), against `--module` (e.g.
 tests.fault.broken_replica, which must fail it).
 
+Replicas run each in a network namespace of its own by default (`--net
+netns`: veth pairs to a bridge, partitions by iptables inside the
+namespaces); `--net loopback` runs them all on 127.0.0.1 and partitions by
+their group ids.
+
 SIGTERM and SIGINT stop the run early but still heal, stop the replicas and
-remove the iptables chain.
+remove the namespaces (or the iptables chain).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from pathlib import Path
 
 from client.localcluster import REPLICA_MODULE
 from tests.fault.nemesis import firewall_problem, parse_kinds
-from tests.fault.runner import RunConfig, run, stale_read_scenario
+from tests.fault.netns import netns_problem
+from tests.fault.runner import NETS, RunConfig, run, stale_read_scenario
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +75,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=REPLICA_MODULE,
         help="the replica program (tests.fault.broken_replica to see a failure)",
     )
+    p.add_argument(
+        "--net",
+        choices=NETS,
+        default="netns",
+        help="netns: each replica in a network namespace of its own, linked by veth "
+        "pairs (default); loopback: all on 127.0.0.1, partitions by gid",
+    )
     p.add_argument("--scenario", choices=("random", "stale-read"), default="random")
     p.add_argument("--dir", type=Path, default=None, help="where the run's files go")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -90,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     needs_fw = args.scenario == "stale-read" or "partition" in ",".join(
         parse_kinds(args.nemesis, args.replicas)
     )
-    problem = firewall_problem() if needs_fw else None
+    problem = netns_problem() if args.net == "netns" else None
+    if args.net == "loopback" and needs_fw:
+        problem = firewall_problem()
     if problem:
         print(f"longrun: {problem}", file=sys.stderr)
         return 2
@@ -101,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.scenario == "stale-read":
             summary = stale_read_scenario(
-                root, args.module, replicas=args.replicas, verbose=not args.quiet
+                root, args.module, replicas=args.replicas, net=args.net, verbose=not args.quiet
             )
         else:
             cfg = RunConfig(
                 replicas=args.replicas, duration_s=args.duration, seed=seed,
                 nemesis=args.nemesis, clients=args.clients, keys=args.keys,
                 epoch_s=args.epoch, op_timeout_s=args.op_timeout,
-                think_s=args.think_ms / 1000.0, module=args.module,
+                think_s=args.think_ms / 1000.0, module=args.module, net=args.net,
                 fault_min_s=args.fault_min, fault_max_s=args.fault_max,
                 quiet_min_s=args.quiet_min, quiet_max_s=args.quiet_max,
                 verbose=not args.quiet,

@@ -58,6 +58,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tests.fault.cluster import FaultCluster
 
@@ -173,6 +174,10 @@ class Firewall:
             _drop_chain(binary, self.chain)
             raise
 
+    def cut_link(self, cluster: FaultCluster, src: int, dst: int) -> None:
+        """Replica src's messages to replica dst are lost (src's gid, dst's peer port)."""
+        self.cut(cluster.gid(src), cluster.peer_port(dst))
+
     def cut(self, gid: int, dport: int) -> None:
         """Drops what processes of group `gid` send to 127.0.0.1:`dport`."""
         with self._lock:
@@ -221,10 +226,20 @@ class Firewall:
 # -- topology helpers on a FaultCluster ---------------------------------------
 
 
-def cut_links(cluster: FaultCluster, fw: Firewall, links: Iterable[tuple[int, int]]) -> None:
+class Cutter(Protocol):
+    """What makes partitions: `Firewall` (loopback) or `NetnsNetwork`."""
+
+    def cut_link(self, cluster: FaultCluster, src: int, dst: int) -> None: ...
+
+    def heal(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def cut_links(cluster: FaultCluster, fw: Cutter, links: Iterable[tuple[int, int]]) -> None:
     """Cuts every directed link (src, dst): src's messages to dst are lost."""
     for src, dst in links:
-        fw.cut(cluster.gid(src), cluster.peer_port(dst))
+        fw.cut_link(cluster, src, dst)
 
 
 def partition_links(sides: Iterable[Iterable[int]]) -> list[tuple[int, int]]:
@@ -290,7 +305,7 @@ class Nemesis:
     """Runs faults against `cluster` from a thread; see the module doc."""
 
     cluster: FaultCluster
-    firewall: Firewall | None
+    firewall: Cutter | None
     config: NemesisConfig
     rng: random.Random
     log: Callable[[str], None] = print
@@ -305,7 +320,7 @@ class Nemesis:
     def __post_init__(self) -> None:
         needs_fw = [k for k in self.config.kinds if k.startswith("partition")]
         if needs_fw and self.firewall is None:
-            raise ValueError(f"{', '.join(needs_fw)} need a Firewall")
+            raise ValueError(f"{', '.join(needs_fw)} need a Firewall or a NetnsNetwork")
 
     # -- the schedule --
 

@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 `FaultRun.run()`:
 
-1. starts a `FaultCluster` (3 or 5 real replica processes) and a `Firewall`;
+1. starts a `FaultCluster` (3 or 5 real replica processes), each replica in
+   a network namespace of its own (`net="netns"`, `tests.fault.netns`), or
+   all on loopback with a `Firewall` for the partitions (`net="loopback"`);
 2. starts `clients` worker threads, each with its own `KVClient` (short
    timeout) recording into one `History`: get / put / value-CAS / delete on
    a few hot keys, every written value unique (`w<worker>-<n>`). With
@@ -51,6 +53,7 @@ from tests.fault.cluster import FaultCluster, ReplicaState
 from tests.fault.history import History, Kind, Operation, Outcome
 from tests.fault.linearizability import Result, Verdict, check
 from tests.fault.nemesis import (
+    Cutter,
     Firewall,
     Nemesis,
     NemesisConfig,
@@ -58,6 +61,7 @@ from tests.fault.nemesis import (
     parse_kinds,
     partition_links,
 )
+from tests.fault.netns import NetnsNetwork
 
 FINAL = "final"
 """The process name of the final reads in the history."""
@@ -79,6 +83,10 @@ class RunConfig:
     """Pause between two operations of one client (spares the CPU)."""
     tick_ms: int = 10
     module: str = REPLICA_MODULE
+    net: str = "netns"
+    """"netns": each replica in a namespace of its own, partitions by
+    iptables inside them; "loopback": all on 127.0.0.1, partitions by the
+    replicas' gids (`nemesis.Firewall`)."""
     fault_min_s: float = 1.0
     fault_max_s: float = 3.0
     quiet_min_s: float = 0.5
@@ -119,7 +127,7 @@ class Summary:
         ops = self.history.operations()
         by_outcome = Counter(o.outcome for o in ops if o.process != FINAL)
         title = self.title or (
-            f"fault run: {cfg.replicas} replicas ({cfg.module}), seed {cfg.seed}, "
+            f"fault run: {cfg.replicas} replicas ({cfg.module}, {cfg.net}), seed {cfg.seed}, "
             f"{cfg.duration_s:g}s of faults '{cfg.nemesis}', {cfg.clients} clients"
         )
         lines = [
@@ -344,9 +352,13 @@ class FaultRun:
         started = time.monotonic()
         summary = Summary(cfg, self.root, self.history)
         kinds = parse_kinds(cfg.nemesis, cfg.replicas)
-        firewall = Firewall() if any(k.startswith("partition") for k in kinds) else None
-        cluster = FaultCluster(
-            self.root / "cluster", cfg.replicas, tick_ms=cfg.tick_ms, module=cfg.module
+        cluster, firewall = make_cluster(
+            self.root / "cluster",
+            cfg.replicas,
+            cfg.net,
+            partitions=any(k.startswith("partition") for k in kinds),
+            tick_ms=cfg.tick_ms,
+            module=cfg.module,
         )
         nemesis = Nemesis(
             cluster,
@@ -478,11 +490,38 @@ def run(config: RunConfig, root: Path) -> Summary:
     return FaultRun(config, root).run()
 
 
+NETS = ("netns", "loopback")
+
+
+def make_cluster(
+    root: Path, replicas: int, net: str, *, partitions: bool = True, **kw: Any
+) -> tuple[FaultCluster, Cutter | None]:
+    """A `FaultCluster` (not started) on the chosen network, and what cuts
+    its links (None on loopback without partitions). Close the cutter after
+    stopping the cluster."""
+    if net == "netns":
+        network = NetnsNetwork(list(range(1, replicas + 1)))
+        try:
+            return FaultCluster(root, replicas, net=network, **kw), network
+        except BaseException:
+            network.close()
+            raise
+    if net != "loopback":
+        raise ValueError(f"unknown network {net!r}: use {' or '.join(NETS)}")
+    firewall = Firewall() if partitions else None
+    return FaultCluster(root, replicas, **kw), firewall
+
+
 # -- the deterministic stale-read scenario --------------------------------------
 
 
 def stale_read_scenario(
-    root: Path, module: str = REPLICA_MODULE, *, replicas: int = 3, verbose: bool = True
+    root: Path,
+    module: str = REPLICA_MODULE,
+    *,
+    replicas: int = 3,
+    net: str = "netns",
+    verbose: bool = True,
 ) -> Summary:
     """A leader cut off from its peers but not from clients must not answer
     a read with old data.
@@ -501,18 +540,23 @@ def stale_read_scenario(
     """
     root = Path(root)
     cfg = RunConfig(
-        replicas=replicas, duration_s=0, nemesis="partition", module=module, verbose=verbose
+        replicas=replicas,
+        duration_s=0,
+        nemesis="partition",
+        module=module,
+        net=net,
+        verbose=verbose,
     )
     run = FaultRun(cfg, root)
     summary = Summary(
         cfg, root, run.history,
-        title=f"stale-read scenario: {replicas} replicas ({module})",
+        title=f"stale-read scenario: {replicas} replicas ({module}, {net})",
     )  # fmt: skip
     hist = run.history
     key = b"stale"
     started = time.monotonic()
-    cluster = FaultCluster(root / "cluster", replicas, module=module)
-    firewall = Firewall()
+    cluster, firewall = make_cluster(root / "cluster", replicas, net, module=module)
+    assert firewall is not None
     try:
         cluster.start(timeout=30)
         leader = cluster.leader_id()

@@ -10,6 +10,7 @@ tests.fault.longrun` (docs/FAULTS.md).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from replica.transport import HEARTBEAT_TIMEOUT_MS
 from tests.fault.history import History, Kind, Operation, Outcome
 from tests.fault.linearizability import Verdict
 from tests.fault.nemesis import ALL_KINDS, FAMILIES, Firewall, parse_kinds, partition_links
-from tests.fault.runner import FINAL, RunConfig, compare_states, lost_writes, run
+from tests.fault.netns import PREFIX as NETNS_PREFIX
+from tests.fault.netns import NetnsNetwork
+from tests.fault.runner import FINAL, RunConfig, Summary, compare_states, lost_writes, run
 from tests.fault.runner import stale_read_scenario as scenario
 
 SHORT = {"duration_s": 12.0, "fault_min_s": 1.0, "fault_max_s": 2.0,
@@ -41,26 +44,39 @@ def _chains() -> str:
     return out.stdout
 
 
-@pytest.mark.parametrize("replicas", [3, 5])
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_short_run(
-    family: str, replicas: int, request: pytest.FixtureRequest, run_dir: Path
-) -> None:
-    request.getfixturevalue("firewall_ok" if family == "partition" else "cluster_ok")
-    seed = 100 * replicas + list(FAMILIES).index(family)
-    lengths = FAMILY_SHORT.get(family, SHORT)
-    summary = run(RunConfig(replicas=replicas, seed=seed, nemesis=family, **lengths), run_dir)
+def _check_short_run(summary: Summary, family: str) -> None:
     print(summary.text())
     assert summary.passed, summary.text()
     assert sum(summary.faults.values()) >= 3, summary.faults
     assert set(summary.faults) <= set(FAMILIES[family])
     ok = sum(o.outcome is Outcome.OK for o in summary.history)
     assert ok >= 100, f"only {ok} operations succeeded: the cluster made little progress"
-    if family == "partition":
-        assert f"KVF{os.getpid()}" not in _chains(), "the iptables chain was left behind"
 
 
-def test_broken_replica_is_caught(firewall_ok: None, run_dir: Path) -> None:
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("replicas", [3, 5])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_short_run(family: str, replicas: int, netns_ok: None, run_dir: Path) -> None:
+    """Each replica in a network namespace of its own (veth pairs, a bridge,
+    iptables DROP inside the namespaces for the partitions)."""
+    seed = 100 * replicas + list(FAMILIES).index(family)
+    lengths = FAMILY_SHORT.get(family, SHORT)
+    summary = run(RunConfig(replicas=replicas, seed=seed, nemesis=family, **lengths), run_dir)
+    _check_short_run(summary, family)
+    assert f"{NETNS_PREFIX}{os.getpid()}-" not in _namespaces(), "namespaces were left behind"
+
+
+def test_short_run_on_loopback(firewall_ok: None, run_dir: Path) -> None:
+    """The same partitions with every replica on 127.0.0.1, cut by gid."""
+    cfg = RunConfig(replicas=3, seed=7, nemesis="partition", net="loopback", **SHORT)
+    _check_short_run(run(cfg, run_dir), "partition")
+    assert f"KVF{os.getpid()}" not in _chains(), "the iptables chain was left behind"
+
+
+def test_broken_replica_is_caught(netns_ok: None, run_dir: Path) -> None:
     """A leader that serves reads from local state, without confirming with
     a majority that it still leads, answers a stale read: the checker must
     say so."""
@@ -72,7 +88,7 @@ def test_broken_replica_is_caught(firewall_ok: None, run_dir: Path) -> None:
     assert "read b'v1' but the register holds b'v2'" in str(bad[0])
 
 
-def test_real_replica_passes_the_stale_read_scenario(firewall_ok: None, run_dir: Path) -> None:
+def test_real_replica_passes_the_stale_read_scenario(netns_ok: None, run_dir: Path) -> None:
     summary = scenario(run_dir)
     print(summary.text())
     assert summary.passed, summary.text()
@@ -87,6 +103,47 @@ def test_firewall_cuts_one_direction_and_cleans_up(firewall_ok: None) -> None:
         assert "--gid-owner 3999999" not in _chains()
         assert f"-N {fw.chain}" in _chains()
     assert fw.chain not in _chains()
+
+
+_LISTEN = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('up', flush=True)\n"
+    "time.sleep(60)\n"
+)
+_CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"
+
+
+def test_netns_network_cuts_one_direction_and_cleans_up(netns_ok: None) -> None:
+    import sys
+
+    def reaches(net: NetnsNetwork, src: int, dst: int) -> bool:
+        cmd = net.command(src, [sys.executable, "-c", _CONNECT, net.address(dst), "7001"])
+        return subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0
+
+    with NetnsNetwork([1, 2, 3]) as net:
+        listeners = []
+        for rid in (1, 2):
+            cmd = [sys.executable, "-c", _LISTEN, net.address(rid), "7001"]
+            p = subprocess.Popen(net.command(rid, cmd), stdout=subprocess.PIPE)
+            assert p.stdout is not None and p.stdout.readline() == b"up\n"
+            listeners.append(p)
+        assert f"{net.tag}-r3" in _namespaces()
+        assert reaches(net, 1, 2) and reaches(net, 2, 1) and reaches(net, 3, 2)
+        with socket.create_connection((net.address(2), 7001), 2):
+            pass  # this process (the clients) reaches the replicas
+        net.cut(1, 2, 7001)
+        assert "-j DROP" in net.rules(1)
+        assert not reaches(net, 1, 2), "the cut 1 -> 2 let a connection through"
+        assert reaches(net, 2, 1) and reaches(net, 3, 2), "the cut hit other links"
+        net.heal()
+        assert "-j DROP" not in net.rules(1)
+        assert reaches(net, 1, 2)
+    for p in listeners:
+        assert p.wait(10) == -9  # killed with the namespace
+    assert net.tag not in _namespaces()
+    links = subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+    assert f" {net.client_dev}@" not in links
 
 
 # -- pieces that need no cluster ------------------------------------------------
