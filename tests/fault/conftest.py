@@ -3,7 +3,9 @@
 Every test in tests/fault/test_fault.py needs real replica processes; the
 runs on namespace networks need root, iproute2 and iptables (`netns_ok`),
 the loopback partitions root and iptables (`firewall_ok`); without them the
-test is skipped with the reason. Each test gets a default timeout so a
+test is skipped with the reason, or fails with it when
+PAXOSKV_FAULT_REQUIRED=1 (set by .ci/run when it runs as root, so a CI run
+cannot pass with the fault tier silently skipped). Each test gets a default timeout so a
 wedged cluster never hangs the suite, and keeps its run's files (logs,
 history.jsonl, summary.txt) when it fails.
 """
@@ -56,7 +58,7 @@ def firewall_ok(cluster_ok: None) -> None:
     """Skips the test unless iptables partitions work too (root, iptables)."""
     problem = _firewall_problem()
     if problem:
-        pytest.skip(f"fault tests need root and iptables: {problem}")
+        _skip(f"fault tests need root and iptables: {problem}")
 
 
 @functools.cache
@@ -71,7 +73,13 @@ def netns_ok(cluster_ok: None) -> None:
     """Skips the test unless namespace networks work (root, iproute2, iptables)."""
     problem = _netns_problem()
     if problem:
-        pytest.skip(f"fault tests need root, iproute2 and iptables: {problem}")
+        _skip(f"fault tests need root, iproute2 and iptables: {problem}")
+
+
+def _skip(line: str) -> None:
+    if os.environ.get("PAXOSKV_FAULT_REQUIRED") == "1":
+        pytest.fail(line + " (PAXOSKV_FAULT_REQUIRED=1)", pytrace=False)
+    pytest.skip(line)
 
 
 @pytest.fixture
