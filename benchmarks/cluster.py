@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ports import free_ports
+from benchmarks.procs import alive, signal_and_reap, spawn_logged, stop_all, tail, temp_root
 
 SERVER_MODULE = "replica.server"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -122,9 +123,7 @@ class KVCluster:
         if why:
             raise RuntimeError(why)
         if self.base_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(
-                prefix="bench-kv-", dir=os.environ.get("BENCH_DATA_DIR") or None
-            )
+            self._tmp = temp_root("bench-kv-")
             self.base_dir = Path(self._tmp.name)
         ports = free_ports(2 * self.n)
         addrs = []
@@ -168,19 +167,7 @@ class KVCluster:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
-        log = open(r.log_path, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            r.proc = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=str(REPO_ROOT),
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        r.proc = spawn_logged(args, r.log_path, cwd=str(REPO_ROOT), env=env)
 
     def endpoints(self) -> dict[int, str]:
         return {r.id: r.client for r in self.replicas}
@@ -189,8 +176,7 @@ class KVCluster:
         return {r.id: r.proc.pid for r in self.replicas if r.proc and r.proc.poll() is None}
 
     def alive(self, rid: int) -> bool:
-        p = self.replicas[rid - 1].proc
-        return p is not None and p.poll() is None
+        return alive(self.replicas[rid - 1].proc)
 
     def status(self, rid: int, timeout: float = 0.5) -> dict[str, Any] | None:
         if not self.alive(rid):
@@ -213,7 +199,7 @@ class KVCluster:
                 if r.proc is not None and r.proc.poll() is not None:
                     raise RuntimeError(
                         f"replica {r.id} exited with {r.proc.returncode}; see {r.log_path}:\n"
-                        + _tail(r.log_path)
+                        + tail(r.log_path)
                     )
             lid = self.leader()
             if lid is not None:
@@ -223,14 +209,11 @@ class KVCluster:
             time.sleep(0.05)
         raise TimeoutError(
             f"no leader among {self.n} replicas within {timeout}s; logs in {self.base_dir}:\n"
-            + "\n".join(_tail(r.log_path, 5) for r in self.replicas)
+            + "\n".join(tail(r.log_path, 5) for r in self.replicas)
         )
 
     def kill(self, rid: int, sig: int = signal.SIGKILL) -> None:
-        p = self.replicas[rid - 1].proc
-        if p is not None and p.poll() is None:
-            os.kill(p.pid, sig)
-            p.wait()
+        signal_and_reap(self.replicas[rid - 1].proc, sig)
 
     def restart(self, rid: int) -> None:
         self._spawn(self.replicas[rid - 1])
@@ -247,29 +230,13 @@ class KVCluster:
         return _git_version()
 
     def stop(self) -> None:
-        for r in self.replicas:
-            if r.proc and r.proc.poll() is None:
-                r.proc.terminate()
-        for r in self.replicas:
-            if r.proc:
-                try:
-                    r.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    r.proc.kill()
-                    r.proc.wait()
+        stop_all(r.proc for r in self.replicas)
         if self._probe is not None:
             self._probe.close()
             self._probe = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-
-def _tail(path: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 def _git_version() -> str | None:

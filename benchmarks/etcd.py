@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.ports import free_ports
+from benchmarks.procs import signal_and_reap, spawn_logged, stop_all, tail, temp_root
 
 ETCD_BINARY = "etcd"
 
@@ -290,7 +291,7 @@ class EtcdCluster:
         if not exe:
             raise RuntimeError("etcd is not installed")
         if self.base_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="bench-etcd-", dir=_data_root())
+            self._tmp = temp_root("bench-etcd-")
             self.base_dir = Path(self._tmp.name)
         ports = free_ports(2 * self.n)
         self.members = []
@@ -344,17 +345,7 @@ class EtcdCluster:
             str(8 * 1024**3),
             *self.extra_args,
         ]
-        log = open(m.log_path, "ab")  # noqa: SIM115 - handed to the child
-        try:
-            m.proc = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        m.proc = spawn_logged(args, m.log_path)
 
     @property
     def admin(self) -> EtcdAdmin:
@@ -398,7 +389,7 @@ class EtcdCluster:
                 if m.proc is not None and m.proc.poll() is not None:
                     raise RuntimeError(
                         f"etcd member {m.name} exited with {m.proc.returncode}; "
-                        f"see {m.log_path}:\n{_tail(m.log_path)}"
+                        f"see {m.log_path}:\n{tail(m.log_path)}"
                     )
             lid = self.leader()
             if lid is not None:
@@ -412,10 +403,7 @@ class EtcdCluster:
         raise TimeoutError(f"no etcd leader within {timeout}s")
 
     def kill(self, mid: int, sig: int = signal.SIGKILL) -> None:
-        m = self.members[mid - 1]
-        if m.proc and m.proc.poll() is None:
-            os.kill(m.proc.pid, sig)
-            m.proc.wait()
+        signal_and_reap(self.members[mid - 1].proc, sig)
 
     def restart(self, mid: int) -> None:
         m = self.members[mid - 1]
@@ -435,33 +423,10 @@ class EtcdCluster:
     def stop(self) -> None:
         # SIGKILL: the data is thrown away, and a SIGTERM'd etcd 3.4 leader
         # spends seconds trying to hand its leadership to stopped members.
-        for m in self.members:
-            if m.proc and m.proc.poll() is None:
-                m.proc.kill()
-        for m in self.members:
-            if m.proc:
-                try:
-                    m.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    m.proc.kill()
-                    m.proc.wait()
+        stop_all((m.proc for m in self.members), signal.SIGKILL)
         if self._admin:
             self._admin.close()
             self._admin = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-
-def _tail(path: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def _data_root() -> str | None:
-    """Where cluster data goes: BENCH_DATA_DIR, else the system temp dir
-    (on this machine an ext4 disk, so fsync is real; a tmpfs would make
-    durable writes free and the figures meaningless)."""
-    return os.environ.get("BENCH_DATA_DIR") or None
