@@ -410,7 +410,8 @@ class Nemesis:
             heal = self.firewall.heal
         event = FaultEvent(kind, tuple(targets), detail, time.monotonic_ns())
         self.events.append(event)
-        self.log(f"nemesis: {kind} {targets} {detail} for {duration:.1f}s (leader was {leader})")
+        what = detail or str(targets)  # a partition's detail names its sides
+        self.log(f"nemesis: {kind} {what} for {duration:.1f}s (leader was {leader})")
         try:
             self._sleep(duration)
         finally:
