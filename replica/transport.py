@@ -24,7 +24,10 @@ reconnects (seconds); routing ids identify, they do not authenticate.
 
 Inbound frames are dropped, counted per kind and logged once per kind
 (never raised) when the routing id is not a configured peer, the frame fails
-`codec.decode`, or `msg.sender` differs from the routing id.
+`codec.decode`, or `msg.sender` differs from the routing id. Frames still
+queued on a connection that handover displaced arrive under an id libzmq
+made up for it (b"\x00" + 4 bytes): counted as `peer_displaced`, harmless
+(Paxos retransmits), and so is a stranger's connection without an id.
 
 Clients. One ROUTER bound on `client_bind`. A REQ client's request arrives as
 [identity, b"", payload] (a DEALER client sends [b"", payload] and arrives the
@@ -174,7 +177,7 @@ class PeerTransport:
             rid, frame = frames
             sender = routing.get(rid)
             if sender is None:
-                self.bad.note("peer_unknown", f"routing id {rid[:32]!r} is not a peer")
+                self._unknown_peer(rid)
                 continue
             try:
                 msg = codec.decode(frame)
@@ -189,6 +192,16 @@ class PeerTransport:
                 continue
             out.append(msg)
         return True
+
+    def _unknown_peer(self, rid: bytes) -> None:
+        if len(rid) == 5 and rid[0] == 0:  # an id libzmq made up
+            self.bad.note(
+                "peer_displaced",
+                "frames from a connection without a peer's routing id: one that a "
+                "reconnecting peer took over (ROUTER_HANDOVER), or a stranger",
+            )
+        else:
+            self.bad.note("peer_unknown", f"routing id {rid[:32]!r} is not a peer")
 
     def close(self) -> None:
         self.router.close(linger=0)
