@@ -223,16 +223,22 @@ def test_follower_paused_past_the_heartbeat_timeout_with_a_backlog_survives(
     follower = next(r for r in cluster.ids if r != leader)
     clients = [cluster.client() for _ in range(4)]
     written = [0] * len(clients)
+    per_pause = 600  # a floor for slow machines: a quiet one writes thousands per pause
 
-    def write(i: int, until: float) -> None:
-        while time.monotonic() < until:
+    def write(i: int, until: float, goal: int) -> None:
+        # Past the heartbeat timeout and `goal` writes in all (a slow machine
+        # pauses longer), but never more than 20 s over.
+        while time.monotonic() < until or (sum(written) < goal and time.monotonic() < until + 20):
             clients[i].put(f"backlog{i}", str(written[i]))
             written[i] += 1
 
     for _ in range(4):
         cluster.pause(follower)
         until = time.monotonic() + HEARTBEAT_TIMEOUT_MS / 1000 + 1.0
-        threads = [threading.Thread(target=write, args=(i, until)) for i in range(len(clients))]
+        goal = sum(written) + per_pause
+        threads = [
+            threading.Thread(target=write, args=(i, until, goal)) for i in range(len(clients))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -248,7 +254,7 @@ def test_follower_paused_past_the_heartbeat_timeout_with_a_backlog_survives(
             return info is not None and info["applied_index"] >= target
 
         wait_for(f"replica {follower} to reach applied index {target}", caught_up, 30)
-    assert sum(written) > 2000, f"only {written} writes during the pauses: too few to queue up"
+    assert sum(written) >= 4 * per_pause, f"only {written} writes during the pauses"
     for i, n in enumerate(written):
         key = f"backlog{i}".encode()
         resp = _call(cluster.address(follower), _req(Op.GET, key=key, stale=True))
