@@ -104,7 +104,11 @@ class KVClient:
     `addresses`: client ports as "host:port" or "tcp://host:port", a list or
     a comma-separated string; default env KVSTORE_CLUSTER, else
     127.0.0.1:7001..7003. `timeout` bounds every call (seconds);
-    `attempt_timeout` bounds the wait for one replica's reply.
+    `attempt_timeout` bounds the wait for one replica's reply. `first`: the
+    replica to ask first, as an index into the addresses (default: a random
+    one, so that many clients spread their probes); useful for `stale`
+    reads from a replica of your choice, since a stale read is answered by
+    whichever replica the client is talking to.
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class KVClient:
         attempt_timeout: float = 1.0,
         client_id: bytes | None = None,
         context: zmq.Context | None = None,
+        first: int | None = None,
     ) -> None:
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeout and attempt_timeout must be > 0")
@@ -130,8 +135,10 @@ class KVClient:
         self._rcvtimeo: dict[int, int] = {}
         self._attempt_ms = max(1, int(self.attempt_timeout * 1000))
         self._ids: dict[int, int] = {}  # replica id -> index in addresses
+        if first is not None and not 0 <= first < len(self.addresses):
+            raise ValueError(f"first must be an index into the {len(self.addresses)} addresses")
         # Start at a random replica so that many clients spread their probes.
-        self._leader = random.randrange(len(self.addresses))
+        self._leader = random.randrange(len(self.addresses)) if first is None else first
         self._closed = False
 
     # -- public API ---------------------------------------------------------

@@ -140,8 +140,7 @@ def test_fixture_kill_leader_elects_another_and_keeps_data(cluster: Cluster) -> 
         time.sleep(0.1)
     else:
         pytest.fail(f"replica {old} did not catch up: {cluster.status()}")
-    with cluster.client() as stale_reader:
-        stale_reader._leader = cluster.ids.index(old)  # ask the restarted one first
+    with cluster.client(first=cluster.ids.index(old)) as stale_reader:  # the restarted one
         assert stale_reader.get("after", stale=True) == b"failover"
 
 

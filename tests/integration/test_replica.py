@@ -127,13 +127,11 @@ def _call(address: str, frame: bytes) -> Response:
 def test_writes_and_reads_through_every_replica(cluster: Cluster) -> None:
     leader = wait_agreed_leader(cluster)
     for rid in cluster.ids:
-        client = cluster.client()
-        client._leader = rid - 1  # start at this replica: a follower redirects
+        client = cluster.client(first=rid - 1)  # a follower redirects
         version = client.put(f"key-{rid}", f"value-{rid}")
         assert version > 0
         for other in cluster.ids:
-            reader = cluster.client()
-            reader._leader = other - 1
+            reader = cluster.client(first=other - 1)
             assert reader.get(f"key-{rid}") == f"value-{rid}".encode()
     follower = next(r for r in cluster.ids if r != leader)
     resp = _call(cluster.address(follower), _req(Op.PUT, key=b"k", value=b"v"))

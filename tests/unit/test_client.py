@@ -175,9 +175,7 @@ def client_for(*fakes: FakeReplica | str, start: int = 0, **kw: float) -> KVClie
     kw.setdefault("timeout", 2.0)
     kw.setdefault("attempt_timeout", 0.2)
     addrs = [f if isinstance(f, str) else f.address for f in fakes]
-    c = KVClient(addrs, **kw)
-    c._leader = start
-    return c
+    return KVClient(addrs, first=start, **kw)
 
 
 def test_put_get_delete_cas_against_a_leader(make: Callable[..., FakeReplica]) -> None:
@@ -406,3 +404,12 @@ def test_interrupted_request_leaves_the_client_usable(make: Callable[..., FakeRe
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_first_picks_the_replica_asked_first(make: Callable[..., FakeReplica]) -> None:
+    follower = make(2, lambda req: Response(Status.OK, value=b"from-2"))
+    leader = make(1, FakeStore())
+    with KVClient([leader.address, follower.address], first=1, timeout=2.0) as c:
+        assert c.get("k", stale=True) == b"from-2"
+    with pytest.raises(ValueError, match="first must be an index"):
+        KVClient(["127.0.0.1:1", "127.0.0.1:2"], first=2)
