@@ -95,10 +95,10 @@ class BadFrames:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
-    def note(self, kind: str, detail: str) -> None:
+    def note(self, kind: str, detail: str, level: int = logging.WARNING) -> None:
         self.counts[kind] += 1
         if self.counts[kind] == 1:
-            log.warning("dropping bad input (%s): %s; further ones are only counted", kind, detail)
+            log.log(level, "dropping input (%s): %s; further ones are only counted", kind, detail)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)
@@ -199,6 +199,7 @@ class PeerTransport:
                 "peer_displaced",
                 "frames from a connection without a peer's routing id: one that a "
                 "reconnecting peer took over (ROUTER_HANDOVER), or a stranger",
+                logging.INFO,  # expected after every reconnect: not a warning
             )
         else:
             self.bad.note("peer_unknown", f"routing id {rid[:32]!r} is not a peer")
