@@ -50,7 +50,7 @@ def normalize_address(text: str, *, allow_wildcard: bool = False) -> str:
 
     `allow_wildcard` accepts `*` as the host (bind addresses only)."""
     raw = text.strip()
-    rest = raw[len(_SCHEME):] if raw.startswith(_SCHEME) else raw
+    rest = raw[len(_SCHEME) :] if raw.startswith(_SCHEME) else raw
     if "://" in rest:
         raise ConfigError(f"address {text!r}: only tcp:// is supported")
     host, sep, port = rest.rpartition(":")
@@ -65,7 +65,7 @@ def normalize_address(text: str, *, allow_wildcard: bool = False) -> str:
 
 def display_address(address: str) -> str:
     """`tcp://host:port` -> `host:port`, for messages and tables."""
-    return address[len(_SCHEME):] if address.startswith(_SCHEME) else address
+    return address[len(_SCHEME) :] if address.startswith(_SCHEME) else address
 
 
 def parse_cluster_addresses(spec: str | Sequence[str] | None = None) -> list[str]:

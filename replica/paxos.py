@@ -417,8 +417,7 @@ class PaxosCore:
         """Grants if we have not heard from a leader for a full minimum election
         timeout and the candidate knows at least as much of the log as we do."""
         leader_alive = self.role is Role.LEADER or (
-            self.leader_id is not None
-            and self.ticks_since_leader < self.config.election_ticks
+            self.leader_id is not None and self.ticks_since_leader < self.config.election_ticks
         )
         granted = not leader_alive and msg.first_unchosen >= self.commit_index
         self._send(msg.sender, PreVoteReply(self.id, msg.round, granted))
@@ -439,8 +438,11 @@ class PaxosCore:
         self._promise(self.ballot)
         self.phase1_age = 0
         self.phase1b = {}
-        own = {s: self.votes[s] for s in range(self.commit_index, self.max_vote_slot + 1)
-               if s in self.votes}
+        own = {
+            s: self.votes[s]
+            for s in range(self.commit_index, self.max_vote_slot + 1)
+            if s in self.votes
+        }
         self.phase1b[self.id] = Phase1b(self.id, self.ballot, self.commit_index, own)
         self._send_phase1a(only_missing=False)
         self._check_phase1()

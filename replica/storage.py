@@ -55,8 +55,9 @@ class MemoryStorage:
         self.sync_count = 0
 
     def load(self) -> DurableState:
-        state = DurableState(self._durable.promised, dict(self._durable.votes),
-                             dict(self._durable.chosen))
+        state = DurableState(
+            self._durable.promised, dict(self._durable.votes), dict(self._durable.chosen)
+        )
         for batch in self._volatile:  # a live process sees its own unsynced writes
             _apply_batch(state, *batch)
         return state

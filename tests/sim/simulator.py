@@ -43,8 +43,9 @@ from replica.messages import Ballot, Message, Nack, Phase1b, Phase2b, Value
 from replica.paxos import CoreConfig, PaxosCore, Ready
 from replica.storage import MemoryStorage
 
-SIM_CONFIG = CoreConfig(heartbeat_ticks=2, election_ticks=10, window=4, retransmit_ticks=3,
-                        catchup_entries=16)
+SIM_CONFIG = CoreConfig(
+    heartbeat_ticks=2, election_ticks=10, window=4, retransmit_ticks=3, catchup_entries=16
+)
 
 
 class InvariantViolation(AssertionError):
@@ -75,12 +76,21 @@ class Stats:
 
 class Simulation:
     WEIGHTS = (
-        ("deliver", 50), ("tick", 20), ("propose", 12), ("read", 3), ("drop", 3),
-        ("duplicate", 3), ("crash", 1), ("restart", 3), ("partition", 1), ("heal", 3),
+        ("deliver", 50),
+        ("tick", 20),
+        ("propose", 12),
+        ("read", 3),
+        ("drop", 3),
+        ("duplicate", 3),
+        ("crash", 1),
+        ("restart", 3),
+        ("partition", 1),
+        ("heal", 3),
     )
 
-    def __init__(self, seed: int, replicas: int = 3, broken: bool = False,
-                 check_durability: bool = True) -> None:
+    def __init__(
+        self, seed: int, replicas: int = 3, broken: bool = False, check_durability: bool = True
+    ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = list(range(1, replicas + 1))
@@ -161,8 +171,9 @@ class Simulation:
             for slot, (vballot, _) in msg.votes.items():
                 node.revealed_votes[slot] = max(node.revealed_votes.get(slot, vballot), vballot)
         elif isinstance(msg, Phase2b):
-            node.revealed_votes[msg.slot] = max(node.revealed_votes.get(msg.slot, msg.ballot),
-                                                msg.ballot)
+            node.revealed_votes[msg.slot] = max(
+                node.revealed_votes.get(msg.slot, msg.ballot), msg.ballot
+            )
 
     def _apply(self, node: Node, slot: int, value: Value) -> None:
         if slot != len(node.applied):
@@ -180,8 +191,10 @@ class Simulation:
             return
         self.stats.reads += 1
         if len(node.applied) < required:
-            self._fail(f"stale read on replica {node.id}: applied {len(node.applied)}, "
-                       f"but {required} slots were applied elsewhere before the read began")
+            self._fail(
+                f"stale read on replica {node.id}: applied {len(node.applied)}, "
+                f"but {required} slots were applied elsewhere before the read began"
+            )
 
     def _fail(self, what: str) -> None:
         raise InvariantViolation(f"{what} (seed={self.seed}, event={self.stats.events})")
@@ -280,7 +293,7 @@ class Simulation:
         node.core = None
         node.storage.crash()
         node.unflushed = False
-        del node.applied[node.durable_applied:]  # the state machine's unsynced tail
+        del node.applied[node.durable_applied :]  # the state machine's unsynced tail
         self.reads = {k: v for k, v in self.reads.items() if k[0] != node.id}
         self.stats.crashes += 1
 
@@ -295,8 +308,10 @@ class Simulation:
             return
         core = node.core
         if core.promised < node.revealed_promise:
-            self._fail(f"replica {node.id} forgot its promise {node.revealed_promise} "
-                       f"(has {core.promised}) across a restart")
+            self._fail(
+                f"replica {node.id} forgot its promise {node.revealed_promise} "
+                f"(has {core.promised}) across a restart"
+            )
         for slot, ballot in node.revealed_votes.items():
             vote = core.votes.get(slot)
             if vote is None or vote[0] < ballot:
@@ -334,9 +349,11 @@ class Simulation:
                 self._handle(leader, leader.core.propose(list(self.pending)))
             while self.network:
                 self._ev_deliver()
-        self._fail(f"not live after healing: {len(self.pending)} proposals not chosen, "
-                   f"applied {[len(n.applied) for n in self.nodes.values()]}, "
-                   f"chosen {len(self.chosen)}")
+        self._fail(
+            f"not live after healing: {len(self.pending)} proposals not chosen, "
+            f"applied {[len(n.applied) for n in self.nodes.values()]}, "
+            f"chosen {len(self.chosen)}"
+        )
 
     def _settled(self) -> bool:
         if self.pending:

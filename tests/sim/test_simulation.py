@@ -16,8 +16,10 @@ def test_invariants_hold(sim_seed, replicas, request):
     try:
         stats = sim.run(events)
     except InvariantViolation as exc:
-        pytest.fail(f"{exc}\nreplay: pytest tests/sim --seed {sim_seed} "
-                    f"--sim-events {events}", pytrace=False)
+        pytest.fail(
+            f"{exc}\nreplay: pytest tests/sim --seed {sim_seed} --sim-events {events}",
+            pytrace=False,
+        )
     assert stats.events == events
     assert not sim.pending, "every retried proposal must be chosen after healing"
     live = [n for n in sim.nodes.values() if n.core is not None]
@@ -29,8 +31,7 @@ def test_invariants_hold(sim_seed, replicas, request):
 def _first_violation(broken: bool, check_durability: bool, seeds: range, replicas: int):
     for seed in seeds:
         try:
-            Simulation(seed, replicas, broken=broken,
-                       check_durability=check_durability).run(2000)
+            Simulation(seed, replicas, broken=broken, check_durability=check_durability).run(2000)
         except InvariantViolation as exc:
             return seed, str(exc)
     return None, None

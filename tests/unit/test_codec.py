@@ -83,8 +83,14 @@ def test_random_bytes_never_raise_anything_but_codec_error(frame):
         decode(frame)
 
 
-_leaf = st.one_of(st.integers(-5, 2**64 - 1), st.binary(max_size=4), st.text(max_size=3),
-                  st.booleans(), st.none(), st.floats(allow_nan=False))
+_leaf = st.one_of(
+    st.integers(-5, 2**64 - 1),
+    st.binary(max_size=4),
+    st.text(max_size=3),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+)
 _tree = st.recursive(_leaf, lambda kids: st.lists(kids, max_size=4), max_leaves=12)
 
 

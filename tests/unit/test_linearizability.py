@@ -15,12 +15,31 @@ from tests.fault.linearizability import Verdict, check, check_key, main
 K = b"k"
 
 
-def op(kind: str, t0: int, t1: int | None, result: object = None, *, key: bytes = K,
-       value: object = None, expected: object = None, outcome: str = "ok",
-       process: int = 0, expected_version: int | None = None) -> Operation:
-    return Operation(process=process, kind=Kind(kind), key=key, invoke_ns=t0, complete_ns=t1,
-                     outcome=Outcome(outcome), result=result, value=value, expected=expected,
-                     expected_version=expected_version)
+def op(
+    kind: str,
+    t0: int,
+    t1: int | None,
+    result: object = None,
+    *,
+    key: bytes = K,
+    value: object = None,
+    expected: object = None,
+    outcome: str = "ok",
+    process: int = 0,
+    expected_version: int | None = None,
+) -> Operation:
+    return Operation(
+        process=process,
+        kind=Kind(kind),
+        key=key,
+        invoke_ns=t0,
+        complete_ns=t1,
+        outcome=Outcome(outcome),
+        result=result,
+        value=value,
+        expected=expected,
+        expected_version=expected_version,
+    )
 
 
 def put(t0: int, t1: int | None, v: bytes, **kw: object) -> Operation:
@@ -31,8 +50,9 @@ def get(t0: int, t1: int | None, r: bytes | None, **kw: object) -> Operation:
     return op("get", t0, t1, r, **kw)
 
 
-def cas(t0: int, t1: int | None, exp: bytes | None, new: bytes, r: bool | None,
-        **kw: object) -> Operation:
+def cas(
+    t0: int, t1: int | None, exp: bytes | None, new: bytes, r: bool | None, **kw: object
+) -> Operation:
     return op("cas", t0, t1, r, value=new, expected=exp, **kw)
 
 
@@ -47,8 +67,10 @@ LIN, BAD = Verdict.LINEARIZABLE, Verdict.VIOLATION
 
 
 def test_sequential_history_is_linearizable():
-    assert verdict(get(0, 1, None), put(2, 3, b"a"), get(4, 5, b"a"), put(6, 7, b"b"),
-                   get(8, 9, b"b")) is LIN
+    assert (
+        verdict(get(0, 1, None), put(2, 3, b"a"), get(4, 5, b"a"), put(6, 7, b"b"), get(8, 9, b"b"))
+        is LIN
+    )
 
 
 @pytest.mark.parametrize("seen", [None, b"a"])
@@ -57,8 +79,7 @@ def test_read_overlapping_a_write_may_see_either_value(seen):
 
 
 def test_stale_read_after_completed_write_is_a_violation():
-    result = check(History.from_operations(
-        [put(0, 1, b"a"), put(2, 3, b"b"), get(4, 5, b"a")]))
+    result = check(History.from_operations([put(0, 1, b"a"), put(2, 3, b"b"), get(4, 5, b"a")]))
     assert not result.ok and result.verdict is BAD
     diag = result.keys[K].diagnostic
     assert diag is not None and diag.blocked is not None
@@ -77,22 +98,43 @@ def test_read_of_absent_before_any_write_completes_is_fine_after_is_not():
 
 
 def test_new_then_old_in_non_overlapping_reads_is_a_violation():
-    assert verdict(put(0, 1, b"a"), put(2, 10, b"b", process=1), get(3, 4, b"b", process=2),
-                   get(5, 6, b"a", process=3)) is BAD
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            put(2, 10, b"b", process=1),
+            get(3, 4, b"b", process=2),
+            get(5, 6, b"a", process=3),
+        )
+        is BAD
+    )
 
 
 def test_new_then_old_in_overlapping_reads_is_linearizable():
     # get(a) may take effect before put(b), and get(b) after it.
-    assert verdict(put(0, 1, b"a"), put(2, 10, b"b", process=1), get(3, 6, b"b", process=2),
-                   get(4, 5, b"a", process=3)) is LIN
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            put(2, 10, b"b", process=1),
+            get(3, 6, b"b", process=2),
+            get(4, 5, b"a", process=3),
+        )
+        is LIN
+    )
 
 
 # -- cas -------------------------------------------------------------------------
 
 
 def test_cas_success_and_failure_follow_the_register():
-    assert verdict(put(0, 1, b"a"), cas(2, 3, b"a", b"b", True), cas(4, 5, b"a", b"c", False),
-                   get(6, 7, b"b")) is LIN
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            cas(2, 3, b"a", b"b", True),
+            cas(4, 5, b"a", b"c", False),
+            get(6, 7, b"b"),
+        )
+        is LIN
+    )
 
 
 def test_cas_on_absent_key_with_expected_none():
@@ -109,70 +151,124 @@ def test_cas_that_failed_although_value_matched_is_a_violation():
 
 
 def test_failed_cas_is_fine_when_a_concurrent_write_changed_the_value():
-    assert verdict(put(0, 1, b"a"), put(2, 6, b"z", process=1),
-                   cas(3, 5, b"a", b"b", False, process=2), get(7, 8, b"z")) is LIN
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            put(2, 6, b"z", process=1),
+            cas(3, 5, b"a", b"b", False, process=2),
+            get(7, 8, b"z"),
+        )
+        is LIN
+    )
 
 
 def test_two_concurrent_cas_from_the_same_value_cannot_both_succeed():
-    assert verdict(put(0, 1, b"a"), cas(2, 5, b"a", b"b", True, process=1),
-                   cas(3, 6, b"a", b"c", True, process=2)) is BAD
-    assert verdict(put(0, 1, b"a"), cas(2, 5, b"a", b"b", True, process=1),
-                   cas(3, 6, b"a", b"c", False, process=2), get(7, 8, b"b")) is LIN
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            cas(2, 5, b"a", b"b", True, process=1),
+            cas(3, 6, b"a", b"c", True, process=2),
+        )
+        is BAD
+    )
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            cas(2, 5, b"a", b"b", True, process=1),
+            cas(3, 6, b"a", b"c", False, process=2),
+            get(7, 8, b"b"),
+        )
+        is LIN
+    )
 
 
 def test_version_cas_zero_means_absent_and_is_checked():
     assert verdict(put(0, 1, b"a"), op("cas", 2, 3, True, value=b"b", expected_version=0)) is BAD
-    assert verdict(op("cas", 0, 1, True, value=b"b", expected_version=0),
-                   get(2, 3, b"b")) is LIN
+    assert verdict(op("cas", 0, 1, True, value=b"b", expected_version=0), get(2, 3, b"b")) is LIN
 
 
 def test_version_cas_is_treated_as_unchecked_write():
     # Precondition not modelled: a success is a put, a failure is dropped.
-    assert verdict(put(0, 1, b"a"), op("cas", 2, 3, True, value=b"b", expected_version=7),
-                   op("cas", 4, 5, False, value=b"c", expected_version=9),
-                   get(6, 7, b"b")) is LIN
-    assert verdict(put(0, 1, b"a"), op("cas", 2, 3, True, value=b"b", expected_version=7),
-                   get(4, 5, b"a")) is BAD
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            op("cas", 2, 3, True, value=b"b", expected_version=7),
+            op("cas", 4, 5, False, value=b"c", expected_version=9),
+            get(6, 7, b"b"),
+        )
+        is LIN
+    )
+    assert (
+        verdict(
+            put(0, 1, b"a"), op("cas", 2, 3, True, value=b"b", expected_version=7), get(4, 5, b"a")
+        )
+        is BAD
+    )
 
 
 # -- unknown and failed operations ------------------------------------------------
 
 
 def test_unknown_write_that_took_effect():
-    assert verdict(put(0, 1, b"a"), put(2, None, b"b", outcome="unknown", process=1),
-                   get(5, 6, b"b")) is LIN
+    assert (
+        verdict(put(0, 1, b"a"), put(2, None, b"b", outcome="unknown", process=1), get(5, 6, b"b"))
+        is LIN
+    )
 
 
 def test_unknown_write_that_took_effect_long_after_its_timeout():
-    assert verdict(put(0, 1, b"a"), put(2, 3, b"b", outcome="unknown", process=1),
-                   get(5, 6, b"a"), get(7, 8, b"b")) is LIN
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            put(2, 3, b"b", outcome="unknown", process=1),
+            get(5, 6, b"a"),
+            get(7, 8, b"b"),
+        )
+        is LIN
+    )
 
 
 def test_unknown_write_that_never_took_effect():
-    assert verdict(put(0, 1, b"a"), put(2, None, b"b", outcome="unknown", process=1),
-                   get(5, 6, b"a"), get(7, 8, b"a")) is LIN
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            put(2, None, b"b", outcome="unknown", process=1),
+            get(5, 6, b"a"),
+            get(7, 8, b"a"),
+        )
+        is LIN
+    )
 
 
 def test_unknown_write_seen_then_unseen_is_a_violation():
-    assert verdict(put(0, 1, b"a"), put(2, None, b"b", outcome="unknown", process=1),
-                   get(5, 6, b"b"), get(7, 8, b"a")) is BAD
+    assert (
+        verdict(
+            put(0, 1, b"a"),
+            put(2, None, b"b", outcome="unknown", process=1),
+            get(5, 6, b"b"),
+            get(7, 8, b"a"),
+        )
+        is BAD
+    )
 
 
 def test_unknown_cas_takes_effect_only_if_expected_matches():
-    assert verdict(put(0, 1, b"a"), cas(2, None, b"a", b"b", None, outcome="unknown"),
-                   get(5, 6, b"b")) is LIN
-    assert verdict(put(0, 1, b"x"), cas(2, None, b"a", b"b", None, outcome="unknown"),
-                   get(5, 6, b"b")) is BAD
+    assert (
+        verdict(put(0, 1, b"a"), cas(2, None, b"a", b"b", None, outcome="unknown"), get(5, 6, b"b"))
+        is LIN
+    )
+    assert (
+        verdict(put(0, 1, b"x"), cas(2, None, b"a", b"b", None, outcome="unknown"), get(5, 6, b"b"))
+        is BAD
+    )
 
 
 def test_pending_operation_counts_as_unknown():
-    assert verdict(put(0, 1, b"a"), put(2, None, b"b", outcome="pending"),
-                   get(5, 6, b"b")) is LIN
+    assert verdict(put(0, 1, b"a"), put(2, None, b"b", outcome="pending"), get(5, 6, b"b")) is LIN
 
 
 def test_invoked_after_the_read_cannot_explain_it():
-    assert verdict(put(0, 1, b"a"), get(2, 3, b"b"),
-                   put(4, None, b"b", outcome="unknown")) is BAD
+    assert verdict(put(0, 1, b"a"), get(2, 3, b"b"), put(4, None, b"b", outcome="unknown")) is BAD
 
 
 def test_failed_operation_is_dropped():
@@ -198,9 +294,15 @@ def test_delete_result_says_whether_the_key_existed():
 
 
 def test_one_broken_key_among_several():
-    ops = [put(0, 1, b"a", key=b"x"), get(2, 3, b"a", key=b"x"),
-           put(0, 1, b"a", key=b"y"), put(2, 3, b"b", key=b"y"), get(4, 5, b"a", key=b"y"),
-           put(0, 9, b"c", key=b"z"), get(1, 2, None, key=b"z")]
+    ops = [
+        put(0, 1, b"a", key=b"x"),
+        get(2, 3, b"a", key=b"x"),
+        put(0, 1, b"a", key=b"y"),
+        put(2, 3, b"b", key=b"y"),
+        get(4, 5, b"a", key=b"y"),
+        put(0, 9, b"c", key=b"z"),
+        get(1, 2, None, key=b"z"),
+    ]
     result = check(History.from_operations(ops))
     assert not result.ok and result.verdict is BAD
     assert {k: r.verdict for k, r in result.keys.items()} == {b"x": LIN, b"y": BAD, b"z": LIN}
@@ -216,8 +318,9 @@ def test_empty_history_is_linearizable():
 # -- generated histories ------------------------------------------------------------
 
 
-def simulate(rng: random.Random, n: int, keys: list[bytes], spread: int,
-             unknown_rate: float = 0.0) -> list[Operation]:
+def simulate(
+    rng: random.Random, n: int, keys: list[bytes], spread: int, unknown_rate: float = 0.0
+) -> list[Operation]:
     """A real sequential execution: ops are applied to a dict at distinct
     points, then given random intervals around those points."""
     store: dict[bytes, bytes] = {}
@@ -241,8 +344,16 @@ def simulate(rng: random.Random, n: int, keys: list[bytes], spread: int,
             o = op("cas", t0, t1, cur == exp, value=v, expected=exp, key=key)
             new = v if cur == exp else cur
         if outcome == "unknown":
-            o = op(o.kind, t0, None, None, key=key, value=o.value, expected=o.expected,
-                   outcome="unknown")
+            o = op(
+                o.kind,
+                t0,
+                None,
+                None,
+                key=key,
+                value=o.value,
+                expected=o.expected,
+                outcome="unknown",
+            )
         if applied:
             store[key] = new
             if new is None:
@@ -253,7 +364,7 @@ def simulate(rng: random.Random, n: int, keys: list[bytes], spread: int,
 
 def corrupt_a_read(rng: random.Random, ops: list[Operation], new: object) -> list[Operation]:
     reads = [i for i, o in enumerate(ops) if o.kind is Kind.GET and o.outcome is Outcome.OK]
-    i = rng.choice(reads[len(reads) // 2:])
+    i = rng.choice(reads[len(reads) // 2 :])
     ops = list(ops)
     ops[i] = op("get", ops[i].invoke_ns, ops[i].complete_ns, new, key=ops[i].key)
     return ops
@@ -352,8 +463,9 @@ def test_threads_on_a_locked_dict_record_a_linearizable_history():
             kind = rng.choice(["put", "get", "cas"])
             v = f"{p}-{i}".encode()
             exp = rng.choice([None, b"0-1", f"{p}-{i - 1}".encode()])
-            handle = h.invoke(p, kind, key, None if kind == "get" else v,
-                              expected=exp if kind == "cas" else None)
+            handle = h.invoke(
+                p, kind, key, None if kind == "get" else v, expected=exp if kind == "cas" else None
+            )
             with lock:
                 cur = store.get(key)
                 if kind == "put" or (kind == "cas" and cur == exp):
@@ -426,13 +538,28 @@ def random_small_history(rng: random.Random) -> list[Operation]:
         outcome = rng.choices(["ok", "unknown", "fail"], [7, 2, 1])[0]
         kind = rng.choice(["put", "get", "get", "delete", "cas"])
         val = rng.choice([b"a", b"b", b"c"])
-        result = {"put": None, "get": rng.choice([None, b"a", b"b"]),
-                  "delete": rng.choice([None, True, False]),
-                  "cas": rng.choice([True, False])}[kind] if outcome == "ok" else None
-        ops.append(op(kind, t0, t1 if outcome != "unknown" else None, result,
-                      value=val if kind in ("put", "cas") else None,
-                      expected=rng.choice([None, b"a", b"b"]) if kind == "cas" else None,
-                      outcome=outcome, process=p))
+        result = (
+            {
+                "put": None,
+                "get": rng.choice([None, b"a", b"b"]),
+                "delete": rng.choice([None, True, False]),
+                "cas": rng.choice([True, False]),
+            }[kind]
+            if outcome == "ok"
+            else None
+        )
+        ops.append(
+            op(
+                kind,
+                t0,
+                t1 if outcome != "unknown" else None,
+                result,
+                value=val if kind in ("put", "cas") else None,
+                expected=rng.choice([None, b"a", b"b"]) if kind == "cas" else None,
+                outcome=outcome,
+                process=p,
+            )
+        )
     return ops
 
 

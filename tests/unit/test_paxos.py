@@ -335,8 +335,9 @@ def test_pending_reads_fail_when_leadership_is_lost():
     net = Net()
     leader = net.elect()
     leader.read_index(["r1"])
-    r = leader.step(Nack(2 if leader.id != 2 else 1, leader.ballot,
-                         Ballot(leader.ballot.round + 1, 3)))
+    r = leader.step(
+        Nack(2 if leader.id != 2 else 1, leader.ballot, Ballot(leader.ballot.round + 1, 3))
+    )
     assert r.failed_reads == ["r1"] and r.reads == []
 
 
@@ -361,7 +362,8 @@ def test_catchup_reply_is_capped_in_bytes_but_carries_at_least_one_entry():
     r = leader.step(CatchupRequest(2, Ballot(1, 1), 0))
     [(_, reply)] = sent(r, CatchupReply)
     assert sorted(reply.entries) == [0, 1, 2] and reply.commit_index == 10
-    huge = core(1, durable=DurableState(votes={0: (Ballot(1, 1), (b"y" * 1000,))}),
-                applied=1, cfg=cfg)
+    huge = core(
+        1, durable=DurableState(votes={0: (Ballot(1, 1), (b"y" * 1000,))}), applied=1, cfg=cfg
+    )
     [(_, reply)] = sent(huge.step(CatchupRequest(2, Ballot(1, 1), 0)), CatchupReply)
     assert list(reply.entries) == [0]

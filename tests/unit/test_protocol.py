@@ -286,8 +286,9 @@ _scalars = (
 )
 _msgpack_values = st.recursive(
     _scalars,
-    lambda children: st.lists(children, max_size=10)
-    | st.dictionaries(st.text(max_size=5), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=10) | st.dictionaries(st.text(max_size=5), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
