@@ -170,7 +170,7 @@ class Replica:
         self.bad = BadFrames()
         peers = {r.id: r.peer for r in cluster if r.id != self.id}
         try:
-            self.peers = PeerTransport(self.ctx, self.id, self.me.peer_bind, peers, self.bad)
+            self.peers = PeerTransport(self.ctx, self.me.peer_bind, peers, self.bad)
             try:
                 self.clients = ClientTransport(self.ctx, self.me.client_bind, self.bad)
             except BaseException:
@@ -180,7 +180,7 @@ class Replica:
             self.ctx.term()
             raise
         self.poller = zmq.Poller()
-        self.poller.register(self.peers.router, zmq.POLLIN)
+        self.poller.register(self.peers.inbox, zmq.POLLIN)
         self.poller.register(self.clients.router, zmq.POLLIN)
 
     # ------------------------------------------------------------------ loop
@@ -213,7 +213,7 @@ class Replica:
         acc = Ready()
         more = False
         # Peers first: a client request then meets the freshest role.
-        if self.peers.router in events:
+        if self.peers.inbox in events:
             more = self._drain_peers(acc)
         if self.clients.router in events:
             more = self._drain_clients() or more

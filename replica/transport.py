@@ -1,33 +1,41 @@
 """The ZeroMQ sockets of one replica: peers (Paxos messages) and clients.
 
-Peers. Every replica binds one ROUTER on its `peer_bind` address and, for
-every other replica, connects one DEALER to that replica's `peer` address
-with its own replica id (b"3") as routing id. So replica 3's messages arrive
-at replica 1's ROUTER as [b"3", frame], and the ROUTER tells us who sent a
-frame without trusting the frame. A frame is `replica.codec.encode(msg)`.
+Peers. Every replica binds one PULL socket on its `peer_bind` address and,
+for every other replica, connects one PUSH socket to that replica's `peer`
+address. A frame is `replica.codec.encode(msg)`; the message names its
+sender, and a message whose sender is not a configured peer is dropped.
+Without CURVE nothing on a peer port is authenticated: anything that reaches
+it can claim to be a replica (keep peer ports on a private network).
 
-Sends never block: a DEALER has a bounded send queue (SNDHWM), IMMEDIATE set
-(nothing is queued for a peer that is not connected) and linger 0; when the
-queue is full the message is dropped. Paxos tolerates loss and the core
-retransmits, so a slow or dead peer never stalls the event loop.
+Why not ROUTER/DEALER, which would tag every frame with the connection's
+routing id: a routing id is chosen by whoever connects, so it authenticates
+nothing either, and keeping it unique needs ROUTER_HANDOVER (a reconnecting
+peer takes over its id from a stale connection). In libzmq 4.3.5 a handover
+stops input on the displaced connection while its peer's close is being
+read, which can leave that connection in an I/O-error state in which the
+next ZMTP heartbeat trips `Assertion failed: !_io_error
+(stream_engine_base.cpp:310)` and aborts the process (zeromq/libzmq#4364,
+#4841; seen after a replica was paused past the heartbeat timeout,
+docs/FAULTS.md). A PULL socket never stops a connection's input: it has no
+identities to hand over, and its receive queue is unbounded (RCVHWM 0;
+libzmq's input-stopped path on a full queue is the same abort,
+zeromq/libzmq#3937), so a stale connection and its replacement simply
+coexist until heartbeats close the stale one.
+
+Sends never block: a PUSH socket has a bounded send queue (SNDHWM),
+IMMEDIATE set (nothing is queued for a peer that is not connected) and
+linger 0; when the queue is full the message is dropped. Paxos tolerates
+loss and the core retransmits, so a slow or dead peer never stalls the
+event loop.
 
 Connections are watched with ZMTP heartbeats on both ends
 (`HEARTBEAT_IVL_MS`, `HEARTBEAT_TIMEOUT_MS`), so a half-open connection left
-by a partition or a crashed host is closed and the DEALER reconnects. The
-ROUTER sets ROUTER_HANDOVER: a peer that reconnects (restarted, or healed
-from a partition) while its old connection still looks alive takes over its
-routing id. Without handover libzmq silently ignores the newcomer's frames
-for as long as the stale connection lives, which can be forever. The price:
-without CURVE a stranger claiming a peer's id can displace that peer's link
-until the heartbeat timeout closes the displaced connection and it
-reconnects (seconds); routing ids identify, they do not authenticate.
+by a partition or a crashed host is closed and the PUSH reconnects.
 
 Inbound frames are dropped, counted per kind and logged once per kind
-(never raised) when the routing id is not a configured peer, the frame fails
-`codec.decode`, or `msg.sender` differs from the routing id. Frames still
-queued on a connection that handover displaced arrive under an id libzmq
-made up for it (b"\x00" + 4 bytes): counted as `peer_displaced`, harmless
-(Paxos retransmits), and so is a stranger's connection without an id.
+(never raised) when a message has more than one frame, fails
+`codec.decode`, or names a sender that is not a configured peer (a
+stranger, or this replica's own id).
 
 Clients. One ROUTER bound on `client_bind`. A REQ client's request arrives as
 [identity, b"", payload] (a DEALER client sends [b"", payload] and arrives the
@@ -105,42 +113,37 @@ class BadFrames:
 
 
 class PeerTransport:
-    """The ROUTER that receives from peers and one DEALER per peer to send."""
+    """The PULL socket that receives from peers and one PUSH per peer to send."""
 
     def __init__(
         self,
         ctx: zmq.Context,
-        replica_id: int,
         bind: str,
         peers: Mapping[int, str],
         bad: BadFrames,
     ) -> None:
         self.bad = bad
-        self.router = ctx.socket(zmq.ROUTER)
-        _base_options(self.router)
-        # A reconnecting peer takes over its routing id from a stale
-        # connection (see the module docstring).
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # No receive limit: with the default (1000) a replica resumed after a
-        # long stall overflows its queue and libzmq 4.3.5 aborts on the
-        # heartbeat timer (zeromq/libzmq#3937). Each peer's SNDHWM bounds it.
-        self.router.setsockopt(zmq.RCVHWM, 0)
-        _heartbeats(self.router)
-        _bind(self.router, bind, "peer")
-        self._routing: dict[bytes, int] = {b"%d" % pid: pid for pid in peers}
-        self._dealers: dict[int, zmq.Socket] = {}
-        own = b"%d" % replica_id
+        self.inbox = ctx.socket(zmq.PULL)
+        _base_options(self.inbox)
+        # Unbounded: a full receive queue stops a connection's input, which
+        # with heartbeats on can abort libzmq 4.3.5 (see the module
+        # docstring). What peers may have in flight is bounded by their
+        # SNDHWM and by the core's pipeline window.
+        self.inbox.setsockopt(zmq.RCVHWM, 0)
+        _heartbeats(self.inbox)
+        _bind(self.inbox, bind, "peer")
+        self._peer_ids = frozenset(peers)
+        self._outboxes: dict[int, zmq.Socket] = {}
         for pid, address in peers.items():
-            sock = ctx.socket(zmq.DEALER)
+            sock = ctx.socket(zmq.PUSH)
             _base_options(sock)
-            sock.setsockopt(zmq.ROUTING_ID, own)
             sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
             _heartbeats(sock)
             sock.connect(address)
-            self._dealers[pid] = sock
+            self._outboxes[pid] = sock
 
     def send(self, messages: Iterable[tuple[int, Message]]) -> None:
         """Sends (destination, message) pairs without blocking; drops what
@@ -148,12 +151,12 @@ class PeerTransport:
         peer, consecutively: it is encoded once."""
         last: Message | None = None
         frame = b""
-        dealers = self._dealers
+        outboxes = self._outboxes
         for dst, msg in messages:
             if msg is not last:
                 frame = codec.encode(msg)
                 last = msg
-            sock = dealers.get(dst)
+            sock = outboxes.get(dst)
             if sock is None:
                 continue
             try:  # noqa: SIM105 - hot path: try is cheaper than suppress()
@@ -162,51 +165,32 @@ class PeerTransport:
                 pass  # peer unreachable or too slow: Paxos retransmits
 
     def recv(self, limit: int, out: list[Message]) -> bool:
-        """Appends up to `limit` well-formed messages waiting on the ROUTER to
-        `out`; returns True if the limit was reached (more may be waiting)."""
-        router = self.router
-        routing = self._routing
+        """Appends up to `limit` well-formed messages from peers to `out`;
+        returns True if the limit was reached (more may be waiting)."""
+        inbox = self.inbox
+        peer_ids = self._peer_ids
         for _ in range(limit):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                frames = inbox.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return False
-            if len(frames) != 2:
-                self.bad.note("peer_envelope", f"{len(frames)} frames instead of 2")
-                continue
-            rid, frame = frames
-            sender = routing.get(rid)
-            if sender is None:
-                self._unknown_peer(rid)
+            if len(frames) != 1:
+                self.bad.note("peer_envelope", f"{len(frames)} frames instead of 1")
                 continue
             try:
-                msg = codec.decode(frame)
+                msg = codec.decode(frames[0])
             except codec.CodecError as exc:
-                self.bad.note("peer_undecodable", f"from replica {sender}: {exc}")
+                self.bad.note("peer_undecodable", str(exc))
                 continue
-            if msg.sender != sender:
-                self.bad.note(
-                    "peer_sender_mismatch",
-                    f"replica {sender} sent a message claiming sender {msg.sender}",
-                )
+            if msg.sender not in peer_ids:
+                self.bad.note("peer_unknown", f"a message from replica {msg.sender}, not a peer")
                 continue
             out.append(msg)
         return True
 
-    def _unknown_peer(self, rid: bytes) -> None:
-        if len(rid) == 5 and rid[0] == 0:  # an id libzmq made up
-            self.bad.note(
-                "peer_displaced",
-                "frames from a connection without a peer's routing id: one that a "
-                "reconnecting peer took over (ROUTER_HANDOVER), or a stranger",
-                logging.INFO,  # expected after every reconnect: not a warning
-            )
-        else:
-            self.bad.note("peer_unknown", f"routing id {rid[:32]!r} is not a peer")
-
     def close(self) -> None:
-        self.router.close(linger=0)
-        for sock in self._dealers.values():
+        self.inbox.close(linger=0)
+        for sock in self._outboxes.values():
             sock.close(linger=0)
 
 
