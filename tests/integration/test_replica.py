@@ -212,9 +212,11 @@ def test_follower_paused_past_the_heartbeat_timeout_with_a_backlog_survives(
 ) -> None:
     """A follower SIGSTOPped for longer than the peers' ZMTP heartbeat timeout
     while the leader keeps writing wakes to dead connections and a backlog
-    of thousands of Phase2a. It must neither die (libzmq 4.3.5 aborted here
-    with the default receive high-water mark, in about half of these runs:
-    docs/FAULTS.md) nor stay behind."""
+    of thousands of Phase2a. It must neither die nor stay behind. libzmq
+    4.3.5 aborted here (`!_io_error`) whenever a peer connection's input was
+    stopped: with the default receive high-water mark in 4 runs of 4, and,
+    with RCVHWM 0 but ROUTER_HANDOVER between replicas, in about 1 run of
+    12 (docs/FAULTS.md); replicas now use PUSH/PULL."""
     from replica.transport import HEARTBEAT_TIMEOUT_MS
 
     leader = wait_agreed_leader(cluster)
