@@ -40,7 +40,11 @@ stranger, or this replica's own id).
 Clients. One ROUTER bound on `client_bind`. A REQ client's request arrives as
 [identity, b"", payload] (a DEALER client sends [b"", payload] and arrives the
 same way); the reply goes back with the same envelope. Anything else is a
-malformed envelope: counted and dropped.
+malformed envelope: counted and dropped. Its receive queue is unbounded too:
+with a limit, a client that sends ZMTP heartbeats, floods requests and
+vanishes can make libzmq 4.3.5 abort the replica the same way. The price: a
+client that sends faster than the replica serves is buffered in memory
+rather than slowed down by TCP.
 
 Every socket refuses frames above `kvstore.limits.MAX_FRAME_BYTES`
 (ZMQ_MAXMSGSIZE: the offending connection is dropped by libzmq).
@@ -202,6 +206,8 @@ class ClientTransport:
         self.router = ctx.socket(zmq.ROUTER)
         _base_options(self.router)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
+        # Unbounded, as on the peer socket (see the module docstring).
+        self.router.setsockopt(zmq.RCVHWM, 0)
         _bind(self.router, bind, "client")
 
     def recv(self, limit: int, out: list[tuple[Envelope, bytes]]) -> bool:
