@@ -29,6 +29,7 @@ from replica.messages import (
     PreVote,
     PreVoteReply,
     Value,
+    Vote,
 )
 
 
@@ -63,14 +64,14 @@ def _value(x: Any) -> Value:
     return tuple(x)
 
 
-def _votes(x: Any) -> dict[int, tuple[Ballot, Value]]:
+def _votes(x: Any) -> dict[int, Vote]:
     if type(x) is not list:
         raise CodecError("expected an array of votes")
     out = {}
     for item in x:
         if type(item) is not list or len(item) != 3:
             raise CodecError("expected a vote [slot, vballot, value]")
-        out[_int(item[0])] = (_ballot(item[1]), _value(item[2]))
+        out[_int(item[0])] = Vote(_ballot(item[1]), _value(item[2]))
     return out
 
 
@@ -85,7 +86,7 @@ def _entries(x: Any) -> dict[int, Value]:
     return out
 
 
-def _enc_votes(votes: dict[int, tuple[Ballot, Value]]) -> list:
+def _enc_votes(votes: dict[int, Vote]) -> list:
     return [[s, list(b), list(v)] for s, (b, v) in votes.items()]
 
 

@@ -64,8 +64,12 @@ Value = tuple[bytes, ...]
 
 NOOP: Value = ()
 
-Vote = tuple[Ballot, Value]
-"""An acceptor's vote at one slot: (vballot, value)."""
+
+class Vote(NamedTuple):
+    """An acceptor's vote at one slot: the ballot it voted in and the value."""
+
+    ballot: Ballot
+    value: Value
 
 
 @dataclass(frozen=True, slots=True)

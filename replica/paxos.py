@@ -40,7 +40,7 @@ The `Ready` contract (the driver MUST honour this order):
   4. answer the reads in `reads` (and fail those in `failed_reads`).
 (The real driver may send a leader's Phase2a before syncing the leader's own
 vote, since Phase2a reveals no acceptor state of its sender and the own vote
-is only counted after a later Phase2b: see replica/server.py, EARLY_PHASE2A.)
+is only counted after a later Phase2b: see replica/driver.py, early_phase2a.)
 
 The core never touches a socket, a clock, a thread or a disk; randomness comes
 from the `random.Random` the driver injects, so a seed replays a run exactly.
@@ -129,6 +129,47 @@ class Ready:
     def must_persist(self) -> bool:
         return self.promised is not None or bool(self.votes) or bool(self.chosen)
 
+    def merge(self, later: Ready) -> None:
+        """Folds `later` (the Ready of a later call) into this one, so that one
+        pass over the result honours both in contract order (group commit).
+        Sound because promises only grow, a later vote at a slot supersedes an
+        earlier one, committed entries and reads arrive in order, and nothing
+        of either is sent before everything of both is persisted."""
+        if later.promised is not None:
+            self.promised = later.promised
+        if later.votes:
+            self.votes.update(later.votes)
+        if later.chosen:
+            self.chosen.update(later.chosen)
+        if later.messages:
+            self.messages.extend(later.messages)
+        if later.committed:
+            self.committed.extend(later.committed)
+        if later.reads:
+            self.reads.extend(later.reads)
+        if later.failed_reads:
+            self.failed_reads.extend(later.failed_reads)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStatus:
+    """A read-only snapshot of a core (as etcd's `Status()`): what the driver
+    and the STATUS report need, without reaching into the core's state."""
+
+    id: int
+    role: Role
+    leader_id: int | None
+    """The replica this one follows (itself when leading), None if unknown."""
+    leader_ballot: Ballot
+    """The ballot of the known leader (ZERO_BALLOT if none)."""
+    ballot: Ballot
+    """This replica's own ballot as candidate or leader (ZERO_BALLOT if never)."""
+    promised: Ballot
+    commit_index: int
+    log_size: int
+    """Chosen values held in memory."""
+    peers: tuple[int, ...]
+
 
 @dataclass(slots=True)
 class _InFlight:
@@ -153,7 +194,7 @@ class PaxosCore:
         if replica_id not in replica_ids or replica_id < 1:
             raise ValueError("replica_id must be one of replica_ids, all >= 1")
         self.id = replica_id
-        self.peers = [r for r in sorted(set(replica_ids)) if r != replica_id]
+        self.peers = tuple(r for r in sorted(set(replica_ids)) if r != replica_id)
         self.quorum = (len(self.peers) + 1) // 2 + 1
         self.config = config or CoreConfig()
         self._rng = rng
@@ -164,49 +205,49 @@ class PaxosCore:
     # ------------------------------------------------------------------ state
 
     def _init_acceptor(self, durable: DurableState, applied_index: int) -> None:
-        self.promised: Ballot = durable.promised
-        self.votes: dict[int, Vote] = dict(durable.votes)
-        self.max_vote_slot = max(self.votes, default=-1)
+        self._promised: Ballot = durable.promised
+        self._votes: dict[int, Vote] = dict(durable.votes)
+        self._max_vote_slot = max(self._votes, default=-1)
         # Chosen values we know. Below applied_index every slot is chosen; its
         # value is the catch-up entry if one was stored, else our vote (a vote
         # at a chosen slot carries the chosen value once we learned it).
-        self.log: dict[int, Value] = {}
+        self._log: dict[int, Value] = {}
         for slot in range(applied_index):
             value = durable.chosen.get(slot)
-            if value is None and slot in self.votes:
-                value = self.votes[slot][1]
+            if value is None and slot in self._votes:
+                value = self._votes[slot].value
             if value is not None:
-                self.log[slot] = value
+                self._log[slot] = value
         for slot, value in durable.chosen.items():
-            self.log.setdefault(slot, value)
-        self.commit_index = applied_index  # first slot not known chosen
-        self.emitted_index = applied_index  # first slot not yet handed out to apply
-        self.highest_seen: Ballot = durable.promised
+            self._log.setdefault(slot, value)
+        self._commit_index = applied_index  # first slot not known chosen
+        self._emitted_index = applied_index  # first slot not yet handed out to apply
+        self._highest_seen: Ballot = durable.promised
 
     def _init_leader_state(self) -> None:
-        self.role = Role.FOLLOWER
-        self.ballot: Ballot = ZERO_BALLOT  # our ballot as candidate/leader
-        self.leader_id: int | None = None
-        self.leader_ballot: Ballot = ZERO_BALLOT
-        self.ticks_since_leader = 0
-        self.election_timeout = self._random_timeout()
-        self.prevote_round = 0
-        self.prevote_grants: set[int] = set()
-        self.phase1b: dict[int, Phase1b] = {}
-        self.phase1_age = 0
-        self.in_flight: dict[int, _InFlight] = {}
-        self.pending: deque[bytes] = deque()
-        self.next_slot = self.commit_index
-        self.recovery_end = self.commit_index
-        self.hb_ticks = 0
-        self.hb_round = 0
-        self.hb_acks: dict[int, set[int]] = {}
-        self.reads_unsent: list[tuple[Hashable, int]] = []
-        self.reads_waiting: dict[int, list[tuple[Hashable, int]]] = {}
-        self.reads_confirmed: list[tuple[Hashable, int]] = []
-        self.heard_from: set[int] = set()
-        self.quorum_ticks = 0
-        self.catchup_age: int | None = None
+        self._role = Role.FOLLOWER
+        self._ballot: Ballot = ZERO_BALLOT  # our ballot as candidate/leader
+        self._leader_id: int | None = None
+        self._leader_ballot: Ballot = ZERO_BALLOT
+        self._ticks_since_leader = 0
+        self._election_timeout = self._random_timeout()
+        self._prevote_round = 0
+        self._prevote_grants: set[int] = set()
+        self._phase1b: dict[int, Phase1b] = {}
+        self._phase1_age = 0
+        self._in_flight: dict[int, _InFlight] = {}
+        self._pending: deque[bytes] = deque()
+        self._next_slot = self._commit_index
+        self._recovery_end = self._commit_index
+        self._hb_ticks = 0
+        self._hb_round = 0
+        self._hb_acks: dict[int, set[int]] = {}
+        self._reads_unsent: list[tuple[Hashable, int]] = []
+        self._reads_waiting: dict[int, list[tuple[Hashable, int]]] = {}
+        self._reads_confirmed: list[tuple[Hashable, int]] = []
+        self._heard_from: set[int] = set()
+        self._quorum_ticks = 0
+        self._catchup_age: int | None = None
 
     def _random_timeout(self) -> int:
         e = self.config.election_ticks
@@ -214,17 +255,33 @@ class PaxosCore:
 
     @property
     def is_leader(self) -> bool:
-        return self.role is Role.LEADER
+        """True while this replica is the serving leader (cheap: per request)."""
+        return self._role is Role.LEADER
 
     @property
-    def log_size(self) -> int:
-        return len(self.log)
+    def leader_id(self) -> int | None:
+        """The leader this replica knows of (itself when leading), or None."""
+        return self._leader_id
+
+    def status(self) -> CoreStatus:
+        """A frozen snapshot of what a driver or an operator may look at."""
+        return CoreStatus(
+            id=self.id,
+            role=self._role,
+            leader_id=self._leader_id,
+            leader_ballot=self._leader_ballot,
+            ballot=self._ballot,
+            promised=self._promised,
+            commit_index=self._commit_index,
+            log_size=len(self._log),
+            peers=self.peers,
+        )
 
     # ------------------------------------------------------------- public API
 
     def tick(self) -> Ready:
         """One abstract unit of time passes."""
-        if self.role is Role.LEADER:
+        if self._role is Role.LEADER:
             self._leader_tick()
         else:
             self._follower_tick()
@@ -242,9 +299,9 @@ class PaxosCore:
     def propose(self, commands: list[bytes]) -> Ready:
         """Queues client commands on the leader; they are batched into slots
         as the pipeline window allows. Raises NotLeader elsewhere."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        self.pending.extend(commands)
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader_id)
+        self._pending.extend(commands)
         self._fill_window()
         return self._take_ready()
 
@@ -252,10 +309,10 @@ class PaxosCore:
         """Registers linearizable reads; each id comes back in `Ready.reads`
         once the leader confirmed it still leads and applied far enough, or in
         `Ready.failed_reads` if it loses leadership first."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader_id)
-        index = max(self.commit_index, self.recovery_end)
-        self.reads_unsent.extend((rid, index) for rid in read_ids)
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader_id)
+        index = max(self._commit_index, self._recovery_end)
+        self._reads_unsent.extend((rid, index) for rid in read_ids)
         self._send_heartbeats()
         return self._take_ready()
 
@@ -273,38 +330,39 @@ class PaxosCore:
     # ------------------------------------------------------------ acceptor
 
     def _promise(self, ballot: Ballot) -> None:
-        if ballot > self.promised:
-            self.promised = ballot
+        if ballot > self._promised:
+            self._promised = ballot
             self._ready.promised = ballot
         self._see(ballot)
 
     def _see(self, ballot: Ballot) -> None:
-        self.highest_seen = max(self.highest_seen, ballot)
+        self._highest_seen = max(self._highest_seen, ballot)
 
     def _vote(self, slot: int, ballot: Ballot, value: Value) -> None:
-        vote = (ballot, value)
-        self.votes[slot] = vote
+        vote = Vote(ballot, value)
+        self._votes[slot] = vote
         self._ready.votes[slot] = vote
-        self.max_vote_slot = max(self.max_vote_slot, slot)
+        self._max_vote_slot = max(self._max_vote_slot, slot)
 
     def _on_phase1a(self, msg: Phase1a) -> None:
         """Phase1b action: promise msg.ballot if it is >= promised."""
-        if msg.ballot < self.promised:
-            self._send(msg.sender, Nack(self.id, msg.ballot, self.promised))
+        if msg.ballot < self._promised:
+            self._send(msg.sender, Nack(self.id, msg.ballot, self._promised))
             return
         self._promise(msg.ballot)
         self._follow(msg.sender, msg.ballot)
-        votes = {
-            s: self.votes[s]
-            for s in range(msg.from_slot, self.max_vote_slot + 1)
-            if s in self.votes
-        }
+        votes = self._votes_from(msg.from_slot)
         self._send(msg.sender, Phase1b(self.id, msg.ballot, msg.from_slot, votes))
+
+    def _votes_from(self, first: int) -> dict[int, Vote]:
+        """Our latest vote at every slot >= first (what a Phase1b reports)."""
+        votes = self._votes
+        return {s: votes[s] for s in range(first, self._max_vote_slot + 1) if s in votes}
 
     def _on_phase2a(self, msg: Phase2a) -> None:
         """Phase2b action: vote for msg.value at msg.slot if the ballot is >= promised."""
-        if msg.ballot < self.promised:
-            self._send(msg.sender, Nack(self.id, msg.ballot, self.promised))
+        if msg.ballot < self._promised:
+            self._send(msg.sender, Nack(self.id, msg.ballot, self._promised))
             return
         self._promise(msg.ballot)
         self._follow(msg.sender, msg.ballot)
@@ -314,170 +372,166 @@ class PaxosCore:
 
     def _follow(self, leader: int, ballot: Ballot) -> None:
         """Accept `leader` (the owner of `ballot`) as the current leader."""
-        if self.role is not Role.FOLLOWER and ballot > self.ballot:
+        if self._role is not Role.FOLLOWER and ballot > self._ballot:
             self._step_down()
-        if self.role is Role.FOLLOWER:
-            self.leader_id = leader
-            self.leader_ballot = ballot
-            self.ticks_since_leader = 0
+        if self._role is Role.FOLLOWER:
+            self._leader_id = leader
+            self._leader_ballot = ballot
+            self._ticks_since_leader = 0
 
     # --------------------------------------------------------------- learner
 
     def _on_heartbeat(self, msg: Heartbeat) -> None:
-        if msg.ballot < self.promised:
-            self._send(msg.sender, Nack(self.id, msg.ballot, self.promised))
+        if msg.ballot < self._promised:
+            self._send(msg.sender, Nack(self.id, msg.ballot, self._promised))
             return
         self._see(msg.ballot)
         self._follow(msg.sender, msg.ballot)
         self._learn_commit(msg.sender, msg.ballot, msg.commit_index)
-        self._send(msg.sender, HeartbeatAck(self.id, msg.ballot, msg.round, self.commit_index))
+        self._send(msg.sender, HeartbeatAck(self.id, msg.ballot, msg.round, self._commit_index))
 
     def _learn_commit(self, leader: int, ballot: Ballot, commit_index: int) -> None:
         """Marks slots below the leader's commit_index chosen where our vote is
         from the leader's ballot; asks for the rest by catch-up."""
-        slot = self.commit_index
+        slot = self._commit_index
         while slot < commit_index:
-            if slot not in self.log:
-                vote = self.votes.get(slot)
-                if vote is None or vote[0] != ballot:
+            if slot not in self._log:
+                vote = self._votes.get(slot)
+                if vote is None or vote.ballot != ballot:
                     break
-                self.log[slot] = vote[1]
+                self._log[slot] = vote.value
             slot += 1
         self._advance_commit()
-        if self.commit_index < commit_index and self.catchup_age is None:
-            self.catchup_age = 0
-            self._send(leader, CatchupRequest(self.id, ballot, self.commit_index))
+        if self._commit_index < commit_index and self._catchup_age is None:
+            self._catchup_age = 0
+            self._send(leader, CatchupRequest(self.id, ballot, self._commit_index))
 
     def _advance_commit(self) -> None:
         """Moves commit_index over every contiguous chosen slot and hands the
         newly chosen values to the driver to apply."""
-        while self.commit_index in self.log:
-            self.commit_index += 1
-        while self.emitted_index < self.commit_index:
-            self._ready.committed.append((self.emitted_index, self.log[self.emitted_index]))
-            self.emitted_index += 1
-        if self.reads_confirmed:
+        while self._commit_index in self._log:
+            self._commit_index += 1
+        while self._emitted_index < self._commit_index:
+            self._ready.committed.append((self._emitted_index, self._log[self._emitted_index]))
+            self._emitted_index += 1
+        if self._reads_confirmed:
             self._release_reads()
 
     def _on_catchup_request(self, msg: CatchupRequest) -> None:
-        end = min(self.commit_index, msg.from_slot + self.config.catchup_entries)
+        end = min(self._commit_index, msg.from_slot + self.config.catchup_entries)
         entries: dict[int, Value] = {}
         size = 0
         for slot in range(msg.from_slot, end):
-            value = self.log.get(slot)
+            value = self._log.get(slot)
             if value is None:
                 break
             entries[slot] = value
             size += sum(len(c) for c in value)
             if size >= self.config.catchup_bytes:
                 break  # at least one entry; frames stay well under the limit
-        self._send(msg.sender, CatchupReply(self.id, self.promised, entries, self.commit_index))
+        self._send(msg.sender, CatchupReply(self.id, self._promised, entries, self._commit_index))
 
     def _on_catchup_reply(self, msg: CatchupReply) -> None:
         """Learns chosen values sent by a replica that knows them."""
-        self.catchup_age = None
+        self._catchup_age = None
         for slot, value in msg.entries.items():
-            if slot >= self.commit_index and slot not in self.log:
-                self.log[slot] = value
-                vote = self.votes.get(slot)
-                if vote is None or vote[1] != value:
+            if slot >= self._commit_index and slot not in self._log:
+                self._log[slot] = value
+                vote = self._votes.get(slot)
+                if vote is None or vote.value != value:
                     self._ready.chosen[slot] = value
         self._advance_commit()
-        if self.commit_index < msg.commit_index and msg.entries:
-            self.catchup_age = 0
-            self._send(msg.sender, CatchupRequest(self.id, msg.ballot, self.commit_index))
+        if self._commit_index < msg.commit_index and msg.entries:
+            self._catchup_age = 0
+            self._send(msg.sender, CatchupRequest(self.id, msg.ballot, self._commit_index))
 
     # ------------------------------------------------------------- election
 
     def _follower_tick(self) -> None:
-        self.ticks_since_leader += 1
-        if self.catchup_age is not None:
-            self.catchup_age += 1
-            if self.catchup_age > self.config.retransmit_ticks:
-                self.catchup_age = None  # the next commit notice asks again
-        if self.role is Role.CANDIDATE:
-            self.phase1_age += 1
-            if self.phase1_age % self.config.retransmit_ticks == 0:
+        self._ticks_since_leader += 1
+        if self._catchup_age is not None:
+            self._catchup_age += 1
+            if self._catchup_age > self.config.retransmit_ticks:
+                self._catchup_age = None  # the next commit notice asks again
+        if self._role is Role.CANDIDATE:
+            self._phase1_age += 1
+            if self._phase1_age % self.config.retransmit_ticks == 0:
                 self._send_phase1a(only_missing=True)
-        if self.ticks_since_leader >= self.election_timeout:
+        if self._ticks_since_leader >= self._election_timeout:
             self._start_prevote()
 
     def _start_prevote(self) -> None:
         """Asks whether a majority would follow a new leader (pre-vote)."""
-        self.role = Role.PRECANDIDATE
-        self.leader_id = None
-        self.ticks_since_leader = 0
-        self.election_timeout = self._random_timeout()
-        self.prevote_round = self.highest_seen.round + 1
-        self.prevote_grants = {self.id}
-        self._broadcast(PreVote(self.id, self.prevote_round, self.commit_index))
+        self._role = Role.PRECANDIDATE
+        self._leader_id = None
+        self._ticks_since_leader = 0
+        self._election_timeout = self._random_timeout()
+        self._prevote_round = self._highest_seen.round + 1
+        self._prevote_grants = {self.id}
+        self._broadcast(PreVote(self.id, self._prevote_round, self._commit_index))
         self._check_prevote()
 
     def _on_prevote(self, msg: PreVote) -> None:
         """Grants if we have not heard from a leader for a full minimum election
         timeout and the candidate knows at least as much of the log as we do."""
-        leader_alive = self.role is Role.LEADER or (
-            self.leader_id is not None and self.ticks_since_leader < self.config.election_ticks
+        leader_alive = self._role is Role.LEADER or (
+            self._leader_id is not None and self._ticks_since_leader < self.config.election_ticks
         )
-        granted = not leader_alive and msg.first_unchosen >= self.commit_index
+        granted = not leader_alive and msg.first_unchosen >= self._commit_index
         self._send(msg.sender, PreVoteReply(self.id, msg.round, granted))
 
     def _on_prevote_reply(self, msg: PreVoteReply) -> None:
-        if self.role is Role.PRECANDIDATE and msg.round == self.prevote_round and msg.granted:
-            self.prevote_grants.add(msg.sender)
+        if self._role is Role.PRECANDIDATE and msg.round == self._prevote_round and msg.granted:
+            self._prevote_grants.add(msg.sender)
             self._check_prevote()
 
     def _check_prevote(self) -> None:
-        if len(self.prevote_grants) >= self.quorum:
+        if len(self._prevote_grants) >= self.quorum:
             self._start_phase1()
 
     def _start_phase1(self) -> None:
         """Phase1a action: one prepare for every slot from the first unchosen."""
-        self.role = Role.CANDIDATE
-        self.ballot = Ballot(max(self.highest_seen.round, self.promised.round) + 1, self.id)
-        self._promise(self.ballot)
-        self.phase1_age = 0
-        self.phase1b = {}
-        own = {
-            s: self.votes[s]
-            for s in range(self.commit_index, self.max_vote_slot + 1)
-            if s in self.votes
-        }
-        self.phase1b[self.id] = Phase1b(self.id, self.ballot, self.commit_index, own)
+        self._role = Role.CANDIDATE
+        self._ballot = Ballot(max(self._highest_seen.round, self._promised.round) + 1, self.id)
+        self._promise(self._ballot)
+        self._phase1_age = 0
+        self._phase1b = {}
+        own = self._votes_from(self._commit_index)
+        self._phase1b[self.id] = Phase1b(self.id, self._ballot, self._commit_index, own)
         self._send_phase1a(only_missing=False)
         self._check_phase1()
 
     def _send_phase1a(self, only_missing: bool) -> None:
-        msg = Phase1a(self.id, self.ballot, self.commit_index)
+        msg = Phase1a(self.id, self._ballot, self._commit_index)
         for peer in self.peers:
-            if not (only_missing and peer in self.phase1b):
+            if not (only_missing and peer in self._phase1b):
                 self._send(peer, msg)
 
     def _on_phase1b(self, msg: Phase1b) -> None:
-        if self.role is Role.CANDIDATE and msg.ballot == self.ballot:
-            self.phase1b[msg.sender] = msg
+        if self._role is Role.CANDIDATE and msg.ballot == self._ballot:
+            self._phase1b[msg.sender] = msg
             self._check_phase1()
 
     def _check_phase1(self) -> None:
-        if len(self.phase1b) >= self.quorum:
+        if len(self._phase1b) >= self.quorum:
             self._become_leader()
 
     def _on_nack(self, msg: Nack) -> None:
         """A higher ballot exists: stop campaigning or leading at once."""
         self._see(msg.promised)
-        ours = self.role in (Role.CANDIDATE, Role.LEADER) and msg.ballot == self.ballot
-        if ours and msg.promised > self.ballot:
+        ours = self._role in (Role.CANDIDATE, Role.LEADER) and msg.ballot == self._ballot
+        if ours and msg.promised > self._ballot:
             self._step_down()
 
     def _step_down(self) -> None:
-        self._ready.failed_reads.extend(rid for rid, _ in self.reads_unsent)
-        for reads in self.reads_waiting.values():
+        self._ready.failed_reads.extend(rid for rid, _ in self._reads_unsent)
+        for reads in self._reads_waiting.values():
             self._ready.failed_reads.extend(rid for rid, _ in reads)
-        self._ready.failed_reads.extend(rid for rid, _ in self.reads_confirmed)
-        commit, emitted = self.commit_index, self.emitted_index
+        self._ready.failed_reads.extend(rid for rid, _ in self._reads_confirmed)
+        commit, emitted = self._commit_index, self._emitted_index
         self._init_leader_state()
-        self.commit_index, self.emitted_index = commit, emitted
-        self.next_slot = self.recovery_end = commit
+        self._commit_index, self._emitted_index = commit, emitted
+        self._next_slot = self._recovery_end = commit
 
     # --------------------------------------------------------------- leader
 
@@ -485,122 +539,121 @@ class PaxosCore:
         """With a majority of promises: re-propose, per slot, the value with the
         highest vballot, fill holes with no-ops, then serve new commands."""
         best: dict[int, Vote] = {}
-        for p1b in self.phase1b.values():
+        for p1b in self._phase1b.values():
             for slot, (vballot, value) in p1b.votes.items():
-                if slot >= self.commit_index and (slot not in best or vballot > best[slot][0]):
-                    best[slot] = (vballot, value)
-        self.role = Role.LEADER
-        self.leader_id = self.id
-        self.leader_ballot = self.ballot
-        self.phase1b = {}
-        end = max(best, default=self.commit_index - 1) + 1
-        self.next_slot = self.commit_index
-        for slot in range(self.commit_index, end):
-            value = self.log[slot] if slot in self.log else best[slot][1] if slot in best else NOOP
+                if slot >= self._commit_index and (slot not in best or vballot > best[slot].ballot):
+                    best[slot] = Vote(vballot, value)
+        self._role = Role.LEADER
+        self._leader_id = self.id
+        self._leader_ballot = self._ballot
+        self._phase1b = {}
+        end = max(best, default=self._commit_index - 1) + 1
+        self._next_slot = self._commit_index
+        for slot in range(self._commit_index, end):
+            if slot in self._log:
+                value = self._log[slot]
+            else:
+                value = best[slot].value if slot in best else NOOP
             self._start_slot(value)
-        self.recovery_end = self.next_slot
-        self.heard_from = set()
-        self.quorum_ticks = 0
+        self._recovery_end = self._next_slot
+        self._heard_from = set()
+        self._quorum_ticks = 0
         self._send_heartbeats()
         self._fill_window()
 
     def _start_slot(self, value: Value) -> None:
         """Phase2a action for the next slot; the leader votes for itself too."""
-        slot = self.next_slot
-        self.next_slot += 1
-        self._vote(slot, self.ballot, value)
-        self.in_flight[slot] = _InFlight(value, {self.id})
-        self._broadcast(Phase2a(self.id, self.ballot, slot, value, self.commit_index))
+        slot = self._next_slot
+        self._next_slot += 1
+        self._vote(slot, self._ballot, value)
+        self._in_flight[slot] = _InFlight(value, {self.id})
+        self._broadcast(Phase2a(self.id, self._ballot, slot, value, self._commit_index))
         self._check_chosen(slot)
 
     def _fill_window(self) -> None:
         """Drains waiting commands into new slots, one batch per slot."""
         limit = self.config.max_batch_bytes
-        while self.pending and len(self.in_flight) < self.config.window:
+        while self._pending and len(self._in_flight) < self.config.window:
             batch, size = [], 0
-            while self.pending and (not batch or size + len(self.pending[0]) <= limit):
-                cmd = self.pending.popleft()
+            while self._pending and (not batch or size + len(self._pending[0]) <= limit):
+                cmd = self._pending.popleft()
                 batch.append(cmd)
                 size += len(cmd)
             self._start_slot(tuple(batch))
 
     def _on_phase2b(self, msg: Phase2b) -> None:
-        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+        if self._role is not Role.LEADER or msg.ballot != self._ballot:
             return
-        self.heard_from.add(msg.sender)
-        entry = self.in_flight.get(msg.slot)
+        self._heard_from.add(msg.sender)
+        entry = self._in_flight.get(msg.slot)
         if entry is not None:
             entry.acks.add(msg.sender)
             self._check_chosen(msg.slot)
 
     def _check_chosen(self, slot: int) -> None:
-        entry = self.in_flight[slot]
+        entry = self._in_flight[slot]
         if len(entry.acks) >= self.quorum:
-            del self.in_flight[slot]
-            self.log[slot] = entry.value
+            del self._in_flight[slot]
+            self._log[slot] = entry.value
             self._advance_commit()
             self._fill_window()
 
     def _leader_tick(self) -> None:
-        self.hb_ticks += 1
-        if self.hb_ticks >= self.config.heartbeat_ticks:
+        self._hb_ticks += 1
+        if self._hb_ticks >= self.config.heartbeat_ticks:
             self._send_heartbeats()
-        for slot, entry in self.in_flight.items():
+        for slot, entry in self._in_flight.items():
             entry.age += 1
             if entry.age % self.config.retransmit_ticks == 0:
-                msg = Phase2a(self.id, self.ballot, slot, entry.value, self.commit_index)
+                msg = Phase2a(self.id, self._ballot, slot, entry.value, self._commit_index)
                 for peer in self.peers:
                     if peer not in entry.acks:
                         self._send(peer, msg)
-        self.quorum_ticks += 1
-        if self.quorum_ticks >= self.config.election_ticks:
-            if len(self.heard_from) + 1 < self.quorum:
+        self._quorum_ticks += 1
+        if self._quorum_ticks >= self.config.election_ticks:
+            if len(self._heard_from) + 1 < self.quorum:
                 self._step_down()  # check-quorum: we may be cut off
                 return
-            self.heard_from = set()
-            self.quorum_ticks = 0
+            self._heard_from = set()
+            self._quorum_ticks = 0
 
     def _send_heartbeats(self) -> None:
-        self.hb_ticks = 0
-        self.hb_round += 1
-        self.hb_acks[self.hb_round] = {self.id}
-        if self.reads_unsent:
-            self.reads_waiting[self.hb_round] = self.reads_unsent
-            self.reads_unsent = []
-        self._broadcast(Heartbeat(self.id, self.ballot, self.commit_index, self.hb_round))
-        self._check_heartbeat_round(self.hb_round)
+        self._hb_ticks = 0
+        self._hb_round += 1
+        self._hb_acks[self._hb_round] = {self.id}
+        if self._reads_unsent:
+            self._reads_waiting[self._hb_round] = self._reads_unsent
+            self._reads_unsent = []
+        self._broadcast(Heartbeat(self.id, self._ballot, self._commit_index, self._hb_round))
+        self._check_heartbeat_round(self._hb_round)
 
     def _on_heartbeat_ack(self, msg: HeartbeatAck) -> None:
-        if self.role is not Role.LEADER or msg.ballot != self.ballot:
+        if self._role is not Role.LEADER or msg.ballot != self._ballot:
             return
-        self.heard_from.add(msg.sender)
-        acks = self.hb_acks.get(msg.round)
+        self._heard_from.add(msg.sender)
+        acks = self._hb_acks.get(msg.round)
         if acks is not None:
             acks.add(msg.sender)
             self._check_heartbeat_round(msg.round)
-        if msg.first_unchosen < self.commit_index:
-            # A follower behind us whose vote ballots differ asks for catch-up
-            # itself; nothing to do here but note that it is alive.
-            pass
 
     def _check_heartbeat_round(self, round_: int) -> None:
         """A majority acknowledged heartbeat `round_`: we were still leader when
         it was sent, so every read registered before it is confirmed."""
-        if len(self.hb_acks[round_]) < self.quorum:
+        if len(self._hb_acks[round_]) < self.quorum:
             return
-        for r in [r for r in self.hb_acks if r <= round_]:
-            del self.hb_acks[r]
-            self.reads_confirmed.extend(self.reads_waiting.pop(r, ()))
+        for r in [r for r in self._hb_acks if r <= round_]:
+            del self._hb_acks[r]
+            self._reads_confirmed.extend(self._reads_waiting.pop(r, ()))
         self._release_reads()
 
     def _release_reads(self) -> None:
         keep = []
-        for rid, index in self.reads_confirmed:
-            if index <= self.emitted_index:
+        for rid, index in self._reads_confirmed:
+            if index <= self._emitted_index:
                 self._ready.reads.append(rid)
             else:
                 keep.append((rid, index))
-        self.reads_confirmed = keep
+        self._reads_confirmed = keep
 
 
 _HANDLERS = {

@@ -117,7 +117,7 @@ class LevelDBStorage:
             state.promised = Ballot(r, rid)
         for key, raw in self._db.iterator(prefix=_VOTE_PREFIX):
             r, rid, cmds = msgpack.unpackb(raw)
-            state.votes[_SLOT.unpack(key[1:])[0]] = (Ballot(r, rid), tuple(cmds))
+            state.votes[_SLOT.unpack(key[1:])[0]] = Vote(Ballot(r, rid), tuple(cmds))
         for key, raw in self._db.iterator(prefix=_CHOSEN_PREFIX):
             state.chosen[_SLOT.unpack(key[1:])[0]] = tuple(msgpack.unpackb(raw))
         return state

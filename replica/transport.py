@@ -53,13 +53,14 @@ Every socket refuses frames above `kvstore.limits.MAX_FRAME_BYTES`
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import zmq
 
 from kvstore.limits import MAX_FRAME_BYTES
 from replica import codec
+from replica.badinput import BadFrames
+from replica.driver import Envelope
 from replica.messages import Message
 
 log = logging.getLogger("replica.transport")
@@ -67,16 +68,12 @@ log = logging.getLogger("replica.transport")
 PEER_SNDHWM = 10_000
 """Messages queued per peer before further sends to it are dropped."""
 RECONNECT_IVL_MS = 50
-"""How soon a DEALER retries a peer that went away (a restarted replica)."""
+"""How soon a PUSH retries a peer that went away (a restarted replica)."""
 CONNECT_TIMEOUT_MS = 1000
 """A connection attempt unanswered this long (a partitioned peer) is retried."""
 HEARTBEAT_IVL_MS = 500
 HEARTBEAT_TIMEOUT_MS = 2000
 """ZMTP heartbeats on peer connections: silent this long means dead."""
-
-Envelope = list[bytes]
-"""The routing frames of a client request, up to and including the empty
-delimiter; the reply is sent as envelope + [payload]."""
 
 
 class BindError(Exception):
@@ -99,21 +96,6 @@ def _bind(sock: zmq.Socket, address: str, what: str) -> None:
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise BindError(f"cannot bind the {what} address {address}: {exc}") from None
-
-
-class BadFrames:
-    """Counts dropped input per kind; logs the first occurrence of each kind."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def note(self, kind: str, detail: str, level: int = logging.WARNING) -> None:
-        self.counts[kind] += 1
-        if self.counts[kind] == 1:
-            log.log(level, "dropping input (%s): %s; further ones are only counted", kind, detail)
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.counts)
 
 
 class PeerTransport:

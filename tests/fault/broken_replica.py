@@ -1,7 +1,7 @@
 """A deliberately broken replica, to prove that the fault tests catch bugs.
 
 `python -m tests.fault.broken_replica --config F --id N --data-dir D` runs
-`replica.server` with ONE change: a replica that believes it is the leader
+`replica.server` with ONE change to its driver (replica/driver.py): a replica that believes it is the leader
 answers linearizable GETs from its local state at once, without the read
 index (no heartbeat round confirming with a majority that it still leads).
 
@@ -22,20 +22,19 @@ import sys
 
 from kvstore.protocol import Request
 from replica import server
-from replica.paxos import Role
-from replica.transport import Envelope
+from replica.driver import Envelope, ReplicaDriver
 
 
-def _read_local_if_leader(self: server.Replica, envelope: Envelope, req: Request) -> None:
+def _read_local_if_leader(self: ReplicaDriver, envelope: Envelope, req: Request) -> None:
     """BROKEN on purpose: trusts the replica's own belief that it leads."""
-    if self.core.role is not Role.LEADER:
+    if not self.core.is_leader:
         self.clients.reply(envelope, self._not_leader_reply())
         return
     self._reply(envelope, self._read_local(req.key))
 
 
 def main(argv: list[str] | None = None) -> int:
-    server.Replica._read_linearizable = _read_local_if_leader  # type: ignore[method-assign]
+    ReplicaDriver._read_linearizable = _read_local_if_leader  # type: ignore[method-assign]
     return server.main(argv)
 
 

@@ -306,14 +306,14 @@ class Simulation:
         node.core = self._new_core(node)
         if not self.check_durability:
             return
-        core = node.core
-        if core.promised < node.revealed_promise:
+        durable = node.storage.load()
+        if durable.promised < node.revealed_promise:
             self._fail(
                 f"replica {node.id} forgot its promise {node.revealed_promise} "
-                f"(has {core.promised}) across a restart"
+                f"(has {durable.promised}) across a restart"
             )
         for slot, ballot in node.revealed_votes.items():
-            vote = core.votes.get(slot)
+            vote = durable.votes.get(slot)
             if vote is None or vote[0] < ballot:
                 self._fail(f"replica {node.id} forgot its vote at slot {slot} in {ballot}")
 

@@ -23,6 +23,7 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    Vote,
 )
 from replica.paxos import CoreConfig, DurableState, NotLeader, PaxosCore, Ready, Role
 
@@ -102,7 +103,7 @@ def test_acceptor_nacks_a_lower_ballot_with_its_promise():
 def test_acceptor_votes_and_the_vote_is_in_ready_with_the_phase2b():
     a = core(2)
     r = a.step(Phase2a(1, Ballot(1, 1), 7, (b"x",), 0))
-    assert r.votes == {7: (Ballot(1, 1), (b"x",))}
+    assert r.votes == {7: Vote(Ballot(1, 1), (b"x",))}
     assert r.promised == Ballot(1, 1)
     assert sent(r, Phase2b) == [(1, Phase2b(2, Ballot(1, 1), 7))]
 
@@ -115,20 +116,20 @@ def test_phase1b_reports_the_latest_vote_of_every_slot_from_from_slot():
     a.step(Phase2a(3, Ballot(2, 3), 1, (b"one",), 0))
     r = a.step(Phase1a(1, Ballot(3, 1), 2))
     [(_, p1b)] = sent(r, Phase1b)
-    assert p1b.votes == {3: (Ballot(2, 3), (b"new",)), 5: (Ballot(2, 3), (b"five",))}
+    assert p1b.votes == {3: Vote(Ballot(2, 3), (b"new",)), 5: Vote(Ballot(2, 3), (b"five",))}
 
 
 def test_messages_from_unknown_senders_are_ignored():
     a = core(2)
     r = a.step(Phase1a(9, Ballot(1, 9), 0))
-    assert r.messages == [] and r.promised is None and a.promised == Ballot(0, 0)
+    assert r.messages == [] and r.promised is None and a.status().promised == Ballot(0, 0)
 
 
 def test_durable_state_is_restored_on_restart():
-    durable = DurableState(Ballot(4, 2), {0: (Ballot(4, 2), (b"a",))}, {})
+    durable = DurableState(Ballot(4, 2), {0: Vote(Ballot(4, 2), (b"a",))}, {})
     a = core(1, durable=durable, applied=1)
-    assert a.promised == Ballot(4, 2)
-    assert a.commit_index == 1 and a.log[0] == (b"a",)
+    assert a.status().promised == Ballot(4, 2)
+    assert a.status().commit_index == 1 and a._log[0] == (b"a",)
     r = a.step(Phase1a(3, Ballot(3, 3), 0))  # lower than the restored promise
     assert sent(r, Nack)
 
@@ -152,11 +153,12 @@ def test_follower_campaigns_with_prevote_then_phase1_on_a_majority():
         r = c.tick()
         if sent(r, PreVote):
             break
-    assert c.role is Role.PRECANDIDATE and c.promised == Ballot(0, 0)  # pre-vote disturbs nobody
+    status = c.status()
+    assert status.role is Role.PRECANDIDATE and status.promised == Ballot(0, 0)  # disturbs nobody
     assert {dst for dst, _ in sent(r, PreVote)} == {2, 3}
-    r = c.step(PreVoteReply(2, c.prevote_round, True))
-    assert c.role is Role.CANDIDATE
-    assert r.promised == c.ballot and c.ballot.replica_id == 1
+    r = c.step(PreVoteReply(2, sent(r, PreVote)[0][1].round, True))
+    assert c.status().role is Role.CANDIDATE
+    assert r.promised == c.status().ballot and c.status().ballot.replica_id == 1
     assert {dst for dst, m in sent(r, Phase1a) if m.from_slot == 0} == {2, 3}
 
 
@@ -172,7 +174,7 @@ def test_prevote_is_refused_while_a_leader_is_heard_from():
 
 
 def test_prevote_is_refused_to_a_candidate_that_knows_less_of_the_log():
-    f = core(2, durable=DurableState(votes={0: (Ballot(1, 1), (b"x",))}), applied=1)
+    f = core(2, durable=DurableState(votes={0: Vote(Ballot(1, 1), (b"x",))}), applied=1)
     r = f.step(PreVote(3, 2, 0))
     assert not sent(r, PreVoteReply)[0][1].granted
 
@@ -180,7 +182,7 @@ def test_prevote_is_refused_to_a_candidate_that_knows_less_of_the_log():
 def test_returning_replica_cannot_depose_a_healthy_leader():
     net = Net()
     leader = net.elect()
-    old_ballot = leader.ballot
+    old_ballot = leader.status().ballot
     lonely = next(rid for rid in net.cores if rid != leader.id)
     net.down.add(lonely)  # partitioned away: it campaigns again and again
     for _ in range(5):
@@ -188,38 +190,39 @@ def test_returning_replica_cannot_depose_a_healthy_leader():
             net.handle(lonely, net.cores[lonely].tick())
     net.down.discard(lonely)
     net.tick(3 * CFG.election_ticks)
-    assert net.leader() is leader and leader.ballot == old_ballot
+    assert net.leader() is leader and leader.status().ballot == old_ballot
 
 
 def campaign(c: PaxosCore, granters=(2,)) -> None:
     """Ticks `c` until it runs a pre-vote, then grants it from `granters`."""
+    prevotes = []
     for _ in range(2 * CFG.election_ticks):
-        if c.role is Role.PRECANDIDATE:
+        prevotes = sent(c.tick(), PreVote)
+        if prevotes:
             break
-        c.tick()
     for g in granters:
-        c.step(PreVoteReply(g, c.prevote_round, True))
-    assert c.role is Role.CANDIDATE
+        c.step(PreVoteReply(g, prevotes[0][1].round, True))
+    assert c.status().role is Role.CANDIDATE
 
 
 def test_new_leader_reproposes_highest_vballot_value_and_fills_holes_with_noops():
     c = core(1)
     campaign(c)
-    b = c.ballot
-    votes2 = {0: (Ballot(1, 2), (b"low",)), 2: (Ballot(1, 2), (b"two",))}
+    b = c.status().ballot
+    votes2 = {0: Vote(Ballot(1, 2), (b"low",)), 2: Vote(Ballot(1, 2), (b"two",))}
     r = c.step(Phase1b(2, b, 0, votes2))
     assert c.is_leader
     proposals = {m.slot: m.value for _, m in sent(r, Phase2a) if _ == 2}
     assert proposals == {0: (b"low",), 1: NOOP, 2: (b"two",)}
-    assert all(v[0] == b for v in r.votes.values())  # the leader votes for its own proposals
+    assert all(v.ballot == b for v in r.votes.values())  # the leader votes for its own proposals
 
 
 def test_highest_vballot_wins_over_lower_ones():
     c = core(1, ids=(1, 2, 3, 4, 5))
     campaign(c, granters=(2, 3))
-    b = c.ballot
-    c.step(Phase1b(2, b, 0, {0: (Ballot(1, 2), (b"old",))}))
-    r = c.step(Phase1b(3, b, 0, {0: (Ballot(2, 3), (b"new",))}))
+    b = c.status().ballot
+    c.step(Phase1b(2, b, 0, {0: Vote(Ballot(1, 2), (b"old",))}))
+    r = c.step(Phase1b(3, b, 0, {0: Vote(Ballot(2, 3), (b"new",))}))
     assert c.is_leader
     assert {m.value for _, m in sent(r, Phase2a) if m.slot == 0} == {(b"new",)}
 
@@ -228,8 +231,10 @@ def test_leader_steps_down_at_once_on_a_higher_ballot():
     net = Net()
     leader = net.elect()
     other = next(rid for rid in net.cores if rid != leader.id)
-    r = leader.step(Nack(other, leader.ballot, Ballot(leader.ballot.round + 1, other)))
-    assert not leader.is_leader and leader.role is Role.FOLLOWER
+    r = leader.step(
+        Nack(other, leader.status().ballot, Ballot(leader.status().ballot.round + 1, other))
+    )
+    assert not leader.is_leader and leader.status().role is Role.FOLLOWER
     assert r.messages == [] or not sent(r, Phase2a)
 
 
@@ -261,9 +266,9 @@ def test_commands_beyond_the_window_are_batched_into_one_slot():
     r3 = leader.propose([b"c", b"d", b"e"])  # window (2) full: these wait
     slots = [m.slot for r in (r1, r2) for _, m in sent(r, Phase2a)]
     assert len(set(slots)) == 2 and not sent(r3, Phase2a)
-    assert len(leader.in_flight) == 2
-    first = min(leader.in_flight)
-    r = leader.step(Phase2b(2 if leader.id != 2 else 1, leader.ballot, first))
+    assert len(leader._in_flight) == 2
+    first = min(leader._in_flight)
+    r = leader.step(Phase2b(2 if leader.id != 2 else 1, leader.status().ballot, first))
     batched = [m.value for _, m in sent(r, Phase2a)]
     assert (b"c", b"d", b"e") in batched
 
@@ -312,7 +317,7 @@ def test_lagging_replica_catches_up_after_rejoining():
         net.handle(leader.id, leader.propose([b"w%d" % i]))
     net.down.discard(lag)
     net.tick(40)
-    assert net.cores[lag].commit_index == leader.commit_index
+    assert net.cores[lag].status().commit_index == leader.status().commit_index
     assert net.applied[lag] == net.applied[leader.id]
 
 
@@ -327,7 +332,9 @@ def test_read_index_waits_for_a_majority_heartbeat_round():
     hbs = sent(r, Heartbeat)
     assert hbs
     other = hbs[0][0]
-    r = leader.step(HeartbeatAck(other, leader.ballot, hbs[0][1].round, leader.commit_index))
+    r = leader.step(
+        HeartbeatAck(other, leader.status().ballot, hbs[0][1].round, leader.status().commit_index)
+    )
     assert r.reads == ["r1"]
 
 
@@ -336,7 +343,11 @@ def test_pending_reads_fail_when_leadership_is_lost():
     leader = net.elect()
     leader.read_index(["r1"])
     r = leader.step(
-        Nack(2 if leader.id != 2 else 1, leader.ballot, Ballot(leader.ballot.round + 1, 3))
+        Nack(
+            2 if leader.id != 2 else 1,
+            leader.status().ballot,
+            Ballot(leader.status().ballot.round + 1, 3),
+        )
     )
     assert r.failed_reads == ["r1"] and r.reads == []
 
@@ -357,13 +368,13 @@ def test_constructor_rejects_an_id_outside_the_cluster():
 def test_catchup_reply_is_capped_in_bytes_but_carries_at_least_one_entry():
     cfg = CoreConfig(catchup_bytes=250)
     big = (b"x" * 100,)
-    durable = DurableState(votes={s: (Ballot(1, 1), big) for s in range(10)})
+    durable = DurableState(votes={s: Vote(Ballot(1, 1), big) for s in range(10)})
     leader = core(1, durable=durable, applied=10, cfg=cfg)
     r = leader.step(CatchupRequest(2, Ballot(1, 1), 0))
     [(_, reply)] = sent(r, CatchupReply)
     assert sorted(reply.entries) == [0, 1, 2] and reply.commit_index == 10
     huge = core(
-        1, durable=DurableState(votes={0: (Ballot(1, 1), (b"y" * 1000,))}), applied=1, cfg=cfg
+        1, durable=DurableState(votes={0: Vote(Ballot(1, 1), (b"y" * 1000,))}), applied=1, cfg=cfg
     )
     [(_, reply)] = sent(huge.step(CatchupRequest(2, Ballot(1, 1), 0)), CatchupReply)
     assert list(reply.entries) == [0]

@@ -18,10 +18,10 @@ import zmq
 from kvstore.config import ReplicaAddress
 from kvstore.limits import MAX_KEY_BYTES
 from kvstore.protocol import Op, Request, Response, Status, decode_response, encode_request
-from replica import server
+from replica.driver import ReplicaDriver
 from replica.messages import Ballot, Nack, Phase2a, Phase2b, Vote
 from replica.paxos import Ready, Role
-from replica.server import Replica, merge_ready
+from replica.server import Replica
 from tests.integration.conftest import free_ports
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,11 +65,11 @@ def pump(replicas: list[Replica], until: Callable[[], object], timeout: float = 
 
 def leader_of(replicas: list[Replica]) -> Replica:
     def agreed() -> bool:
-        leaders = [r for r in replicas if r.core.role is Role.LEADER]
-        return len(leaders) == 1 and all(r.core.leader_id == leaders[0].id for r in replicas)
+        leaders = [r for r in replicas if r.driver.core.is_leader]
+        return len(leaders) == 1 and all(r.driver.core.leader_id == leaders[0].id for r in replicas)
 
     pump(replicas, agreed)
-    return next(r for r in replicas if r.core.role is Role.LEADER)
+    return next(r for r in replicas if r.driver.core.is_leader)
 
 
 class Client:
@@ -101,14 +101,14 @@ def _put(seq: int, key: bytes = b"k", value: bytes = b"v") -> Request:
 
 
 def test_merge_ready_keeps_contract_order() -> None:
-    a = Ready(promised=Ballot(1, 1), votes={0: (Ballot(1, 1), (b"a",))})
+    a = Ready(promised=Ballot(1, 1), votes={0: Vote(Ballot(1, 1), (b"a",))})
     a.messages.append((2, Phase2b(1, Ballot(1, 1), 0)))
     a.committed.append((0, (b"a",)))
-    later_vote: Vote = (Ballot(2, 2), (b"b",))
+    later_vote = Vote(Ballot(2, 2), (b"b",))
     b = Ready(promised=Ballot(2, 2), votes={0: later_vote, 1: later_vote}, reads=["r"])
     b.messages.append((3, Phase2b(1, Ballot(2, 2), 1)))
     b.committed.append((1, (b"b",)))
-    merge_ready(a, b)
+    a.merge(b)
     assert a.promised == Ballot(2, 2)
     assert a.votes == {0: later_vote, 1: later_vote}
     assert [dst for dst, _ in a.messages] == [2, 3]
@@ -168,13 +168,13 @@ def test_retry_in_flight_is_proposed_once(make: Callable[[int], list[Replica]]) 
     try:
         frame = encode_request(_put(1))
         first.send(frame)
-        pump([leader], lambda: leader._waiting)
+        pump([leader], lambda: leader.driver.waiting_writes)
         retry.send(frame)
-        pump([leader], lambda: not leader.clients.router.poll(0) and leader._waiting)
+        pump([leader], lambda: not leader.clients.router.poll(0) and leader.driver.waiting_writes)
         assert retry.recv(replicas).status is Status.OK
         assert first.sock.poll(100) == 0
-        commands = [c for slot in range(leader.core.commit_index) for c in leader.core.log[slot]]
-        assert commands.count(frame) == 1
+        votes = leader.driver.storage.load().votes.values()
+        assert [c for vote in votes for c in vote.value].count(frame) == 1
     finally:
         first.close()
         retry.close()
@@ -187,17 +187,16 @@ def test_lost_leadership_releases_waiting_clients(make: Callable[[int], list[Rep
     try:
         client.send(encode_request(_put(1)))
         reader.send(encode_request(Request(Op.GET, _CID, 9, b"k")))
-        pump([leader], lambda: leader._waiting and leader._reads)
+        driver = leader.driver
+        pump([leader], lambda: driver.waiting_writes and driver.pending_reads)
         # A higher ballot appears (as a Nack would bring it): step down.
-        peer = leader.core.peers[0]
-        nack = Nack(peer, leader.core.ballot, Ballot(leader.core.ballot.round + 5, peer))
-        ready = leader.core.step(nack)
-        leader._finish(ready)
-        leader._after_iteration()
-        assert leader.core.role is not Role.LEADER
+        status = driver.status()
+        peer = status.peers[0]
+        driver.iterate([Nack(peer, status.ballot, Ballot(status.ballot.round + 5, peer))], [])
+        assert driver.status().role is not Role.LEADER
         for c in (client, reader):
             assert c.recv([leader], 2).status in (Status.UNAVAILABLE, Status.REDIRECT)
-        assert not leader._waiting and not leader._reads
+        assert not driver.waiting_writes and not driver.pending_reads
     finally:
         client.close()
         reader.close()
@@ -207,22 +206,22 @@ def test_persist_precedes_every_revealing_message(
     make: Callable[[int], list[Replica]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Within an iteration nothing but the leader's Phase2a leaves before the
-    synced batch (and with EARLY_PHASE2A off, nothing at all)."""
+    synced batch (and with early_phase2a off, nothing at all)."""
     replicas = make(3)
     leader = leader_of(replicas)
     log: list[tuple[int, str, list[str]]] = []  # (replica, event, message types)
-    original_persist, original_finish = Replica._persist, Replica._finish
+    original_persist, original_finish = ReplicaDriver._persist, ReplicaDriver._finish
 
-    def persist(self: Replica, acc: Ready) -> None:
+    def persist(self: ReplicaDriver, acc: Ready) -> None:
         log.append((self.id, "persist", []))
         original_persist(self, acc)
 
-    def finish(self: Replica, acc: Ready) -> None:
+    def finish(self: ReplicaDriver, acc: Ready) -> None:
         log.append((self.id, "finish", []))
         original_finish(self, acc)
 
-    monkeypatch.setattr(Replica, "_persist", persist)
-    monkeypatch.setattr(Replica, "_finish", finish)
+    monkeypatch.setattr(ReplicaDriver, "_persist", persist)
+    monkeypatch.setattr(ReplicaDriver, "_finish", finish)
     for r in replicas:
 
         def send(messages: list, rid: int = r.id, inner: Callable = r.peers.send) -> None:
@@ -232,7 +231,8 @@ def test_persist_precedes_every_revealing_message(
         monkeypatch.setattr(r.peers, "send", send)
 
     for seq, early in enumerate((True, False), start=1):
-        monkeypatch.setattr(server, "EARLY_PHASE2A", early)
+        for r in replicas:
+            monkeypatch.setattr(r.driver, "early_phase2a", early)
         log.clear()
         client = Client(leader)
         try:

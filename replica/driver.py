@@ -1,0 +1,425 @@
+"""The replica driver: carries out the Paxos core's `Ready` and keeps track of
+the clients waiting for an answer. No sockets, no disk: everything it touches
+comes in through the small interfaces below, so the same class runs in the
+replica process (replica/server.py: LevelDB, ZeroMQ, the wall clock) and in
+the deterministic simulator (tests/sim: in-memory twins, a simulated network
+and clock, crashes that lose unsynced writes).
+
+Theory of operation
+-------------------
+The driver is fed one batch of input at a time by `iterate(messages,
+requests)` (the server's poll loop hands it whatever arrived since the last
+call; the simulator whatever its schedule delivers). One iteration:
+
+1. every peer message goes to `core.step`, in arrival order;
+2. every client request is parsed (`kvstore.protocol.parse_request`, the one
+   request path); STATUS, stale GETs, bad requests and anything a follower
+   cannot serve (REDIRECT / UNAVAILABLE) are answered at once; writes (the
+   raw request bytes) and linearizable GETs are collected;
+3. on the leader, ONE `core.propose(writes)` and ONE `core.read_index(ids)`;
+4. `core.tick()` for every tick that the clock says is due (at most
+   `MAX_CATCHUP_TICKS` when the loop stalled; the schedule is then reset);
+5. the `Ready`s of all the calls above are merged (`Ready.merge`) and
+   honoured ONCE, in contract order (group commit):
+   (1) one synced `storage.persist` batch if anything must persist,
+   (2) only then every message is sent,
+   (3) `state_machine.apply(committed)` in slot order,
+   (4) clients are answered: the result of an applied command goes to the
+       client waiting on its (client_id, seq); released reads are served
+       from the state machine; failed reads get REDIRECT / UNAVAILABLE;
+6. if leadership was lost (or the ballot changed), every write and read still
+   waiting gets REDIRECT / UNAVAILABLE: the client retries, and its session
+   (client_id, seq) makes the retry of an applied write exactly-once.
+
+A write retried (same client_id and seq, e.g. by a lazy-pirate client that
+reopened its socket) while the first copy is in flight only replaces the
+reply envelope; it is not proposed twice.
+
+The early Phase2a exception to "persist, then send"
+---------------------------------------------------
+On the leader's hot path, Phase2a messages are sent just BEFORE the batch
+holding the leader's own vote is synced (`early_phase2a`, on by default).
+This is Raft's "the leader writes its log in parallel with replicating it",
+and it is safe because a Phase2a reveals no acceptor state of its sender:
+the ballot it uses was made durable as the leader's own promise before its
+Phase1a went out, and the leader's own vote counts towards a quorum only
+once some follower's Phase2b for that slot is processed, which happens in a
+LATER iteration, after this iteration's sync returned (a Phase2b cannot
+answer a Phase2a that has not been sent yet). If the leader crashes between
+sending the Phase2a and syncing, its vote is lost, but it was never counted
+and never revealed: the followers' votes alone decide (the simulator crashes
+replicas exactly there: tests/sim, the early-Phase2a crash variant). A
+single-replica cluster, whose own vote is a quorum at once, has no peers to
+send to and answers only after the sync as usual. Every message that does
+reveal acceptor state (Phase1b, Phase2b, Nack, HeartbeatAck, a Phase1a with
+a fresh promise) waits for the sync. `early_phase2a=False` gives the textbook
+order (one fsync more on the commit path). The argument needs the sync to
+complete within the iteration that sent the Phase2a: a pipelined or threaded
+persist must restate it.
+
+The seams (typing.Protocol): `AcceptorStorage` (replica/storage.py), and
+`StateMachine`, `PeerSender`, `ClientReplier` and `Clock` below.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Protocol
+
+from kvstore.limits import MAX_BATCH_BYTES
+from kvstore.protocol import (
+    WRITE_OPS,
+    Op,
+    Request,
+    Response,
+    Status,
+    encode_response,
+    parse_request,
+)
+from replica.badinput import BadFrames
+from replica.messages import Message, Phase2a, Value
+from replica.paxos import CoreConfig, CoreStatus, PaxosCore, Ready, Role
+from replica.storage import AcceptorStorage
+
+log = logging.getLogger("replica.driver")
+
+MAX_CATCHUP_TICKS = 5
+"""Most ticks run in one iteration after a stall; the rest are skipped."""
+
+Envelope = Any
+"""Whatever the client transport needs to route a reply (for ZeroMQ the
+routing frames up to the empty delimiter); opaque to the driver."""
+
+Result = tuple[bytes, int, Response]
+"""(client_id, seq, response) of one applied command (client_id b"" when the
+command could not be parsed: nobody to answer)."""
+
+Clock = Callable[[], float]
+"""Monotonic seconds (time.monotonic in a process, a counter in a simulation)."""
+
+
+class StateMachine(Protocol):
+    """The replicated state machine (kvstore.statemachine.KVStateMachine)."""
+
+    @property
+    def applied_index(self) -> int:
+        """Slots applied so far: the next slot to apply."""
+        ...
+
+    @property
+    def revision(self) -> int: ...
+
+    def apply(self, entries: Sequence[tuple[int, Value]]) -> list[Result]:
+        """Applies chosen slots in order from `applied_index`; deterministic."""
+        ...
+
+    def get(self, key: bytes) -> tuple[bytes, int] | None:
+        """(value, version) as of `applied_index`, or None when absent."""
+        ...
+
+
+class PeerSender(Protocol):
+    def send(self, messages: Iterable[tuple[int, Message]]) -> None:
+        """Sends (destination id, message) pairs; never blocks; may drop."""
+        ...
+
+
+class ClientReplier(Protocol):
+    def reply(self, envelope: Envelope, payload: bytes) -> None:
+        """Sends one encoded Response; dropped if the client is gone."""
+        ...
+
+
+def _encoded(status: Status, error: str) -> bytes:
+    return encode_response(Response(status, error=error))
+
+
+_UNAVAILABLE_NO_LEADER = _encoded(Status.UNAVAILABLE, "no leader known")
+_UNAVAILABLE_LOST = _encoded(Status.UNAVAILABLE, "leadership changed before the request completed")
+
+
+class ReplicaDriver:
+    """One replica's core, storage, state machine and waiting clients."""
+
+    def __init__(
+        self,
+        replica_id: int,
+        replica_ids: Sequence[int],
+        storage: AcceptorStorage,
+        state_machine: StateMachine,
+        peers: PeerSender,
+        clients: ClientReplier,
+        *,
+        rng: random.Random,
+        clock: Clock,
+        tick_s: float,
+        core_config: CoreConfig | None = None,
+        bad: BadFrames | None = None,
+        early_phase2a: bool = True,
+    ) -> None:
+        if not tick_s > 0:
+            raise ValueError("tick_s must be > 0")
+        self.id = replica_id
+        self.storage = storage
+        self.sm = state_machine
+        self.peers = peers
+        self.clients = clients
+        self.bad = bad if bad is not None else BadFrames()
+        self.early_phase2a = early_phase2a
+        self.core = PaxosCore(
+            replica_id,
+            list(replica_ids),
+            storage.load(),
+            state_machine.applied_index,
+            rng,
+            core_config or CoreConfig(max_batch_bytes=MAX_BATCH_BYTES),
+        )
+        self._clock = clock
+        self._tick_s = tick_s
+        self._next_tick = clock() + tick_s
+        self._waiting: dict[tuple[bytes, int], Envelope] = {}  # writes in flight
+        self._reads: dict[Hashable, tuple[Envelope, bytes]] = {}  # read id -> (env, key)
+        self._read_seq = 0
+        self._writes: list[bytes] = []  # this iteration's new write commands
+        self._new_reads: list[Hashable] = []  # this iteration's new read ids
+        status = self.core.status()
+        self._leadership = _leadership_key(status)
+        self._last_seen = (status.role, status.leader_id)
+
+    # ------------------------------------------------------------ iteration
+
+    def seconds_to_next_tick(self) -> float:
+        """How long the caller may wait for input before calling `iterate`."""
+        return max(0.0, self._next_tick - self._clock())
+
+    def iterate(
+        self, messages: Sequence[Message], requests: Sequence[tuple[Envelope, bytes]]
+    ) -> None:
+        """One iteration: step, route, submit, tick, then honour the merged
+        Ready once (see the module docstring)."""
+        acc = Ready()
+        step = self.core.step
+        for msg in messages:  # peers first: a request then meets the freshest role
+            acc.merge(step(msg))
+        for envelope, payload in requests:
+            self._on_request(envelope, payload)
+        self._submit(acc)
+        self._run_ticks(acc)
+        self._finish(acc)
+        self._after_iteration()
+
+    def _submit(self, acc: Ready) -> None:
+        """One propose and one read_index call for the whole iteration. If the
+        role changed since the requests were taken, they are left to
+        `_after_iteration`, which fails everything of the lost leadership."""
+        if not self.core.is_leader:
+            self._writes.clear()
+            self._new_reads.clear()
+            return
+        if self._writes:
+            writes, self._writes = self._writes, []
+            acc.merge(self.core.propose(writes))
+        if self._new_reads:
+            reads, self._new_reads = self._new_reads, []
+            acc.merge(self.core.read_index(reads))
+
+    def _run_ticks(self, acc: Ready) -> None:
+        now = self._clock()
+        if now < self._next_tick:
+            return
+        for _ in range(MAX_CATCHUP_TICKS):
+            acc.merge(self.core.tick())
+            self._next_tick += self._tick_s
+            if now < self._next_tick:
+                return
+        self._next_tick = now + self._tick_s  # stalled: skip the missed ticks
+
+    # -------------------------------------------------------- the Ready order
+
+    def _finish(self, acc: Ready) -> None:
+        """Honours the merged Ready: persist, send, apply, answer."""
+        messages = acc.messages
+        if acc.must_persist():
+            if self.early_phase2a and messages:
+                messages = self._send_early(messages)
+            self._persist(acc)
+        if messages:
+            self.peers.send(messages)
+        self._apply_and_answer(acc)
+
+    def _persist(self, acc: Ready) -> None:
+        """Step (1): the acceptor writes of the iteration, one synced batch."""
+        self.storage.persist(acc.promised, acc.votes, acc.chosen, sync=True)
+
+    def _send_early(self, messages: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
+        """Sends the Phase2a messages now; returns the rest (module docstring)."""
+        early = [m for m in messages if type(m[1]) is Phase2a]
+        if not early:
+            return messages
+        self.peers.send(early)
+        if len(early) == len(messages):
+            return []
+        return [m for m in messages if type(m[1]) is not Phase2a]
+
+    def _apply_and_answer(self, acc: Ready) -> None:
+        """Steps (3) and (4)."""
+        results = self.sm.apply(acc.committed) if acc.committed else None
+        if results:
+            self._answer_writes(results)
+        if acc.reads:
+            self._answer_reads(acc.reads)
+        if acc.failed_reads:
+            self._fail_reads(acc.failed_reads)
+
+    def _answer_writes(self, results: list[Result]) -> None:
+        waiting = self._waiting
+        if not waiting:
+            return
+        reply = self.clients.reply
+        for client_id, seq, resp in results:
+            envelope = waiting.pop((client_id, seq), None)
+            if envelope is not None:
+                reply(envelope, encode_response(resp))
+
+    def _answer_reads(self, read_ids: list[Hashable]) -> None:
+        for rid in read_ids:
+            entry = self._reads.pop(rid, None)
+            if entry is not None:
+                self.clients.reply(entry[0], encode_response(self._read_local(entry[1])))
+
+    def _fail_reads(self, read_ids: list[Hashable]) -> None:
+        for rid in read_ids:
+            entry = self._reads.pop(rid, None)
+            if entry is not None:
+                self.clients.reply(entry[0], self._not_leader_reply())
+
+    def _after_iteration(self) -> None:
+        """Fails whatever waits on a leadership that ended; logs role changes."""
+        status = self.core.status()
+        key = _leadership_key(status)
+        if key != self._leadership:
+            self._leadership = key
+            if self._waiting or self._reads:
+                reply = self._not_leader_reply(_UNAVAILABLE_LOST)
+                for envelope in self._waiting.values():
+                    self.clients.reply(envelope, reply)
+                for envelope, _ in self._reads.values():
+                    self.clients.reply(envelope, reply)
+                self._waiting.clear()
+                self._reads.clear()
+        seen = (status.role, status.leader_id)
+        if seen != self._last_seen:
+            self._last_seen = seen
+            _log_role(status)
+
+    # --------------------------------------------------------------- clients
+
+    def _on_request(self, envelope: Envelope, payload: bytes) -> None:
+        """Parses and routes one client request."""
+        req = parse_request(payload)
+        if isinstance(req, Response):
+            self._note_bad_request(req, len(payload))
+            self.clients.reply(envelope, encode_response(req))
+            return
+        op = req.op
+        if op in WRITE_OPS:
+            self._on_write(envelope, req, payload)
+        elif op is Op.GET:
+            if req.stale:
+                self._reply(envelope, self._read_local(req.key))
+            else:
+                self._read_linearizable(envelope, req)
+        else:  # Op.STATUS: answered by every replica itself
+            self._reply(envelope, Response(Status.OK, info=self.status_info()))
+
+    def _note_bad_request(self, resp: Response, size: int) -> None:
+        if resp.status is Status.BAD_REQUEST:
+            self.bad.note("client_bad_request", resp.error)
+        elif resp.status is Status.TOO_LARGE:
+            self.bad.note("client_too_large", f"request of {size} bytes: {resp.error}")
+
+    def _on_write(self, envelope: Envelope, req: Request, payload: bytes) -> None:
+        if not self.core.is_leader:
+            self.clients.reply(envelope, self._not_leader_reply())
+            return
+        key = (req.client_id, req.seq)
+        if key not in self._waiting:
+            self._writes.append(payload)
+        self._waiting[key] = envelope  # a retry only replaces the envelope
+
+    def _read_linearizable(self, envelope: Envelope, req: Request) -> None:
+        """A GET that must reflect every write acknowledged before it: queued
+        for the iteration's read_index on the leader, redirected elsewhere."""
+        if not self.core.is_leader:
+            self.clients.reply(envelope, self._not_leader_reply())
+            return
+        self._read_seq += 1
+        self._reads[self._read_seq] = (envelope, req.key)
+        self._new_reads.append(self._read_seq)
+
+    def _read_local(self, key: bytes) -> Response:
+        """The key as of this replica's applied index."""
+        found = self.sm.get(key)
+        if found is None:
+            return Response(Status.NOT_FOUND)
+        return Response(Status.OK, value=found[0], version=found[1])
+
+    def _not_leader_reply(self, unknown: bytes = _UNAVAILABLE_NO_LEADER) -> bytes:
+        """REDIRECT to the known leader, else `unknown` (UNAVAILABLE)."""
+        leader = self.core.leader_id
+        if leader is None or leader == self.id:
+            return unknown
+        return encode_response(Response(Status.REDIRECT, leader=leader))
+
+    def _reply(self, envelope: Envelope, resp: Response) -> None:
+        self.clients.reply(envelope, encode_response(resp))
+
+    # --------------------------------------------------------------- status
+
+    @property
+    def waiting_writes(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def pending_reads(self) -> int:
+        return len(self._reads)
+
+    def status(self) -> CoreStatus:
+        return self.core.status()
+
+    def status_info(self) -> dict[str, Any]:
+        """The STATUS report (docs/CONTRACTS.md)."""
+        s = self.core.status()
+        # The ballot of the leader we know (our own when leading), else the
+        # highest we promised.
+        ballot = s.promised if s.leader_id is None else s.leader_ballot
+        return {
+            "id": self.id,
+            "role": s.role.value,
+            "leader": s.leader_id,
+            "ballot": [ballot.round, ballot.replica_id],
+            "promised": [s.promised.round, s.promised.replica_id],
+            "commit_index": s.commit_index,
+            "applied_index": self.sm.applied_index,
+            "log_size": s.log_size,
+            "revision": self.sm.revision,
+            "peers": list(s.peers),
+            "bad_frames": self.bad.as_dict(),
+            "waiting_writes": len(self._waiting),
+            "pending_reads": len(self._reads),
+        }
+
+
+def _leadership_key(status: CoreStatus) -> tuple[int, int] | None:
+    return tuple(status.ballot) if status.role is Role.LEADER else None
+
+
+def _log_role(s: CoreStatus) -> None:
+    if s.role is Role.LEADER:
+        log.info("replica %d is now the leader (ballot %s)", s.id, tuple(s.ballot))
+    elif s.leader_id is not None:
+        log.info("replica %d follows leader %d", s.id, s.leader_id)
+    else:
+        log.info("replica %d: no leader known (%s)", s.id, s.role.value)
