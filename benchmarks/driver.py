@@ -48,7 +48,7 @@ from msgpack import packb as _packb
 from msgpack import unpackb as _unpackb
 
 from benchmarks.histogram import Histogram
-from benchmarks.workload import CAS, GET, PUT, OpStream, WorkloadSpec, payload
+from benchmarks.workload import CAS, GET, OPS, PUT, OpStream, WorkloadSpec, key_name, payload
 
 MS = 1_000_000
 BACKOFF_MIN_NS = 5 * MS
@@ -185,6 +185,28 @@ def fast_status(frame: bytes) -> int:
         return obj[1] if isinstance(obj, list) and len(obj) == 7 else -1
     except Exception:  # noqa: BLE001
         return -1
+
+
+def check_workload(workload: WorkloadSpec) -> None:
+    """Raises ValueError if the replicas would refuse the requests of this
+    workload (a key or value over kvstore.limits), as judged by their own
+    `parse_request` on one request of each op with the longest key: such a
+    workload fails before its run instead of counting an error a request."""
+    from kvstore.protocol import Response, parse_request
+
+    if workload.distribution == "sequential":
+        ops = [PUT]
+    else:
+        ops = [op for op in OPS if workload.mix.get(op, 0) > 0]
+    key = key_name(workload.key_offset + workload.keys - 1)
+    value = payload(workload.value_size, workload.seed)
+    for op in ops:
+        parsed = parse_request(fast_encode(op, bytes(16), 1, key, value))
+        if isinstance(parsed, Response):
+            raise ValueError(
+                f"the replicas would refuse every {op} of this workload: "
+                f"{parsed.status.name}: {parsed.error}"
+            )
 
 
 class _ZClient:
@@ -553,6 +575,8 @@ def worker_loop(wid: int, task_q: Any, ready_q: Any, result_q: Any, progress: An
         try:
             spec = RunSpec.from_dict(spec_dict)
             run = run_paxoskv if spec.system == "paxoskv" else run_etcd
+            if spec.system == "paxoskv":
+                check_workload(spec.workload)
             if spec.workload.distribution == "zipfian":  # the O(keys) set-up, before the start
                 from benchmarks.workload import _zipf_cdf
 

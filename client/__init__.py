@@ -1,0 +1,23 @@
+"""The Python client of the replicated key-value store.
+
+    from client import KVClient, KVError
+
+    with KVClient("127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003") as kv:
+        kv.put(b"greeting", b"hello")
+
+`KVClient` (client/client.py) finds the leader, retries and times out by
+itself; every error it raises on purpose is a `KVError` (client/errors.py).
+`kvctl` (client/kvctl.py) is the command line built on it.
+"""
+
+from client.client import CasResult, KVClient
+from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge
+
+__all__ = [
+    "BadRequest",
+    "CasResult",
+    "ClusterUnavailable",
+    "KVClient",
+    "KVError",
+    "RequestTooLarge",
+]

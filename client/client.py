@@ -227,8 +227,11 @@ class KVClient:
         expected_version: int | None = None,
         stale: bool = False,
     ) -> Response:
-        """Builds, validates (client-side limits) and sends one numbered
-        request; returns its final response."""
+        """Builds, validates and sends one numbered request; returns its
+        final response. `validate_request` is what the replica's
+        `parse_request` applies to the decoded frame (whose size limit a
+        valid request always fits), so what it would refuse is refused here
+        before anything is sent."""
         if self._closed:
             self._check_open()
         self._seq += 1

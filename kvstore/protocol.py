@@ -14,9 +14,18 @@ Layout of a response frame (msgpack array):
 
     [PROTOCOL_VERSION, status, value, version, leader, error, info]
 
-Every field is type-checked on decode; anything malformed raises
-`ProtocolError` (never a bare msgpack or Python exception), so the replica can
-answer BAD_REQUEST and carry on.
+Every receiver of a request frame (the replica, the state machine applying a
+slot, the benchmark driver checking its workload) goes through ONE function,
+`parse_request`: size check (TOO_LARGE before anything is decoded), decode
+with every field type-checked (BAD_REQUEST), then the per-op rules and limits
+of `validate_request`. It returns the Request or the error Response to send
+back, and never raises. STATUS is the one op that needs no other field. The
+client runs `validate_request` on the Request it builds, which refuses
+locally exactly what `parse_request` would refuse of its encoding (the
+frame limit has room for the largest valid request; a test checks it).
+Underneath, `decode_request` and `decode_response` type-check every field and
+raise `ProtocolError` on anything malformed, never a bare msgpack or Python
+exception.
 
 Exactly-once: a client picks a random 16-byte `client_id` and numbers its
 requests with `seq` (1, 2, ...). It retries a request with the same seq; the
@@ -70,7 +79,9 @@ class Request:
     PUT: key, value. GET: key; `stale=True` reads the replica's local state
     without confirming leadership (may be stale). DELETE: key. CAS: key, value
     (the new value) and exactly one of `expected_version` (0 means "the key
-    must be absent") or `expected_value`. STATUS: no fields.
+    must be absent") or `expected_value`. STATUS: needs no other field (any
+    replica answers it itself, for a health check as well as for a client);
+    the others, if set, are type-checked by the decoder and otherwise ignored.
     """
 
     op: Op
@@ -100,6 +111,7 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
     """Checks the documented limits and per-op fields. Returns None when the
     request is acceptable, else (BAD_REQUEST or TOO_LARGE, message)."""
     if req.op == Op.STATUS:
+        # No session (client_id, seq) and no key: see Request and parse_request.
         return None
     if len(req.client_id) != CLIENT_ID_BYTES:
         return Status.BAD_REQUEST, f"client_id must be {CLIENT_ID_BYTES} bytes"
@@ -168,13 +180,21 @@ def _check(value: Any, types: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
+def _oversize(frame: bytes | bytearray | memoryview) -> str | None:
+    size = frame.nbytes if isinstance(frame, memoryview) else len(frame)
+    if size > MAX_REQUEST_BYTES:
+        return f"request of {size} bytes is over the limit of {MAX_REQUEST_BYTES} bytes"
+    return None
+
+
 def decode_request(frame: bytes) -> Request:
-    """Decodes and type-checks a request frame (limits are checked separately
-    by `validate_request`, so that the caller can say TOO_LARGE)."""
+    """Decodes and type-checks a request frame. Receivers call
+    `parse_request`, which also says TOO_LARGE and applies `validate_request`."""
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise ProtocolError("request frame must be bytes")
-    if len(frame) > MAX_REQUEST_BYTES:
-        raise ProtocolError(f"request of {len(frame)} bytes is over {MAX_REQUEST_BYTES}")
+    too_large = _oversize(frame)
+    if too_large is not None:
+        raise ProtocolError(too_large)
     _, op, client_id, seq, key, value, exp_value, exp_version, stale = _unpack_array(
         frame, 9, "request"
     )
@@ -193,6 +213,37 @@ def decode_request(frame: bytes) -> Request:
         expected_version=_check(exp_version, (int, type(None)), "expected_version"),
         stale=_check(stale, bool, "stale"),
     )
+
+
+def parse_request(frame: bytes) -> Request | Response:
+    """The one way to read a request frame: the decoded, valid Request, or the
+    error Response to send back instead. In order:
+
+    1. over MAX_REQUEST_BYTES: TOO_LARGE, naming the size and the limit,
+       before a byte is decoded;
+    2. not bytes, undecodable, or a field of the wrong type: BAD_REQUEST;
+    3. STATUS: valid as it is, it needs no other field;
+    4. otherwise `validate_request`: BAD_REQUEST or TOO_LARGE (a key or value
+       over its limit).
+
+    Never raises, whatever the bytes: a replica answers and carries on, and a
+    bad command in a slot has the same outcome on every replica.
+    """
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        return Response(Status.BAD_REQUEST, error="request frame must be bytes")
+    too_large = _oversize(frame)
+    if too_large is not None:
+        return Response(Status.TOO_LARGE, error=too_large)
+    try:
+        req = decode_request(frame)
+    except ProtocolError as exc:
+        return Response(Status.BAD_REQUEST, error=str(exc))
+    if req.op is Op.STATUS:
+        return req  # no session, no key: nothing more to check
+    problem = validate_request(req)
+    if problem is not None:
+        return Response(problem[0], error=problem[1])
+    return req
 
 
 def encode_response(resp: Response) -> bytes:

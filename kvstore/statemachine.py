@@ -48,18 +48,15 @@ from collections.abc import Iterable, Iterator
 import msgpack
 import plyvel
 
-from kvstore.limits import MAX_REQUEST_BYTES
 from kvstore.protocol import (
     WRITE_OPS,
     Op,
-    ProtocolError,
     Request,
     Response,
     Status,
-    decode_request,
     decode_response,
     encode_response,
-    validate_request,
+    parse_request,
 )
 
 DATA_PREFIX = b"d"
@@ -142,23 +139,10 @@ class _Pending:
 def _parse(command: bytes) -> Request | Response:
     """The write request in `command`, or the error response that rejects it.
     Never raises: a bad command must have the same outcome on every replica."""
-    if not isinstance(command, bytes):
-        return Response(Status.BAD_REQUEST, error="command must be bytes")
-    if len(command) > MAX_REQUEST_BYTES:
-        return Response(
-            Status.TOO_LARGE,
-            error=f"request of {len(command)} bytes is over {MAX_REQUEST_BYTES}",
-        )
-    try:
-        req = decode_request(command)
-    except ProtocolError as exc:
-        return Response(Status.BAD_REQUEST, error=str(exc))
-    problem = validate_request(req)
-    if problem is not None:
-        return Response(problem[0], error=problem[1])
-    if req.op not in WRITE_OPS:
-        return Response(Status.BAD_REQUEST, error=f"{req.op.name} is not a write")
-    return req
+    parsed = parse_request(command)
+    if isinstance(parsed, Request) and parsed.op not in WRITE_OPS:
+        return Response(Status.BAD_REQUEST, error=f"{parsed.op.name} is not a write")
+    return parsed
 
 
 def _execute(req: Request, pending: _Pending) -> Response:

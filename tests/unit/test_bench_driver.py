@@ -1,10 +1,13 @@
-"""The benchmark driver's shortcuts agree with kvstore.protocol."""
+"""The benchmark driver's shortcuts agree with kvstore.protocol, and it
+refuses up front a workload the replicas would refuse."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.driver import fast_encode, fast_status
+from benchmarks.driver import check_workload, fast_encode, fast_status
+from benchmarks.workload import WorkloadSpec
+from kvstore.limits import MAX_VALUE_BYTES
 from kvstore.protocol import Op, Request, Response, Status, encode_request, encode_response
 
 
@@ -26,3 +29,24 @@ def test_fast_status_reads_the_status():
         assert fast_status(frame) == st
     assert fast_status(b"\xc1garbage") == -1
     assert fast_status(b"\x93\x01\x02\x03") == -1
+
+
+def test_check_workload_passes_the_largest_value():
+    check_workload(WorkloadSpec(mix={"put": 1, "get": 1, "cas": 1}, value_size=MAX_VALUE_BYTES))
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        WorkloadSpec(mix={"put": 1}, value_size=MAX_VALUE_BYTES + 1),
+        WorkloadSpec(mix={"get": 1, "cas": 1}, value_size=MAX_VALUE_BYTES + 1),
+        WorkloadSpec(mix={"get": 1}, distribution="sequential", value_size=MAX_VALUE_BYTES + 1),
+    ],
+)
+def test_check_workload_refuses_what_the_replicas_would(workload):
+    with pytest.raises(ValueError, match=r"refuse every (put|cas).*TOO_LARGE.*value is"):
+        check_workload(workload)
+
+
+def test_check_workload_ignores_values_a_read_only_mix_never_sends():
+    check_workload(WorkloadSpec(mix={"get": 1}, value_size=MAX_VALUE_BYTES + 1))

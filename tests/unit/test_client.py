@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from client.client import BadRequest, CasResult, ClusterUnavailable, KVClient, RequestTooLarge
-from client.config import ConfigError
+from kvstore.config import ConfigError
 from kvstore.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from kvstore.protocol import (
     Op,

@@ -1,5 +1,5 @@
 """Cluster addresses: the TOML config file and `host:port` lists
-(kvstore/config.py, re-exported by client/config.py)."""
+(kvstore/config.py, shared by the client and the replica)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import client.config
 from kvstore.config import (
     ConfigError,
     ReplicaAddress,
@@ -25,11 +24,6 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "cluster.toml"
     path.write_text(text)
     return path
-
-
-def test_client_config_reexports_the_shared_module() -> None:
-    assert client.config.load_cluster_config is load_cluster_config
-    assert client.config.ReplicaAddress is ReplicaAddress
 
 
 def test_load_with_default_and_explicit_binds(tmp_path: Path) -> None:

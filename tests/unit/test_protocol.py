@@ -1,5 +1,6 @@
-"""The client wire protocol: round trips, limits, and malformed input always
-raising ProtocolError (never any other exception)."""
+"""The client wire protocol: round trips, limits, malformed input always
+raising ProtocolError (never any other exception), and `parse_request`, the
+one path from a request frame to a Request or the error Response."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from kvstore.protocol import (
     decode_response,
     encode_request,
     encode_response,
+    parse_request,
     validate_request,
 )
 
@@ -273,6 +275,130 @@ def test_protocol_error_names_the_field() -> None:
         decode_request(_raw_request(op=True))
 
 
+# --- parse_request ----------------------------------------------------------------------
+
+
+def _parsed_or_error_response(frame: Any) -> Request | Response:
+    """parse_request's contract for any input: a valid Request, or a
+    BAD_REQUEST/TOO_LARGE Response that says why."""
+    parsed = parse_request(frame)
+    if isinstance(parsed, Request):
+        assert validate_request(parsed) is None
+    else:
+        assert isinstance(parsed, Response)
+        assert parsed.status in (Status.BAD_REQUEST, Status.TOO_LARGE)
+        assert parsed.error
+    return parsed
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: r.op.name)
+def test_parse_request_returns_valid_requests(req: Request) -> None:
+    assert parse_request(encode_request(req)) == req
+
+
+@pytest.mark.parametrize("frame_type", [bytes, bytearray, memoryview])
+def test_parse_request_accepts_bytes_like_frames(frame_type: type) -> None:
+    assert parse_request(frame_type(encode_request(REQUESTS[0]))) == REQUESTS[0]
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        Request(Op.STATUS),
+        Request(Op.STATUS, CID),  # what the client sends
+        Request(Op.STATUS, b"x", 0, b"", b"v" * (MAX_VALUE_BYTES + 1)),  # ignored fields
+    ],
+    ids=["bare", "with client_id", "other fields ignored"],
+)
+def test_parse_request_status_needs_no_other_field(req: Request) -> None:
+    assert parse_request(encode_request(req)) == req
+
+
+def test_parse_request_status_fields_are_still_type_checked() -> None:
+    frame = _raw_request(op=int(Op.STATUS), key="not bytes")
+    assert parse_request(frame) == Response(
+        Status.BAD_REQUEST, error="field key has the wrong type"
+    )
+
+
+@pytest.mark.parametrize("frame_type", [bytes, bytearray, memoryview])
+def test_parse_request_oversize_is_too_large_before_decoding(frame_type: type) -> None:
+    size = MAX_REQUEST_BYTES + 1
+    resp = parse_request(frame_type(b"\xc1" * size))  # undecodable, but too large first
+    assert isinstance(resp, Response)
+    assert resp.status is Status.TOO_LARGE
+    assert str(size) in resp.error and str(MAX_REQUEST_BYTES) in resp.error
+
+
+def test_parse_request_measures_a_memoryview_in_bytes() -> None:
+    frame = memoryview(b"\x00" * (MAX_REQUEST_BYTES + 4 - MAX_REQUEST_BYTES % 4)).cast("I")
+    assert len(frame) <= MAX_REQUEST_BYTES
+    resp = parse_request(frame)
+    assert isinstance(resp, Response) and resp.status is Status.TOO_LARGE
+
+
+def test_parse_request_at_the_limit_is_decoded() -> None:
+    resp = parse_request(b"\xc1" * MAX_REQUEST_BYTES)
+    assert isinstance(resp, Response) and resp.status is Status.BAD_REQUEST
+
+
+def test_largest_valid_requests_fit_the_frame_limit() -> None:
+    """The client checks only validate_request: that is enough, because every
+    request it accepts encodes within MAX_REQUEST_BYTES."""
+    key, value = b"k" * MAX_KEY_BYTES, b"v" * MAX_VALUE_BYTES
+    largest = [
+        Request(Op.PUT, CID, 2**64 - 1, key, value),
+        Request(Op.CAS, CID, 2**64 - 1, key, value, expected_value=value),
+    ]
+    for req in largest:
+        frame = encode_request(req)
+        assert len(frame) <= MAX_REQUEST_BYTES
+        assert parse_request(frame) == req
+
+
+_NOT_TOO_LARGE = {k: v for k, v in BAD_REQUEST_FRAMES.items() if k != "oversized"}
+
+
+@pytest.mark.parametrize("frame", _NOT_TOO_LARGE.values(), ids=_NOT_TOO_LARGE.keys())
+def test_parse_request_malformed_is_bad_request(frame: bytes) -> None:
+    resp = parse_request(frame)
+    assert isinstance(resp, Response)
+    assert resp.status is Status.BAD_REQUEST
+    with pytest.raises(ProtocolError) as exc:
+        decode_request(frame)
+    assert resp.error == str(exc.value)
+
+
+@pytest.mark.parametrize("frame", [None, 7, 1.5, "text", [1, 2], object()])
+def test_parse_request_non_bytes_is_bad_request(frame: Any) -> None:
+    resp = parse_request(frame)
+    assert resp == Response(Status.BAD_REQUEST, error="request frame must be bytes")
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        _req(key=b"k" * (MAX_KEY_BYTES + 1)),
+        _req(value=b"v" * (MAX_VALUE_BYTES + 1)),
+        _req(Op.CAS, expected_value=b"e" * (MAX_VALUE_BYTES + 1)),
+        _req(key=b""),
+        _req(client_id=b""),
+        _req(seq=0),
+        _req(value=None),
+        _req(Op.CAS),
+        _req(Op.CAS, expected_value=b"a", expected_version=1),
+        _req(Op.CAS, value=None, expected_version=1),
+        _req(Op.CAS, expected_version=-1),
+        _req(Op.GET, client_id=CID + b"x"),
+        _req(Op.DELETE, seq=-5),
+    ],
+)
+def test_parse_request_answers_each_validation_problem(req: Request) -> None:
+    problem = validate_request(req)
+    assert problem is not None
+    assert parse_request(encode_request(req)) == Response(problem[0], error=problem[1])
+
+
 # --- fuzzing ----------------------------------------------------------------------------
 
 _scalars = (
@@ -295,7 +421,8 @@ _msgpack_values = st.recursive(
 
 def _decode_or_protocol_error(frame: bytes) -> None:
     """Decoding either succeeds with well-typed fields or raises ProtocolError;
-    any other exception fails the test."""
+    any other exception fails the test. parse_request never raises."""
+    _parsed_or_error_response(frame)
     try:
         req = decode_request(frame)
     except ProtocolError:
@@ -325,6 +452,21 @@ def test_fuzz_random_bytes(frame: bytes) -> None:
 @given(st.lists(_msgpack_values, min_size=7, max_size=9))
 def test_fuzz_well_formed_msgpack_arrays(fields: list[Any]) -> None:
     _decode_or_protocol_error(msgpack.packb(fields, use_bin_type=True))
+
+
+_NEAR_LIMIT = encode_request(
+    Request(Op.CAS, CID, 1, b"k" * MAX_KEY_BYTES, b"v" * MAX_VALUE_BYTES, b"e" * MAX_VALUE_BYTES)
+)
+
+
+@settings(max_examples=100)
+@given(st.integers(-300, 300), st.binary(max_size=50), st.integers(0, MAX_REQUEST_BYTES))
+def test_fuzz_parse_request_around_the_size_limit(grow: int, noise: bytes, at: int) -> None:
+    """A large CAS cut or padded to about MAX_REQUEST_BYTES, with noise
+    written over it somewhere (often over the header)."""
+    frame = (_NEAR_LIMIT + b"\x00" * 600)[: MAX_REQUEST_BYTES + grow]
+    at = at % 64 if at % 2 else at % len(frame)
+    _parsed_or_error_response(frame[:at] + noise + frame[at + len(noise) :])
 
 
 @settings(max_examples=300)

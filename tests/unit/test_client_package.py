@@ -1,0 +1,33 @@
+"""The client package's public surface (client/__init__.py): the import the
+README documents, and nothing more than the client and its errors."""
+
+from __future__ import annotations
+
+import client
+import client.client
+import client.errors
+
+
+def test_from_client_import_kvclient() -> None:
+    from client import KVClient, KVError
+
+    assert KVClient is client.client.KVClient
+    assert KVError is client.errors.KVError
+
+
+def test_the_public_surface_is_short() -> None:
+    assert sorted(client.__all__) == [
+        "BadRequest",
+        "CasResult",
+        "ClusterUnavailable",
+        "KVClient",
+        "KVError",
+        "RequestTooLarge",
+    ]
+    for name in client.__all__:
+        assert getattr(client, name) is getattr(client.client, name)
+
+
+def test_every_error_is_a_kverror() -> None:
+    for error in (client.BadRequest, client.ClusterUnavailable, client.RequestTooLarge):
+        assert issubclass(error, client.KVError)
