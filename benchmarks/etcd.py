@@ -4,7 +4,8 @@ The cluster: Debian's `etcd-server` package (`apt-get install etcd-server`)
 provides /usr/bin/etcd. `EtcdCluster` starts N members on 127.0.0.1 with free
 ports, data under a temporary directory and etcd's defaults otherwise, so
 every raft entry is fsync'd to the WAL before it is acknowledged (the same
-durability as our replicas). Members are stopped by pid.
+durability as our replicas). Members are started and stopped by pid with the
+process helpers of replica/launch.py, as our replicas are.
 
 The client: etcd's gRPC API (`etcdserverpb.KV` Put/Range/Txn and
 `Maintenance/Status`) driven with grpcio, with the protobuf messages
@@ -42,8 +43,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.ports import free_ports
-from benchmarks.procs import signal_and_reap, spawn_logged, stop_all, tail, temp_root
+from benchmarks.cluster import temp_root
+from replica.launch import free_ports, log_tail, spawn, stop
 
 ETCD_BINARY = "etcd"
 
@@ -345,7 +346,7 @@ class EtcdCluster:
             str(8 * 1024**3),
             *self.extra_args,
         ]
-        m.proc = spawn_logged(args, m.log_path)
+        m.proc = spawn(args, m.log_path)
 
     @property
     def admin(self) -> EtcdAdmin:
@@ -389,7 +390,7 @@ class EtcdCluster:
                 if m.proc is not None and m.proc.poll() is not None:
                     raise RuntimeError(
                         f"etcd member {m.name} exited with {m.proc.returncode}; "
-                        f"see {m.log_path}:\n{tail(m.log_path)}"
+                        f"see {m.log_path}:\n{log_tail(m.log_path)}"
                     )
             lid = self.leader()
             if lid is not None:
@@ -403,7 +404,7 @@ class EtcdCluster:
         raise TimeoutError(f"no etcd leader within {timeout}s")
 
     def kill(self, mid: int, sig: int = signal.SIGKILL) -> None:
-        signal_and_reap(self.members[mid - 1].proc, sig)
+        stop([self.members[mid - 1].proc], sig=sig)
 
     def restart(self, mid: int) -> None:
         m = self.members[mid - 1]
@@ -423,7 +424,7 @@ class EtcdCluster:
     def stop(self) -> None:
         # SIGKILL: the data is thrown away, and a SIGTERM'd etcd 3.4 leader
         # spends seconds trying to hand its leadership to stopped members.
-        stop_all((m.proc for m in self.members), signal.SIGKILL)
+        stop((m.proc for m in self.members), sig=signal.SIGKILL)
         if self._admin:
             self._admin.close()
             self._admin = None

@@ -7,10 +7,11 @@ Everything lives under one directory (default `.cluster/`):
     logs/replica<N>.log  replica N's stdout and stderr
     pids/replica<N>.pid  replica N's process id
 
-Replicas run `python -m replica.server` (the `kvstore-replica` contract) in
-their own session, so they outlive the shell that started them. A pid file
-is trusted only while /proc/PID/cmdline still names `replica.server`, so a
-recycled pid is never signalled. `start` is idempotent: it starts only the
+Replicas are started, checked and stopped by replica/launch.py (the
+`kvstore-replica` contract), each in its own session, so they outlive the
+shell that started them. A pid file is trusted only while /proc/PID/cmdline
+still names `replica.server`, so a recycled pid is never signalled. `start`
+is idempotent: it starts only the
 replicas that are not running (data is kept across stop/start); `stop`
 sends SIGTERM, then SIGKILL to what is left after a grace period.
 """
@@ -18,16 +19,13 @@ sends SIGTERM, then SIGKILL to what is left after a grace period.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from client.client import KVClient
 from client.kvctl import format_status_table, silence_stdout
@@ -39,10 +37,9 @@ from kvstore.config import (
     local_cluster_config,
     write_cluster_config,
 )
+from replica import launch
 
 PROG = "kvstore-cluster"
-REPLICA_MODULE = "replica.server"
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ClusterError(Exception):
@@ -53,65 +50,9 @@ class _NoLeader(ClusterError):
     """The replicas run but elected no leader in time (left running)."""
 
 
-# -- processes ----------------------------------------------------------------
-
-
-def is_replica_process(pid: int) -> bool:
-    """True when pid is alive and runs `replica.server` (not a recycled pid;
-    a zombie's cmdline is empty, so it counts as gone)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return REPLICA_MODULE.encode() in cmdline
-
-
-def replica_command(config: Path, replica_id: int, data_dir: Path, tick_ms: int = 10) -> list[str]:
-    """The command line of one replica (the `kvstore-replica` contract)."""
-    return [
-        sys.executable, "-m", REPLICA_MODULE, "--config", str(config),
-        "--id", str(replica_id), "--data-dir", str(data_dir), "--tick-ms", str(tick_ms),
-    ]  # fmt: skip
-
-
-def replica_env() -> dict[str, str]:
-    """The environment of a replica: this checkout first on the path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether host:port can be bound (SO_REUSEADDR, as ZeroMQ binds)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("" if host == "*" else host.strip("[]"), port))
-        except OSError:
-            return False
-    return True
-
-
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = display_address(address).rpartition(":")
     return host, int(port)
-
-
-def find_leader(rows: Sequence[dict[str, Any]]) -> int | None:
-    """The id of the replica that reports itself leader in a status()
-    result; if several do (an old leader not yet deposed), the one with the
-    highest ballot."""
-    best: tuple[list[int], int] | None = None
-    for row in rows:
-        rid = row.get("id")
-        if "error" in row or not isinstance(rid, int):
-            continue
-        if str(row.get("role", "")).lower() == "leader" or row.get("leader") == rid:
-            ballot = row.get("ballot")
-            key = (list(ballot) if isinstance(ballot, (list, tuple)) else [], rid)
-            if best is None or key > best:
-                best = key
-    return None if best is None else best[1]
 
 
 # -- the cluster directory ----------------------------------------------------
@@ -152,33 +93,20 @@ class LocalCluster:
                 pid = int(path.read_text().strip())
             except (OSError, ValueError):
                 continue
-            if is_replica_process(pid):
+            if launch.is_replica_process(pid):
                 result[rid] = pid
         return result
 
     def spawn(self, replica: ReplicaAddress, tick_ms: int) -> subprocess.Popen[bytes]:
         """Starts one replica in its own session (it outlives this process)."""
-        for d in (self.log_path(0).parent, self.pid_path(0).parent):
-            d.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path(replica.id), "ab") as log:
-            proc = subprocess.Popen(
-                replica_command(self.config_path, replica.id, self.data_dir(replica.id), tick_ms),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=replica_env(),
-                cwd=self.root,
-            )
-        self.pid_path(replica.id).write_text(f"{proc.pid}\n")
+        rid = replica.id
+        proc = launch.start_replica(
+            self.config_path, rid, self.data_dir(rid), self.log_path(rid),
+            tick_ms=tick_ms, cwd=self.root,
+        )  # fmt: skip
+        self.pid_path(rid).parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path(rid).write_text(f"{proc.pid}\n")
         return proc
-
-    def log_tail(self, rid: int, lines: int = 5) -> str:
-        try:
-            text = self.log_path(rid).read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty log)"
 
     def client(self, timeout: float = 2.0) -> KVClient:
         addresses = [r.client for r in self.replicas()]
@@ -216,7 +144,7 @@ def _check_ports(replicas: Sequence[ReplicaAddress]) -> None:
     for r in replicas:
         for what, address in (("client", r.client_bind), ("peer", r.peer_bind)):
             host, port = _host_port(address)
-            if not port_is_free(host, port):
+            if not launch.port_is_free(host, port):
                 busy.append(f"{port} ({what} port of replica {r.id})")
     if busy:
         raise ClusterError(
@@ -248,7 +176,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         leader = _wait_for_leader(cluster, started, args.wait)
     except BaseException as exc:
         if not isinstance(exc, _NoLeader):  # a crash or Ctrl-C: undo this start
-            _stop_children(cluster, started)
+            launch.stop(started.values(), grace=5.0)
+            for rid in started:
+                cluster.pid_path(rid).unlink(missing_ok=True)
         raise
     address = display_address(next(r.client for r in replicas if r.id == leader))
     print(f"{PROG}: {len(replicas)} replicas running; leader is replica {leader} ({address})")
@@ -259,41 +189,24 @@ def cmd_start(args: argparse.Namespace) -> int:
 def _wait_for_leader(
     cluster: LocalCluster, started: dict[int, subprocess.Popen[bytes]], wait: float
 ) -> int:
-    """Polls STATUS until some replica leads and every replica started now
-    answers; fails early if one of those exited."""
+    """Waits until every replica started now answers STATUS and some replica
+    leads; fails early if one of those exited."""
     deadline = time.monotonic() + wait
-    with cluster.client(timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            for rid, proc in started.items():
-                if proc.poll() is not None:
-                    raise ClusterError(
-                        f"replica {rid} exited at start-up (status {proc.returncode}); "
-                        f"last lines of {cluster.log_path(rid)}:\n{cluster.log_tail(rid)}"
-                    )
-            rows = client.status()
-            answered = {row.get("id") for row in rows if "error" not in row}
-            leader = find_leader(rows)
-            if leader is not None and answered.issuperset(started):
-                return leader
-            time.sleep(0.1)
-    raise _NoLeader(
-        f"no leader after {wait:g}s; the replicas are still running "
-        f"(see {cluster.root / 'logs'}, or run `{PROG} stop`)"
-    )
-
-
-def _stop_children(cluster: LocalCluster, procs: dict[int, subprocess.Popen[bytes]]) -> None:
-    """Stops replicas this process started (their pids are surely ours)."""
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.terminate()
-    for rid, proc in procs.items():
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        cluster.pid_path(rid).unlink(missing_ok=True)
+    clients = {r.id: r.client for r in cluster.replicas()}
+    logs = {rid: cluster.log_path(rid) for rid in clients}
+    try:
+        for rid, proc in started.items():
+            launch.wait_ready(rid, proc, clients[rid], deadline - time.monotonic(), logs[rid])
+        return launch.wait_for_leader(
+            list(clients.values()), deadline - time.monotonic(), watch=started, logs=logs
+        )
+    except launch.LaunchError as exc:
+        raise ClusterError(f"at start-up: {exc}") from None
+    except TimeoutError:
+        raise _NoLeader(
+            f"no leader after {wait:g}s; the replicas are still running "
+            f"(see {cluster.root / 'logs'}, or run `{PROG} stop`)"
+        ) from None
 
 
 def _print_access(replicas: Sequence[ReplicaAddress]) -> None:
@@ -310,25 +223,12 @@ def _print_access(replicas: Sequence[ReplicaAddress]) -> None:
 
 def _stop_pids(cluster: LocalCluster, pids: dict[int, int], grace: float = 10.0) -> None:
     """SIGTERM, wait up to `grace`, SIGKILL what is left; removes pid files."""
-    for pid in pids.values():
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    left = dict(pids)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = {rid: pid for rid, pid in left.items() if is_replica_process(pid)}
-    for rid, pid in left.items():
-        _signal(pid, signal.SIGKILL)
-        print(f"replica {rid} (pid {pid}) ignored SIGTERM for {grace:g}s: killed")
+    killed = launch.stop(pids.values(), grace)
     for rid, pid in pids.items():
+        if pid in killed:
+            print(f"replica {rid} (pid {pid}) ignored SIGTERM for {grace:g}s: killed")
         cluster.pid_path(rid).unlink(missing_ok=True)
         print(f"stopped replica {rid} (pid {pid})")
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    if is_replica_process(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -33,25 +32,13 @@ from typing import Any
 
 import pytest
 
+from replica.launch import free_ports
 from tests.docker.conftest import PROJECT_PREFIX, ROOT, DockerEnv
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 N = 3
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _kvctl_command() -> list[str]:
@@ -83,7 +70,7 @@ class Cluster:
     def __init__(self, env: DockerEnv) -> None:
         self.env = env
         self.project = f"{PROJECT_PREFIX}{os.getpid()}x{secrets.token_hex(3)}"
-        self.ports = _free_ports(N)
+        self.ports = free_ports(N)
         self.cluster_arg = ",".join(f"127.0.0.1:{p}" for p in self.ports)
         self.proc_env = dict(os.environ)
         self.proc_env.update(

@@ -1,7 +1,7 @@
 """The integration `Cluster`, made partitionable and checkable for fault runs.
 
-`FaultCluster` is `tests.integration.conftest.Cluster` (one launcher, not
-two) with these additions:
+`FaultCluster` is `tests.harness.Cluster` (one harness, one launcher:
+replica/launch.py) with these additions, made through `launch_options`:
 
 - `net`: a `tests.fault.netns.NetnsNetwork`. Each replica then runs inside
   its own network namespace (`ip netns exec`), listens on its own address
@@ -23,7 +23,6 @@ two) with these additions:
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,11 @@ from typing import Any
 
 import plyvel
 
-from client.localcluster import REPLICA_MODULE, replica_command, replica_env
 from kvstore.config import ReplicaAddress, write_cluster_config
 from kvstore.statemachine import KVStateMachine
+from replica.launch import REPLICA_MODULE
 from tests.fault.netns import NetnsNetwork
-from tests.integration.conftest import Cluster
+from tests.harness import Cluster
 
 PEER_PORT = 7001
 CLIENT_PORT = 7101
@@ -96,24 +95,21 @@ class FaultCluster(Cluster):
     def peer_port(self, rid: int) -> int:
         return int(self._replica(rid).peer.rsplit(":", 1)[1])
 
+    def launch_options(self, rid: int) -> dict[str, Any]:
+        """`self.module` as the program, in the replica's namespace (or under
+        its own gid on loopback)."""
+        return {
+            "module": self.module,
+            "prefix": self.net.prefix(rid) if self.net is not None else (),
+            "group": self.gid(rid) if self.own_gids else None,
+        }
+
     def start_replica(self, rid: int) -> None:
-        """As `Cluster.start_replica`, with `self.module` as the program, in
-        the replica's namespace (or under its own gid on loopback)."""
-        self._replica(rid)
-        if self.is_running(rid):
-            raise RuntimeError(f"replica {rid} is already running")
-        cmd = replica_command(self.config_path, rid, self.data_dir(rid), self.tick_ms)
-        cmd[cmd.index(REPLICA_MODULE)] = self.module
-        if self.net is not None:
-            cmd = self.net.command(rid, cmd)
-        with open(self.log_path(rid), "ab") as log:
-            log.write(f"=== start #{self.starts[rid] + 1} of replica {rid} ===\n".encode())
-            log.flush()
-            self.procs[rid] = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=replica_env(), cwd=self.root,
-                group=self.gid(rid) if self.own_gids else None,
-            )  # fmt: skip
+        """As `Cluster.start_replica`; the log says which start this is."""
+        if not self.is_running(rid):  # else super() refuses
+            with open(self.log_path(rid), "ab") as log:
+                log.write(f"=== start #{self.starts[rid] + 1} of replica {rid} ===\n".encode())
+        super().start_replica(rid)
         self.starts[rid] += 1
 
     def is_paused(self, rid: int) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SERVER_MISSING
+from tests.harness import SERVER_MISSING
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

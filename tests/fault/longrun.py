@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from client.localcluster import REPLICA_MODULE
+from replica.launch import REPLICA_MODULE
 from tests.fault.nemesis import firewall_problem, parse_kinds
 from tests.fault.netns import netns_problem
 from tests.fault.runner import NETS, RunConfig, run, stale_read_scenario

@@ -185,9 +185,14 @@ class NetnsNetwork:
     def client_dev(self) -> str:
         return f"kvfc{self._subnet.n}"
 
+    def prefix(self, rid: int) -> list[str]:
+        """What runs a command inside replica rid's namespace (it execs the
+        command: same pid); `replica.launch` puts it before a replica's argv."""
+        return ["ip", "netns", "exec", self.namespace(rid)]
+
     def command(self, rid: int, cmd: list[str]) -> list[str]:
-        """`cmd` run inside replica rid's namespace (exec'd: same pid)."""
-        return ["ip", "netns", "exec", self.namespace(rid), *cmd]
+        """`cmd` run inside replica rid's namespace."""
+        return [*self.prefix(rid), *cmd]
 
     # -- building --
 

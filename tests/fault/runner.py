@@ -48,7 +48,7 @@ from typing import Any
 
 from client.client import KVClient
 from client.errors import BadRequest, ClusterUnavailable, RequestTooLarge
-from client.localcluster import REPLICA_MODULE
+from replica.launch import REPLICA_MODULE
 from tests.fault.cluster import FaultCluster, ReplicaState
 from tests.fault.history import History, Kind, Operation, Outcome
 from tests.fault.linearizability import Result, Verdict, check

@@ -17,12 +17,13 @@ none of 120. The abort is a race, hence the many pauses. Only 127.0.0.1.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import zmq
+
+from replica.launch import free_ports
 
 HEARTBEAT_IVL_MS = 500
 HEARTBEAT_TIMEOUT_MS = 2000
@@ -58,9 +59,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     kind, pauses, senders = argv[0], int(argv[1]), int(argv[2])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports(1)
 
     def start() -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "tests.fault.zmq_abort_repro", "--receiver", kind, str(port)]

@@ -23,7 +23,7 @@ from kvstore.limits import MAX_FRAME_BYTES, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MA
 from kvstore.protocol import PROTOCOL_VERSION, Op, Request, Status, decode_response, encode_request
 from replica import codec
 from replica.messages import Ballot, Heartbeat, Phase1a, Phase2a
-from tests.integration.conftest import Cluster
+from tests.harness import Cluster
 from tests.integration.test_replica import (
     peer_address,
     raw_request,

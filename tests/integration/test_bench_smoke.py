@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from replica.launch import replica_env
+from tests.harness import SERVER_MISSING
+
 ROOT = Path(__file__).resolve().parents[2]
-HAVE_SERVER = (ROOT / "replica" / "server.py").exists()
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 HAVE_ETCD = shutil.which("etcd") is not None and importlib.util.find_spec("grpc") is not None
 
@@ -26,9 +27,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def run_bench(tmp_path: Path, *args: str) -> tuple[dict, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["BENCH_DATA_DIR"] = str(tmp_path)
+    env = dict(replica_env(), BENCH_DATA_DIR=str(tmp_path))
     out = tmp_path / "results"
     proc = subprocess.run(
         [
@@ -75,7 +74,7 @@ def check_system(doc: dict, name: str, clients: list[int]) -> None:
     assert steady["get"][0]["not_found"] == 0
 
 
-@pytest.mark.skipif(not HAVE_SERVER, reason="replica/server.py does not exist yet")
+@pytest.mark.skipif(SERVER_MISSING, reason="replica/server.py does not exist yet")
 def test_smoke_run_against_our_cluster(tmp_path):
     doc, stdout = run_bench(tmp_path, "--system", "paxoskv", "--clients", "1,3", "--duration", "1")
     for key in ("machine", "versions", "config", "systems", "table", "created", "seconds"):

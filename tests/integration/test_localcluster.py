@@ -4,7 +4,6 @@ with real replica processes; plus the `Cluster` test fixture itself."""
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from client.localcluster import is_replica_process, port_is_free
-from tests.integration.conftest import SERVER_MISSING, Cluster
+from replica.launch import free_ports, is_replica_process
+from tests.harness import SERVER_MISSING, Cluster
 
 pytestmark = pytest.mark.skipif(SERVER_MISSING, reason="replica/server.py is not there yet")
 
@@ -38,13 +37,9 @@ def run(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
 
 
 def free_port_ranges(n: int) -> tuple[int, int]:
-    """Two ranges of n consecutive free ports: (client base, peer base)."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - 2 * n - 10)
-        ports = [base + i for i in range(n)] + [base + 5 + n + i for i in range(n)]
-        if all(port_is_free("127.0.0.1", p) for p in ports):
-            return base, base + 5 + n
-    raise RuntimeError("no free port ranges found")
+    """(client base, peer base) for `kvstore-cluster start`: n free ports each."""
+    ports = free_ports(2 * n, consecutive=True)
+    return ports[0], ports[n]
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from typing import Any, TypeVar
 import pytest
 import zmq
 
-from client.localcluster import replica_env
 from kvstore.config import normalize_address
 from kvstore.protocol import (
     Op,
@@ -37,7 +35,8 @@ from kvstore.protocol import (
     decode_response,
     encode_request,
 )
-from tests.integration.conftest import Cluster
+from replica.launch import replica_command, replica_env
+from tests.harness import Cluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -341,9 +340,9 @@ def test_concurrent_clients(cluster: Cluster) -> None:
 # ------------------------------------------------------------ startup errors
 
 
-def _run_replica(*args: str) -> subprocess.CompletedProcess:
+def _run_replica(config: str | Path, rid: int, data_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "replica.server", *args],
+        replica_command(config, rid, data_dir),
         check=False,
         capture_output=True,
         text=True,
@@ -364,27 +363,26 @@ def test_startup_errors_exit_2(cluster_factory: Callable[..., Cluster], tmp_path
     config = str(c.config_path)
     bad = tmp_path / "bad.toml"
     bad.write_text("[[replica]]\nid = 'x'\n")
-    common = ["--data-dir", str(tmp_path / "d")]
-    _assert_one_line_error(_run_replica("--config", str(bad), "--id", "1", *common), "id")
-    missing = _run_replica("--config", str(tmp_path / "nope.toml"), "--id", "1", *common)
-    _assert_one_line_error(missing, "nope.toml")
-    _assert_one_line_error(_run_replica("--config", config, "--id", "9", *common), "replica id 9")
+    data = tmp_path / "d"
+    _assert_one_line_error(_run_replica(bad, 1, data), "id")
+    _assert_one_line_error(_run_replica(tmp_path / "nope.toml", 1, data), "nope.toml")
+    _assert_one_line_error(_run_replica(config, 9, data), "replica id 9")
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = _run_replica("--config", config, "--id", "1", "--data-dir", str(blocker))
+    result = _run_replica(config, 1, blocker)
     _assert_one_line_error(result, "data directory")
     host, port = peer_address(c, 1).removeprefix("tcp://").split(":")
     with socket.socket() as s:
         s.bind((host, int(port)))
         s.listen()
-        result = _run_replica("--config", config, "--id", "1", *common)
+        result = _run_replica(config, 1, data)
     _assert_one_line_error(result, "peer address")
 
 
 def test_sigterm_exits_cleanly_while_alone(cluster_factory: Callable[..., Cluster]) -> None:
     c = cluster_factory(3, start=False)
     c.start_replica(1)
-    wait_for("replica 1 to answer STATUS", lambda: status_of(c, 1, 0.5))
+    c.wait_ready(1)
     assert c.stop_replica(1) == 0
     log = c.log_path(1).read_text()
     assert "replica 1 up" in log and "stopped" in log

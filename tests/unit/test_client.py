@@ -10,7 +10,6 @@ that the tests can check seq numbers and where the client sent what.
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from kvstore.protocol import (
     decode_request,
     encode_response,
 )
+from replica.launch import free_ports
 
 Behaviour = Callable[[Request], "Response | bytes | None"]
 
@@ -150,12 +150,6 @@ def first_n(n: int, first: Behaviour, then: Behaviour) -> Behaviour:
     return behaviour
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def make() -> Iterator[Callable[..., FakeReplica]]:
     created: list[FakeReplica] = []
@@ -273,7 +267,7 @@ def test_no_answer_raises_cluster_unavailable_within_bounds(
 
 
 def test_nobody_listening_raises_cluster_unavailable() -> None:
-    with client_for(f"127.0.0.1:{free_port()}", timeout=0.3, attempt_timeout=0.1) as c:
+    with client_for(f"127.0.0.1:{free_ports(1)[0]}", timeout=0.3, attempt_timeout=0.1) as c:
         t0 = time.monotonic()
         with pytest.raises(ClusterUnavailable, match="did not answer"):
             c.get("k")
@@ -348,7 +342,7 @@ def test_server_rejections_raise(
 
 def test_status_reports_each_replica(make: Callable[..., FakeReplica]) -> None:
     leader = make(3, FakeStore())
-    nobody = f"127.0.0.1:{free_port()}"
+    nobody = f"127.0.0.1:{free_ports(1)[0]}"
     with client_for(leader, nobody, attempt_timeout=0.3) as c:
         t0 = time.monotonic()
         report = c.status()

@@ -16,7 +16,8 @@ import pytest
 from client import kvctl
 from client.client import KVClient
 from kvstore.limits import MAX_VALUE_BYTES
-from tests.unit.test_client import FakeReplica, FakeStore, free_port
+from replica.launch import free_ports
+from tests.unit.test_client import FakeReplica, FakeStore
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -117,7 +118,7 @@ def test_oversized_value_is_rejected_with_exit_4(run: Run, leader: FakeReplica) 
 
 
 def test_status_table(run: Run, leader: FakeReplica) -> None:
-    nobody = f"127.0.0.1:{free_port()}"
+    nobody = f"127.0.0.1:{free_ports(1)[0]}"
     code, out, _ = run("--cluster", f"{leader.address},{nobody}", "--timeout", "0.5", "status")
     assert code == 0
     header, first, second = out.splitlines()
@@ -136,7 +137,7 @@ def test_status_table(run: Run, leader: FakeReplica) -> None:
 
 
 def test_status_with_nobody_answering_exits_3(run: Run) -> None:
-    code, out, err = run("--cluster", f"127.0.0.1:{free_port()}", "--timeout", "0.3", "status")
+    code, out, err = run("--cluster", f"127.0.0.1:{free_ports(1)[0]}", "--timeout", "0.3", "status")
     assert code == kvctl.EXIT_UNAVAILABLE
     assert "unreachable" in out and "no replica answered" in one_error_line(err)
 
@@ -164,7 +165,7 @@ def test_unexpected_errors_are_one_line(
 
 
 def test_unreachable_cluster_as_a_user_sees_it() -> None:
-    addr = f"127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{free_ports(1)[0]}"
     proc = subprocess.run(
         [
             sys.executable,

@@ -11,9 +11,9 @@ import pytest
 import zmq
 
 from replica import codec
+from replica.launch import free_ports
 from replica.messages import Ballot, Heartbeat, Message
 from replica.transport import BadFrames, BindError, PeerTransport
-from tests.unit.test_client import free_port
 
 
 def _hb(sender: int, round_: int = 1) -> Heartbeat:
@@ -37,7 +37,8 @@ def _recv_until(
 def pair():
     """Replicas 1 and 2, each with its transport; closed at the end."""
     ctx = zmq.Context()
-    addr = {1: f"tcp://127.0.0.1:{free_port()}", 2: f"tcp://127.0.0.1:{free_port()}"}
+    port1, port2 = free_ports(2)
+    addr = {1: f"tcp://127.0.0.1:{port1}", 2: f"tcp://127.0.0.1:{port2}"}
     made: list[PeerTransport] = []
 
     def make(rid: int) -> PeerTransport:

@@ -1,0 +1,206 @@
+"""The one test harness for real replica clusters: integration, fault and
+any other tier that runs replica processes uses `Cluster`.
+
+`Cluster` runs N replica processes on loopback, on free ports, in a
+directory of its own. Starting, the liveness check and stopping go through
+replica/launch.py (the `kvstore-replica` contract). It can stop, kill (any
+signal), pause, resume and restart single replicas by id, find the leader,
+and hand out clients. tests/fault/cluster.py extends it through
+`launch_options` (another module, a network namespace, a group id).
+
+The pytest fixtures (`cluster`, `cluster_factory`) are in
+tests/integration/conftest.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from client.client import KVClient
+from kvstore.config import (
+    ReplicaAddress,
+    display_address,
+    local_cluster_config,
+    write_cluster_config,
+)
+from replica import launch
+
+SERVER_MISSING = importlib.util.find_spec(launch.REPLICA_MODULE) is None
+
+_STOPPED_BY_US = (0, -signal.SIGTERM, -signal.SIGKILL)
+"""Exit statuses of a replica we stopped (SIGTERM: a clean exit) or killed."""
+
+
+class Cluster:
+    """N replica processes on 127.0.0.1 with their files under `root`."""
+
+    def __init__(self, root: Path, replicas: int = 3, *, tick_ms: int = 10) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tick_ms = tick_ms
+        ports = launch.free_ports(2 * replicas, consecutive=True)
+        self.replicas: list[ReplicaAddress] = local_cluster_config(
+            replicas, base_port=ports[0], peer_base_port=ports[replicas]
+        )
+        self.config_path = self.root / "cluster.toml"
+        write_cluster_config(self.config_path, self.replicas)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._clients: list[KVClient] = []
+
+    # -- addresses and files --
+
+    @property
+    def ids(self) -> list[int]:
+        return [r.id for r in self.replicas]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Client addresses "host:port", in id order."""
+        return [display_address(r.client) for r in self.replicas]
+
+    @property
+    def cluster_arg(self) -> str:
+        """For `kvctl --cluster` or KVSTORE_CLUSTER."""
+        return ",".join(self.addresses)
+
+    def address(self, rid: int) -> str:
+        return display_address(self._replica(rid).client)
+
+    def data_dir(self, rid: int) -> Path:
+        return self.root / f"data{rid}"
+
+    def log_path(self, rid: int) -> Path:
+        return self.root / f"replica{rid}.log"
+
+    def log_tail(self, rid: int, lines: int = 20) -> str:
+        return launch.log_tail(self.log_path(rid), lines)
+
+    def _replica(self, rid: int) -> ReplicaAddress:
+        for r in self.replicas:
+            if r.id == rid:
+                return r
+        raise KeyError(f"no replica {rid} in this cluster (ids {self.ids})")
+
+    # -- processes --
+
+    def start(self, *, wait: bool = True, timeout: float = 20.0) -> Cluster:
+        """Starts every replica that is not running; waits for a leader."""
+        for rid in self.ids:
+            if not self.is_running(rid):
+                self.start_replica(rid)
+        if wait:
+            self.wait_for_leader(timeout)
+        return self
+
+    def launch_options(self, rid: int) -> dict[str, Any]:
+        """Keywords for `launch.start_replica` beyond the config, id, data
+        directory and tick (module, prefix, group): none here."""
+        return {}
+
+    def start_replica(self, rid: int) -> None:
+        self._replica(rid)
+        if self.is_running(rid):
+            raise RuntimeError(f"replica {rid} is already running")
+        self.procs[rid] = launch.start_replica(
+            self.config_path, rid, self.data_dir(rid), self.log_path(rid),
+            tick_ms=self.tick_ms, cwd=self.root, **self.launch_options(rid),
+        )  # fmt: skip
+
+    def wait_ready(self, rid: int, timeout: float = 20.0) -> dict[str, Any]:
+        """Waits until replica `rid` runs and answers STATUS; returns its report."""
+        return launch.wait_ready(
+            rid, self.procs[rid], self.address(rid), timeout, self.log_path(rid)
+        )
+
+    def is_running(self, rid: int) -> bool:
+        return launch.alive(self.procs.get(rid))
+
+    def pid(self, rid: int) -> int:
+        return self.procs[rid].pid
+
+    def kill(self, rid: int, sig: int = signal.SIGKILL) -> None:
+        """Sends `sig` (default: kill -9) to a replica; for SIGKILL waits
+        until it is gone."""
+        if sig == signal.SIGKILL:
+            launch.stop([self.procs[rid]], sig=sig)
+        else:
+            launch.send_signal(self.procs[rid], sig)
+
+    def stop_replica(self, rid: int, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after `timeout`); returns the exit status."""
+        proc = self.procs.get(rid)
+        if proc is None:
+            return None
+        launch.stop([proc], timeout)
+        return proc.returncode
+
+    def restart(self, rid: int, *, hard: bool = True) -> None:
+        """kill -9 (hard) or SIGTERM a replica, then start it again on the
+        same data directory and ports."""
+        if self.is_running(rid):
+            if hard:
+                self.kill(rid)
+            else:
+                self.stop_replica(rid)
+        self.start_replica(rid)
+
+    def pause(self, rid: int) -> None:
+        self.kill(rid, signal.SIGSTOP)
+
+    def resume(self, rid: int) -> None:
+        self.kill(rid, signal.SIGCONT)
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Stops every replica and closes the clients handed out."""
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        launch.stop(self.procs.values(), grace)
+
+    # -- talking to it --
+
+    def client(self, **kwargs: Any) -> KVClient:
+        """A client of the whole cluster (closed at teardown); kwargs go to
+        KVClient (timeout, attempt_timeout, client_id, ...)."""
+        kwargs.setdefault("timeout", 10.0)
+        kwargs.setdefault("attempt_timeout", 0.5)
+        c = KVClient(self.addresses, **kwargs)
+        self._clients.append(c)
+        return c
+
+    def status(self, timeout: float = 0.5) -> list[dict[str, Any]]:
+        """One STATUS round to every replica (see KVClient.status)."""
+        with KVClient(self.addresses, timeout=timeout, attempt_timeout=timeout) as c:
+            return c.status()
+
+    def leader_id(self) -> int | None:
+        """The replica that says it leads (highest ballot), or None."""
+        return launch.find_leader(self.status())
+
+    def wait_for_leader(self, timeout: float = 20.0, *, exclude: tuple[int, ...] = ()) -> int:
+        """Waits until a replica not in `exclude` leads; returns its id. Fails
+        early if a replica not in `exclude` crashed (exited other than by a
+        stop or kill of ours)."""
+        watch = {
+            rid: proc
+            for rid, proc in self.procs.items()
+            if rid not in exclude and proc.poll() not in _STOPPED_BY_US
+        }
+        logs = {rid: self.log_path(rid) for rid in self.ids}
+        return launch.wait_for_leader(
+            self.addresses, timeout, exclude=exclude, watch=watch, logs=logs
+        )
+
+    @staticmethod
+    def _unexpected_exit(proc: subprocess.Popen[bytes]) -> bool:
+        return proc.returncode not in _STOPPED_BY_US
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
