@@ -5,18 +5,18 @@ promised ballot, new votes, chosen values learned by catch-up). The driver
 must `persist` them in ONE atomic, synced batch before it sends any message of
 that `Ready`: a promise or vote that reached the network must survive a crash.
 
-Two implementations with one protocol:
+`LevelDBStorage` shares the replica's single plyvel DB (the state machine
+owns other prefixes). Key layout:
 
-- `LevelDBStorage` shares the replica's single plyvel DB (the state machine
-  owns other prefixes). Key layout:
     b"a"                      -> msgpack [round, replica_id]  (promised ballot)
     b"v" + slot(8 bytes, BE)  -> msgpack [round, replica_id, [cmd, ...]]  (vote)
     b"c" + slot(8 bytes, BE)  -> msgpack [cmd, ...]  (chosen value learned by
                                  catch-up, where the local vote differs or is missing)
-  Big-endian slots keep LevelDB's key order equal to slot order.
-- `MemoryStorage` for tests and the simulator. It models the disk honestly:
-  a write with sync=False sits in a volatile buffer that `crash()` throws
-  away, exactly what a skipped fsync loses on power failure.
+
+Big-endian slots keep LevelDB's key order equal to slot order. The
+simulator runs this very class on `replica.inmem.MemoryDB`, whose crash
+model loses what was not synced, exactly what a skipped fsync loses on
+power failure.
 """
 
 from __future__ import annotations
@@ -44,53 +44,6 @@ class AcceptorStorage(Protocol):
     ) -> None:
         """Writes one atomic batch; with sync=True it is on disk on return."""
         ...
-
-
-class MemoryStorage:
-    """In-memory storage that loses every unsynced write on `crash()`."""
-
-    def __init__(self) -> None:
-        self._durable = DurableState()
-        self._volatile: list[tuple[Ballot | None, dict[int, Vote], dict[int, Value]]] = []
-        self.sync_count = 0
-
-    def load(self) -> DurableState:
-        state = DurableState(
-            self._durable.promised, dict(self._durable.votes), dict(self._durable.chosen)
-        )
-        for batch in self._volatile:  # a live process sees its own unsynced writes
-            _apply_batch(state, *batch)
-        return state
-
-    def persist(
-        self,
-        promised: Ballot | None,
-        votes: dict[int, Vote],
-        chosen: dict[int, Value],
-        sync: bool = True,
-    ) -> None:
-        self._volatile.append((promised, dict(votes), dict(chosen)))
-        if sync:
-            for batch in self._volatile:
-                _apply_batch(self._durable, *batch)
-            self._volatile.clear()
-            self.sync_count += 1
-
-    def crash(self) -> None:
-        """Power loss: every write not yet synced is gone."""
-        self._volatile.clear()
-
-
-def _apply_batch(
-    state: DurableState,
-    promised: Ballot | None,
-    votes: dict[int, Vote],
-    chosen: dict[int, Value],
-) -> None:
-    if promised is not None:
-        state.promised = promised
-    state.votes.update(votes)
-    state.chosen.update(chosen)
 
 
 _PROMISED_KEY = b"a"

@@ -1,9 +1,10 @@
 """A deliberately broken replica, to prove that the fault tests catch bugs.
 
 `python -m tests.fault.broken_replica --config F --id N --data-dir D` runs
-`replica.server` with ONE change to its driver (replica/driver.py): a replica that believes it is the leader
-answers linearizable GETs from its local state at once, without the read
-index (no heartbeat round confirming with a majority that it still leads).
+`replica.server` with ONE change to its driver (replica/driver.py): a
+replica that believes it is the leader answers linearizable GETs from its
+local state at once, without the read index (no heartbeat round confirming
+with a majority that it still leads).
 
 That is the classic "leader reads" bug: a leader cut off from its peers, or
 paused long enough to be replaced, keeps believing it leads until its

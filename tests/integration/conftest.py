@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from replica.launch import free_ports
 from tests.harness import SERVER_MISSING, Cluster
 
-__all__ = ["Cluster", "free_ports"]  # free_ports: tests/unit/test_server_loop.py imports it here
+__all__ = ["Cluster"]
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -1,37 +1,58 @@
-"""A deterministic simulator that tries hard to break the Paxos core.
+"""A deterministic simulator that runs the real replica driver and tries hard
+to break it.
 
 Theory of operation
 -------------------
-N `PaxosCore`s run against `MemoryStorage` (which loses every unsynced write
-on crash) and a simulated network, all driven by ONE `random.Random(seed)`:
-the same seed replays the same run, event for event.
+N replicas, each the very `ReplicaDriver` that `kvstore-replica` runs
+(replica/driver.py) with the real `LevelDBStorage` and `KVStateMachine` on a
+`MemoryDB` (replica/inmem.py: LevelDB's batches and ordering, and a disk
+that loses unsynced writes), a simulated clock, a simulated network and
+simulated clients that send real encoded requests. Everything is driven by
+ONE `random.Random(seed)`: the same seed replays the same run, event by
+event.
 
-Each event is one of: deliver a random in-flight message (so the network
-reorders and delays), drop one, duplicate one, tick one replica, a client
-proposing a command (new or a retry) to whoever believes it leads, a client
-asking that leader for a linearizable read, crash a replica (its unsynced
-writes are lost), restart a crashed replica from its storage, partition the
-replicas into two groups, or heal the partition.
+Each event is one of: deliver a random in-flight peer message to its
+destination together with up to three more for the same replica and the
+client requests queued there (ONE driver iteration, so group commit merges
+several Readys), serve a replica's queued client requests, drop or duplicate
+a message, tick a replica (its clock advances one tick), a client starting
+an operation or retrying one that got no answer, crash a replica, restart
+one, partition the network into two groups, or heal it.
 
-The driver of each replica honours the `Ready` contract (persist synced, then
-send, then apply, then answer reads). `broken=True` selects the one bug the
-tests want caught: messages are sent first and the writes are persisted
-unsynced, flushed only at the replica's next tick, so a crash in between
-forgets promises and votes that others already saw.
+Crashes. Between iterations a crash is a power loss that keeps a random
+prefix of the unsynced writes (none, some, or all as a killed process
+would). A replica can also crash INSIDE an iteration, at a synced write,
+just before or just after it (`MemoryDB.sync_hook`): that is the crash
+between sending a leader's early Phase2a and syncing its own vote when the
+iteration sent Phase2a first (`early_crash=True` makes that crash likely).
 
-After every event the invariants are checked:
-  * agreement: a value is chosen at a slot when a majority of acceptors voted
-    for it in one ballot (an omniscient observer sees every vote as it is
-    cast); no slot ever has two different chosen values;
-  * every replica applies, slot by slot, exactly the chosen value, so applied
-    logs are prefixes of one another;
+Clients (three per run) are lazy-pirate clients as in client/client.py:
+one operation at a time (put, get, cas, delete of two keys, unique values),
+numbered per client; a REDIRECT goes to the named leader, UNAVAILABLE or a
+silence goes to another replica, with the same client id and sequence number
+(exactly-once sessions), and now and then a client gives up (the outcome is
+unknown) and goes on with its next number. Replies can be lost. Their history
+is checked for linearizability at the end (tests/fault/linearizability.py).
+
+Checks, after every event:
+  * agreement: a value is chosen at a slot once a majority of acceptors have
+    DURABLY voted for it in one ballot (an omniscient observer reads every
+    synced vote); no slot ever has two different chosen values, and no two
+    replicas ever apply different values at one slot;
+  * every replica applies, slot by slot, exactly the chosen value (a replica
+    applying a value that no durable majority holds is caught at once);
   * durability: a promise or vote a replica revealed to the network is still
     there after it restarts;
-  * linearizable reads: a read is released only once the leader has applied
-    everything any replica had applied when the read was registered.
+  * exactly-once: two answers to one (client id, seq) write are equal.
 At the end the network heals, crashed replicas restart (in half the runs a
-minority stays down), clients keep retrying, and every command they proposed
-must be chosen, and applied by every live replica, within a bound.
+minority stays down), clients retry, and every client operation must
+complete and every live replica apply the same log within a bound; then the
+whole history must be linearizable.
+
+Deliberately broken drivers (subclasses overriding one step of the Ready
+order) must be caught: `SendBeforeSync` reveals votes before they are synced,
+`SkipSync` never syncs them, `AnswerBeforeSync` applies and answers clients
+before the sync.
 """
 
 from __future__ import annotations
@@ -39,47 +60,273 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from replica.messages import Ballot, Message, Nack, Phase1b, Phase2b, Value
-from replica.paxos import CoreConfig, PaxosCore, Ready
-from replica.storage import MemoryStorage
+from kvstore.protocol import Op, Request, Response, Status, decode_response, encode_request
+from kvstore.statemachine import KVStateMachine
+from replica.driver import Envelope, ReplicaDriver, Result
+from replica.inmem import MemoryDB
+from replica.messages import Ballot, Message, Nack, Phase1b, Phase2a, Phase2b, Value, Vote
+from replica.paxos import CoreConfig, Ready
+from replica.storage import LevelDBStorage
+from tests.fault.history import History, Kind
+from tests.fault.linearizability import check
 
 SIM_CONFIG = CoreConfig(
     heartbeat_ticks=2, election_ticks=10, window=4, retransmit_ticks=3, catchup_entries=16
 )
+TICK_S = 0.01
+KEYS = (b"x", b"y")
+CLIENTS = 3
+CLIENT_TIMEOUT = 60
+"""Events without an answer before a client tries another replica."""
+CRASH_AT_SYNC = 0.004
+"""Chance that a replica crashes at any one synced write."""
 
 
 class InvariantViolation(AssertionError):
     pass
 
 
+class SimCrash(Exception):
+    """Raised by a sync hook: the replica loses power right there."""
+
+
+# ------------------------------------------------------------ broken drivers
+
+
+class SendBeforeSync(ReplicaDriver):
+    """BROKEN: sends every message (Phase2b, Phase1b...) before the sync."""
+
+    def _finish(self, acc: Ready) -> None:
+        if acc.messages:
+            self.peers.send(acc.messages)
+        if acc.must_persist():
+            self._persist(acc)
+        self._apply_and_answer(acc)
+
+
+class SkipSync(ReplicaDriver):
+    """BROKEN: never fsyncs; promises and votes sit in the page cache."""
+
+    def _persist(self, acc: Ready) -> None:
+        self.storage.persist(acc.promised, acc.votes, acc.chosen, sync=False)
+
+
+class AnswerBeforeSync(ReplicaDriver):
+    """BROKEN: applies and answers clients before the sync."""
+
+    def _finish(self, acc: Ready) -> None:
+        self._apply_and_answer(acc)
+        if acc.must_persist():
+            self._persist(acc)
+        if acc.messages:
+            self.peers.send(acc.messages)
+
+
+# ------------------------------------------------------------ the twins
+
+
+class SimStorage(LevelDBStorage):
+    """The real acceptor storage; tells the observer which votes are durable."""
+
+    def __init__(self, sim: Simulation, node: Node) -> None:
+        super().__init__(node.db)
+        self._sim, self._node = sim, node
+        self._unsynced: list[dict[int, Vote]] = []
+
+    def persist(self, promised, votes, chosen, sync=True) -> None:  # noqa: ANN001
+        self._unsynced.append(dict(votes))
+        super().persist(promised, votes, chosen, sync=sync)
+        if sync:  # reached only if the sync hook did not crash before it
+            for batch in self._unsynced:
+                self._sim.observe_votes(self._node, batch)
+            self._unsynced.clear()
+
+
+class SimStateMachine(KVStateMachine):
+    """The real state machine; checks every applied slot against the chosen ones."""
+
+    def __init__(self, sim: Simulation, node: Node) -> None:
+        super().__init__(node.db)
+        self._sim, self._node = sim, node
+
+    def apply(self, entries) -> list[Result]:  # noqa: ANN001
+        for slot, value in entries:
+            self._sim.check_apply(self._node, slot, value)
+            self._node.applied.append(value)
+        return super().apply(entries)
+
+
+class SimPeers:
+    """The network side of one replica: what it sends goes in flight."""
+
+    def __init__(self, sim: Simulation, node: Node) -> None:
+        self._sim, self._node = sim, node
+
+    def send(self, messages) -> None:  # noqa: ANN001
+        for dst, msg in messages:
+            self._sim.reveal(self._node, msg)
+            if type(msg) is Phase2a:
+                self._node.sent_phase2a = True
+            self._sim.network.append((self._node.id, dst, msg))
+
+
+class SimClients:
+    """The client side of one replica: replies go to the simulated clients."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self._sim = sim
+
+    def reply(self, envelope: Envelope, payload: bytes) -> None:
+        if self._sim.rng.random() < 0.03:
+            return  # a lost reply
+        client_index, attempt = envelope
+        self._sim.clients[client_index].on_reply(attempt, payload)
+
+
+# ------------------------------------------------------------ replicas
+
+
 @dataclass
 class Node:
     id: int
-    storage: MemoryStorage
-    core: PaxosCore | None
+    db: MemoryDB = field(default_factory=MemoryDB)
+    driver: ReplicaDriver | None = None
+    clock: float = 0.0
     applied: list[Value] = field(default_factory=list)
-    durable_applied: int = 0  # applied slots that survive a crash (last sync)
+    requests: list[tuple[Envelope, bytes]] = field(default_factory=list)
     revealed_promise: Ballot = Ballot(0, 0)
     revealed_votes: dict[int, Ballot] = field(default_factory=dict)
-    unflushed: bool = False  # broken mode: writes waiting for the next tick
+    sent_phase2a: bool = False  # in the current iteration
 
 
 @dataclass
 class Stats:
     events: int = 0
     delivered: int = 0
+    iterations: int = 0
     crashes: int = 0
+    sync_crashes: int = 0
+    early_phase2a_crashes: int = 0
     elections: int = 0
     chosen: int = 0
-    reads: int = 0
+    ops_ok: int = 0
+    ops_unknown: int = 0
+
+
+# ------------------------------------------------------------ clients
+
+
+class SimClient:
+    """A lazy-pirate client with one operation at a time."""
+
+    def __init__(self, sim: Simulation, index: int) -> None:
+        self.sim = sim
+        self.index = index
+        self.cid = b"sim-client-%05d" % index
+        self.seq = 0
+        self.handle: int | None = None
+        self.kind: Kind | None = None
+        self.frame = b""
+        self.target = sim.ids[index % len(sim.ids)]
+        self.attempt = 0
+        self.sent_at = 0
+        self.answers: dict[int, bytes] = {}  # seq -> first OK answer (writes)
+
+    @property
+    def busy(self) -> bool:
+        return self.handle is not None
+
+    def start(self) -> None:
+        rng, sim = self.sim.rng, self.sim
+        self.seq += 1
+        key = rng.choice(KEYS)
+        value = b"c%d-%d" % (self.index, self.seq)
+        pick = rng.random()
+        if pick < 0.35:
+            self.kind, req = Kind.PUT, Request(Op.PUT, self.cid, self.seq, key, value)
+            self.handle = sim.history.invoke(self.index, Kind.PUT, key, value)
+        elif pick < 0.65:
+            self.kind, req = Kind.GET, Request(Op.GET, self.cid, self.seq, key)
+            self.handle = sim.history.invoke(self.index, Kind.GET, key)
+        elif pick < 0.85:
+            expected = self._expected(key)
+            if expected is None:
+                req = Request(Op.CAS, self.cid, self.seq, key, value, expected_version=0)
+            else:
+                req = Request(Op.CAS, self.cid, self.seq, key, value, expected_value=expected)
+            self.kind = Kind.CAS
+            self.handle = sim.history.invoke(self.index, Kind.CAS, key, value, expected=expected)
+        else:
+            self.kind, req = Kind.DELETE, Request(Op.DELETE, self.cid, self.seq, key)
+            self.handle = sim.history.invoke(self.index, Kind.DELETE, key)
+        self.frame = encode_request(req)
+        self.send()
+
+    def _expected(self, key: bytes) -> bytes | None:
+        """A value the key may well hold (or None: must be absent)."""
+        seen = [o.value for o in self.sim.history.operations() if o.key == key and o.value]
+        if not seen or self.sim.rng.random() < 0.2:
+            return None
+        return self.sim.rng.choice(seen[-4:])
+
+    def send(self, target: int | None = None) -> None:
+        self.attempt += 1
+        self.sent_at = self.sim.stats.events
+        if target is not None:
+            self.target = target
+        self.sim.nodes[self.target].requests.append(((self.index, self.attempt), self.frame))
+
+    def other_replica(self) -> int:
+        others = [i for i in self.sim.ids if i != self.target] or self.sim.ids
+        return self.sim.rng.choice(others)
+
+    def on_timeout(self, may_give_up: bool) -> None:
+        if may_give_up and self.sim.rng.random() < 0.1:
+            self.sim.history.unknown(self.handle)
+            self.sim.stats.ops_unknown += 1
+            self.handle = None
+            return
+        self.send(self.other_replica())
+
+    def on_reply(self, attempt: int, payload: bytes) -> None:
+        if attempt != self.attempt or self.handle is None:
+            return  # a late reply to an abandoned attempt (a reopened REQ socket)
+        resp = decode_response(payload)
+        if resp.status is Status.REDIRECT:
+            self.send(resp.leader)
+        elif resp.status is Status.UNAVAILABLE:
+            self.send(self.other_replica())
+        else:
+            self._complete(resp, payload)
+
+    def _complete(self, resp: Response, payload: bytes) -> None:
+        sim, kind = self.sim, self.kind
+        if resp.status in (Status.BAD_REQUEST, Status.TOO_LARGE):
+            sim.fail(f"client {self.index} seq {self.seq} got {resp.status.name}: {resp.error}")
+        if kind is not Kind.GET:
+            first = self.answers.setdefault(self.seq, payload)
+            if first != payload:
+                sim.fail(f"client {self.index} seq {self.seq} answered twice, differently")
+        if kind is Kind.GET:
+            result = resp.value if resp.status is Status.OK else None
+        elif kind is Kind.CAS or kind is Kind.DELETE:
+            result = resp.status is Status.OK
+        else:
+            result = None
+        sim.history.ok(self.handle, result)
+        sim.stats.ops_ok += 1
+        self.handle = None
+
+
+# ------------------------------------------------------------ the simulation
 
 
 class Simulation:
     WEIGHTS = (
-        ("deliver", 50),
+        ("deliver", 45),
+        ("serve", 8),
         ("tick", 20),
-        ("propose", 12),
-        ("read", 3),
+        ("client", 12),
         ("drop", 3),
         ("duplicate", 3),
         ("crash", 1),
@@ -89,64 +336,120 @@ class Simulation:
     )
 
     def __init__(
-        self, seed: int, replicas: int = 3, broken: bool = False, check_durability: bool = True
+        self,
+        seed: int,
+        replicas: int = 3,
+        *,
+        driver_class: type[ReplicaDriver] = ReplicaDriver,
+        check_durability: bool = True,
+        early_crash: bool = False,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = list(range(1, replicas + 1))
         self.quorum = replicas // 2 + 1
-        self.broken = broken
+        self.driver_class = driver_class
         self.check_durability = check_durability
-        self.nodes = {i: Node(i, MemoryStorage(), None) for i in self.ids}
-        for node in self.nodes.values():
-            node.core = self._new_core(node)
+        self.early_crash = early_crash
+        self.faults = True  # off while the run settles at the end
         self.network: list[tuple[int, int, Message]] = []  # (src, dst, msg)
         self.group = {i: 0 for i in self.ids}
         self.votes_seen: dict[tuple[int, Ballot], tuple[Value, set[int]]] = {}
         self.chosen: dict[int, Value] = {}
-        self.next_command = 0
-        self.pending: list[bytes] = []  # proposed, not yet chosen
-        self.proposed: set[bytes] = set()
-        self.reads: dict[tuple[int, int], int] = {}  # (node, read id) -> required index
-        self.read_counter = 0
+        self.applied_at: dict[int, Value] = {}
         self.stats = Stats()
-        self._names, self._weights = zip(*self.WEIGHTS, strict=False)
+        self._tick = 0
+        self.history = History(clock=self._now)
+        self.nodes = {i: Node(i) for i in self.ids}
+        for node in self.nodes.values():
+            self._start(node)
+        self.clients = [SimClient(self, i) for i in range(CLIENTS)]
+        self._names, self._weights = zip(*self.WEIGHTS, strict=True)
 
-    # ---------------------------------------------------------------- driver
+    def _now(self) -> int:
+        self._tick += 1
+        return self._tick
 
-    def _new_core(self, node: Node) -> PaxosCore:
-        durable = node.storage.load()
-        rng = random.Random(self.rng.getrandbits(64))
-        return PaxosCore(node.id, self.ids, durable, len(node.applied), rng, SIM_CONFIG)
+    # ---------------------------------------------------------------- replicas
 
-    def _handle(self, node: Node, ready: Ready) -> None:
-        """Carries out a Ready in the contract's order (or the broken order)."""
-        self._observe_votes(node, ready)
-        if ready.must_persist():
-            if self.broken:
-                node.storage.persist(ready.promised, ready.votes, ready.chosen, sync=False)
-                node.unflushed = True
-            else:
-                node.storage.persist(ready.promised, ready.votes, ready.chosen, sync=True)
-                node.durable_applied = len(node.applied)
-        for dst, msg in ready.messages:
-            self._reveal(node, msg)
-            self.network.append((node.id, dst, msg))
-        for slot, value in ready.committed:
-            self._apply(node, slot, value)
-        for rid in ready.reads:
-            self._check_read(node, rid)
-        for rid in ready.failed_reads:
-            self.reads.pop((node.id, rid), None)
+    def _start(self, node: Node) -> None:
+        node.db.sync_hook = lambda stage, node=node: self._maybe_crash_at_sync(node, stage)
+        node.driver = self.driver_class(
+            node.id,
+            self.ids,
+            SimStorage(self, node),
+            SimStateMachine(self, node),
+            SimPeers(self, node),
+            SimClients(self),
+            rng=random.Random(self.rng.getrandbits(64)),
+            clock=lambda node=node: node.clock,
+            tick_s=TICK_S,
+            core_config=SIM_CONFIG,
+        )
 
-    def _observe_votes(self, node: Node, ready: Ready) -> None:
-        for slot, (ballot, value) in ready.votes.items():
+    def _iterate(self, node: Node, messages: list[Message]) -> None:
+        """One driver iteration: these messages and the queued requests."""
+        requests, node.requests = node.requests, []
+        node.sent_phase2a = False
+        was_leader = node.driver.core.is_leader
+        self.stats.iterations += 1
+        try:
+            node.driver.iterate(messages, requests)
+        except SimCrash:
+            self._crash(node, keep=0)
+            return
+        if node.driver.core.is_leader and not was_leader:
+            self.stats.elections += 1
+
+    def _maybe_crash_at_sync(self, node: Node, stage: str) -> None:
+        if not self.faults:
+            return
+        chance = CRASH_AT_SYNC
+        if self.early_crash and node.sent_phase2a and stage == "before":
+            chance = 0.3
+        if self.rng.random() < chance:
+            self.stats.sync_crashes += 1
+            if node.sent_phase2a and stage == "before":
+                self.stats.early_phase2a_crashes += 1
+            raise SimCrash
+
+    def _crash(self, node: Node, keep: int | None) -> None:
+        node.driver = None
+        node.requests.clear()
+        node.db.crash(keep)
+        self.stats.crashes += 1
+
+    def _restart(self, node: Node) -> None:
+        self._start(node)
+        # What the crash kept is durable now: let the observer see its votes.
+        durable = node.driver.storage.load()
+        self.observe_votes(node, durable.votes)
+        applied = node.driver.sm.applied_index
+        if applied > len(node.applied):
+            self.fail(f"replica {node.id} restarted at applied index {applied} > what it applied")
+        del node.applied[applied:]
+        if not self.check_durability:
+            return
+        if durable.promised < node.revealed_promise:
+            self.fail(
+                f"replica {node.id} forgot its promise {node.revealed_promise} "
+                f"(has {durable.promised}) across a restart"
+            )
+        for slot, ballot in node.revealed_votes.items():
+            vote = durable.votes.get(slot)
+            if vote is None or vote.ballot < ballot:
+                self.fail(f"replica {node.id} forgot its vote at slot {slot} in {ballot}")
+
+    # ---------------------------------------------------------------- observer
+
+    def observe_votes(self, node: Node, votes: dict[int, Vote]) -> None:
+        for slot, (ballot, value) in votes.items():
             key = (slot, ballot)
             seen = self.votes_seen.get(key)
             if seen is None:
                 seen = self.votes_seen[key] = (value, set())
             elif seen[0] != value:
-                self._fail(f"two values proposed at slot {slot} in ballot {ballot}")
+                self.fail(f"two values proposed at slot {slot} in ballot {ballot}")
             seen[1].add(node.id)
             if len(seen[1]) >= self.quorum:
                 self._chosen(slot, value)
@@ -156,47 +459,37 @@ class Simulation:
         if prior is None:
             self.chosen[slot] = value
             self.stats.chosen += 1
-            for cmd in value:
-                if cmd in self.proposed and cmd in self.pending:
-                    self.pending.remove(cmd)
         elif prior != value:
-            self._fail(f"agreement violated: slot {slot} chose {prior!r} and {value!r}")
+            self.fail(f"agreement violated: slot {slot} chose {prior!r} and {value!r}")
 
-    def _reveal(self, node: Node, msg: Message) -> None:
+    def reveal(self, node: Node, msg: Message) -> None:
         """Remembers what the network learned of this acceptor's state."""
         if isinstance(msg, (Phase1b, Nack)):
             promised = msg.ballot if isinstance(msg, Phase1b) else msg.promised
             node.revealed_promise = max(node.revealed_promise, promised)
         if isinstance(msg, Phase1b):
-            for slot, (vballot, _) in msg.votes.items():
-                node.revealed_votes[slot] = max(node.revealed_votes.get(slot, vballot), vballot)
+            for slot, vote in msg.votes.items():
+                prior = node.revealed_votes.get(slot, vote.ballot)
+                node.revealed_votes[slot] = max(prior, vote.ballot)
         elif isinstance(msg, Phase2b):
-            node.revealed_votes[msg.slot] = max(
-                node.revealed_votes.get(msg.slot, msg.ballot), msg.ballot
-            )
+            prior = node.revealed_votes.get(msg.slot, msg.ballot)
+            node.revealed_votes[msg.slot] = max(prior, msg.ballot)
 
-    def _apply(self, node: Node, slot: int, value: Value) -> None:
+    def check_apply(self, node: Node, slot: int, value: Value) -> None:
         if slot != len(node.applied):
-            self._fail(f"replica {node.id} applied slot {slot} out of order")
+            self.fail(f"replica {node.id} applied slot {slot} out of order")
+        other = self.applied_at.setdefault(slot, value)
+        if other != value:
+            self.fail(f"agreement violated: slot {slot} applied as {other!r} and {value!r}")
+        if not self.check_durability:
+            return
         chosen = self.chosen.get(slot)
         if chosen is None:
-            self._fail(f"replica {node.id} applied slot {slot} that is not chosen")
+            self.fail(f"replica {node.id} applied slot {slot}, which no durable majority chose")
         if chosen != value:
-            self._fail(f"replica {node.id} applied {value!r} at slot {slot}; chosen {chosen!r}")
-        node.applied.append(value)
+            self.fail(f"replica {node.id} applied {value!r} at slot {slot}; chosen {chosen!r}")
 
-    def _check_read(self, node: Node, rid: int) -> None:
-        required = self.reads.pop((node.id, rid), None)
-        if required is None:
-            return
-        self.stats.reads += 1
-        if len(node.applied) < required:
-            self._fail(
-                f"stale read on replica {node.id}: applied {len(node.applied)}, "
-                f"but {required} slots were applied elsewhere before the read began"
-            )
-
-    def _fail(self, what: str) -> None:
+    def fail(self, what: str) -> None:
         raise InvariantViolation(f"{what} (seed={self.seed}, event={self.stats.events})")
 
     # ---------------------------------------------------------------- events
@@ -211,34 +504,43 @@ class Simulation:
                 name = "tick"
             getattr(self, "_ev_" + name)()
         self._finish()
+        self._check_history()
         return self.stats
 
     def _live(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.core is not None]
+        return [n for n in self.nodes.values() if n.driver is not None]
 
-    def _pop_message(self) -> tuple[int, int, Message] | None:
-        if not self.network:
-            return None
-        i = self.rng.randrange(len(self.network))
-        self.network[i], self.network[-1] = self.network[-1], self.network[i]
+    def _pop(self, index: int) -> tuple[int, int, Message]:
+        self.network[index], self.network[-1] = self.network[-1], self.network[index]
         return self.network.pop()
 
     def _ev_deliver(self) -> None:
-        item = self._pop_message()
-        if item is None:
-            return
-        src, dst, msg = item
+        src, dst, msg = self._pop(self.rng.randrange(len(self.network)))
+        batch = [(src, msg)]
+        for _ in range(self.rng.randrange(4)):  # group commit: more for dst
+            same = [i for i, m in enumerate(self.network) if m[1] == dst]
+            if not same:
+                break
+            s, _, m = self._pop(self.rng.choice(same))
+            batch.append((s, m))
+        self._deliver(dst, batch)
+
+    def _deliver(self, dst: int, batch: list[tuple[int, Message]]) -> None:
         node = self.nodes[dst]
-        if node.core is None or self.group[src] != self.group[dst]:
+        if node.driver is None:
             return
-        self.stats.delivered += 1
-        was_leader = node.core.is_leader
-        self._handle(node, node.core.step(msg))
-        if node.core.is_leader and not was_leader:
-            self.stats.elections += 1
+        messages = [m for s, m in batch if self.group[s] == self.group[dst]]
+        self.stats.delivered += len(messages)
+        self._iterate(node, messages)
+
+    def _ev_serve(self) -> None:
+        waiting = [n for n in self._live() if n.requests]
+        if waiting:
+            self._iterate(self.rng.choice(waiting), [])
 
     def _ev_drop(self) -> None:
-        self._pop_message()
+        if self.network:
+            self._pop(self.rng.randrange(len(self.network)))
 
     def _ev_duplicate(self) -> None:
         if self.network:
@@ -247,77 +549,33 @@ class Simulation:
     def _ev_tick(self) -> None:
         live = self._live()
         if live:
-            self._tick(self.rng.choice(live))
+            self._tick_node(self.rng.choice(live))
 
-    def _tick(self, node: Node) -> None:
-        if node.unflushed:  # broken mode: the lazy flush finally happens
-            node.storage.persist(None, {}, {}, sync=True)
-            node.durable_applied = len(node.applied)
-            node.unflushed = False
-        was_leader = node.core.is_leader
-        self._handle(node, node.core.tick())
-        if node.core.is_leader and not was_leader:
-            self.stats.elections += 1
+    def _tick_node(self, node: Node) -> None:
+        node.clock += TICK_S
+        self._iterate(node, [])
 
-    def _leader(self) -> Node | None:
-        leaders = [n for n in self._live() if n.core.is_leader]
-        return self.rng.choice(leaders) if leaders else None
-
-    def _ev_propose(self) -> None:
-        leader = self._leader()
-        if leader is None:
-            return
-        if self.pending and self.rng.random() < 0.3:
-            cmd = self.rng.choice(self.pending)  # a client retrying
-        else:
-            cmd = b"s%d-c%d" % (self.seed, self.next_command)
-            self.next_command += 1
-            self.pending.append(cmd)
-            self.proposed.add(cmd)
-        self._handle(leader, leader.core.propose([cmd]))
-
-    def _ev_read(self) -> None:
-        leader = self._leader()
-        if leader is None:
-            return
-        self.read_counter += 1
-        rid = self.read_counter
-        self.reads[(leader.id, rid)] = max(len(n.applied) for n in self.nodes.values())
-        self._handle(leader, leader.core.read_index([rid]))
+    def _ev_client(self) -> None:
+        client = self.rng.choice(self.clients)
+        if not client.busy:
+            client.start()
+        elif self.stats.events - client.sent_at > CLIENT_TIMEOUT:
+            client.on_timeout(may_give_up=True)
 
     def _ev_crash(self) -> None:
         live = self._live()
-        if not live:
-            return
-        node = self.rng.choice(live)
-        node.core = None
-        node.storage.crash()
-        node.unflushed = False
-        del node.applied[node.durable_applied :]  # the state machine's unsynced tail
-        self.reads = {k: v for k, v in self.reads.items() if k[0] != node.id}
-        self.stats.crashes += 1
+        if live:
+            node = self.rng.choice(live)
+            self._crash(node, keep=self.rng.randint(0, node.db.unsynced_batches))
 
     def _ev_restart(self) -> None:
-        dead = [n for n in self.nodes.values() if n.core is None]
+        dead = [n for n in self.nodes.values() if n.driver is None]
         if dead:
             self._restart(self.rng.choice(dead))
 
-    def _restart(self, node: Node) -> None:
-        node.core = self._new_core(node)
-        if not self.check_durability:
-            return
-        durable = node.storage.load()
-        if durable.promised < node.revealed_promise:
-            self._fail(
-                f"replica {node.id} forgot its promise {node.revealed_promise} "
-                f"(has {durable.promised}) across a restart"
-            )
-        for slot, ballot in node.revealed_votes.items():
-            vote = durable.votes.get(slot)
-            if vote is None or vote[0] < ballot:
-                self._fail(f"replica {node.id} forgot its vote at slot {slot} in {ballot}")
-
     def _ev_partition(self) -> None:
+        if len(self.ids) < 2:
+            return
         cut = self.rng.randrange(1, len(self.ids))
         order = self.ids[:]
         self.rng.shuffle(order)
@@ -326,37 +584,43 @@ class Simulation:
     def _ev_heal(self) -> None:
         self.group = {i: 0 for i in self.ids}
 
-    # ---------------------------------------------------------------- liveness
+    # ---------------------------------------------------------------- the end
 
     def _finish(self, rounds: int = 1500) -> None:
-        """Heal, restart everyone, keep retrying: every proposal gets chosen
-        and every replica applies everything chosen."""
+        """Heal, restart (all, or all but a minority), keep the clients going
+        until every operation completed and every live replica applied all."""
+        self.faults = False
         self._ev_heal()
-        # Half the runs end with a minority still down: a live majority suffices.
         stay_down = len(self.ids) - self.quorum if self.rng.random() < 0.5 else 0
         for node in self.nodes.values():
-            if node.core is None and stay_down:
+            if node.driver is None and stay_down:
                 stay_down -= 1
-            elif node.core is None:
+            elif node.driver is None:
                 self._restart(node)
         for _ in range(rounds):
             if self._settled():
                 return
+            self.stats.events += 1
             for node in self._live():
-                self._tick(node)
-            leader = self._leader()
-            if leader is not None and self.pending:
-                self._handle(leader, leader.core.propose(list(self.pending)))
+                self._tick_node(node)
+            for client in self.clients:
+                if client.busy and self.stats.events - client.sent_at > 5:
+                    client.on_timeout(may_give_up=False)
             while self.network:
-                self._ev_deliver()
-        self._fail(
-            f"not live after healing: {len(self.pending)} proposals not chosen, "
-            f"applied {[len(n.applied) for n in self.nodes.values()]}, "
-            f"chosen {len(self.chosen)}"
+                src, dst, msg = self._pop(len(self.network) - 1)
+                self._deliver(dst, [(src, msg)])
+        self.fail(
+            f"not live after healing: {sum(c.busy for c in self.clients)} operations open, "
+            f"applied {[len(n.applied) for n in self.nodes.values()]}, chosen {len(self.chosen)}"
         )
 
     def _settled(self) -> bool:
-        if self.pending:
+        if any(c.busy for c in self.clients):
             return False
         done = len(self.chosen)
         return all(len(n.applied) >= done for n in self._live())
+
+    def _check_history(self) -> None:
+        result = check(self.history)
+        if not result.ok:
+            self.fail(f"the clients' history is not linearizable:\n{result.report()}")

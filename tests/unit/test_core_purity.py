@@ -41,3 +41,19 @@ def test_core_source_names_no_io_modules():
         source = fh.read()
     for name in FORBIDDEN:
         assert f"import {name}" not in source and f"from {name} " not in source
+
+
+def test_driver_imports_neither_zmq_nor_plyvel():
+    """The replica driver takes its storage, state machine, transports and
+    clock as parameters (replica/driver.py), so the simulator can run it: it
+    must pull in no socket or storage library, directly or through what it
+    imports. (It logs role changes, and `logging` loads `threading` for its
+    locks: that one is allowed; the driver starts no thread.)"""
+    code = (
+        "import sys\n"
+        "import replica.driver, replica.inmem\n"
+        "bad = ['zmq', 'plyvel', 'socket', 'select', 'selectors', 'asyncio']\n"
+        "print(','.join(m for m in bad if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"the driver imports I/O modules: {out.stdout.strip()}"

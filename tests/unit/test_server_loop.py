@@ -19,10 +19,10 @@ from kvstore.config import ReplicaAddress
 from kvstore.limits import MAX_KEY_BYTES
 from kvstore.protocol import Op, Request, Response, Status, decode_response, encode_request
 from replica.driver import ReplicaDriver
+from replica.launch import free_ports
 from replica.messages import Ballot, Nack, Phase2a, Phase2b, Vote
 from replica.paxos import Ready, Role
 from replica.server import Replica
-from tests.integration.conftest import free_ports
 
 pytestmark = pytest.mark.timeout(60)
 
