@@ -11,7 +11,7 @@ replica/launch.py) with these additions, made through `launch_options`:
   its own (`gid(rid)`; the user stays root). Outgoing packets carry their socket owner's gid, which
   iptables' `owner` match sees on the OUTPUT hook, so `nemesis.Firewall`
   can drop "what replica i sends to replica j's peer port" without any help
-  from the replica: the transport's DEALERs connect from ephemeral ports on
+  from the replica: the transport's PUSH sockets connect from ephemeral ports on
   127.0.0.1, indistinguishable by address. Clients (this process, gid 0)
   are never matched, so a partitioned replica stays reachable by clients.
 - `module`: the Python module the replicas run, `replica.server` or a

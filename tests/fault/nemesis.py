@@ -9,8 +9,8 @@ cut "i -> j" is one rule:
     -p tcp -d 127.0.0.1 --dport <j's peer port> -m owner --gid-owner <i's gid> -j DROP
 
 Every replica runs under its own group id (`FaultCluster.gid`), and replica
-i's only traffic to j's peer port is its DEALER connection to j, which
-carries every Paxos message from i to j (the peer ROUTER only receives).
+i's only traffic to j's peer port is its PUSH connection to j, which
+carries every Paxos message from i to j (the peer PULL only receives).
 Dropping that connection's packets (data, SYNs, ACKs, ZMTP heartbeats)
 silences i -> j and nothing else: j -> i travels on j's own connection to
 i's peer port. So a cut is one-way, and a partition cuts both ways between

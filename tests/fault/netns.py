@@ -26,7 +26,7 @@ A cut "i -> j" is one rule in replica i's namespace:
 
     iptables -A OUTPUT -p tcp -d <j's address> --dport <j's peer port> -j DROP
 
-It drops what i's DEALER sends to j's peer ROUTER: every Paxos message from
+It drops what i's PUSH sends to j's peer PULL: every Paxos message from
 i to j, and nothing else; j -> i travels on j's own connection, so the cut is
 one-way and a partition cuts both directions between the sides (the same
 semantics as the loopback `nemesis.Firewall`). Clients, in the root
