@@ -166,3 +166,48 @@ def local_cluster_config(
         client = normalize_address(f"{host}:{base_port + i}")
         result.append(ReplicaAddress(i + 1, peer, client, peer, client))
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionSettings:
+    """When a replica compacts its log, and how it streams snapshots: the
+    optional `[compaction]` table of the cluster config file. Each replica
+    decides on its own (nothing here must be equal across replicas)."""
+
+    log_slots: int = 10_000
+    """Compact once this many applied slots beyond the retained tail are held."""
+    log_bytes: int = 64 * 1024 * 1024
+    """... or once the applied commands held reach this many bytes."""
+    retained_slots: int = 1_000
+    """Applied slots kept below the applied index, for cheap catch-up by log."""
+    retained_bytes: int = 8 * 1024 * 1024
+    """... but never more than this many bytes of them."""
+    snapshot_chunk_bytes: int = 1024 * 1024
+    """The most one snapshot chunk carries (at least one key)."""
+
+
+_COMPACTION_FIELDS = {f: int for f in CompactionSettings.__slots__}
+
+
+def load_compaction_settings(path: str | os.PathLike[str]) -> CompactionSettings:
+    """The `[compaction]` table of a cluster config file (defaults for what
+    it omits; no table: all defaults)."""
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read cluster config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cluster config {path} is not valid TOML: {exc}") from None
+    table = doc.get("compaction", {})
+    where = f"cluster config {path}, [compaction]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(table) - set(_COMPACTION_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    for name, value in table.items():
+        least = 0 if name.startswith("retained") else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"{where}: {name} must be an integer >= {least}")
+    return CompactionSettings(**table)

@@ -28,6 +28,8 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    SnapshotChunk,
+    SnapshotRequest,
     Value,
     Vote,
 )
@@ -86,6 +88,31 @@ def _entries(x: Any) -> dict[int, Value]:
     return out
 
 
+def _bytes(x: Any) -> bytes:
+    if type(x) is not bytes:
+        raise CodecError("expected a byte string")
+    return x
+
+
+def _opt_bytes(x: Any) -> bytes | None:
+    return None if x is None else _bytes(x)
+
+
+def _items(x: Any) -> list[tuple[bytes, bytes]]:
+    if type(x) is not list:
+        raise CodecError("expected an array of items")
+    out = []
+    for item in x:
+        if type(item) is not list or len(item) != 2:
+            raise CodecError("expected an item [key, record]")
+        out.append((_bytes(item[0]), _bytes(item[1])))
+    return out
+
+
+def _enc_items(items: list[tuple[bytes, bytes]]) -> list:
+    return [[k, r] for k, r in items]
+
+
 def _enc_votes(votes: dict[int, Vote]) -> list:
     return [[s, list(b), list(v)] for s, (b, v) in votes.items()]
 
@@ -100,7 +127,16 @@ _as_list: Callable[[Any], Any] = list
 # tag -> (class, [(field encoder, field decoder)] in field order)
 _REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
     1: (Phase1a, [(_ident, _int), (_as_list, _ballot), (_ident, _int)]),
-    2: (Phase1b, [(_ident, _int), (_as_list, _ballot), (_ident, _int), (_enc_votes, _votes)]),
+    2: (
+        Phase1b,
+        [
+            (_ident, _int),
+            (_as_list, _ballot),
+            (_ident, _int),
+            (_enc_votes, _votes),
+            (_ident, _int),
+        ],
+    ),
     3: (
         Phase2a,
         [(_ident, _int), (_as_list, _ballot), (_ident, _int), (_as_list, _value), (_ident, _int)],
@@ -112,10 +148,28 @@ _REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
     8: (CatchupRequest, [(_ident, _int), (_as_list, _ballot), (_ident, _int)]),
     9: (
         CatchupReply,
-        [(_ident, _int), (_as_list, _ballot), (_enc_entries, _entries), (_ident, _int)],
+        [
+            (_ident, _int),
+            (_as_list, _ballot),
+            (_enc_entries, _entries),
+            (_ident, _int),
+            (_ident, _int),
+        ],
     ),
     10: (PreVote, [(_ident, _int), (_ident, _int), (_ident, _int)]),
     11: (PreVoteReply, [(_ident, _int), (_ident, _int), (_ident, _bool)]),
+    12: (SnapshotRequest, [(_ident, _int), (_ident, _bytes), (_ident, _opt_bytes)]),
+    13: (
+        SnapshotChunk,
+        [
+            (_ident, _int),
+            (_ident, _bytes),
+            (_ident, _int),
+            (_ident, _int),
+            (_enc_items, _items),
+            (_ident, _opt_bytes),
+        ],
+    ),
 }
 _TAG_OF: dict[type, int] = {cls: tag for tag, (cls, _) in _REGISTRY.items()}
 

@@ -12,9 +12,12 @@ Field meanings per message:
 Phase1a(ballot, from_slot)
     A would-be leader asks every acceptor to promise `ballot` for every slot
     >= from_slot (one prepare covers the whole tail of the log).
-Phase1b(ballot, from_slot, votes)
+Phase1b(ballot, from_slot, votes, compacted)
     The promise. `votes` maps each slot >= from_slot at which the acceptor
-    has voted to (vballot, value) of its latest vote there.
+    has voted to (vballot, value) of its latest vote there. `compacted` is
+    the acceptor's compaction point: it deleted its votes below it, all of
+    them at chosen slots, so "no vote below `compacted`" means "compacted",
+    never "free" (a candidate behind it must catch up before it leads).
 Phase2a(ballot, slot, value, commit_index)
     The leader asks acceptors to vote for `value` at `slot` in `ballot`.
     `commit_index` piggybacks the leader's knowledge: every slot below it is
@@ -32,14 +35,24 @@ HeartbeatAck(ballot, round, first_unchosen)
     the leader see who is behind.
 CatchupRequest(ballot, from_slot)
     A replica that lacks chosen values asks the leader for slots >= from_slot.
-CatchupReply(ballot, entries, commit_index)
+CatchupReply(ballot, entries, commit_index, compacted)
     Chosen values, `entries` maps slot to value, every slot < commit_index
-    is chosen.
+    is chosen. `compacted` is the sender's compaction point: no entries and a
+    request below it means "ask for my snapshot instead".
 PreVote(round, first_unchosen)
     A replica that lost contact with the leader asks whether the others would
     follow a new leader at a ballot with round `round` before disturbing
     anyone (pre-vote, as in Raft thesis 9.6).
 PreVoteReply(round, granted)
+SnapshotRequest(snapshot_id, after)
+    A replica that needs the sender's state machine snapshot (its catch-up
+    fell below the sender's compaction point) asks for the next chunk of
+    snapshot `snapshot_id` after key `after` (b"" and None: a new snapshot
+    from the start). Handled by the driver, not the core.
+SnapshotChunk(snapshot_id, index, revision, items, last)
+    One bounded chunk of the snapshot `snapshot_id` (the state machine at
+    applied index `index`): (key, record) pairs in key order; `last` is the
+    last key sent, or None when the snapshot is complete.
 """
 
 from __future__ import annotations
@@ -85,6 +98,7 @@ class Phase1b:
     ballot: Ballot
     from_slot: int
     votes: dict[int, Vote]
+    compacted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +153,7 @@ class CatchupReply:
     ballot: Ballot
     entries: dict[int, Value]
     commit_index: int
+    compacted: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +170,23 @@ class PreVoteReply:
     granted: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    sender: int
+    snapshot_id: bytes
+    after: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    sender: int
+    snapshot_id: bytes
+    index: int
+    revision: int
+    items: list[tuple[bytes, bytes]]
+    last: bytes | None
+
+
 Message = (
     Phase1a
     | Phase1b
@@ -167,4 +199,6 @@ Message = (
     | CatchupReply
     | PreVote
     | PreVoteReply
+    | SnapshotRequest
+    | SnapshotChunk
 )

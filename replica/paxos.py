@@ -42,6 +42,39 @@ The `Ready` contract (the driver MUST honour this order):
 vote, since Phase2a reveals no acceptor state of its sender and the own vote
 is only counted after a later Phase2b: see replica/driver.py, early_phase2a.)
 
+Compaction points
+-----------------
+A replica's log is a bounded window: once its state machine applied slot S
+(and a synced batch made that state durable), the driver may call
+`compact(C)` for some C <= S; the votes and chosen values below C are then
+deleted from memory and storage, and C is the replica's compaction point.
+Every slot below C is chosen (it was applied), but the acceptor no longer
+remembers its vote there, so "no vote below C" means "compacted", never
+"free". The rule that keeps Phase 1 safe across compaction points:
+
+  * every Phase1b carries the promiser's compaction point;
+  * a candidate with a majority of Phase1b whose highest compaction point
+    is above its own commit index (its first slot not known chosen) does NOT
+    lead: it steps down and catches up from that promiser first (catch-up,
+    or a snapshot install when the promiser compacted past what it needs).
+
+Why it is safe. A new leader re-proposes, at every slot from its commit
+index on, the value of the highest vballot among its quorum's Phase1b: that
+is Paxos's safe value only if every promiser reports its vote at that slot.
+A promiser reports every vote at or above its compaction point; with the
+rule, every slot the leader re-proposes (>= its commit index >= every
+promiser's compaction point) is covered by every promiser's report, so the
+classic argument holds unchanged. Slots below its commit index the leader
+already knows chosen. Without the rule a leader behind a promiser's
+compaction point would fill a chosen slot with a no-op or another value
+(tests/sim has that broken variant, and catches it).
+
+A follower whose catch-up request falls below the peer's compaction point
+gets an empty CatchupReply naming that point, and `Ready.install_from` asks
+the driver to install the peer's state machine snapshot; `installed(S)`
+then moves the log past S. A Phase2a below the compaction point is not
+voted on (the slot is chosen and applied already).
+
 The core never touches a socket, a clock, a thread or a disk; randomness comes
 from the `random.Random` the driver injects, so a seed replays a run exactly.
 """
@@ -83,6 +116,8 @@ class DurableState:
     promised: Ballot = ZERO_BALLOT
     votes: dict[int, Vote] = field(default_factory=dict)
     chosen: dict[int, Value] = field(default_factory=dict)
+    compacted: int = 0
+    """The compaction point: votes and chosen values below it were deleted."""
 
 
 class Role(Enum):
@@ -125,9 +160,21 @@ class Ready:
     committed: list[tuple[int, Value]] = field(default_factory=list)
     reads: list[Hashable] = field(default_factory=list)
     failed_reads: list[Hashable] = field(default_factory=list)
+    compacted: int | None = None
+    """A new compaction point: delete the votes and chosen values below it
+    (with the step-1 batch; the state machine state covering them must be
+    durable by then, which one synced batch after it guarantees)."""
+    install_from: int | None = None
+    """Our next needed slot is below this peer's compaction point: install
+    its state machine snapshot (the driver's job), then `installed()`."""
 
     def must_persist(self) -> bool:
-        return self.promised is not None or bool(self.votes) or bool(self.chosen)
+        return (
+            self.promised is not None
+            or bool(self.votes)
+            or bool(self.chosen)
+            or self.compacted is not None
+        )
 
     def merge(self, later: Ready) -> None:
         """Folds `later` (the Ready of a later call) into this one, so that one
@@ -149,6 +196,10 @@ class Ready:
             self.reads.extend(later.reads)
         if later.failed_reads:
             self.failed_reads.extend(later.failed_reads)
+        if later.compacted is not None:
+            self.compacted = later.compacted  # compaction points only grow
+        if later.install_from is not None:
+            self.install_from = later.install_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +217,8 @@ class CoreStatus:
     """This replica's own ballot as candidate or leader (ZERO_BALLOT if never)."""
     promised: Ballot
     commit_index: int
+    compacted: int
+    """The compaction point: the log starts here."""
     log_size: int
     """Chosen values held in memory."""
     peers: tuple[int, ...]
@@ -206,20 +259,25 @@ class PaxosCore:
 
     def _init_acceptor(self, durable: DurableState, applied_index: int) -> None:
         self._promised: Ballot = durable.promised
-        self._votes: dict[int, Vote] = dict(durable.votes)
+        self._compacted = compacted = durable.compacted
+        self._votes: dict[int, Vote] = {s: v for s, v in durable.votes.items() if s >= compacted}
         self._max_vote_slot = max(self._votes, default=-1)
         # Chosen values we know. Below applied_index every slot is chosen; its
         # value is the catch-up entry if one was stored, else our vote (a vote
-        # at a chosen slot carries the chosen value once we learned it).
+        # at a chosen slot carries the chosen value once we learned it). Below
+        # the compaction point there is nothing (the snapshot covers it); if
+        # applied_index is below it (a crash in the middle of an install),
+        # the slots in between must come by catch-up or another install.
         self._log: dict[int, Value] = {}
-        for slot in range(applied_index):
+        for slot in range(compacted, applied_index):
             value = durable.chosen.get(slot)
             if value is None and slot in self._votes:
                 value = self._votes[slot].value
             if value is not None:
                 self._log[slot] = value
         for slot, value in durable.chosen.items():
-            self._log.setdefault(slot, value)
+            if slot >= compacted:
+                self._log.setdefault(slot, value)
         self._commit_index = applied_index  # first slot not known chosen
         self._emitted_index = applied_index  # first slot not yet handed out to apply
         self._highest_seen: Ballot = durable.promised
@@ -273,6 +331,7 @@ class PaxosCore:
             ballot=self._ballot,
             promised=self._promised,
             commit_index=self._commit_index,
+            compacted=self._compacted,
             log_size=len(self._log),
             peers=self.peers,
         )
@@ -316,6 +375,34 @@ class PaxosCore:
         self._send_heartbeats()
         return self._take_ready()
 
+    def compact(self, point: int) -> Ready:
+        """Forgets the log and the votes below `point` (capped at what was
+        handed out to apply): the driver's state machine covers them. The
+        Ready's `compacted` tells the driver to delete them from storage."""
+        self._compact(min(point, self._emitted_index))
+        return self._take_ready()
+
+    def installed(self, index: int) -> Ready:
+        """The driver made a snapshot of the state machine at applied index
+        `index` current: every slot below it is chosen and applied. The log
+        continues from there (the values already known above it are kept)."""
+        self._catchup_age = None
+        self._commit_index = max(self._commit_index, index)
+        self._emitted_index = max(self._emitted_index, index)
+        self._compact(index)
+        self._advance_commit()
+        return self._take_ready()
+
+    def _compact(self, point: int) -> None:
+        if point <= self._compacted:
+            return
+        for slot in [s for s in self._log if s < point]:
+            del self._log[slot]
+        for slot in [s for s in self._votes if s < point]:
+            del self._votes[slot]
+        self._compacted = point
+        self._ready.compacted = point
+
     def _take_ready(self) -> Ready:
         ready, self._ready = self._ready, Ready()
         return ready
@@ -352,7 +439,7 @@ class PaxosCore:
         self._promise(msg.ballot)
         self._follow(msg.sender, msg.ballot)
         votes = self._votes_from(msg.from_slot)
-        self._send(msg.sender, Phase1b(self.id, msg.ballot, msg.from_slot, votes))
+        self._send(msg.sender, Phase1b(self.id, msg.ballot, msg.from_slot, votes, self._compacted))
 
     def _votes_from(self, first: int) -> dict[int, Vote]:
         """Our latest vote at every slot >= first (what a Phase1b reports)."""
@@ -366,8 +453,9 @@ class PaxosCore:
             return
         self._promise(msg.ballot)
         self._follow(msg.sender, msg.ballot)
-        self._vote(msg.slot, msg.ballot, msg.value)
-        self._send(msg.sender, Phase2b(self.id, msg.ballot, msg.slot))
+        if msg.slot >= self._compacted:  # below it: chosen, applied and forgotten
+            self._vote(msg.slot, msg.ballot, msg.value)
+            self._send(msg.sender, Phase2b(self.id, msg.ballot, msg.slot))
         self._learn_commit(msg.sender, msg.ballot, msg.commit_index)
 
     def _follow(self, leader: int, ballot: Ballot) -> None:
@@ -418,6 +506,12 @@ class PaxosCore:
             self._release_reads()
 
     def _on_catchup_request(self, msg: CatchupRequest) -> None:
+        """Sends the chosen values from msg.from_slot on; below our compaction
+        point an empty reply that names it (the asker installs our snapshot)."""
+        if msg.from_slot < self._compacted:
+            reply = CatchupReply(self.id, self._promised, {}, self._commit_index, self._compacted)
+            self._send(msg.sender, reply)
+            return
         end = min(self._commit_index, msg.from_slot + self.config.catchup_entries)
         entries: dict[int, Value] = {}
         size = 0
@@ -429,11 +523,16 @@ class PaxosCore:
             size += sum(len(c) for c in value)
             if size >= self.config.catchup_bytes:
                 break  # at least one entry; frames stay well under the limit
-        self._send(msg.sender, CatchupReply(self.id, self._promised, entries, self._commit_index))
+        reply = CatchupReply(self.id, self._promised, entries, self._commit_index, self._compacted)
+        self._send(msg.sender, reply)
 
     def _on_catchup_reply(self, msg: CatchupReply) -> None:
-        """Learns chosen values sent by a replica that knows them."""
+        """Learns chosen values sent by a replica that knows them, or that we
+        must install its snapshot: it compacted past what we need."""
         self._catchup_age = None
+        if not msg.entries and msg.compacted > self._commit_index:
+            self._ready.install_from = msg.sender
+            return
         for slot, value in msg.entries.items():
             if slot >= self._commit_index and slot not in self._log:
                 self._log[slot] = value
@@ -497,7 +596,9 @@ class PaxosCore:
         self._phase1_age = 0
         self._phase1b = {}
         own = self._votes_from(self._commit_index)
-        self._phase1b[self.id] = Phase1b(self.id, self._ballot, self._commit_index, own)
+        self._phase1b[self.id] = Phase1b(
+            self.id, self._ballot, self._commit_index, own, self._compacted
+        )
         self._send_phase1a(only_missing=False)
         self._check_phase1()
 
@@ -513,8 +614,21 @@ class PaxosCore:
             self._check_phase1()
 
     def _check_phase1(self) -> None:
-        if len(self._phase1b) >= self.quorum:
-            self._become_leader()
+        if len(self._phase1b) < self.quorum:
+            return
+        ahead = max(self._phase1b.values(), key=lambda p1b: p1b.compacted)
+        if self._behind_compaction(ahead.compacted):
+            # See "Compaction points" in the module docstring.
+            self._step_down()
+            self._catchup_age = 0
+            self._send(ahead.sender, CatchupRequest(self.id, self._promised, self._commit_index))
+            return
+        self._become_leader()
+
+    def _behind_compaction(self, compacted: int) -> bool:
+        """True if a promiser deleted slots we do not know chosen values of:
+        then its Phase1b cannot tell us what to re-propose there."""
+        return compacted > self._commit_index
 
     def _on_nack(self, msg: Nack) -> None:
         """A higher ballot exists: stop campaigning or leading at once."""

@@ -12,6 +12,7 @@ owns other prefixes). Key layout:
     b"v" + slot(8 bytes, BE)  -> msgpack [round, replica_id, [cmd, ...]]  (vote)
     b"c" + slot(8 bytes, BE)  -> msgpack [cmd, ...]  (chosen value learned by
                                  catch-up, where the local vote differs or is missing)
+    b"p"                      -> 8 bytes BE: the compaction point (no v/c below it)
 
 Big-endian slots keep LevelDB's key order equal to slot order. The
 simulator runs this very class on `replica.inmem.MemoryDB`, whose crash
@@ -41,14 +42,18 @@ class AcceptorStorage(Protocol):
         votes: dict[int, Vote],
         chosen: dict[int, Value],
         sync: bool = True,
+        compacted: int | None = None,
     ) -> None:
-        """Writes one atomic batch; with sync=True it is on disk on return."""
+        """Writes one atomic batch; with sync=True it is on disk on return.
+        `compacted`, if given, is a new compaction point: the votes and chosen
+        values below it are deleted in the same batch."""
         ...
 
 
 _PROMISED_KEY = b"a"
 _VOTE_PREFIX = b"v"
 _CHOSEN_PREFIX = b"c"
+_COMPACTED_KEY = b"p"
 _SLOT = struct.Struct(">Q")
 
 
@@ -57,10 +62,12 @@ def _slot_key(prefix: bytes, slot: int) -> bytes:
 
 
 class LevelDBStorage:
-    """Acceptor state in the replica's plyvel DB (prefixes a, v, c)."""
+    """Acceptor state in the replica's plyvel DB (prefixes a, v, c, p)."""
 
     def __init__(self, db) -> None:  # db: plyvel.DB
         self._db = db
+        raw = db.get(_COMPACTED_KEY)
+        self._compacted = 0 if raw is None else _SLOT.unpack(raw)[0]
 
     def load(self) -> DurableState:
         state = DurableState()
@@ -68,6 +75,7 @@ class LevelDBStorage:
         if raw is not None:
             r, rid = msgpack.unpackb(raw)
             state.promised = Ballot(r, rid)
+        state.compacted = self._compacted
         for key, raw in self._db.iterator(prefix=_VOTE_PREFIX):
             r, rid, cmds = msgpack.unpackb(raw)
             state.votes[_SLOT.unpack(key[1:])[0]] = Vote(Ballot(r, rid), tuple(cmds))
@@ -81,8 +89,11 @@ class LevelDBStorage:
         votes: dict[int, Vote],
         chosen: dict[int, Value],
         sync: bool = True,
+        compacted: int | None = None,
     ) -> None:
         with self._db.write_batch(sync=sync) as wb:
+            if compacted is not None and compacted > self._compacted:
+                self._delete_below(wb, compacted)
             if promised is not None:
                 wb.put(_PROMISED_KEY, msgpack.packb(list(promised)))
             for slot, (ballot, value) in votes.items():
@@ -92,3 +103,16 @@ class LevelDBStorage:
                 )
             for slot, value in chosen.items():
                 wb.put(_slot_key(_CHOSEN_PREFIX, slot), msgpack.packb(value, use_bin_type=True))
+
+    def _delete_below(self, wb, compacted: int) -> None:  # noqa: ANN001 - a WriteBatch
+        """Adds the deletion of every vote and chosen value in [old point,
+        compacted) to the batch, with the new point. Only keys that exist are
+        deleted (one prefix scan from the old point), so the batch holds what
+        the log held, not one tombstone per slot."""
+        for prefix in (_VOTE_PREFIX, _CHOSEN_PREFIX):
+            for key in self._db.iterator(prefix=prefix, include_value=False):
+                if _SLOT.unpack(key[1:])[0] >= compacted:
+                    break
+                wb.delete(key)
+        wb.put(_COMPACTED_KEY, _SLOT.pack(compacted))
+        self._compacted = compacted

@@ -22,21 +22,28 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    SnapshotChunk,
+    SnapshotRequest,
+    Vote,
 )
 
 B = Ballot(3, 2)
 SAMPLES = [
     Phase1a(1, B, 7),
-    Phase1b(2, B, 7, {7: (Ballot(1, 1), (b"a", b"b")), 9: (B, ())}),
+    Phase1b(2, B, 7, {7: Vote(Ballot(1, 1), (b"a", b"b")), 9: Vote(B, ())}, 5),
     Phase2a(1, B, 8, (b"x" * 100,), 5),
     Phase2b(3, B, 8),
     Nack(2, Ballot(1, 1), B),
     Heartbeat(1, B, 10, 42),
     HeartbeatAck(2, B, 42, 9),
     CatchupRequest(3, B, 0),
-    CatchupReply(1, B, {0: (b"a",), 1: ()}, 2),
+    CatchupReply(1, B, {0: (b"a",), 1: ()}, 2, 1),
     PreVote(2, 4, 11),
     PreVoteReply(3, 4, True),
+    SnapshotRequest(2, b"", None),
+    SnapshotRequest(2, b"\x00" * 8, b"dkey"),
+    SnapshotChunk(1, b"\x00" * 8, 9, 4, [(b"dk", b"rec"), (b"s" * 17, b"")], b"s" * 17),
+    SnapshotChunk(1, b"\x00" * 8, 9, 4, [], None),
 ]
 
 

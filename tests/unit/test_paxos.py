@@ -378,3 +378,80 @@ def test_catchup_reply_is_capped_in_bytes_but_carries_at_least_one_entry():
     )
     [(_, reply)] = sent(huge.step(CatchupRequest(2, Ballot(1, 1), 0)), CatchupReply)
     assert list(reply.entries) == [0]
+
+
+# ------------------------------------------------------------ compaction
+
+
+def _chosen_log(n: int) -> DurableState:
+    return DurableState(votes={s: Vote(Ballot(1, 1), (b"v%d" % s,)) for s in range(n)})
+
+
+def test_compact_forgets_below_the_point_and_tells_the_driver():
+    a = core(1, durable=_chosen_log(10), applied=10)
+    r = a.compact(6)
+    assert r.compacted == 6 and r.must_persist()
+    assert a.status().compacted == 6 and sorted(a._log) == [6, 7, 8, 9]
+    assert sorted(a._votes) == [6, 7, 8, 9]
+    assert a.compact(4).compacted is None  # never backwards
+    assert a.compact(50).compacted == 10  # capped at what was handed out to apply
+
+
+def test_restart_reads_only_the_log_above_the_compaction_point():
+    durable = _chosen_log(10)
+    durable.compacted = 7
+    a = core(1, durable=durable, applied=10)
+    assert sorted(a._log) == [7, 8, 9] and a.status().compacted == 7
+
+
+def test_phase1b_carries_the_compaction_point():
+    a = core(2, durable=_chosen_log(5), applied=5)
+    a.compact(3)
+    [(_, p1b)] = sent(a.step(Phase1a(1, Ballot(2, 1), 0)), Phase1b)
+    assert p1b.compacted == 3 and sorted(p1b.votes) == [3, 4]
+
+
+def test_a_candidate_behind_a_promisers_compaction_point_catches_up_instead_of_leading():
+    c = core(1)  # commit index 0: knows nothing
+    campaign(c)
+    ballot = c.status().ballot
+    r = c.step(Phase1b(2, ballot, 0, {}, 40))  # replica 2 compacted below 40
+    assert not c.is_leader and c.status().role is Role.FOLLOWER
+    assert not sent(r, Phase2a), "it must not fill slots it cannot see"
+    [(dst, req)] = sent(r, CatchupRequest)
+    assert dst == 2 and req.from_slot == 0
+
+
+def test_a_candidate_at_or_past_every_compaction_point_leads():
+    c = core(1, durable=_chosen_log(40), applied=40)
+    campaign(c)
+    c.step(Phase1b(2, c.status().ballot, 40, {}, 40))
+    assert c.is_leader
+
+
+def test_catchup_below_the_compaction_point_asks_for_a_snapshot():
+    leader = core(1, durable=_chosen_log(30), applied=30)
+    leader.compact(20)
+    [(_, reply)] = sent(leader.step(CatchupRequest(2, Ballot(1, 1), 5)), CatchupReply)
+    assert reply.entries == {} and reply.compacted == 20 and reply.commit_index == 30
+    follower = core(2)
+    r = follower.step(reply)
+    assert r.install_from == 1 and r.committed == []
+
+
+def test_installed_moves_the_log_past_the_snapshot():
+    f = core(2)
+    # Votes above the snapshot (from the leader's ballot) become chosen with it.
+    f.step(Phase2a(1, Ballot(1, 1), 25, (b"after",), 0))
+    r = f.installed(25)
+    assert r.compacted == 25
+    assert f.status().commit_index == 25 and f.status().compacted == 25
+    r = f.step(Heartbeat(1, Ballot(1, 1), 26, 1))
+    assert r.committed == [(25, (b"after",))]
+
+
+def test_no_vote_below_the_compaction_point():
+    f = core(2, durable=_chosen_log(10), applied=10)
+    f.compact(8)
+    r = f.step(Phase2a(1, Ballot(2, 1), 3, (b"old",), 10))
+    assert r.votes == {} and not sent(r, Phase2b)
