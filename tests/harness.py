@@ -17,8 +17,11 @@ from __future__ import annotations
 import importlib.util
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import plyvel
 
 from client.client import KVClient
 from kvstore.config import (
@@ -27,12 +30,24 @@ from kvstore.config import (
     local_cluster_config,
     write_cluster_config,
 )
+from kvstore.statemachine import KVStateMachine
 from replica import launch
 
 SERVER_MISSING = importlib.util.find_spec(launch.REPLICA_MODULE) is None
 
 _STOPPED_BY_US = (0, -signal.SIGTERM, -signal.SIGKILL)
 """Exit statuses of a replica we stopped (SIGTERM: a clean exit) or killed."""
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One replica's state machine as found on disk after a clean stop."""
+
+    rid: int
+    applied_index: int
+    revision: int
+    checksum: str
+    keys: int
 
 
 class Cluster:
@@ -198,6 +213,23 @@ class Cluster:
     @staticmethod
     def _unexpected_exit(proc: subprocess.Popen[bytes]) -> bool:
         return proc.returncode not in _STOPPED_BY_US
+
+    def state_checksums(self) -> list[ReplicaState]:
+        """Opens every replica's LevelDB (the replicas must be stopped) and
+        returns its applied index, revision and data checksum."""
+        states = []
+        for rid in self.ids:
+            if self.is_running(rid):
+                raise RuntimeError(f"replica {rid} is running; stop it first")
+            db = plyvel.DB(str(self.data_dir(rid)))
+            try:
+                sm = KVStateMachine(db)
+                states.append(
+                    ReplicaState(rid, sm.applied_index, sm.revision, sm.checksum(), sm.key_count())
+                )
+            finally:
+                db.close()
+        return states
 
     def __enter__(self) -> Cluster:
         return self

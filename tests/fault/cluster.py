@@ -16,7 +16,7 @@ replica/launch.py) with these additions, made through `launch_options`:
   are never matched, so a partitioned replica stays reachable by clients.
 - `module`: the Python module the replicas run, `replica.server` or a
   deliberately broken wrapper (`tests.fault.broken_replica`).
-- `wait_settled` and `state_checksums`: the end-of-run checks that every
+- `wait_settled` (and the harness's `state_checksums`): the end-of-run checks that every
   replica applied the same log and holds the same data.
 """
 
@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import plyvel
-
 from kvstore.config import ReplicaAddress, write_cluster_config
-from kvstore.statemachine import KVStateMachine
 from replica.launch import REPLICA_MODULE
 from tests.fault.netns import NetnsNetwork
 from tests.harness import Cluster
@@ -43,17 +39,6 @@ CLIENT_PORT = 7101
 GID_BASE = 3_000_000
 """Replica group ids are GID_BASE + 16 * (launcher pid % 100_000) + replica id:
 unique per launcher, far from any real group, below 2**31."""
-
-
-@dataclass(frozen=True)
-class ReplicaState:
-    """One replica's state machine as found on disk after a clean stop."""
-
-    rid: int
-    applied_index: int
-    revision: int
-    checksum: str
-    keys: int
 
 
 class FaultCluster(Cluster):
@@ -161,23 +146,6 @@ class FaultCluster(Cluster):
                 return {"ok": True, "seconds": time.monotonic() - started, "rows": rows}
             time.sleep(0.2)
         return {"ok": False, "seconds": time.monotonic() - started, "rows": rows}
-
-    def state_checksums(self) -> list[ReplicaState]:
-        """Opens every replica's LevelDB (the replicas must be stopped) and
-        returns its applied index, revision and data checksum."""
-        states = []
-        for rid in self.ids:
-            if self.is_running(rid):
-                raise RuntimeError(f"replica {rid} is running; stop it first")
-            db = plyvel.DB(str(self.data_dir(rid)))
-            try:
-                sm = KVStateMachine(db)
-                states.append(
-                    ReplicaState(rid, sm.applied_index, sm.revision, sm.checksum(), sm.key_count())
-                )
-            finally:
-                db.close()
-        return states
 
     def log_errors(self) -> dict[int, list[str]]:
         """Lines of the replica logs that show a crash or an error."""

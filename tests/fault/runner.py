@@ -49,7 +49,7 @@ from typing import Any
 from client.client import KVClient
 from client.errors import BadRequest, ClusterUnavailable, RequestTooLarge
 from replica.launch import REPLICA_MODULE
-from tests.fault.cluster import FaultCluster, ReplicaState
+from tests.fault.cluster import FaultCluster
 from tests.fault.history import History, Kind, Operation, Outcome
 from tests.fault.linearizability import Result, Verdict, check
 from tests.fault.nemesis import (
@@ -62,6 +62,7 @@ from tests.fault.nemesis import (
     partition_links,
 )
 from tests.fault.netns import NetnsNetwork
+from tests.harness import ReplicaState
 
 FINAL = "final"
 """The process name of the final reads in the history."""

@@ -218,7 +218,7 @@ def test_lost_writes_flags_a_value_nobody_wrote_and_a_failed_final_read() -> Non
 
 
 def test_compare_states() -> None:
-    from tests.fault.cluster import ReplicaState
+    from tests.harness import ReplicaState
 
     same = [ReplicaState(r, 7, 3, "ab", 2) for r in (1, 2, 3)]
     assert compare_states(same) == []
