@@ -21,3 +21,20 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """The leader stops adding client commands to one slot value past this size."""
+
+SESSION_TTL_MS = 60 * 60 * 1000
+"""A client session idle for longer than this (1 hour), in log time (the
+leaders' wall clocks as stamped into the log), is forgotten: the next request
+of that client id numbered above 1 is refused with SESSION_EXPIRED. Part of
+the replicated state machine's rules: every replica of a cluster must use the
+same value (kvstore/statemachine.py)."""
+
+SESSION_EXPIRY_PER_CLOCK = 256
+"""At most this many idle sessions are deleted per clock command of the log,
+so one apply stays cheap; a larger backlog goes with the following clocks.
+Part of the state machine's rules, like SESSION_TTL_MS."""
+
+MAX_CLIENT_TIMEOUT_S = SESSION_TTL_MS / 1000 / 2
+"""The longest overall timeout a client may give one request (30 minutes):
+far below SESSION_TTL_MS, so a retry finds the session its first attempt
+created unless log time jumps forward by more than the difference."""

@@ -30,11 +30,21 @@ exception.
 Exactly-once: a client picks a random 16-byte `client_id` and numbers its
 requests with `seq` (1, 2, ...). It retries a request with the same seq; the
 state machine records the last seq and result per client and returns the
-recorded result to a retry instead of applying it twice.
+recorded result to a retry instead of applying it twice. Sessions idle for
+longer than `kvstore.limits.SESSION_TTL_MS` of log time are forgotten; a
+request numbered above 1 from a client id without a session is answered
+SESSION_EXPIRED and not applied (kvstore/statemachine.py).
+
+Log time: besides client requests, a slot may hold the leader's clock
+command, `encode_clock(unix_ms)` = 0xc1 + the milliseconds as 8 big-endian
+bytes. 0xc1 is the one byte msgpack never uses, so `parse_request` refuses
+such a frame from a client (BAD_REQUEST, undecodable) and no client frame,
+which must decode as a msgpack array, can be mistaken for one.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -45,6 +55,8 @@ from kvstore.limits import MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
 
 PROTOCOL_VERSION = 1
 CLIENT_ID_BYTES = 16
+CLOCK_TAG = b"\xc1"
+_CLOCK = struct.Struct(">Q")
 
 
 class ProtocolError(ValueError):
@@ -70,6 +82,7 @@ class Status(IntEnum):
     UNAVAILABLE = 4  # no leader known or the request could not be served now: retry
     BAD_REQUEST = 5  # malformed request; `error` says why; nothing changed
     TOO_LARGE = 6  # key or value over the documented limits; nothing changed
+    SESSION_EXPIRED = 7  # seq > 1 from a client id without a session: nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,3 +289,17 @@ def decode_response(frame: bytes) -> Response:
         error=_check(error, str, "error"),
         info=_check(info, (dict, type(None)), "info"),
     )
+
+
+def encode_clock(unix_ms: int) -> bytes:
+    """The leader's clock command: 0xc1 + `unix_ms` as 8 big-endian bytes. The
+    state machine advances its log time to it (never backwards)."""
+    return CLOCK_TAG + _CLOCK.pack(unix_ms)
+
+
+def decode_clock(command: bytes) -> int | None:
+    """The milliseconds of a clock command, or None when `command` is not one
+    (anything but exactly 0xc1 + 8 bytes)."""
+    if type(command) is not bytes or len(command) != 9 or command[:1] != CLOCK_TAG:
+        return None
+    return _CLOCK.unpack_from(command, 1)[0]

@@ -3,108 +3,356 @@
 Theory of operation
 -------------------
 Every replica feeds the same chosen log, slot by slot and in order, to a
-`KVStateMachine`. A slot value is a tuple of encoded write requests (PUT,
-DELETE, CAS) exactly as the clients sent them; `()` is a no-op. Applying must
-be deterministic: the same log gives the same bytes on every replica, so
-nothing here looks at clocks, randomness or anything outside the log, and a
-bad command is answered with an error instead of raising.
+`KVStateMachine`. A slot value is a tuple of commands: encoded write requests
+(PUT, DELETE, CAS) exactly as the clients sent them, and the leader's clock
+commands (`kvstore.protocol.encode_clock`); `()` is a no-op. Applying must be
+deterministic: the same log gives the same bytes on every replica, so nothing
+here looks at clocks, randomness or anything outside the log (time comes from
+the clock commands in it), and a bad command is answered with an error
+instead of raising.
 
-The state machine owns three prefixes of the replica's single LevelDB (the
-other prefixes belong to replica/storage.py and are never touched here):
+Key layout. The state machine owns these prefixes of the replica's single
+LevelDB (the others belong to replica/storage.py and are never touched here):
 
-    d + key        -> msgpack [value, version]    the KV data
-    s + client_id  -> msgpack [last_seq, encoded Response]   client sessions
-    m + b"state"   -> 16 bytes: applied_index, revision (two big-endian u64)
+    d0|d1 + key                  -> msgpack [value, version]         KV data
+    s0|s1 + client_id            -> msgpack [last_seq, digest, last_used,
+                                             status, version]        sessions
+    t0|t1 + last_used + client_id -> b""           sessions by last use
+    m + b"state"                 -> 26 bytes: applied_index, revision,
+                                    log_time (three big-endian u64), forgot,
+                                    generation (one byte each)
+    m + b"install"               -> msgpack: the progress of a snapshot
+                                    being staged (absent when none is)
 
-One-letter prefixes keep every key short and let each kind be scanned in key
-order on its own (checksum, snapshot). Applied index and revision share one
-record because they always change together.
+The digit is the generation: the state machine's state is the generation the
+`m state` record names, plus that record. The other generation is empty,
+being staged by a snapshot install, or garbage left by the last install and
+deleted in bounded batches. `last_used` in a `t` key is 8 big-endian bytes,
+so the `t` range lists sessions oldest first. Everything in `m state`
+changes together, so it is one record.
 
-`apply()` turns a run of slots into ONE `WriteBatch`: the data changes, the
-session updates and the new metadata land together or not at all. LevelDB
-applies batches atomically and in order, so after a crash the state machine
-is exactly "the first N slots applied" for some N, and the driver replays the
-rest from the durable log. That is why the batch may be written without
-`sync`. Until the batch is written, later commands of the same call read the
-earlier ones' effects from in-memory overlays (`_Pending`).
+Apply. `apply()` turns a run of slots into ONE `WriteBatch`: the data
+changes, the session updates and the new metadata land together or not at
+all. LevelDB applies batches atomically and in order, so after a crash the
+state machine is exactly "the first N slots applied" for some N, and the
+driver replays the rest from the durable log. That is why the batch may be
+written without `sync`. Until the batch is written, later commands of the
+same call read the earlier ones' effects from in-memory overlays.
 
 Versions follow etcd's mod_revision: a global `revision` counts the successful
 writes; a key's version is the revision of its last modification and an absent
 key has version 0. DELETE of an absent key is NOT_FOUND and does not count.
 
-Exactly-once: per client the last applied seq and its encoded response are
-kept. A retry of that seq gets the recorded response and applies nothing; an
-older seq gets BAD_REQUEST; a newer one is applied and recorded. Sessions are
-never expired (expiry would have to be driven by the log to stay
-deterministic); each costs one small record per client id.
+Sessions (exactly once, bounded). Per client id the record keeps the last
+applied seq, an 8-byte blake2b digest of that request's bytes, the log time
+of its last use, and the response's status and version: never a value (a
+failed CAS is answered with the current value once; its record keeps only
+CAS_FAILED and the version, so a retry gets the value None). A request from
+a known session with seq equal to the last one is a retry if its digest
+matches (the recorded response, nothing applied); if it does not, the client
+id was reused by a new process for another request: BAD_REQUEST, nothing
+applied, never someone else's answer. A lower seq is stale (BAD_REQUEST).
+From an unknown client id, seq 1 opens a session (a client numbers its
+writes, and its first write is seq 1; client/client.py). A higher seq is
+answered SESSION_EXPIRED and not applied: its session may have been
+forgotten, so whether an earlier attempt was applied cannot be told, and
+applying it might apply it twice. "May": `forgot` in `m state` records
+whether any session has ever expired; until one has, an unknown client id
+cannot be a forgotten one, and a higher seq opens a session as before
+(clients that number their reads too, like the simulator's, keep working
+on a log without clock commands or before the first hour of idleness).
+
+Expiry is driven by the log alone. A clock command sets `log_time = max(
+log_time, t)` (the leader's wall clock in unix ms; monotone even when a new
+leader's clock is behind) and is answered to nobody. A session is expired
+once `log_time - last_used > SESSION_TTL_MS`: from then on it counts as
+unknown, and each clock command deletes up to `SESSION_EXPIRY_PER_CLOCK`
+expired sessions, oldest first, from the `t` index (no scan). The bound is
+per clock command, not per `apply()` call, because replicas split the log
+into calls differently and the outcome must not depend on that. Without
+clock commands log time stays 0 and nothing expires.
+
+Snapshots. `snapshot_reader()` is a LevelDB snapshot of the current
+generation at the applied index, exported in bounded chunks of (key, record)
+in key order, with keys that name no generation: `d` + key, `m` (applied
+index, revision, log time) and `s` + client_id; the `t` index is derived
+from the session records on the receiving side. `install_begin/chunk/finish`
+stage a snapshot into the other generation as it arrives, the progress
+record riding in each chunk's batch, and `install_finish` flips the
+generation in one small synced batch. Nothing holds the whole state in
+memory and nothing is copied at the switch. Crash safety: the state is
+whatever `m state` names, and only `apply` and `install_finish` write it;
+staging and garbage collection touch only the other generation and the
+progress record; batches survive a crash as a prefix in order, so a crash
+leaves the old state or (once the flip batch is durable) the complete new
+one, and the progress record says where staging resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import msgpack
 import plyvel
 
+from kvstore.limits import SESSION_EXPIRY_PER_CLOCK, SESSION_TTL_MS
 from kvstore.protocol import (
+    CLIENT_ID_BYTES,
     WRITE_OPS,
     Op,
     Request,
     Response,
     Status,
-    decode_response,
-    encode_response,
+    decode_clock,
     parse_request,
 )
 
-DATA_PREFIX = b"d"
-SESSION_PREFIX = b"s"
 META_PREFIX = b"m"
 _META_KEY = META_PREFIX + b"state"
-_META = struct.Struct(">QQ")  # applied_index, revision
+_INSTALL_KEY = META_PREFIX + b"install"
+_META = struct.Struct(">QQQBB")  # applied_index, revision, log_time, forgot, generation
+_OLD_META_BYTES = 16  # applied_index, revision: the layout before generations
+_TIME = struct.Struct(">Q")
 _LENGTHS = struct.Struct(">II")  # key and record length, for the checksum
+_DIGEST_BYTES = 8
+GC_BATCH_KEYS = 1000
+"""Keys deleted per batch when a generation is discarded or collected."""
 
-SNAPSHOT_KINDS = (DATA_PREFIX, SESSION_PREFIX)
-"""The `kind` of a snapshot item: the prefix its key was stored under."""
+SNAPSHOT_DATA = b"d"
+SNAPSHOT_META = b"m"
+SNAPSHOT_SESSION = b"s"
+_SNAPSHOT_META = struct.Struct(">QQQB")  # index, revision, log_time, forgot
 
 Result = tuple[bytes, int, Response]
 """(client_id, seq, response) for one applied command; client_id is b"" when
-the command could not be decoded or validated (nobody to answer)."""
+the command is a clock command or could not be decoded or validated (nobody
+to answer)."""
 
 _ABSENT: tuple[bytes | None, int] = (None, 0)
 _STALE = Response(Status.BAD_REQUEST, error="stale sequence number")
+_CLOCK_DONE = Response(Status.OK)
 
 
 def _pack(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _unpack(raw: bytes) -> list:
+def _unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, use_list=True)
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The first key after every key that starts with `prefix`."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+@dataclass(frozen=True, slots=True)
+class _Gen:
+    """The key prefixes of one generation of the state."""
+
+    number: int
+    data: bytes
+    sessions: bytes
+    index: bytes
+
+    def index_key(self, last_used: int, client_id: bytes) -> bytes:
+        return self.index + _TIME.pack(last_used) + client_id
+
+    def prefixes(self) -> tuple[bytes, bytes, bytes]:
+        return self.data, self.sessions, self.index
+
+
+_GENS = (_Gen(0, b"d0", b"s0", b"t0"), _Gen(1, b"d1", b"s1", b"t1"))
+
+
+class _Meta(NamedTuple):
+    """The `m state` record: where the state machine stands."""
+
+    applied_index: int = 0
+    revision: int = 0
+    log_time: int = 0
+    forgot: bool = False  # some session has expired: an unknown client may be one
+    generation: int = 0
+
+    def pack(self) -> bytes:
+        return _META.pack(*self)
+
+    @classmethod
+    def unpack(cls, raw: bytes | None) -> _Meta:
+        if raw is None:
+            return cls()
+        index, revision, log_time, forgot, generation = _META.unpack(raw)
+        return cls(index, revision, log_time, bool(forgot), generation)
+
+
+class _Session(NamedTuple):
+    """One client's session record; it has no room for a value."""
+
+    seq: int
+    digest: bytes
+    last_used: int
+    status: int
+    version: int
+
+    def pack(self) -> bytes:
+        return _pack(list(self))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> _Session:
+        """Decodes and type-checks a record (snapshots come from peers)."""
+        fields = _unpack(raw)
+        if (
+            not isinstance(fields, list)
+            or len(fields) != 5
+            or [type(f) for f in fields] != [int, bytes, int, int, int]
+            or len(fields[1]) != _DIGEST_BYTES
+        ):
+            raise ValueError("malformed session record")
+        return cls(*fields)
+
+    def response(self) -> Response:
+        return Response(Status(self.status), version=self.version)
+
+
+def _digest(command: bytes) -> bytes:
+    return hashlib.blake2b(command, digest_size=_DIGEST_BYTES).digest()
+
+
+def _expired(last_used: int, log_time: int) -> bool:
+    return log_time - last_used > SESSION_TTL_MS
+
+
+class _Sessions:
+    """The session table as seen during one `apply()` call: the stored
+    records under an overlay of this call's changes, and log time.
+
+    Expiry walks the stored `t` index and this call's own changes (a heap of
+    (last_used, client_id)) merged in one order, so that it deletes exactly
+    what it would delete had the earlier commands already been written: the
+    outcome does not depend on where the driver split the log into calls.
+    The stored index does not change during a call, so a cursor remembers
+    how far it was consumed."""
+
+    def __init__(self, db: plyvel.DB, gen: _Gen, log_time: int, forgot: bool) -> None:
+        self._db = db
+        self._gen = gen
+        self.log_time = log_time
+        self.forgot = forgot
+        self.changed: dict[bytes, _Session | None] = {}  # None: deleted
+        self._stored_cache: dict[bytes, _Session | None] = {}
+        self._heap: list[tuple[int, bytes]] = []
+        self._cursor: bytes | None = None  # stored index keys up to here are consumed
+
+    def _stored(self, client_id: bytes) -> _Session | None:
+        if client_id not in self._stored_cache:
+            raw = self._db.get(self._gen.sessions + client_id)
+            self._stored_cache[client_id] = None if raw is None else _Session.unpack(raw)
+        return self._stored_cache[client_id]
+
+    def get(self, client_id: bytes) -> _Session | None:
+        """The client's live session, or None (never opened, or expired)."""
+        changed = client_id in self.changed
+        session = self.changed[client_id] if changed else self._stored(client_id)
+        if session is None:
+            return None
+        if _expired(session.last_used, self.log_time):
+            self.forgot = True
+            return None
+        return session
+
+    def put(self, client_id: bytes, session: _Session) -> None:
+        self._stored(client_id)  # flush needs its old index key
+        self.changed[client_id] = session
+        heapq.heappush(self._heap, (session.last_used, client_id))
+
+    def expire(self, limit: int) -> None:
+        """Deletes up to `limit` expired sessions, oldest first."""
+        cutoff = self.log_time - SESSION_TTL_MS  # expired: last_used < cutoff
+        if cutoff <= 0:
+            return
+        stored = self._stored_candidates()
+        head = next(stored, None)
+        for _ in range(limit):
+            own = self._heap_top()
+            if head is not None and (own is None or head[:2] < own):
+                if head[0] >= cutoff:
+                    return
+                client_id, self._cursor = head[1:]
+                self._stored(client_id)  # flush deletes its index key
+                head = next(stored, None)
+            elif own is not None and own[0] < cutoff:
+                client_id = heapq.heappop(self._heap)[1]
+            else:
+                return
+            self.changed[client_id] = None
+            self.forgot = True
+
+    def _stored_candidates(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """(last_used, client_id, index key) of stored sessions this call has
+        not changed, oldest first, from the cursor on."""
+        start = self._gen.index if self._cursor is None else self._cursor
+        keys = self._db.iterator(
+            start=start,
+            stop=_range_end(self._gen.index),
+            include_start=self._cursor is None,
+            include_value=False,
+        )
+        for db_key in keys:
+            client_id = db_key[10:]
+            if client_id in self.changed:
+                self._cursor = db_key  # this call's overlay decides for it
+                continue
+            yield _TIME.unpack_from(db_key, 2)[0], client_id, db_key
+
+    def _heap_top(self) -> tuple[int, bytes] | None:
+        """The oldest of this call's live sessions (stale heap entries dropped)."""
+        while self._heap:
+            last_used, client_id = self._heap[0]
+            session = self.changed.get(client_id)
+            if session is not None and session.last_used == last_used:
+                return last_used, client_id
+            heapq.heappop(self._heap)
+        return None
+
+    def flush(self, batch: plyvel.WriteBatch) -> None:
+        gen = self._gen
+        for client_id, session in self.changed.items():
+            old = self._stored_cache.get(client_id)
+            if old is not None and (session is None or session.last_used != old.last_used):
+                batch.delete(gen.index_key(old.last_used, client_id))
+            if session is None:
+                if old is not None:
+                    batch.delete(gen.sessions + client_id)
+            else:
+                batch.put(gen.sessions + client_id, session.pack())
+                batch.put(gen.index_key(session.last_used, client_id), b"")
 
 
 class _Pending:
     """The effects of one `apply()` call not yet written: reads check these
     overlays before LevelDB, so a command sees the commands before it."""
 
-    __slots__ = ("data", "db", "revision", "sessions")
+    __slots__ = ("data", "db", "gen", "revision", "sessions")
 
-    def __init__(self, db: plyvel.DB, revision: int) -> None:
+    def __init__(self, db: plyvel.DB, meta: _Meta) -> None:
         self.db = db
-        self.revision = revision
+        self.gen = _GENS[meta.generation]
+        self.revision = meta.revision
         # key -> (value, version), or None once deleted in this call
         self.data: dict[bytes, tuple[bytes, int] | None] = {}
-        # client_id -> (last_seq, encoded Response)
-        self.sessions: dict[bytes, tuple[int, bytes]] = {}
+        self.sessions = _Sessions(db, self.gen, meta.log_time, meta.forgot)
 
     def read(self, key: bytes) -> tuple[bytes | None, int]:
         """(value, version) of `key`, or (None, 0) when absent."""
         if key in self.data:
             entry = self.data[key]
             return _ABSENT if entry is None else entry
-        raw = self.db.get(DATA_PREFIX + key)
+        raw = self.db.get(self.gen.data + key)
         if raw is None:
             return _ABSENT
         value, version = _unpack(raw)
@@ -116,24 +364,13 @@ class _Pending:
         self.data[key] = None if value is None else (value, self.revision)
         return self.revision
 
-    def session(self, client_id: bytes) -> tuple[int, bytes | None]:
-        """(last_seq, encoded last response) of a client; (0, None) if new."""
-        if client_id in self.sessions:
-            return self.sessions[client_id]
-        raw = self.db.get(SESSION_PREFIX + client_id)
-        if raw is None:
-            return 0, None
-        seq, resp = _unpack(raw)
-        return seq, resp
-
     def flush(self, batch: plyvel.WriteBatch) -> None:
         for key, entry in self.data.items():
             if entry is None:
-                batch.delete(DATA_PREFIX + key)
+                batch.delete(self.gen.data + key)
             else:
-                batch.put(DATA_PREFIX + key, _pack(entry))
-        for client_id, record in self.sessions.items():
-            batch.put(SESSION_PREFIX + client_id, _pack(record))
+                batch.put(self.gen.data + key, _pack(entry))
+        self.sessions.flush(batch)
 
 
 def _parse(command: bytes) -> Request | Response:
@@ -166,116 +403,416 @@ def _execute(req: Request, pending: _Pending) -> Response:
     return Response(Status.OK, version=pending.write(key, req.value))
 
 
+def _session_expired(seq: int) -> Response:
+    hours = SESSION_TTL_MS / 3_600_000
+    return Response(
+        Status.SESSION_EXPIRED,
+        error=f"session expired or unknown: this client id has no session (sessions idle "
+        f"for over {hours:g} h are forgotten), so request seq {seq} was not applied; "
+        "start a new session (a new client id, seq 1)",
+    )
+
+
+def _answer(req: Request, command: bytes, pending: _Pending) -> Response:
+    """One write with the exactly-once session rules around it."""
+    sessions = pending.sessions
+    session = sessions.get(req.client_id)
+    digest = _digest(command)
+    if session is None:
+        if req.seq != 1 and sessions.forgot:
+            return _session_expired(req.seq)
+    elif req.seq == session.seq:
+        if digest != session.digest:
+            return Response(
+                Status.BAD_REQUEST,
+                error=f"client id reused: seq {req.seq} already answered for a different request",
+            )
+        if session.last_used != sessions.log_time:
+            sessions.put(req.client_id, session._replace(last_used=sessions.log_time))
+        return session.response()  # a retry
+    elif req.seq < session.seq:
+        return _STALE
+    resp = _execute(req, pending)
+    record = _Session(req.seq, digest, sessions.log_time, int(resp.status), resp.version)
+    sessions.put(req.client_id, record)
+    return resp
+
+
+class _Install(NamedTuple):
+    """The progress of a snapshot being staged (the `m install` record)."""
+
+    snapshot_id: bytes
+    index: int
+    revision: int
+    meta: bytes | None  # the snapshot's `m` item, once staged
+    bytes: int
+    keys: int
+    last: bytes | None  # the last key staged: resume after it
+    done: bool  # the final chunk is staged
+
+    def pack(self) -> bytes:
+        return _pack(list(self))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> _Install:
+        return cls(*_unpack(raw))
+
+
 class KVStateMachine:
-    """The KV data, client sessions and applied index of one replica, kept in
-    the `d`, `s` and `m` prefixes of the replica's LevelDB."""
+    """The KV data, client sessions, applied index and log time of one
+    replica, kept in the `d`, `s`, `t` and `m` prefixes of its LevelDB."""
 
     def __init__(self, db: plyvel.DB) -> None:
         self._db = db
         raw = db.get(_META_KEY)
-        self._applied_index, self._revision = (0, 0) if raw is None else _META.unpack(raw)
+        if raw is not None and len(raw) == _OLD_META_BYTES:
+            raise ValueError(
+                "this data directory holds a state machine in the layout before "
+                "generations (issue 11); start the replica on an empty data directory"
+            )
+        self._meta = _Meta.unpack(raw)
+        self._gen = _GENS[self._meta.generation]
+        raw = db.get(_INSTALL_KEY)
+        self._install = None if raw is None else _Install.unpack(raw)
+        self._garbage_clean = False  # True once the other generation is known empty
+        self._gc_cursor: bytes | None = None  # other-generation keys up to here deleted
 
     @property
     def applied_index(self) -> int:
         """Number of slots applied, which is the next slot to apply."""
-        return self._applied_index
+        return self._meta.applied_index
 
     @property
     def revision(self) -> int:
         """Number of successful writes so far (the latest version handed out)."""
-        return self._revision
+        return self._meta.revision
+
+    @property
+    def log_time(self) -> int:
+        """The latest leader time (unix ms) applied from the log; 0 before any."""
+        return self._meta.log_time
+
+    # -- apply ----------------------------------------------------------------
 
     def apply(self, entries: Iterable[tuple[int, tuple[bytes, ...]]]) -> list[Result]:
         """Applies chosen slots `(slot, value)` in order, starting exactly at
         `applied_index`, in one atomic LevelDB batch. Returns the outcome of
         every command, in log order. Raises ValueError (writing nothing) if
         the slots are not consecutive from `applied_index`: a driver bug."""
-        pending = _Pending(self._db, self._revision)
+        pending = _Pending(self._db, self._meta)
         results: list[Result] = []
-        next_slot = self._applied_index
+        next_slot = self._meta.applied_index
         for slot, value in entries:
             if slot != next_slot:
                 raise ValueError(f"slot {slot} applied out of order; expected {next_slot}")
             for command in value:
                 results.append(self._apply_command(command, pending))
             next_slot += 1
-        if next_slot == self._applied_index:
+        if next_slot == self._meta.applied_index:
             return results
+        sessions = pending.sessions
+        meta = _Meta(
+            next_slot, pending.revision, sessions.log_time, sessions.forgot, self._gen.number
+        )
         batch = self._db.write_batch()
         pending.flush(batch)
-        batch.put(_META_KEY, _META.pack(next_slot, pending.revision))
+        batch.put(_META_KEY, meta.pack())
         batch.write()
-        self._applied_index, self._revision = next_slot, pending.revision
+        self._meta = meta
         return results
 
     @staticmethod
     def _apply_command(command: bytes, pending: _Pending) -> Result:
-        """One command, with the exactly-once session check around it."""
+        """One command: a clock command advances log time and expires
+        sessions; a write goes through the session rules."""
+        clock = decode_clock(command)
+        if clock is not None:
+            sessions = pending.sessions
+            sessions.log_time = max(sessions.log_time, clock)
+            sessions.expire(SESSION_EXPIRY_PER_CLOCK)
+            return b"", 0, _CLOCK_DONE
         parsed = _parse(command)
         if isinstance(parsed, Response):
             return b"", 0, parsed
-        client_id, seq = parsed.client_id, parsed.seq
-        last_seq, last_resp = pending.session(client_id)
-        if seq == last_seq and last_resp is not None:  # a retry
-            return client_id, seq, decode_response(last_resp)
-        if seq < last_seq:
-            return client_id, seq, _STALE
-        resp = _execute(parsed, pending)
-        pending.sessions[client_id] = (seq, encode_response(resp))
-        return client_id, seq, resp
+        return parsed.client_id, parsed.seq, _answer(parsed, command, pending)
+
+    # -- reads ----------------------------------------------------------------
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, version) of `key` as of `applied_index`, or None."""
-        raw = self._db.get(DATA_PREFIX + key)
+        raw = self._db.get(self._gen.data + key)
         if raw is None:
             return None
         value, version = _unpack(raw)
         return value, version
 
     def key_count(self) -> int:
-        return sum(1 for _ in self._db.iterator(prefix=DATA_PREFIX, include_value=False))
+        return sum(1 for _ in self._db.iterator(prefix=self._gen.data, include_value=False))
+
+    def session_count(self) -> int:
+        """Number of stored sessions (expired ones not yet deleted included)."""
+        return sum(1 for _ in self._db.iterator(prefix=self._gen.sessions, include_value=False))
 
     def checksum(self) -> str:
         """sha256 (hex) over every (key, value, version) in key order: equal on
         two replicas exactly when their data is equal."""
         digest = hashlib.sha256()
-        for db_key, raw in self._db.iterator(prefix=DATA_PREFIX):
+        skip = len(self._gen.data)
+        for db_key, raw in self._db.iterator(prefix=self._gen.data):
             # Length prefixes keep (key, record) boundaries unambiguous.
-            digest.update(_LENGTHS.pack(len(db_key) - 1, len(raw)))
-            digest.update(db_key[1:])
+            digest.update(_LENGTHS.pack(len(db_key) - skip, len(raw)))
+            digest.update(db_key[skip:])
             digest.update(raw)
         return digest.hexdigest()
 
-    def snapshot_items(self) -> tuple[int, int, Iterator[tuple[bytes, bytes, bytes]]]:
-        """A consistent snapshot: `(applied_index, revision, items)`, where
-        items yields `(kind, key, record)` with kind `b"d"` (data) or `b"s"`
-        (session), key without its prefix and record as stored. The items are
-        read from a LevelDB snapshot, so later applies do not leak in."""
+    # -- snapshots: export ------------------------------------------------------
+
+    def snapshot_reader(self) -> SnapshotReader:
+        """A consistent view of the state machine at its applied index, read
+        from a LevelDB snapshot (later applies do not leak in); close it."""
         snap = self._db.snapshot()
-        raw = snap.get(_META_KEY)
-        applied_index, revision = (0, 0) if raw is None else _META.unpack(raw)
-        return applied_index, revision, _snapshot_iter(snap)
+        return SnapshotReader(snap, _Meta.unpack(snap.get(_META_KEY)))
 
-    def restore(
-        self, items: Iterable[tuple[bytes, bytes, bytes]], applied_index: int, revision: int
-    ) -> None:
-        """Replaces all state machine state with a snapshot from
-        `snapshot_items`, in one synced batch. Raises ValueError, changing
-        nothing, on an item of unknown kind."""
-        batch = self._db.write_batch(sync=True)
-        for prefix in (DATA_PREFIX, SESSION_PREFIX, META_PREFIX):
-            for db_key in self._db.iterator(prefix=prefix, include_value=False):
-                batch.delete(db_key)
-        for kind, key, record in items:
-            if kind not in SNAPSHOT_KINDS:
-                raise ValueError(f"unknown snapshot item kind {kind!r}")
-            batch.put(kind + key, record)
-        batch.put(_META_KEY, _META.pack(applied_index, revision))
+    # -- snapshots: staged install ----------------------------------------------
+
+    def install_begin(self, snapshot_id: bytes, index: int, revision: int) -> bytes | None:
+        """Starts staging snapshot `snapshot_id` (of a state machine at applied
+        index `index` and `revision`), or resumes it after a crash: returns
+        the key to continue after (None: from the start). Staging another
+        snapshot first discards what was staged, in batches of GC_BATCH_KEYS
+        (the progress record goes first, so a crash never resumes a half
+        discarded snapshot); the new progress record rides in the last one."""
+        staged = self._install
+        if staged is not None and staged[:3] == (snapshot_id, index, revision):
+            return staged.last
+        fresh = _Install(snapshot_id, index, revision, None, 0, 0, None, False)
+        drop = staged is not None
+        self._install = None
+        more = True
+        while more:
+            batch = self._db.write_batch()
+            if drop:
+                batch.delete(_INSTALL_KEY)
+                drop = False
+            more = self._delete_other(batch, GC_BATCH_KEYS)
+            if not more:
+                batch.put(_INSTALL_KEY, fresh.pack())
+            batch.write()
+        self._install = fresh
+        self._garbage_clean, self._gc_cursor = False, None
+        return None
+
+    def install_chunk(self, items: list[tuple[bytes, bytes]], last: bytes | None) -> None:
+        """Stages one chunk from `SnapshotReader.chunk` into the other
+        generation (never the live data), with the progress in the same
+        batch, unsynced (the flip's synced batch makes it durable). `last`
+        is what `chunk` returned: None marks the final chunk. Items at or
+        before the progress's last key are skipped (a chunk sent again).
+        Raises ValueError, staging nothing, on a malformed or out-of-order
+        item, or when nothing is being staged."""
+        staged = self._install
+        if staged is None:
+            raise ValueError("no snapshot is being staged: call install_begin first")
+        if last is not None and (not items or items[-1][0] != last):
+            raise ValueError("a chunk's last key must be its last item's key")
+        target = _GENS[1 - self._gen.number]
+        batch = self._db.write_batch()
+        progress = staged
+        for key, record in items:
+            if staged.last is not None and key <= staged.last:
+                continue  # staged before
+            if staged.done:
+                raise ValueError("the snapshot's final chunk is already staged")
+            if progress.last is not None and key <= progress.last:
+                raise ValueError("snapshot items out of key order")
+            meta = _stage_item(batch, target, staged, key, record)
+            progress = progress._replace(
+                bytes=progress.bytes + len(key) + len(record),
+                keys=progress.keys + 1,
+                last=key,
+                meta=progress.meta if meta is None else meta,
+            )
+        progress = progress._replace(done=staged.done or last is None)
+        batch.put(_INSTALL_KEY, progress.pack())
         batch.write()
-        self._applied_index, self._revision = applied_index, revision
+        self._install = progress
+
+    def install_finish(self) -> None:
+        """Makes the staged snapshot the state machine, atomically, with one
+        small synced batch: the generation flips, and applied index, revision
+        and log time become the snapshot's. The previous generation is then
+        garbage for `collect_garbage`. Raises ValueError, changing nothing,
+        if the snapshot is not completely staged or is behind the state."""
+        staged = self._install
+        if staged is None or not staged.done or staged.meta is None:
+            raise ValueError("the snapshot is not completely staged")
+        if staged.index < self._meta.applied_index:
+            raise ValueError(
+                f"snapshot at index {staged.index} is behind the applied index "
+                f"{self._meta.applied_index}; install_abort() it"
+            )
+        new = _GENS[1 - self._gen.number]
+        index, revision, log_time, forgot = _SNAPSHOT_META.unpack(staged.meta)
+        meta = _Meta(index, revision, log_time, bool(forgot), new.number)
+        batch = self._db.write_batch(sync=True)
+        batch.put(_META_KEY, meta.pack())
+        batch.delete(_INSTALL_KEY)
+        batch.write()
+        self._meta, self._gen, self._install = meta, new, None
+        self._garbage_clean, self._gc_cursor = False, None
+
+    def install_abort(self) -> None:
+        """Forgets the snapshot being staged (one small batch); what it staged
+        is then garbage for `collect_garbage`."""
+        if self._install is not None:
+            self._db.delete(_INSTALL_KEY)
+            self._install = None
+            self._garbage_clean, self._gc_cursor = False, None
+
+    def install_progress(self) -> dict[str, Any] | None:
+        """{"snapshot_id", "index", "bytes", "keys", "last", "done"} of the
+        snapshot being staged, else None."""
+        staged = self._install
+        if staged is None:
+            return None
+        return {
+            "snapshot_id": staged.snapshot_id,
+            "index": staged.index,
+            "bytes": staged.bytes,
+            "keys": staged.keys,
+            "last": staged.last,
+            "done": staged.done,
+        }
+
+    def collect_garbage(self, max_keys: int = GC_BATCH_KEYS) -> bool:
+        """Deletes up to `max_keys` keys of the previous generation (left by an
+        install, or an abandoned staging) in one unsynced batch. Returns True
+        while garbage remains: the driver calls it again on a later iteration.
+        Does nothing while a snapshot is being staged."""
+        if self._garbage_clean or self._install is not None:
+            return False
+        batch = self._db.write_batch()
+        more = self._delete_other(batch, max_keys)
+        batch.write()
+        self._garbage_clean = not more
+        return more
+
+    def _delete_other(self, batch: plyvel.WriteBatch, max_keys: int) -> bool:
+        """Adds deletes of up to `max_keys` keys of the other generation to
+        `batch`, in key order from `_gc_cursor`; True if more remain. The
+        cursor saves rescanning deleted keys; only this object deletes there."""
+        left = max_keys
+        cursor = self._gc_cursor
+        for prefix in _GENS[1 - self._gen.number].prefixes():
+            end = _range_end(prefix)
+            if cursor is not None and cursor >= end:
+                continue
+            resume = cursor is not None and cursor >= prefix
+            keys = self._db.iterator(
+                start=cursor if resume else prefix,
+                stop=end,
+                include_start=not resume,
+                include_value=False,
+            )
+            for db_key in keys:
+                if left == 0:
+                    return True
+                batch.delete(db_key)
+                self._gc_cursor = db_key
+                left -= 1
+        return False
 
 
-def _snapshot_iter(snap: plyvel.Snapshot) -> Iterator[tuple[bytes, bytes, bytes]]:
-    for kind in SNAPSHOT_KINDS:
-        for db_key, record in snap.iterator(prefix=kind):
-            yield kind, db_key[1:], record
+def _stage_item(
+    batch: plyvel.WriteBatch, target: _Gen, staged: _Install, key: bytes, record: bytes
+) -> bytes | None:
+    """Adds one snapshot item to `batch` in generation `target`, after
+    checking it; returns the record if it is the snapshot's `m` item (kept
+    in the progress record until the flip)."""
+    kind, rest = key[:1], key[1:]
+    if kind == SNAPSHOT_DATA and rest:
+        fields = _unpack(record)
+        if not isinstance(fields, list) or [type(f) for f in fields] != [bytes, int]:
+            raise ValueError("malformed data record in snapshot")
+        batch.put(target.data + rest, record)
+        return None
+    if kind == SNAPSHOT_SESSION and len(rest) == CLIENT_ID_BYTES:
+        session = _Session.unpack(record)
+        batch.put(target.sessions + rest, record)
+        batch.put(target.index_key(session.last_used, rest), b"")
+        return None
+    if key == SNAPSHOT_META and len(record) == _SNAPSHOT_META.size:
+        index, revision, _, forgot = _SNAPSHOT_META.unpack(record)
+        if (index, revision) != (staged.index, staged.revision) or forgot > 1:
+            raise ValueError("snapshot meta item does not match install_begin's index/revision")
+        return record
+    raise ValueError(f"unknown snapshot item {key[:24]!r}")
+
+
+class SnapshotReader:
+    """A consistent export of one state machine at `index` (its applied
+    index), `revision` and `log_time`, read from a LevelDB snapshot in
+    bounded chunks. Keys name no generation: `d` + key (record as stored:
+    [value, version]), `m` (index, revision, log_time as three big-endian
+    u64, then a byte: whether a session was ever forgotten) and `s` +
+    client_id (session record as stored), in key order."""
+
+    def __init__(self, snap: plyvel.Snapshot, meta: _Meta) -> None:
+        self._snap = snap
+        self._gen = _GENS[meta.generation]
+        self._meta = meta
+        self.index = meta.applied_index
+        self.revision = meta.revision
+        self.log_time = meta.log_time
+
+    def chunk(
+        self, after: bytes | None, max_bytes: int
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """(items, last): the (key, record) items after key `after` (None or
+        b"": from the start), in key order, at least one and otherwise at
+        most `max_bytes` of keys and records together; `last` is the last
+        item's key, or None when these items complete the snapshot (items
+        may then be [])."""
+        items: list[tuple[bytes, bytes]] = []
+        size = 0
+        for key, record in self._items_after(after or None):
+            if items and size + len(key) + len(record) > max_bytes:
+                return items, items[-1][0]
+            items.append((key, record))
+            size += len(key) + len(record)
+        return items, None
+
+    def _items_after(self, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        kind = b"" if after is None else after[:1]
+        if kind not in (b"", SNAPSHOT_DATA, SNAPSHOT_SESSION) and after != SNAPSHOT_META:
+            raise ValueError(f"not a snapshot key: {after[:24]!r}")
+        if kind in (b"", SNAPSHOT_DATA):
+            yield from self._range(SNAPSHOT_DATA, self._gen.data, after)
+        if kind != SNAPSHOT_SESSION:
+            if after != SNAPSHOT_META:
+                yield SNAPSHOT_META, _SNAPSHOT_META.pack(*self._meta[:4])
+            after = None
+        yield from self._range(SNAPSHOT_SESSION, self._gen.sessions, after)
+
+    def _range(
+        self, kind: bytes, prefix: bytes, after: bytes | None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The items of one kind, after `after` if it is one of them."""
+        resume = after is not None and after[:1] == kind
+        entries = self._snap.iterator(
+            start=prefix + after[1:] if resume else prefix,
+            stop=_range_end(prefix),
+            include_start=not resume,
+        )
+        skip = len(prefix)
+        for db_key, record in entries:
+            yield kind + db_key[skip:], record
+
+    def close(self) -> None:
+        self._snap.close()
+
+    def __enter__(self) -> SnapshotReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

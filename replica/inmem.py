@@ -21,7 +21,8 @@ sessions, only without a disk. What it models of LevelDB:
   they are durable but nothing that was to follow happened.
 
 Only what the replica uses is implemented: get, put, delete, write_batch,
-iterator (prefix, include_value), snapshot, close.
+iterator (prefix or start/stop with include_start/include_stop,
+include_value), snapshot (get, iterator, close), close.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class MemoryDB:
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         return self._live.get(key, default)
 
-    def iterator(self, prefix: bytes = b"", include_value: bool = True) -> Iterator[Any]:
-        return _iterate(self._live, prefix, include_value)
+    def iterator(self, **kw: Any) -> Iterator[Any]:
+        return _iterate(self._live, **kw)
 
     def snapshot(self) -> MemorySnapshot:
         return MemorySnapshot(dict(self._live))
@@ -134,8 +135,11 @@ class MemorySnapshot:
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         return self._data.get(key, default)
 
-    def iterator(self, prefix: bytes = b"", include_value: bool = True) -> Iterator[Any]:
-        return _iterate(self._data, prefix, include_value)
+    def iterator(self, **kw: Any) -> Iterator[Any]:
+        return _iterate(self._data, **kw)
+
+    def close(self) -> None:
+        self._data = {}
 
 
 def _apply(target: dict[bytes, bytes], ops: list[_Op]) -> None:
@@ -146,8 +150,29 @@ def _apply(target: dict[bytes, bytes], ops: list[_Op]) -> None:
             target[key] = value
 
 
-def _iterate(data: dict[bytes, bytes], prefix: bytes, include_value: bool) -> Iterator[Any]:
-    keys = sorted(k for k in data if k.startswith(prefix))
+def _iterate(
+    data: dict[bytes, bytes],
+    *,
+    prefix: bytes | None = None,
+    start: bytes | None = None,
+    stop: bytes | None = None,
+    include_start: bool = True,
+    include_stop: bool = False,
+    include_value: bool = True,
+) -> Iterator[Any]:
+    """plyvel's iterator: keys in order, within `prefix` or [start, stop)
+    (plyvel refuses prefix together with start/stop, and so does this)."""
+    if prefix is not None and (start is not None or stop is not None):
+        raise TypeError("'prefix' cannot be used together with 'start' or 'stop'")
+
+    def wanted(k: bytes) -> bool:
+        if prefix is not None:
+            return k.startswith(prefix)
+        if start is not None and (k < start or (k == start and not include_start)):
+            return False
+        return stop is None or k < stop or (k == stop and include_stop)
+
+    keys = sorted(k for k in data if wanted(k))
     if include_value:
         return iter([(k, data[k]) for k in keys])
     return iter(keys)

@@ -20,8 +20,10 @@ from kvstore.protocol import (
     Request,
     Response,
     Status,
+    decode_clock,
     decode_request,
     decode_response,
+    encode_clock,
     encode_request,
     encode_response,
     parse_request,
@@ -54,6 +56,7 @@ RESPONSES = [
     Response(Status.UNAVAILABLE, error="no leader"),
     Response(Status.BAD_REQUEST, error="seq must be >= 1"),
     Response(Status.TOO_LARGE, error="key is 5000 bytes"),
+    Response(Status.SESSION_EXPIRED, error="session expired or unknown: start a new session"),
     Response(Status.OK, info={"id": 1, "role": "leader", "leader": 1, "commit_index": 10}),
 ]
 
@@ -475,3 +478,35 @@ def test_fuzz_mutated_valid_frames(noise: bytes, cut: int, data: st.DataObject) 
     base = data.draw(st.sampled_from([encode_request(r) for r in REQUESTS]))
     cut = min(cut, len(base))
     _decode_or_protocol_error(base[:cut] + noise + base[cut + len(noise) :])
+
+
+# --- the leader's clock command -------------------------------------------------------
+
+
+@pytest.mark.parametrize("unix_ms", [0, 1, 1_700_000_000_123, 2**64 - 1])
+def test_clock_command_round_trip(unix_ms: int) -> None:
+    command = encode_clock(unix_ms)
+    assert len(command) == 9 and command[:1] == b"\xc1"
+    assert decode_clock(command) == unix_ms
+
+
+@pytest.mark.parametrize(
+    "command",
+    [b"", b"\xc1", b"\xc1" + bytes(7), b"\xc1" + bytes(9), b"\xc0" + bytes(8), bytearray(9)],
+)
+def test_anything_else_is_not_a_clock_command(command: bytes) -> None:
+    assert decode_clock(command) is None
+    assert decode_clock(encode_request(REQUESTS[0])) is None
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_a_client_cannot_send_a_clock_command(unix_ms: int) -> None:
+    resp = parse_request(encode_clock(unix_ms))
+    assert isinstance(resp, Response) and resp.status is Status.BAD_REQUEST
+    assert "undecodable" in resp.error
+
+
+@given(st.binary(min_size=1, max_size=64))
+def test_no_decodable_frame_is_a_clock_command(frame: bytes) -> None:
+    if isinstance(parse_request(frame), Request):
+        assert decode_clock(frame) is None

@@ -1,32 +1,61 @@
-"""KVStateMachine on a real LevelDB: KV semantics, versions, exactly-once
-sessions, bad commands, persistence, checksums and snapshots."""
+"""KVStateMachine on a real LevelDB and on its in-memory twin (MemoryDB): KV
+semantics, versions, exactly-once sessions and their expiry by log time, bad
+commands, persistence, checksums, snapshot export and the staged install
+(crashes included)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import copy
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import plyvel
 import pytest
 
-from kvstore.limits import MAX_KEY_BYTES, MAX_REQUEST_BYTES
-from kvstore.protocol import Op, Request, Response, Status, encode_request
-from kvstore.statemachine import KVStateMachine
+from kvstore.limits import (
+    MAX_KEY_BYTES,
+    MAX_REQUEST_BYTES,
+    SESSION_EXPIRY_PER_CLOCK,
+    SESSION_TTL_MS,
+)
+from kvstore.protocol import Op, Request, Response, Status, encode_clock, encode_request
+from kvstore.statemachine import KVStateMachine, SnapshotReader
+from replica.inmem import MemoryDB
 
 ALICE = b"a" * 16
 BOB = b"b" * 16
+T0 = 1_700_000_000_000  # a log time (unix ms)
+
+NewDB = Callable[[], Any]
+
+
+@pytest.fixture(params=["leveldb", "memory"])
+def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NewDB]:
+    """Makes empty DBs of the parametrized kind: plyvel in tmp dirs, or MemoryDB."""
+    opened: list[plyvel.DB] = []
+
+    def make() -> Any:
+        if request.param == "memory":
+            return MemoryDB()
+        opened.append(plyvel.DB(str(tmp_path / f"db{len(opened)}"), create_if_missing=True))
+        return opened[-1]
+
+    yield make
+    for handle in opened:
+        handle.close()
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[plyvel.DB]:
-    handle = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
-    yield handle
-    handle.close()
+def db(new_db: NewDB) -> Any:
+    return new_db()
 
 
 @pytest.fixture
-def sm(db: plyvel.DB) -> KVStateMachine:
+def sm(db: Any) -> KVStateMachine:
     return KVStateMachine(db)
 
 
@@ -60,6 +89,37 @@ def run(sm: KVStateMachine, *commands: bytes) -> list[Response]:
 def run_one(sm: KVStateMachine, command: bytes) -> Response:
     (resp,) = run(sm, command)
     return resp
+
+
+def clock(sm: KVStateMachine, unix_ms: int) -> None:
+    """Applies a slot holding only the leader's clock command."""
+    ((cid, seq, resp),) = sm.apply([(sm.applied_index, (encode_clock(unix_ms),))])
+    assert (cid, seq, resp.status) == (b"", 0, Status.OK)  # answered to nobody
+
+
+def live_state(sm: KVStateMachine) -> tuple[int, int, int, list[tuple[bytes, bytes]]]:
+    """Everything of the current state, generation digits stripped: applied
+    index, revision, log time and the raw d, s and t records."""
+    records = []
+    for prefix in sm._gen.prefixes():
+        records += [(k[:1] + k[2:], v) for k, v in sm._db.iterator(prefix=prefix)]
+    return sm.applied_index, sm.revision, sm.log_time, records
+
+
+def other_generation(sm: KVStateMachine) -> list[bytes]:
+    other = b"1" if sm._gen.number == 0 else b"0"
+    prefixes = (b"d" + other, b"s" + other, b"t" + other)
+    return [k for p in prefixes for k in sm._db.iterator(prefix=p, include_value=False)]
+
+
+def check_session_index(sm: KVStateMachine) -> None:
+    """Every session has exactly one index key, at its last_used, and no more."""
+    gen = sm._gen
+    expected = set()
+    for key, raw in sm._db.iterator(prefix=gen.sessions):
+        last_used = msgpack.unpackb(raw)[2]
+        expected.add(gen.index_key(last_used, key[2:]))
+    assert set(sm._db.iterator(prefix=gen.index, include_value=False)) == expected
 
 
 # --- KV semantics -----------------------------------------------------------
@@ -239,6 +299,182 @@ def test_client_may_skip_seq_numbers(sm: KVStateMachine) -> None:
     assert sm.get(b"k") == (b"2", 2)
 
 
+def test_client_id_reused_for_another_request_is_refused(sm: KVStateMachine) -> None:
+    old, new = Client(), Client()  # the same id, both start at seq 1
+    run_one(sm, old.put(b"k", b"old process"))
+    refused = run_one(sm, new.put(b"k", b"new process"))
+    assert refused.status == Status.BAD_REQUEST
+    assert "client id reused: seq 1 already answered for a different request" in refused.error
+    assert sm.get(b"k") == (b"old process", 1)
+    assert sm.revision == 1
+
+
+def _forget_a_session(sm: KVStateMachine) -> None:
+    clock(sm, T0)
+    run_one(sm, Client(b"f" * 16).put(b"f", b"forgotten"))
+    clock(sm, T0 + SESSION_TTL_MS + 1)
+    assert sm.session_count() == 0
+
+
+def test_unknown_client_above_seq_1_is_session_expired(sm: KVStateMachine) -> None:
+    _forget_a_session(sm)
+    c = Client()
+    c.seq = 4
+    resp = run_one(sm, c.put(b"k", b"v"))
+    assert resp.status == Status.SESSION_EXPIRED
+    assert "session expired or unknown" in resp.error and "seq 5" in resp.error
+    assert sm.get(b"k") is None and sm.revision == 1
+    assert sm.session_count() == 0  # no session was opened by it
+    assert (
+        KVStateMachine(sm._db).apply([(sm.applied_index, (c.put(b"k", b"v"),))])[0][2].status
+        == Status.SESSION_EXPIRED
+    )  # "a session was forgotten" is persisted
+
+
+def test_before_any_session_is_forgotten_any_seq_opens_a_session(sm: KVStateMachine) -> None:
+    """A client that numbers its reads too writes first at seq > 1: fine as
+    long as no session ever expired (it cannot be a forgotten one)."""
+    clock(sm, T0)
+    c = Client()
+    c.seq = 4
+    assert run_one(sm, c.put(b"k", b"v")) == Response(Status.OK, version=1)
+    assert sm.session_count() == 1
+
+
+def test_failed_cas_answers_the_value_once_and_records_none(sm: KVStateMachine) -> None:
+    big = b"x" * 100_000
+    c = Client(BOB)
+    run_one(sm, Client().put(b"k", big))
+    cmd = c.cas(b"k", b"new", expected_version=7)
+    assert run_one(sm, cmd) == Response(Status.CAS_FAILED, value=big, version=1)
+    assert run_one(sm, cmd) == Response(Status.CAS_FAILED, value=None, version=1)  # a retry
+    for _, raw in sm._db.iterator(prefix=sm._gen.sessions):
+        assert len(raw) < 64  # [seq, digest, last_used, status, version]: never a value
+
+
+def test_clock_commands_advance_log_time_monotonically(db: Any) -> None:
+    sm = KVStateMachine(db)
+    assert sm.log_time == 0
+    clock(sm, T0)
+    clock(sm, T0 - 5000)  # a new leader whose clock is behind
+    assert sm.log_time == T0
+    results = sm.apply([(sm.applied_index, (encode_clock(T0 + 7), Client().put(b"k", b"v")))])
+    assert [cid for cid, _, _ in results] == [b"", ALICE]
+    assert KVStateMachine(db).log_time == T0 + 7  # persisted with the applied index
+
+
+def test_idle_session_expires_after_the_ttl(sm: KVStateMachine) -> None:
+    c = Client()
+    clock(sm, T0)
+    first = c.put(b"k", b"v")
+    run_one(sm, first)
+    clock(sm, T0 + SESSION_TTL_MS)  # idle exactly the TTL: still there
+    assert run_one(sm, first) == Response(Status.OK, version=1)  # a retry, refreshes it
+    clock(sm, T0 + 2 * SESSION_TTL_MS)
+    assert sm.session_count() == 1
+    clock(sm, T0 + 2 * SESSION_TTL_MS + 1)  # idle longer than the TTL: deleted
+    assert sm.session_count() == 0
+    check_session_index(sm)
+    resp = run_one(sm, c.put(b"k", b"again"))
+    assert resp.status == Status.SESSION_EXPIRED
+    assert sm.get(b"k") == (b"v", 1)
+    fresh = Client(BOB)  # a new session just works
+    assert run_one(sm, fresh.put(b"k", b"w")) == Response(Status.OK, version=2)
+
+
+def test_without_clock_commands_nothing_expires(sm: KVStateMachine) -> None:
+    clients = [Client(bytes([i]) * 16) for i in range(1, 4)]
+    for c in clients:
+        run_one(sm, c.put(b"k", b"v"))
+    sm.apply([(sm.applied_index + i, ()) for i in range(100)])
+    assert sm.log_time == 0 and sm.session_count() == 3
+    assert all(run_one(sm, c.put(b"k", b"w")).status == Status.OK for c in clients)
+
+
+def _open_sessions(sm: KVStateMachine, count: int, at: int) -> list[Client]:
+    clients = [Client(i.to_bytes(16, "big")) for i in range(count)]
+    sm.apply([(sm.applied_index, (encode_clock(at), *(c.put(b"k", b"v") for c in clients)))])
+    return clients
+
+
+def test_expiry_is_bounded_per_clock_command_and_oldest_first(sm: KVStateMachine) -> None:
+    old = _open_sessions(sm, 2 * SESSION_EXPIRY_PER_CLOCK + 10, T0)
+    young = Client(b"y" * 16)
+    sm.apply([(sm.applied_index, (encode_clock(T0 + 1), young.put(b"y", b"1")))])
+    total = len(old) + 1
+    clock(sm, T0 + SESSION_TTL_MS + 1)  # every old one is expired, the young one is not
+    assert sm.session_count() == total - SESSION_EXPIRY_PER_CLOCK
+    # Not yet deleted, but expired already: refused like a deleted one.
+    assert run_one(sm, old[-1].put(b"k", b"late")).status == Status.SESSION_EXPIRED
+    clock(sm, T0 + SESSION_TTL_MS + 1)
+    clock(sm, T0 + SESSION_TTL_MS + 1)
+    assert sm.session_count() == 1  # only the young one is left
+    check_session_index(sm)
+    assert run_one(sm, young.put(b"y", b"2")).status == Status.OK
+
+
+def test_expiry_is_the_same_however_the_log_is_split(new_db: NewDB) -> None:
+    """Sessions opened and expired inside one apply call, more expiries than
+    one clock may do: one call, slot by slot, and random splits agree."""
+    log = _session_log(random.Random(7), slots=120)
+    states = set()
+    for split in ("whole", "each", "random"):
+        sm = KVStateMachine(new_db())
+        answers = []
+        for part in _split(log, split, random.Random(3)):
+            answers += sm.apply(part)
+        check_session_index(sm)
+        states.add((repr(live_state(sm)), repr(answers), sm.checksum()))
+    assert len(states) == 1
+    assert "SESSION_EXPIRED" in next(iter(states))[1]
+
+
+def _session_log(rng: random.Random, slots: int) -> list[tuple[int, tuple[bytes, ...]]]:
+    """A log of writes by 300 clients (retries, reused ids, stale seqs) with
+    clock commands that jump past the TTL now and then."""
+    clients = [Client(i.to_bytes(16, "big")) for i in range(300)]
+    now = T0
+    log = []
+    for slot in range(slots):
+        now += rng.choice([10, 1000, SESSION_TTL_MS // 3, SESSION_TTL_MS + 1])
+        commands = [encode_clock(now)]
+        for _ in range(rng.randrange(40)):
+            c = rng.choice(clients)
+            cmd = c.put(bytes([rng.randrange(20)]), rng.randbytes(3))
+            commands.append(cmd)
+            if rng.random() < 0.2:
+                commands.append(cmd)  # a retry
+            if rng.random() < 0.05:
+                c.seq = rng.randrange(1, c.seq + 2)  # reuse, stale or skip
+        log.append((slot, tuple(commands)))
+    return log
+
+
+def _split(log: list, how: str, rng: random.Random) -> Iterator[list]:
+    if how == "whole":
+        yield log
+    elif how == "each":
+        yield from ([entry] for entry in log)
+    else:
+        i = 0
+        while i < len(log):
+            n = rng.randrange(1, 15)
+            yield log[i : i + n]
+            i += n
+
+
+def test_two_replicas_fed_the_same_log_agree(new_db: NewDB) -> None:
+    """The same log on plyvel and on MemoryDB, applied in different steps."""
+    log = _session_log(random.Random(11), slots=60)
+    on_memory = KVStateMachine(MemoryDB())
+    on_disk = KVStateMachine(new_db())
+    on_memory.apply(log)
+    for entry in log:
+        on_disk.apply([entry])
+    assert live_state(on_memory) == live_state(on_disk)
+    assert on_memory.checksum() == on_disk.checksum()
+
+
 # --- bad commands ---------------------------------------------------------------
 
 
@@ -290,14 +526,14 @@ def test_state_survives_reopen(tmp_path: Path) -> None:
     retry = c.put(b"k", b"v")
     db = plyvel.DB(path, create_if_missing=True)
     sm = KVStateMachine(db)
-    sm.apply([(0, (Client(BOB).put(b"j", b"w"), retry)), (1, ())])
+    sm.apply([(0, (encode_clock(T0), Client(BOB).put(b"j", b"w"), retry)), (1, ())])
     before = sm.checksum()
     db.close()
 
     db = plyvel.DB(path)
     try:
         sm = KVStateMachine(db)
-        assert (sm.applied_index, sm.revision) == (2, 2)
+        assert (sm.applied_index, sm.revision, sm.log_time) == (2, 2, T0)
         assert sm.get(b"k") == (b"v", 2)
         assert sm.checksum() == before
         # The session survived: the retry is answered from the record.
@@ -307,48 +543,36 @@ def test_state_survives_reopen(tmp_path: Path) -> None:
         db.close()
 
 
-def test_other_prefixes_are_left_alone(db: plyvel.DB) -> None:
-    db.put(b"a", b"acceptor")
-    db.put(b"v" + bytes(8), b"vote")
-    sm = KVStateMachine(db)
-    sm.apply([(0, (Client().put(b"k", b"v"),))])
-    applied, revision, items = sm.snapshot_items()
-    sm.restore(list(items), applied, revision)
-    assert db.get(b"a") == b"acceptor"
-    assert db.get(b"v" + bytes(8)) == b"vote"
-    assert sm.key_count() == 1
+def test_a_data_directory_of_the_old_layout_is_refused(db: Any) -> None:
+    db.put(b"mstate", bytes(16))  # applied_index, revision: before generations
+    with pytest.raises(ValueError, match="empty data directory"):
+        KVStateMachine(db)
 
 
-# --- checksums and snapshots ------------------------------------------------------
+# --- checksums --------------------------------------------------------------------
 
 
 def _log() -> list[tuple[int, tuple[bytes, ...]]]:
     a, b = Client(ALICE), Client(BOB)
     return [
-        (0, (a.put(b"x", b"1"), b.put(b"y", b"2"))),
+        (0, (encode_clock(T0), a.put(b"x", b"1"), b.put(b"y", b"2"))),
         (1, ()),
         (2, (a.cas(b"x", b"3", expected_value=b"1"), b.delete(b"y"), a.put(b"z", b""))),
     ]
 
 
-def _fresh(tmp_path: Path, name: str) -> plyvel.DB:
-    return plyvel.DB(str(tmp_path / name), create_if_missing=True)
-
-
-def test_checksum_equal_for_the_same_log(tmp_path: Path) -> None:
-    db1, db2 = _fresh(tmp_path, "1"), _fresh(tmp_path, "2")
-    sm1, sm2 = KVStateMachine(db1), KVStateMachine(db2)
+def test_checksum_equal_for_the_same_log(new_db: NewDB) -> None:
+    sm1, sm2 = KVStateMachine(new_db()), KVStateMachine(new_db())
     log = _log()
     sm1.apply(log)
     for entry in log:  # the same log in smaller steps
         sm2.apply([entry])
     assert sm1.checksum() == sm2.checksum()
+    assert live_state(sm1) == live_state(sm2)
     assert sm1.key_count() == sm2.key_count() == 2
-    db1.close()
-    db2.close()
 
 
-def test_checksum_differs_on_value_key_or_version(tmp_path: Path) -> None:
+def test_checksum_differs_on_value_key_or_version(new_db: NewDB) -> None:
     sums = set()
     for name, commands in [
         ("base", (Client().put(b"k", b"v"),)),
@@ -356,13 +580,11 @@ def test_checksum_differs_on_value_key_or_version(tmp_path: Path) -> None:
         ("key", (Client().put(b"j", b"v"),)),
         ("version", (Client(BOB).put(b"x", b"1"), Client().put(b"k", b"v"))),
     ]:
-        db = _fresh(tmp_path, name)
-        sm = KVStateMachine(db)
+        sm = KVStateMachine(new_db())
         sm.apply([(0, commands)])
         if name == "version":  # same k -> v as base, but at version 2
             sm.apply([(1, (Client(BOB).delete(b"x"),))])
         sums.add(sm.checksum())
-        db.close()
     assert len(sums) == 4
 
 
@@ -370,53 +592,335 @@ def test_checksum_of_empty_store(sm: KVStateMachine) -> None:
     assert sm.checksum() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
-def test_snapshot_restore_round_trip(tmp_path: Path) -> None:
-    src_db, dst_db = _fresh(tmp_path, "src"), _fresh(tmp_path, "dst")
-    src, dst = KVStateMachine(src_db), KVStateMachine(dst_db)
-    log = _log()
-    src.apply(log)
-    dst.apply([(0, (Client(b"c" * 16).put(b"stale", b"gone"),))])  # replaced below
+# --- snapshots: export and staged install -------------------------------------------
 
-    applied, revision, items = src.snapshot_items()
-    src.apply([(3, (Client(b"d" * 16).put(b"late", b"not in snapshot"),))])
-    dst.restore(items, applied, revision)
 
-    assert (dst.applied_index, dst.revision) == (3, 5)
-    assert dst.get(b"stale") is None
+def _populate(sm: KVStateMachine, keys: int, seed: int = 1) -> None:
+    """`keys` keys of varied sizes written by 50 clients, some deleted, over
+    clock commands: data, sessions and a log time to carry over."""
+    rng = random.Random(seed)
+    clients = [Client(bytes([seed]) + i.to_bytes(15, "big")) for i in range(50)]
+    slot_commands: list[bytes] = []
+    for i in range(keys):
+        c = clients[i % len(clients)]
+        slot_commands.append(c.put(b"key%06d" % i, rng.randbytes(rng.choice([0, 10, 300]))))
+        if i % 7 == 3:
+            slot_commands.append(c.delete(b"key%06d" % (i - 1)))
+        if len(slot_commands) >= 100:
+            _apply_slot(sm, slot_commands, T0 + seed * 1000 + sm.applied_index)
+            slot_commands = []
+    _apply_slot(sm, slot_commands, T0 + seed * 1000 + sm.applied_index)
+
+
+def _apply_slot(sm: KVStateMachine, commands: list[bytes], now: int) -> None:
+    sm.apply([(sm.applied_index, (encode_clock(now), *commands))])
+
+
+def _chunks(reader: SnapshotReader, max_bytes: int, after: bytes | None = None) -> Iterator:
+    while True:
+        items, last = reader.chunk(after, max_bytes)
+        yield items, last
+        if last is None:
+            return
+        after = last
+
+
+def transfer(
+    src: KVStateMachine | SnapshotReader, dst: KVStateMachine, max_bytes: int = 2048
+) -> int:
+    """What the driver does: begin (or resume), chunks, finish, collect the
+    garbage. Returns how many items were staged by this call."""
+    reader = src.snapshot_reader() if isinstance(src, KVStateMachine) else src
+    snapshot_id = b"snap-%d" % reader.index
+    after = dst.install_begin(snapshot_id, reader.index, reader.revision)
+    staged = 0
+    for items, last in _chunks(reader, max_bytes, after):
+        dst.install_chunk(items, last)
+        staged += len(items)
+    dst.install_finish()
+    while dst.collect_garbage(100):
+        pass
+    return staged
+
+
+@pytest.mark.parametrize("old_data", [False, True])
+def test_install_in_small_chunks_gives_the_same_state(new_db: NewDB, old_data: bool) -> None:
+    src, dst = KVStateMachine(new_db()), KVStateMachine(new_db())
+    _populate(src, 3000)
+    if old_data:  # other keys, sessions and a longer log: all replaced
+        _populate(dst, 500, seed=2)
+    failed_cas = Client(b"r" * 16).cas(b"key000001", b"x", expected_version=999)
+    current = src.get(b"key000001")
+    assert run_one(src, failed_cas) == Response(Status.CAS_FAILED, *current)
+
+    reader = src.snapshot_reader()
+    run_one(src, Client(b"late" * 4).put(b"late", b"not in the snapshot"))
+    transfer(reader, dst)
+    reader.close()
+
+    assert (dst.applied_index, dst.revision, dst.log_time) == (
+        reader.index,
+        reader.revision,
+        reader.log_time,
+    )
     assert dst.get(b"late") is None
-    assert dst.get(b"x") == (b"3", 3)
-    # Sessions came along: a retry of the last command gets its recorded result.
-    retry = log[2][1][2]  # ALICE's last command: put z
-    assert run_one(dst, retry) == Response(Status.OK, version=5)
-    assert dst.revision == 5
-    dst_db.close()
-    src_db.close()
-    reopened_db = plyvel.DB(str(tmp_path / "dst"))
-    reopened = KVStateMachine(reopened_db)
-    assert reopened.applied_index == 4
-    assert reopened.get(b"x") == (b"3", 3)
-    reopened_db.close()
-
-
-def test_snapshot_restores_to_equal_checksum(tmp_path: Path) -> None:
-    src_db, dst_db = _fresh(tmp_path, "src"), _fresh(tmp_path, "dst")
-    src, dst = KVStateMachine(src_db), KVStateMachine(dst_db)
-    src.apply(_log())
-    applied, revision, items = src.snapshot_items()
-    dst.restore(items, applied, revision)
-    assert dst.checksum() == src.checksum()
+    assert dst.key_count() == src.key_count() - 1
+    check_session_index(dst)
+    assert other_generation(dst) == []  # the old state is collected
+    # Sessions came along: a retry is answered from the record.
+    assert run_one(dst, failed_cas) == Response(Status.CAS_FAILED, None, current[1])
+    assert dst.revision == reader.revision
+    if old_data:  # a session of the replaced state is gone
+        assert dst._db.get(dst._gen.sessions + bytes([2]) + bytes(15)) is None
     # Both continue identically from the snapshot point.
-    nxt = [(3, (Client(b"e" * 16).put(b"x", b"after"),))]
-    assert src.apply(nxt) == dst.apply(nxt)
-    assert dst.checksum() == src.checksum()
-    src_db.close()
-    dst_db.close()
+    fresh = KVStateMachine(new_db())
+    transfer(src, fresh)
+    assert live_state(fresh) == live_state(src)
+    nxt = [(src.applied_index, (encode_clock(T0 + 99_000), Client(b"e" * 16).put(b"x", b"after")))]
+    assert src.apply(nxt) == fresh.apply(nxt)
+    assert live_state(fresh) == live_state(src)
+    assert fresh.checksum() == src.checksum()
 
 
-def test_restore_rejects_unknown_kind_and_changes_nothing(sm: KVStateMachine) -> None:
-    sm.apply([(0, (Client().put(b"k", b"v"),))])
-    with pytest.raises(ValueError, match="kind"):
-        sm.restore([(b"a", b"x", b"y")], 9, 9)
-    assert sm.applied_index == 1
-    assert sm.get(b"k") == (b"v", 1)
-    assert sm._db.get(b"ax") is None
+def test_chunks_are_bounded_and_cover_everything_once(db: Any) -> None:
+    sm = KVStateMachine(db)
+    _populate(sm, 3000)
+    run_one(sm, Client(b"h" * 16).put(b"huge", b"h" * 50_000))
+    max_bytes = 4096
+    with sm.snapshot_reader() as reader:
+        chunks = list(_chunks(reader, max_bytes))
+    keys = [key for items, _ in chunks for key, _ in items]
+    assert keys == sorted(keys) and len(keys) == len(set(keys))
+    assert len(keys) == sm.key_count() + sm.session_count() + 1  # + the meta item
+    for items, last in chunks[:-1]:
+        size = sum(len(k) + len(v) for k, v in items)
+        assert size <= max_bytes or len(items) == 1  # one item bigger than a chunk
+        assert last == items[-1][0]
+    sizes = [sum(len(k) + len(v) for k, v in items) for items, _ in chunks]
+    assert max(sizes) > 50_000 and sorted(sizes)[-2] <= max_bytes
+    assert chunks[-1][1] is None
+    assert reader_resumes_anywhere(sm, keys)
+
+
+def reader_resumes_anywhere(sm: KVStateMachine, keys: list[bytes]) -> bool:
+    with sm.snapshot_reader() as reader:
+        for i in (0, 1, len(keys) // 2, len(keys) - 2, len(keys) - 1):
+            items, _ = reader.chunk(keys[i], 1)
+            assert [k for k, _ in items] == keys[i + 1 : i + 2]
+        assert reader.chunk(None, 1)[0][0][0] == keys[0]
+        assert reader.chunk(b"", 1)[0][0][0] == keys[0]
+    return True
+
+
+def test_an_empty_state_machine_exports_its_meta_only(sm: KVStateMachine) -> None:
+    with sm.snapshot_reader() as reader:
+        items, last = reader.chunk(None, 1 << 20)
+    assert [k for k, _ in items] == [b"m"] and last is None
+
+
+def test_install_chunk_refuses_bad_items_and_stages_nothing(sm: KVStateMachine) -> None:
+    with pytest.raises(ValueError, match="install_begin"):
+        sm.install_chunk([(b"dk", msgpack.packb([b"v", 1]))], b"dk")
+    sm.install_begin(b"id", 5, 9)
+    good = (b"dk", msgpack.packb([b"v", 1]))
+    for bad in [
+        [(b"xk", b"")],
+        [(b"dk", b"\xc1")],
+        [(b"dk", msgpack.packb([b"v"]))],
+        [(b"s" + ALICE, msgpack.packb([1, 2, 3]))],
+        [(b"s" + b"short", msgpack.packb([1, bytes(8), 0, 0, 0]))],
+        [(b"m", bytes(24))],  # index and revision are not 5 and 9
+        [good, (b"dj", msgpack.packb([b"v", 1]))],  # out of order
+    ]:
+        with pytest.raises(ValueError):
+            sm.install_chunk(bad, bad[-1][0])
+    assert sm.install_progress() == {
+        "snapshot_id": b"id",
+        "index": 5,
+        "bytes": 0,
+        "keys": 0,
+        "last": None,
+        "done": False,
+    }
+    assert other_generation(sm) == []
+    with pytest.raises(ValueError, match="last key"):
+        sm.install_chunk([good], b"other")
+    with pytest.raises(ValueError, match="not completely staged"):
+        sm.install_finish()
+
+
+def test_a_resent_chunk_is_skipped(sm: KVStateMachine, new_db: NewDB) -> None:
+    src = KVStateMachine(new_db())
+    _populate(src, 200)
+    with src.snapshot_reader() as reader:
+        sm.install_begin(b"s", reader.index, reader.revision)
+        first, last = reader.chunk(None, 1024)
+        sm.install_chunk(first, last)
+        sm.install_chunk(first, last)  # sent again: nothing new
+        assert sm.install_progress()["keys"] == len(first)
+        for items, end in _chunks(reader, 1024, last):
+            sm.install_chunk(items, end)
+    sm.install_finish()
+    assert live_state(sm) == live_state(src)
+
+
+def test_another_snapshot_discards_the_staged_one(sm: KVStateMachine, new_db: NewDB) -> None:
+    one, two = KVStateMachine(new_db()), KVStateMachine(new_db())
+    _populate(one, 300, seed=1)
+    _populate(two, 200, seed=2)
+    with one.snapshot_reader() as reader:
+        sm.install_begin(b"one", reader.index, reader.revision)
+        items, last = reader.chunk(None, 4096)
+        sm.install_chunk(items, last)
+    assert sm.install_begin(b"one", reader.index, reader.revision) == last  # resume
+    transfer(two, sm)  # a different id: starts over
+    assert live_state(sm) == live_state(two)
+    assert other_generation(sm) == []
+
+
+def test_install_finish_refuses_a_snapshot_behind_the_state(sm: KVStateMachine) -> None:
+    src = KVStateMachine(MemoryDB())
+    _populate(src, 10)
+    _populate(sm, 300)
+    assert sm.applied_index > src.applied_index
+    with src.snapshot_reader() as reader:
+        sm.install_begin(b"old", reader.index, reader.revision)
+        for items, last in _chunks(reader, 1 << 20):
+            sm.install_chunk(items, last)
+    before = live_state(sm)
+    with pytest.raises(ValueError, match="behind"):
+        sm.install_finish()
+    sm.install_abort()
+    assert sm.install_progress() is None
+    assert other_generation(sm) != []
+    while sm.collect_garbage(7):
+        assert len(other_generation(sm)) > 0
+    assert other_generation(sm) == []
+    assert live_state(sm) == before
+
+
+def test_garbage_is_collected_in_bounded_batches(new_db: NewDB) -> None:
+    src, dst = KVStateMachine(new_db()), KVStateMachine(MemoryDB())
+    _populate(src, 300)
+    _populate(dst, 300, seed=3)
+    garbage = len(live_state(dst)[3])
+    reader = src.snapshot_reader()
+    dst.install_begin(b"x", reader.index, reader.revision)
+    for items, last in _chunks(reader, 1 << 20):
+        dst.install_chunk(items, last)
+    dst.install_finish()
+    assert len(other_generation(dst)) == garbage
+    calls = 0
+    while True:
+        batches = dst._db.unsynced_batches
+        more = dst.collect_garbage(50)
+        calls += 1
+        assert dst._db.unsynced_batches == batches + 1  # one batch per call
+        assert len(other_generation(dst)) == max(0, garbage - 50 * calls)
+        if not more:
+            break
+    assert dst.collect_garbage(50) is False
+    assert live_state(dst) == live_state(src)
+
+
+def test_other_prefixes_are_left_alone(db: Any, new_db: NewDB) -> None:
+    foreign = {b"a": b"acceptor", b"v" + bytes(8): b"vote", b"p": b"compacted", b"c": b"x"}
+    for key, value in foreign.items():
+        db.put(key, value)
+    sm = KVStateMachine(db)
+    _populate(sm, 100)
+    src = KVStateMachine(new_db())
+    _populate(src, 100, seed=5)
+    transfer(src, sm)
+    again = KVStateMachine(new_db())
+    _populate(again, 400, seed=6)
+    transfer(again, sm)  # back to generation 0
+    assert {k: db.get(k) for k in foreign} == foreign
+    assert live_state(sm) == live_state(again)
+
+
+# --- snapshots: crashes at every batch of an install -------------------------------------
+
+
+class _Crash(Exception):
+    pass
+
+
+class CrashingDB(MemoryDB):
+    """A MemoryDB whose process dies when it attempts its `budget`+1-th write."""
+
+    budget: int | None = None
+
+    def _write(self, ops: list, sync: bool) -> None:
+        if self.budget is not None:
+            if self.budget == 0:
+                raise _Crash
+            self.budget -= 1
+        super()._write(ops, sync)
+
+
+def _old_state() -> CrashingDB:
+    """A replica with data and a previous install's garbage, all durable."""
+    db = CrashingDB()
+    sm = KVStateMachine(db)
+    _populate(sm, 60, seed=4)
+    other = KVStateMachine(MemoryDB())
+    _populate(other, 40, seed=6)
+    transfer(other, sm)
+    _populate(sm, 80, seed=7)  # generation 1 now; 0 is empty
+    stale = KVStateMachine(MemoryDB())
+    _populate(stale, 30, seed=8)
+    sm.install_begin(b"abandoned", 1, 1)  # some staged leftovers in generation 0
+    reader = stale.snapshot_reader()
+    items, last = reader.chunk(None, 600)
+    sm.install_chunk(items, last)
+    db.write_batch(sync=True).write()
+    return db
+
+
+def test_a_crash_at_any_batch_of_an_install_leaves_old_or_new(new_db: NewDB) -> None:
+    src = KVStateMachine(new_db())
+    _populate(src, 150, seed=9)
+    src.apply([(src.applied_index + i, ()) for i in range(10)])  # ahead of the old state
+    new = live_state(src)
+    old = live_state(KVStateMachine(_old_state()))
+    assert old != new
+
+    db = _old_state()
+    db.budget = 10**6
+    transfer(src, KVStateMachine(db), max_bytes=700)
+    writes = 10**6 - db.budget
+    total_items = len(list(_chunk_items(src)))
+    assert writes > 20
+
+    seen = {"old": 0, "new": 0, "resumed_midway": 0}
+    for budget in range(writes + 1):
+        db = _old_state()
+        db.budget = budget
+        with contextlib.suppress(_Crash):
+            transfer(src, KVStateMachine(db), max_bytes=700)
+        db.budget = None
+        for keep in range(db.unsynced_batches + 1):
+            crashed = copy.deepcopy(db)
+            crashed.crash(keep)
+            sm = KVStateMachine(crashed)
+            state = live_state(sm)
+            assert state in (old, new), (budget, keep)
+            seen["old" if state == old else "new"] += 1
+            progress = sm.install_progress()
+            staged = transfer(src, sm, max_bytes=700) if state == old else 0
+            if progress is not None and progress["snapshot_id"] == b"snap-%d" % src.applied_index:
+                assert staged == total_items - progress["keys"]  # resumed, not restarted
+                seen["resumed_midway"] += progress["keys"] > 0
+            while sm.collect_garbage(13):
+                pass
+            assert live_state(sm) == new
+            assert other_generation(sm) == []
+            check_session_index(sm)
+    assert min(seen.values()) > 0, seen
+
+
+def _chunk_items(sm: KVStateMachine) -> Iterator[tuple[bytes, bytes]]:
+    with sm.snapshot_reader() as reader:
+        for items, _ in _chunks(reader, 1 << 20):
+            yield from items
