@@ -448,7 +448,6 @@ class _Install(NamedTuple):
     bytes: int
     keys: int
     last: bytes | None  # the last key staged: resume after it
-    done: bool  # the final chunk is staged
 
     def pack(self) -> bytes:
         return _pack(list(self))
@@ -585,7 +584,7 @@ class KVStateMachine:
         staged = self._install
         if staged is not None and staged[:3] == (snapshot_id, index, revision):
             return staged.last
-        fresh = _Install(snapshot_id, index, revision, None, 0, 0, None, False)
+        fresh = _Install(snapshot_id, index, revision, None, 0, 0, None)
         drop = staged is not None
         self._install = None
         more = True
@@ -602,14 +601,14 @@ class KVStateMachine:
         self._garbage_clean, self._gc_cursor = False, None
         return None
 
-    def install_chunk(self, items: list[tuple[bytes, bytes]], last: bytes | None) -> None:
-        """Stages one chunk from `SnapshotReader.chunk` into the other
-        generation (never the live data), with the progress in the same
-        batch, unsynced (the flip's synced batch makes it durable). `last`
-        is what `chunk` returned: None marks the final chunk. Items at or
-        before the progress's last key are skipped (a chunk sent again).
-        Raises ValueError, staging nothing, on a malformed or out-of-order
-        item, or when nothing is being staged."""
+    def install_chunk(self, items: list[tuple[bytes, bytes]], last: bytes | None = None) -> None:
+        """Stages the items of one chunk from `SnapshotReader.chunk` into the
+        other generation (never the live data), with the progress in the same
+        batch, unsynced (the flip's synced batch makes it durable). `last`,
+        if given, must be the last item's key. Items at or before the
+        progress's last key are skipped (a chunk sent again). Raises
+        ValueError, staging nothing, on a malformed or out-of-order item, or
+        when nothing is being staged."""
         staged = self._install
         if staged is None:
             raise ValueError("no snapshot is being staged: call install_begin first")
@@ -621,8 +620,6 @@ class KVStateMachine:
         for key, record in items:
             if staged.last is not None and key <= staged.last:
                 continue  # staged before
-            if staged.done:
-                raise ValueError("the snapshot's final chunk is already staged")
             if progress.last is not None and key <= progress.last:
                 raise ValueError("snapshot items out of key order")
             meta = _stage_item(batch, target, staged, key, record)
@@ -632,7 +629,6 @@ class KVStateMachine:
                 last=key,
                 meta=progress.meta if meta is None else meta,
             )
-        progress = progress._replace(done=staged.done or last is None)
         batch.put(_INSTALL_KEY, progress.pack())
         batch.write()
         self._install = progress
@@ -640,11 +636,14 @@ class KVStateMachine:
     def install_finish(self) -> None:
         """Makes the staged snapshot the state machine, atomically, with one
         small synced batch: the generation flips, and applied index, revision
-        and log time become the snapshot's. The previous generation is then
-        garbage for `collect_garbage`. Raises ValueError, changing nothing,
-        if the snapshot is not completely staged or is behind the state."""
+        and log time become the snapshot's. Call it once every chunk up to
+        the one `SnapshotReader.chunk` returned with `last` None is staged.
+        The previous generation is then garbage for `collect_garbage`.
+        Raises ValueError, changing nothing, if nothing or too little (no
+        `m` item yet) is staged, or if the snapshot is behind the state:
+        then `install_abort()` it."""
         staged = self._install
-        if staged is None or not staged.done or staged.meta is None:
+        if staged is None or staged.meta is None:
             raise ValueError("the snapshot is not completely staged")
         if staged.index < self._meta.applied_index:
             raise ValueError(
@@ -670,8 +669,8 @@ class KVStateMachine:
             self._garbage_clean, self._gc_cursor = False, None
 
     def install_progress(self) -> dict[str, Any] | None:
-        """{"snapshot_id", "index", "bytes", "keys", "last", "done"} of the
-        snapshot being staged, else None."""
+        """{"snapshot_id", "index", "bytes", "keys", "last"} of the snapshot
+        being staged (`last`: the key to resume after), else None."""
         staged = self._install
         if staged is None:
             return None
@@ -681,7 +680,6 @@ class KVStateMachine:
             "bytes": staged.bytes,
             "keys": staged.keys,
             "last": staged.last,
-            "done": staged.done,
         }
 
     def collect_garbage(self, max_keys: int = GC_BATCH_KEYS) -> bool:
