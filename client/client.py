@@ -9,9 +9,17 @@ Theory of operation:
   address (created lazily, cached while healthy). The steady state is one
   send and one receive to the last known leader.
 - Exactly-once: the client has a random 16-byte `client_id` and numbers its
-  requests 1, 2, ...; a retry resends the SAME encoded frame (same seq), so
+  writes 1, 2, ...; a retry resends the SAME encoded frame (same seq), so
   the state machine returns the recorded result instead of applying a write
-  twice (kvstore/protocol.py).
+  twice (kvstore/statemachine.py). Reads are not in the log and consume no
+  number (they carry the next write's): a session's first write is seq 1,
+  which is how the state machine tells a new session from a forgotten one.
+- Sessions end: the replicas forget a session idle for an hour of log time
+  (kvstore.limits.SESSION_TTL_MS). A write of a forgotten session is
+  answered SESSION_EXPIRED, not applied; the client raises `SessionExpired`
+  and starts a new session (new random client_id, seq 1) for its next
+  request. `timeout` is capped at MAX_CLIENT_TIMEOUT_S, half the TTL, so a
+  retry finds the session its first attempt opened.
 - Lazy pirate: each attempt waits at most `attempt_timeout`; on silence the
   REQ socket is closed (linger 0) and forgotten (a REQ socket that missed
   its reply cannot send again) and the next replica is tried, until the
@@ -36,9 +44,15 @@ from typing import Any, NamedTuple, NoReturn, Self
 
 import zmq
 
-from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge
+from client.errors import (
+    BadRequest,
+    ClusterUnavailable,
+    KVError,
+    RequestTooLarge,
+    SessionExpired,
+)
 from kvstore.config import display_address, parse_cluster_addresses
-from kvstore.limits import MAX_FRAME_BYTES
+from kvstore.limits import MAX_CLIENT_TIMEOUT_S, MAX_FRAME_BYTES
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
     WRITE_OPS,
@@ -59,6 +73,7 @@ __all__ = [
     "KVClient",
     "KVError",
     "RequestTooLarge",
+    "SessionExpired",
 ]
 
 _BACKOFF_MIN = 0.005
@@ -69,7 +84,10 @@ _FINAL = (Status.OK, Status.NOT_FOUND, Status.CAS_FAILED)
 
 class CasResult(NamedTuple):
     """Outcome of a compare-and-set. On success `value`/`version` are the new
-    ones; on failure they are the key's current ones (None/0 when absent)."""
+    ones; on failure they are the key's current ones (None/0 when absent).
+    `value` may be None on a failure with a version > 0: the answer came from
+    the session record of a retried request, which keeps no value (read the
+    key to see it)."""
 
     succeeded: bool
     value: bytes | None
@@ -104,7 +122,8 @@ class KVClient:
     `addresses`: client ports as "host:port" or "tcp://host:port", a list or
     a comma-separated string; default env KVSTORE_CLUSTER, else
     127.0.0.1:7001..7003. `timeout` bounds every call (seconds);
-    `attempt_timeout` bounds the wait for one replica's reply. `first`: the
+    `attempt_timeout` bounds the wait for one replica's reply (at most
+    MAX_CLIENT_TIMEOUT_S, 30 minutes: see sessions above). `first`: the
     replica to ask first, as an index into the addresses (default: a random
     one, so that many clients spread their probes); useful for `stale`
     reads from a replica of your choice, since a stale read is answered by
@@ -123,6 +142,8 @@ class KVClient:
     ) -> None:
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeout and attempt_timeout must be > 0")
+        if timeout > MAX_CLIENT_TIMEOUT_S:
+            raise ValueError(f"timeout must be at most {MAX_CLIENT_TIMEOUT_S:g} seconds")
         if client_id is not None and len(client_id) != CLIENT_ID_BYTES:
             raise ValueError(f"client_id must be {CLIENT_ID_BYTES} bytes")
         self.addresses: list[str] = parse_cluster_addresses(addresses)
@@ -130,7 +151,7 @@ class KVClient:
         self.attempt_timeout = float(attempt_timeout)
         self.client_id: bytes = client_id if client_id is not None else os.urandom(16)
         self._ctx = context if context is not None else zmq.Context.instance()
-        self._seq = 0
+        self._seq = 0  # the last write's number
         self._sockets: dict[int, zmq.Socket] = {}
         self._rcvtimeo: dict[int, int] = {}
         self._attempt_ms = max(1, int(self.attempt_timeout * 1000))
@@ -181,7 +202,7 @@ class KVClient:
             Op.CAS, key, value=new, expected_value=exp, expected_version=expected_version
         )
         if resp.status is Status.OK:
-            return CasResult(True, new if resp.value is None else resp.value, resp.version)
+            return CasResult(True, new, resp.version)
         return CasResult(False, resp.value, resp.version)
 
     def status(self) -> list[dict[str, Any]]:
@@ -227,18 +248,19 @@ class KVClient:
         expected_version: int | None = None,
         stale: bool = False,
     ) -> Response:
-        """Builds, validates and sends one numbered request; returns its
-        final response. `validate_request` is what the replica's
-        `parse_request` applies to the decoded frame (whose size limit a
-        valid request always fits), so what it would refuse is refused here
-        before anything is sent."""
+        """Builds, validates and sends one request; returns its final
+        response. A write takes the next number (only once it passed
+        validation); a read carries that number without taking it.
+        `validate_request` is what the replica's `parse_request` applies to
+        the decoded frame (whose size limit a valid request always fits), so
+        what it would refuse is refused here before anything is sent."""
         if self._closed:
             self._check_open()
-        self._seq += 1
+        write = op in WRITE_OPS
         req = Request(
             op,
             self.client_id,
-            self._seq,
+            self._seq + 1,
             _to_bytes(key, "key"),
             value,
             expected_value,
@@ -249,7 +271,9 @@ class KVClient:
         if problem is not None:
             status, message = problem
             raise (RequestTooLarge if status is Status.TOO_LARGE else BadRequest)(message)
-        return self._call(encode_request(req), op in WRITE_OPS)
+        if write:
+            self._seq = req.seq
+        return self._call(encode_request(req), write)
 
     def _call(self, frame: bytes, write: bool) -> Response:
         """Sends frame until a final answer or the deadline (lazy pirate)."""
@@ -271,6 +295,12 @@ class KVClient:
                     raise RequestTooLarge(resp.error or "request too large")
                 elif status is Status.BAD_REQUEST:
                     raise BadRequest(resp.error or "bad request")
+                elif status is Status.SESSION_EXPIRED:
+                    self._leader = target
+                    self._new_session()
+                    raise SessionExpired(
+                        resp.error or "session expired or unknown: the request was not applied"
+                    )
                 else:
                     call.last_problem = f"{display_address(self.addresses[target])} " + (
                         f"answered UNAVAILABLE: {resp.error}" if resp.error else "is unavailable"
@@ -347,6 +377,11 @@ class KVClient:
             f"no answer from the cluster ({shown}) within {self.timeout:g}s "
             f"(last: {call.last_problem}){unknown}"
         )
+
+    def _new_session(self) -> None:
+        """A fresh session: a new random client id, writes numbered from 1."""
+        self.client_id = os.urandom(CLIENT_ID_BYTES)
+        self._seq = 0
 
     def _check_open(self) -> None:
         if self._closed:

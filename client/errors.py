@@ -10,6 +10,11 @@ a benchmark) can catch one type. The subclasses say what the caller can do:
   nothing changed. Retrying will not help.
 - `BadRequest`: a malformed request (empty key, CAS without an expectation,
   ...); nothing changed. Retrying will not help.
+- `SessionExpired`: the cluster no longer knows this client's session (idle
+  for over an hour of the leader's time, kvstore.limits.SESSION_TTL_MS), so
+  it refused the request rather than risk applying it twice: it was NOT
+  applied. The client has already started a new session; sending the
+  request again applies it once.
 """
 
 from __future__ import annotations
@@ -29,3 +34,8 @@ class RequestTooLarge(KVError):
 
 class BadRequest(KVError):
     """The request is malformed; the cluster (or the client) refused it."""
+
+
+class SessionExpired(KVError):
+    """The request was refused, not applied: the cluster forgot the client's
+    session. The client starts a new session for its next request."""

@@ -16,8 +16,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from client.client import KVClient
-from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge
+from client.errors import (
+    BadRequest,
+    ClusterUnavailable,
+    KVError,
+    RequestTooLarge,
+    SessionExpired,
+)
 from kvstore.config import ENV_CLUSTER, ConfigError, display_address
+from kvstore.limits import MAX_CLIENT_TIMEOUT_S
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # key not found, CAS failed, other failure
@@ -33,7 +40,9 @@ exit codes:
   2    usage error (bad arguments, bad --cluster address)
   3    cluster unavailable: no replica answered within --timeout
        (the outcome of a write is then unknown: it may still be applied)
-  4    rejected: key or value too large, or a malformed request
+  4    rejected, nothing changed: key or value too large, a malformed
+       request, or the client's session expired (sessions idle for over an
+       hour are forgotten; run the command again)
   130  interrupted (Ctrl-C)
 """
 
@@ -73,8 +82,10 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"timeout must be > 0 seconds, got {text}")
+    if not 0 < value <= MAX_CLIENT_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"timeout must be > 0 and at most {MAX_CLIENT_TIMEOUT_S:g} seconds, got {text}"
+        )
     return value
 
 
@@ -104,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_positive_seconds,
         default=5.0,
-        help="give up after this long (default: 5)",
+        help=f"give up after this long (default: 5, at most {MAX_CLIENT_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print versions after writes"
@@ -278,8 +289,10 @@ def _run_cas(client: KVClient, args: argparse.Namespace) -> int:
     if result.succeeded:
         _out(f"OK version {result.version}\n".encode() if args.verbose else b"OK\n")
         return EXIT_OK
-    if result.value is None:
+    if result.version == 0:
         current = "the key does not exist"
+    elif result.value is None:  # a retry's answer, from a record that keeps no value
+        current = f"current version {result.version}"
     else:
         current = f"current version {result.version}, value {_preview(result.value)}"
     print(f"kvctl: cas failed: {current}", file=sys.stderr)
@@ -359,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_USAGE, str(exc))
     except ClusterUnavailable as exc:
         return _fail(EXIT_UNAVAILABLE, str(exc))
-    except (RequestTooLarge, BadRequest) as exc:
+    except (RequestTooLarge, BadRequest, SessionExpired) as exc:
         return _fail(EXIT_REJECTED, f"rejected: {exc}")
     except KVError as exc:
         return _fail(EXIT_FAILED, str(exc))

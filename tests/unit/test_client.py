@@ -17,9 +17,16 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
-from client.client import BadRequest, CasResult, ClusterUnavailable, KVClient, RequestTooLarge
+from client.client import (
+    BadRequest,
+    CasResult,
+    ClusterUnavailable,
+    KVClient,
+    RequestTooLarge,
+    SessionExpired,
+)
 from kvstore.config import ConfigError
-from kvstore.limits import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from kvstore.limits import MAX_CLIENT_TIMEOUT_S, MAX_KEY_BYTES, MAX_VALUE_BYTES
 from kvstore.protocol import (
     Op,
     ProtocolError,
@@ -87,7 +94,8 @@ class FakeReplica:
 
 class FakeStore:
     """A leader's state machine: versions from one revision counter, and a
-    per-client session that replays the recorded answer to a retried seq."""
+    per-client session that replays the recorded answer to a retried seq
+    (without a value, as kvstore/statemachine.py records it)."""
 
     def __init__(self) -> None:
         self.data: dict[bytes, tuple[bytes, int]] = {}
@@ -104,7 +112,7 @@ class FakeStore:
             return last[1]
         resp = self._apply(req)
         self.applied += 1
-        self.sessions[req.client_id] = (req.seq, resp)
+        self.sessions[req.client_id] = (req.seq, Response(resp.status, None, resp.version))
         return resp
 
     def _apply(self, req: Request) -> Response:
@@ -193,10 +201,72 @@ def test_requests_carry_client_id_and_increasing_seq(make: Callable[..., FakeRep
         c.put("a", "1")
         c.get("a")
         c.delete("a")
+        c.cas("a", "2", expected_version=0)
         assert len(c.client_id) == 16
     reqs = leader.data_requests()
-    assert [r.seq for r in reqs] == [1, 2, 3]
+    # Writes are numbered; a read carries the next write's number, unused.
+    assert [(r.op, r.seq) for r in reqs] == [(Op.PUT, 1), (Op.GET, 2), (Op.DELETE, 2), (Op.CAS, 3)]
     assert {r.client_id for r in reqs} == {c.client_id}
+
+
+def test_a_session_s_first_write_is_seq_1(make: Callable[..., FakeReplica]) -> None:
+    """However many reads and locally refused writes come first: seq 1 is how
+    the replicas tell a new session from a forgotten one."""
+    leader = make(1, FakeStore())
+    with client_for(leader) as c:
+        c.get("a")
+        c.get("b", stale=True)
+        with pytest.raises(RequestTooLarge):
+            c.put("a", b"x" * (MAX_VALUE_BYTES + 1))
+        c.put("a", "1")
+    assert [r.seq for r in leader.data_requests()] == [1, 1, 1]
+
+
+def _expire_first_write(req: Request) -> Response | None:
+    return Response(Status.SESSION_EXPIRED, error="session expired or unknown: seq 2")
+
+
+def test_session_expired_raises_and_the_next_request_starts_a_new_session(
+    make: Callable[..., FakeReplica],
+) -> None:
+    store = FakeStore()
+    leader = make(1, first_n(2, store, first_n(1, _expire_first_write, store)))
+    with client_for(leader) as c:
+        c.put("a", "1")
+        c.put("b", "2")
+        old_id = c.client_id
+        with pytest.raises(SessionExpired, match="session expired or unknown"):
+            c.put("c", "3")
+        assert c.client_id != old_id and len(c.client_id) == 16
+        assert c.put("c", "3") == 3
+    reqs = leader.data_requests()
+    assert [(r.client_id == old_id, r.seq) for r in reqs] == [
+        (True, 1),
+        (True, 2),
+        (True, 3),  # refused: not applied
+        (False, 1),
+    ]
+    assert store.applied == 3
+
+
+def test_a_retried_failed_cas_has_no_value(make: Callable[..., FakeReplica]) -> None:
+    store = FakeStore()
+    store.data[b"k"] = (b"v", 1)
+
+    def applied_but_lost(req: Request) -> None:
+        store(req)  # applied and recorded; the answer never arrives
+
+    leader = make(1, first_n(1, applied_but_lost, store))
+    with client_for(leader, attempt_timeout=0.3) as c:
+        # The retry is answered from the session record, which keeps no value.
+        assert c.cas("k", "w", expected_version=5) == CasResult(False, None, 1)
+    assert store.data[b"k"] == (b"v", 1)
+
+
+def test_timeout_is_capped_below_the_session_ttl() -> None:
+    with pytest.raises(ValueError, match="at most"):
+        KVClient("127.0.0.1:1", timeout=MAX_CLIENT_TIMEOUT_S + 1)
+    KVClient("127.0.0.1:1", timeout=MAX_CLIENT_TIMEOUT_S).close()
 
 
 def test_str_is_utf8(make: Callable[..., FakeReplica]) -> None:

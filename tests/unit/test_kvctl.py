@@ -16,6 +16,7 @@ import pytest
 from client import kvctl
 from client.client import KVClient
 from kvstore.limits import MAX_VALUE_BYTES
+from kvstore.protocol import Response, Status
 from replica.launch import free_ports
 from tests.unit.test_client import FakeReplica, FakeStore
 
@@ -67,6 +68,7 @@ def test_help_explains_exit_codes(run: Run, command: list[str]) -> None:
         ["cas", "k", "v", "--expect-version", "-1"],
         ["--timeout", "0", "get", "k"],
         ["--timeout", "soon", "get", "k"],
+        ["--timeout", "86400", "get", "k"],
         ["--cluster", "nonsense", "get", "k"],
         ["--cluster", "host:99999", "get", "k"],
         ["cas", "k", "-", "--expect", "-"],
@@ -107,6 +109,31 @@ def test_cas(run: Run, leader: FakeReplica) -> None:
     assert run(*c, "cas", "k", "v3", "--expect-version", "2")[0] == 0
     code, _, err = run(*c, "cas", "gone", "x", "--expect", "y")
     assert code == 1 and "does not exist" in one_error_line(err)
+
+
+def test_a_retried_failed_cas_prints_the_version_only(run: Run) -> None:
+    fake = FakeReplica(1, lambda r: Response(Status.CAS_FAILED, None, 7))
+    try:
+        code, _, err = run("--cluster", fake.address, "cas", "k", "v", "--expect", "x")
+    finally:
+        fake.close()
+    assert code == 1 and one_error_line(err) == "kvctl: cas failed: current version 7"
+
+
+def test_session_expired_exits_4_with_one_line(run: Run) -> None:
+    expired = "session expired or unknown: seq 2 was not applied; start a new session"
+    fake = FakeReplica(1, lambda r: Response(Status.SESSION_EXPIRED, error=expired))
+    try:
+        code, out, err = run("--cluster", fake.address, "put", "k", "v")
+    finally:
+        fake.close()
+    assert (code, out) == (kvctl.EXIT_REJECTED, "")
+    assert one_error_line(err) == f"kvctl: error: rejected: {expired}"
+
+
+def test_help_documents_session_expiry(run: Run) -> None:
+    _, out, _ = run("--help")
+    assert "session expired" in out
 
 
 def test_oversized_value_is_rejected_with_exit_4(run: Run, leader: FakeReplica) -> None:
