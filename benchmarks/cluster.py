@@ -67,6 +67,8 @@ class KVCluster:
     tick_ms: int | None = None
     replicas: list[Replica] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
+    _marker: KVClient | None = None
+    _marker_leader: int | None = None
 
     system = "paxoskv"
 
@@ -145,6 +147,32 @@ class KVCluster:
     def restart(self, rid: int) -> None:
         self._spawn(self.replicas[rid - 1])
 
+    def data_dirs(self) -> dict[int, Path]:
+        return {r.id: r.data_dir for r in self.replicas}
+
+    def write_marker(self, leader: int, key: bytes, value: bytes) -> int:
+        """One write through `leader` (the restart measurement); returns a
+        token for `marker_applied`: the leader's commit index after it."""
+        if self._marker is None or self._marker_leader != leader:
+            if self._marker is not None:
+                self._marker.close()
+            addrs = [r.client for r in self.replicas]
+            self._marker = KVClient(addrs, timeout=2.0, attempt_timeout=0.25, first=leader - 1)
+            self._marker_leader = leader
+        self._marker.put(key, value)
+        index = self.commit_index(leader)
+        if index is None:
+            raise RuntimeError(f"leader {leader} does not answer STATUS")
+        return index
+
+    def marker_applied(self, rid: int, key: bytes, token: int) -> bool | None:
+        """Whether replica `rid` has applied the write `token` stands for
+        (its applied index reached it); None while it does not answer STATUS."""
+        st = self.status(rid, timeout=0.2)
+        if st is None or "applied_index" not in st:
+            return None
+        return int(st["applied_index"]) >= token
+
     def applied_index(self, rid: int) -> int | None:
         st = self.status(rid)
         return int(st["applied_index"]) if st and "applied_index" in st else None
@@ -157,6 +185,9 @@ class KVCluster:
         return _git_version()
 
     def stop(self) -> None:
+        if self._marker is not None:
+            self._marker.close()
+            self._marker = None
         stop(r.proc for r in self.replicas)
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -252,6 +252,7 @@ def run_paxoskv(
     ids = sorted(spec.endpoints)
     leader = [spec.leader if spec.leader in spec.endpoints else ids[0]]
     value = payload(spec.workload.value_size, spec.workload.seed)
+    fresh, vsize, urandom = spec.workload.fresh_values, spec.workload.value_size, os.urandom
     timeout_ns = int(spec.attempt_timeout * 1e9)
     keep_tl = spec.timeline
     # Fresh random client ids for every run: a worker process serves many
@@ -292,7 +293,8 @@ def run_paxoskv(
         op, key = nxt
         c.seq += 1
         c.op = op
-        c.frame = fast_encode(op, c.cid, c.seq, key, value)
+        v = urandom(vsize) if fresh and op == PUT else value
+        c.frame = fast_encode(op, c.cid, c.seq, key, v)
         c.t0 = now
         c.target = leader[0]
         c.backoff = BACKOFF_MIN_NS
@@ -458,6 +460,7 @@ async def _run_etcd_async(
     ids = sorted(spec.endpoints)
     leader = [spec.leader if spec.leader in spec.endpoints else ids[0]]
     value = payload(spec.workload.value_size, spec.workload.seed)
+    fresh, vsize = spec.workload.fresh_values, spec.workload.value_size
     keep_tl = spec.timeline
     now_ns = time.monotonic_ns
     options = [
@@ -493,7 +496,7 @@ async def _run_etcd_async(
                 return
             op, key = nxt
             if op == PUT:
-                body = pb.encode_put(key, value)
+                body = pb.encode_put(key, os.urandom(vsize) if fresh else value)
             elif op == GET:
                 body = pb.encode_range(key)
             else:

@@ -181,6 +181,17 @@ def decode_status(buf: bytes) -> dict[str, object]:
 # a synchronous helper client (set-up, status polling); the load generator
 # lives in benchmarks/driver.py
 # --------------------------------------------------------------------------
+# gRPC's reconnect backoff starts at 1 s and grows to 120 s: a channel to a
+# member that was down would answer "unavailable" for seconds after the
+# member is back, and a restart or catch-up time would include that. The
+# admin channels retry every 50..200 ms instead.
+ADMIN_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 200),
+)
+
+
 class EtcdAdmin:
     """Blocking calls to one or more members (one channel each)."""
 
@@ -189,7 +200,9 @@ class EtcdAdmin:
 
         self._grpc = grpc
         self.endpoints = list(endpoints)
-        self._channels = {ep: grpc.insecure_channel(ep) for ep in self.endpoints}
+        self._channels = {
+            ep: grpc.insecure_channel(ep, options=ADMIN_CHANNEL_OPTIONS) for ep in self.endpoints
+        }
 
     def _call(self, ep: str, method: str, body: bytes, timeout: float) -> bytes:
         fn = self._channels[ep].unary_unary(method)
@@ -202,8 +215,13 @@ class EtcdAdmin:
         reply = self._call(ep, KV_PUT, encode_put(key, value), timeout)
         return decode_header(parse_fields(reply)[1][0])
 
-    def get(self, ep: str, key: bytes, timeout: float = 5.0) -> bytes | None:
-        return decode_range_value(self._call(ep, KV_RANGE, encode_range(key), timeout))
+    def get(
+        self, ep: str, key: bytes, timeout: float = 5.0, serializable: bool = False
+    ) -> bytes | None:
+        """The value of key (linearizable; `serializable`: the member's own
+        state, answered without asking the leader)."""
+        body = encode_range(key, serializable=serializable)
+        return decode_range_value(self._call(ep, KV_RANGE, body, timeout))
 
     def cas(self, ep: str, key: bytes, expected: bytes, new: bytes, timeout: float = 5.0) -> bool:
         return decode_txn_succeeded(self._call(ep, KV_TXN, encode_cas(key, expected, new), timeout))
@@ -409,6 +427,25 @@ class EtcdCluster:
     def restart(self, mid: int) -> None:
         m = self.members[mid - 1]
         self._spawn(m, "existing")
+
+    def data_dirs(self) -> dict[int, Path]:
+        return {m.id: m.data_dir for m in self.members}
+
+    def write_marker(self, leader: int, key: bytes, value: bytes) -> int:
+        """One put through `leader` (the restart measurement); the token for
+        `marker_applied` is its revision."""
+        header = self.admin.put(self.members[leader - 1].endpoint, key, value, timeout=2.0)
+        return int(header["revision"])
+
+    def marker_applied(self, mid: int, key: bytes, token: int) -> bool | None:
+        """Whether member `mid` serves the marker key in a serializable read
+        (from its own state: it has applied a write made after its restart);
+        None while it does not answer."""
+        try:
+            value = self.admin.get(self.members[mid - 1].endpoint, key, 0.2, serializable=True)
+        except Exception:  # noqa: BLE001 - down or starting
+            return None
+        return value is not None
 
     def applied_index(self, mid: int) -> int | None:
         st = self.status(mid)

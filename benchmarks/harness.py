@@ -141,12 +141,17 @@ def run_workload(
     progress: Progress | None = None,
     label: str = "",
     on_tick: Callable[[float], None] | None = None,
+    on_progress: Callable[[float, int], None] | None = None,
 ) -> dict[str, Any]:
     """Runs `spec`; returns the merged result (see the module doc).
 
     Without `pool` the worker processes are started for this run only.
     `on_tick(elapsed_seconds)` is called about every 20 ms from the start
-    (the failover scenario kills the leader from there)."""
+    (the failover scenario kills the leader from there); `on_progress(
+    elapsed_seconds, completed_ops)` likewise, with the operations the
+    workers have completed so far (each worker reports every ~50 ms; the
+    footprint scenario samples from there). An exception raised by either
+    stops the run (the workers are closed) and propagates."""
     if spec.duration is None and spec.ops is None and spec.workload.distribution != "sequential":
         raise ValueError("a run needs a duration or an op count")
     nworkers = min(workers or (pool.size if pool else default_workers(spec.clients)), spec.clients)
@@ -205,6 +210,8 @@ def run_workload(
             if on_tick is not None and elapsed >= 0:
                 on_tick(elapsed)
             done_ops = sum(c.value for c in counters)
+            if on_progress is not None and elapsed >= 0:
+                on_progress(elapsed, done_ops)
             if total_s:
                 frac = elapsed / total_s
                 detail = f"{max(0.0, elapsed):5.1f}/{total_s:.1f}s {done_ops:>9,} ops"

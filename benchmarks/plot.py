@@ -3,7 +3,12 @@
 1. latency vs throughput over the client sweep (p50 solid, p99 dashed),
 2. latency CDF of the sweep's 1-client and largest runs,
 3. latency vs value size, 4. latency vs store size,
-5. write throughput around the leader kill, 6. catch-up and failover bars.
+5. write throughput around the leader kill, 6. recovery-time bars (failover,
+   catch-up, catch-up on a store, restart after the footprint writes).
+
+With the footprint scenario a third row: 7. every replica's RSS and
+8. data-directory size against the writes done (a line per replica, the
+live data dotted), 9. the write rate over the run.
 """
 
 from __future__ import annotations
@@ -68,17 +73,27 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     from benchmarks.histogram import Histogram
 
     systems = _systems(doc)
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
-    (ax_lt, ax_cdf, ax_val), (ax_store, ax_fo, ax_bar) = axes
+    with_fp = any(_footprint(sc) for _, sc in systems)
     m = doc.get("machine", {})
     cfg = doc.get("config", {})
-    fig.suptitle(
+    title = (
         f"paxoskv vs etcd: {cfg.get('replicas', 3)} replicas on one host, durable writes, "
         f"{cfg.get('value_size', 100)} B values, {cfg.get('keys', 0):,} keys "
         f"({m.get('cores', '?')} cores {m.get('cpu', '')}, fsync p50 "
-        f"{m.get('fsync_ms', {}).get('p50', float('nan')):.2f} ms) - {doc.get('created', '')}",
-        fontsize=11,
+        f"{m.get('fsync_ms', {}).get('p50', float('nan')):.2f} ms) - {doc.get('created', '')}"
     )
+    main = any(sc.get(k) for k in ("steady", "values", "store", "failover") for _, sc in systems)
+    if with_fp and not main:
+        # only the footprint (and catch-up) ran: one row, no empty panels
+        fig, axes = plt.subplots(1, 4, figsize=(22, 5.5))
+        fig.suptitle(title, fontsize=11)
+        _plot_footprint(systems, axes[:3], cfg)
+        _plot_bars(axes[3], systems, cfg)
+        return _save(fig, path, top=0.93)
+    rows = 3 if with_fp else 2
+    fig, axes = plt.subplots(rows, 3, figsize=(17, 4.75 * rows))
+    (ax_lt, ax_cdf, ax_val), (ax_store, ax_fo, ax_bar) = axes[0], axes[1]
+    fig.suptitle(title, fontsize=11)
 
     # 1. latency vs throughput
     for name, sc in systems:
@@ -228,15 +243,53 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     _legend(ax_fo)
 
     # 6. bars: catch-up and failover times
+    _plot_bars(ax_bar, systems, cfg)
+
+    if with_fp:
+        _plot_footprint(systems, axes[2], cfg)
+
+    return _save(fig, path, top=0.97 if with_fp else 0.96)
+
+
+def _save(fig: Any, path: Path, top: float) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=(0, 0, 1, top))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_bars(ax_bar: Any, systems: list[tuple[str, dict[str, Any]]], cfg: dict) -> None:
+    """Recovery times: failover, catch-up (both variants), restart after the
+    footprint writes; a group per scenario that ran."""
     labels, groups = [], {}
-    for name, sc in systems:
-        fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
-        cu = sc.get("catchup") if isinstance(sc.get("catchup"), dict) else {}
-        groups[name] = [fo.get("unavailable_s"), cu.get("restart_to_caught_up_s")]
-    labels = [
-        "failover\nunavailability",
-        f"catch-up after\n{cfg.get('catchup_writes', 0):,} writes",
+    bars_spec = [
+        ("failover", "unavailable_s", "failover\nunavailability"),
+        (
+            "catchup",
+            "restart_to_caught_up_s",
+            f"catch-up after\n{cfg.get('catchup_writes', 0):,} writes",
+        ),
+        (
+            "catchup_store",
+            "restart_to_caught_up_s",
+            f"catch-up, {_count(cfg.get('catchup_store_keys', 0))}\n"
+            f"keys +{_count(cfg.get('catchup_store_writes', 0))} writes",
+        ),
+        ("footprint", "restart", f"restart after\n{_count(cfg.get('footprint_writes', 0))} writes"),
     ]
+    present = [b for b in bars_spec if any(isinstance(sc.get(b[0]), dict) for _, sc in systems)]
+    for name, sc in systems:
+        vals = []
+        for scen, key, _ in present:
+            d = sc.get(scen) if isinstance(sc.get(scen), dict) else {}
+            if key == "restart":
+                d, key = d.get("restart") or {}, "restart_to_first_write_s"
+            vals.append(d.get(key))
+        groups[name] = vals
+    labels = [b[2] for b in present]
     width = 0.8 / max(1, len(groups))
     for k, (name, vals) in enumerate(groups.items()):
         xs = [i + (k - (len(groups) - 1) / 2) * width for i in range(len(labels))]
@@ -250,15 +303,86 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
                 va="bottom",
                 fontsize=8,
             )
-    ax_bar.set_xticks(range(len(labels)), labels)
+    ax_bar.set_xticks(range(len(labels)), labels, fontsize=8)
     ax_bar.set_ylabel("seconds")
     ax_bar.set_title("recovery times (lower is better)")
     ax_bar.grid(True, axis="y", alpha=0.3)
     if groups:
         ax_bar.legend(fontsize=8)
 
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+
+def _count(n: int) -> str:
+    """12000 -> 12k, 1000000 -> 1M (bar labels)."""
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
+    if n >= 1000 and n % 100 == 0:
+        return f"{n / 1000:g}k"
+    return f"{n:,}"
+
+
+def _footprint(sc: dict[str, Any]) -> dict[str, Any] | None:
+    fp = sc.get("footprint")
+    return fp if isinstance(fp, dict) and fp.get("series") else None
+
+
+_REPLICA_STYLES = ("-", "--", ":", "-.", (0, (5, 1)))
+
+
+def _plot_footprint(systems: list[tuple[str, dict[str, Any]]], axes: Any, cfg: dict) -> None:
+    """7. RSS and 8. data-directory size vs writes (a line per replica),
+    9. the write rate between samples."""
+    ax_rss, ax_dir, ax_rate = axes
+    mib = 1024 * 1024
+    live = None
+    for name, sc in systems:
+        fp = _footprint(sc)
+        if fp is None:
+            continue
+        ser = fp["series"]
+        xs = ser["writes"]
+        col = COLORS.get(name)
+        live = (fp.get("summary") or {}).get("live_bytes") or live
+        for k, rid in enumerate(sorted(ser["rss_bytes"], key=int)):
+            style = _REPLICA_STYLES[k % len(_REPLICA_STYLES)]
+            for ax, key in ((ax_rss, "rss_bytes"), (ax_dir, "dir_bytes")):
+                pts = [(x, v / mib) for x, v in zip(xs, ser[key][rid], strict=False) if v]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), ls=style, color=col, label=f"{name} r{rid}")
+        rate = [
+            (xs[i], (xs[i] - xs[i - 1]) / (ser["t_s"][i] - ser["t_s"][i - 1]))
+            for i in range(1, len(xs))
+            if ser["t_s"][i] > ser["t_s"][i - 1] and xs[i] > xs[i - 1]
+        ]
+        if rate:
+            ax_rate.plot(*zip(*rate, strict=True), color=col, label=name)
+        restart = (fp.get("restart") or {}).get("restart_to_first_write_s")
+        if restart is not None and xs:
+            ax_rss.annotate(
+                f"{name}: restart {restart:.2f} s",
+                (xs[-1], (fp["summary"].get("rss_end_max") or 0) / mib),
+                textcoords="offset points",
+                xytext=(-110, 6),
+                fontsize=8,
+                color=col,
+            )
+    ax_dir.set_yscale("log")
+    _plain_log(ax_dir, "y")
+    if live:
+        ax_dir.axhline(live / mib, color="k", ls=":", lw=1, label="live data")
+        ax_dir.set_ylim(bottom=live / mib / 2)
+    writes = f"overwrites of {cfg.get('footprint_keys', 0):,} keys"
+    ax_rss.set_title(f"footprint: RSS per replica ({writes})")
+    ax_rss.set_ylabel("RSS (MiB)")
+    ax_dir.set_title("footprint: data directory per replica")
+    ax_dir.set_ylabel("sum of file sizes (MiB, log)")
+    ax_rate.set_title("footprint: write rate")
+    ax_rate.set_ylabel("writes/s between samples")
+    from matplotlib.ticker import FuncFormatter
+
+    thousands = FuncFormatter(lambda v, _: f"{v / 1000:,.0f}k" if v >= 1000 else f"{v:.0f}")
+    for ax in axes:
+        ax.xaxis.set_major_formatter(thousands)
+        ax.set_xlabel("writes done")
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(left=0)
+        _legend(ax, ncols=2)

@@ -2,7 +2,8 @@
 
     python -m benchmarks.run                      # the standard suite (< ~5 min)
     python -m benchmarks.run --suite quick        # a shorter pass
-    python -m benchmarks.run --suite full         # 1M keys, 100k catch-up, longer runs
+    python -m benchmarks.run --suite full         # 1M keys, 100k catch-up, 1M-write footprint
+    python -m benchmarks.run --scenarios footprint --footprint-writes 200k
     python -m benchmarks.run --suite smoke        # seconds; what the test suite runs
     python -m benchmarks.run --system paxoskv --scenarios steady \\
         --clients 1,8,64 --duration 10 --mix put=50,get=50 --dist zipfian
@@ -51,6 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         catchup_writes=500,
         catchup_clients=8,
         catchup_timeout=30.0,
+        catchup_store_writes=2000,
+        footprint_writes=5000,
+        footprint_keys=100,
+        footprint_clients=8,
+        footprint_timeout=60.0,
+        restart_timeout=30.0,
         failover_clients=4,
         failover_before=0.5,
         failover_after=3.0,
@@ -65,7 +72,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         store_sizes=[1000, 10_000],
         store_duration=1.0,
         catchup_writes=5000,
+        catchup_store_writes=20_000,
         failover_after=4.0,
+        footprint_writes=50_000,
+        scenarios=list(SCENARIOS),
     ),
     "standard": dict(),
     "full": dict(
@@ -78,7 +88,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         store_duration=5.0,
         catchup_writes=100_000,
         catchup_timeout=600.0,
+        catchup_store_keys=100_000,
+        catchup_store_writes=200_000,
         failover_after=8.0,
+        footprint_writes=1_000_000,
+        footprint_timeout=900.0,
+        scenarios=list(SCENARIOS),
     ),
 }
 
@@ -88,7 +103,11 @@ TARGETS = {
     "put64_tput": (">=", 10_000),
     "put64_p99": ("<=", 25.0),
     "get1_p50": ("<=", 0.5),
+    # issue 11, checked on runs of >= 1,000,000 overwrites of 1,000 keys
+    "fp_rss_growth": ("<=", 20.0),
+    "fp_restart_s": ("<=", 1.0),
 }
+FOOTPRINT_TARGET_WRITES = 1_000_000
 
 
 def _int_list(text: str) -> list[int]:
@@ -104,6 +123,24 @@ def _int_list(text: str) -> list[int]:
                 break
         out.append(int(float(p) * mult))
     return out
+
+
+def _int(text: str) -> int:
+    """One count with an optional k/m/KiB/MiB suffix."""
+    values = _int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"one number expected, not {text!r}")
+    return values[0]
+
+
+def _etcd_compaction(text: str) -> str:
+    from benchmarks.scenarios import etcd_compaction
+
+    try:
+        etcd_compaction(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--value-size", type=int)
     ap.add_argument("--value-sizes", type=_int_list, help="value-size sweep, e.g. 100,1KiB,1MiB")
     ap.add_argument("--store-sizes", type=_int_list, help="store-size sweep, e.g. 1k,100k,1m")
-    ap.add_argument("--catchup-writes", type=int)
+    ap.add_argument(
+        "--catchup-writes",
+        type=_int,
+        help="distinct keys written while a follower is down (0: skip)",
+    )
+    ap.add_argument(
+        "--catchup-store-keys",
+        type=_int,
+        help="also catch up on a store of this many keys (e.g. 100k; 0: off)",
+    )
+    ap.add_argument(
+        "--catchup-store-writes",
+        type=_int,
+        help="overwrites of that store while the follower is down",
+    )
+    ap.add_argument("--footprint-writes", type=_int, help="overwrites in the footprint scenario")
+    ap.add_argument("--footprint-keys", type=_int, help="keys the footprint scenario overwrites")
+    ap.add_argument("--footprint-clients", type=int)
+    ap.add_argument(
+        "--footprint-timeout", type=float, help="time budget (s) of a footprint write phase"
+    )
+    ap.add_argument(
+        "--etcd-auto-compaction",
+        type=_etcd_compaction,
+        metavar="MODE:RETENTION",
+        help="etcd's MVCC auto-compaction, e.g. periodic:30s or revision:10000 (default: off)",
+    )
     ap.add_argument("--failover-clients", type=int)
     ap.add_argument("--workers", type=int, help="load-generator processes (default: cores)")
     ap.add_argument("--seed", type=int)
@@ -175,6 +238,13 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         "value_sizes",
         "store_sizes",
         "catchup_writes",
+        "catchup_store_keys",
+        "catchup_store_writes",
+        "footprint_writes",
+        "footprint_keys",
+        "footprint_clients",
+        "footprint_timeout",
+        "etcd_auto_compaction",
         "failover_clients",
         "workers",
         "seed",
@@ -239,12 +309,58 @@ def headline(sc: dict[str, Any]) -> dict[str, float | None]:
     out["elected_s"] = fo.get("leader_elected_s")
     cu = sc.get("catchup") if isinstance(sc.get("catchup"), dict) else {}
     out["catchup_s"] = cu.get("restart_to_caught_up_s")
+    cs = sc.get("catchup_store") if isinstance(sc.get("catchup_store"), dict) else {}
+    out["cu_store_s"] = cs.get("restart_to_caught_up_s")
+    out["cu_store_dir"] = _mib(cs.get("follower_dir_after_bytes"))
+    fp = sc.get("footprint") if isinstance(sc.get("footprint"), dict) else {}
+    fps = fp.get("summary") or {}
+    out["fp_rss_first"] = _mib(fps.get("rss_first_mark_max"))
+    out["fp_rss_end"] = _mib(fps.get("rss_end_max"))
+    out["fp_rss_growth"] = _mib(fps.get("rss_growth_max"))
+    out["fp_dir_max"] = _mib(fps.get("dir_max"))
+    out["fp_dir_end"] = _mib(fps.get("dir_end_max"))
+    out["fp_dir_live"] = fps.get("dir_max_over_live")
+    out["fp_restart_s"] = (fp.get("restart") or {}).get("restart_to_first_write_s")
+    out["fp_rate"] = (fp.get("run") or {}).get("throughput")
     for r in sc.get("values") if isinstance(sc.get("values"), list) else []:
         out[f"value_{r['value_size']}_p50"] = r["latency_ms"]["p50"]
     for p in sc.get("store") if isinstance(sc.get("store"), list) else []:
         out[f"store_{p['keys']}_put_p50"] = p["put"]["latency_ms"]["p50"]
         out[f"store_{p['keys']}_get_p50"] = p["get"]["latency_ms"]["p50"]
     return out
+
+
+def _mib(n: int | None) -> float | None:
+    return None if n is None else n / (1024 * 1024)
+
+
+def footprint_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(key, label, unit, better) of the footprint and catch-up-on-a-store
+    rows, labelled with the run's sizes."""
+    from benchmarks.footprint import mark_interval
+
+    n = cfg.get("footprint_writes") or 0
+    mark = mark_interval(n, cfg.get("footprint_mark") or 100_000)
+    keys = cfg.get("footprint_keys") or 0
+    sk, sw = cfg.get("catchup_store_keys") or 0, cfg.get("catchup_store_writes") or 0
+    return [
+        ("fp_rate", f"footprint: {n:,} writes to {keys:,} keys", "op/s", "high"),
+        ("fp_rss_first", f"footprint: RSS after {mark:,} writes (max)", "MiB", "none"),
+        ("fp_rss_end", f"footprint: RSS after {n:,} writes (max)", "MiB", "low"),
+        ("fp_rss_growth", f"footprint: RSS growth {mark:,}..end (max)", "MiB", "none"),
+        ("fp_dir_max", "footprint: data dir, max (max replica)", "MiB", "low"),
+        ("fp_dir_end", "footprint: data dir at the end (max)", "MiB", "low"),
+        ("fp_dir_live", "footprint: data dir max / live data", "x", "low"),
+        ("fp_restart_s", "footprint: restart to first committed write", "s", "low"),
+        ("cu_store_s", f"catch-up, {sk:,}-key store, {sw:,} writes", "s", "low"),
+        ("cu_store_dir", "catch-up, store: follower data dir after", "MiB", "low"),
+    ]
+
+
+def _ratio(r: float | None) -> str:
+    if not r:
+        return "-"
+    return f"{r:,.0f}x" if r >= 100 else (f"{r:.1f}x" if r >= 10 else f"{r:.2f}x")
 
 
 def _fmt(v: float | None, unit: str) -> str:
@@ -254,6 +370,10 @@ def _fmt(v: float | None, unit: str) -> str:
         return f"{v:,.0f}"
     if unit in ("s", "cores"):
         return f"{v:.2f}"
+    if unit == "x":
+        return f"{v:,.1f}"
+    if unit == "MiB":
+        return f"{v:,.1f}"
     return f"{v:.2f}" if v < 100 else f"{v:,.0f}"
 
 
@@ -301,6 +421,7 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ("elected_s", "failover: new leader seen in STATUS", "s", "low"),
         ("catchup_s", f"catch-up after {cfg.get('catchup_writes', 0):,} writes", "s", "low"),
     ]
+    spec += footprint_rows(cfg)
     for size in cfg.get("value_sizes") or []:
         spec.append((f"value_{size}_p50", f"PUT p50, value {_size_label(size)}", "ms", "low"))
     for n in sorted(cfg.get("store_sizes") or []):
@@ -321,6 +442,11 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         if main != "PUT" and key.startswith("put"):
             target = None
         if key in ("put64_tput", "put64_p99") and topc != 64:
+            target = None
+        if key.startswith("fp_") and (
+            (cfg.get("footprint_writes") or 0) < FOOTPRINT_TARGET_WRITES
+            or cfg.get("footprint_keys") != 1000
+        ):
             target = None
         met = None
         if target and ours is not None:
@@ -371,7 +497,7 @@ def render_table(doc: dict[str, Any]) -> str:
         line = f"{r['label'][:43]:<44}{r['unit']:>6}"
         line += "".join(f"{_fmt(r['values'].get(n), r['unit']):>12}" for n in names)
         if "paxoskv" in names and "etcd" in names:
-            ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+            ratio = _ratio(r["ratio"])
             line += f"{ratio:>8}"
         if r["target"]:
             op, val = r["target"]
@@ -421,7 +547,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     for r in rows:
         cells = [r["label"], r["unit"], *(_fmt(r["values"].get(n), r["unit"]) for n in names)]
         if both:
-            cells.append(f"{r['ratio']:.2f}x" if r["ratio"] else "-")
+            cells.append(_ratio(r["ratio"]))
         tgt = ""
         if r["target"]:
             op, val = r["target"]

@@ -10,9 +10,19 @@
   the time until it has applied everything the leader had committed;
 - failover: clients write while the leader is killed with SIGKILL; the
   client-observed unavailability (the longest stretch with no write
-  completing, from the kill to the first write served again).
+  completing, from the kill to the first write served again);
+- catchup on a store (`catchup_store_keys` > 0): the store is loaded with
+  that many keys, a follower is killed, the keys are overwritten many times
+  (far more than a retained log tail), the follower restarts; its catch-up
+  time and the bytes its data directory holds after;
+- footprint (issue 11): closed-loop clients overwrite a few keys many
+  times; every replica's RSS and data-directory size every second and at
+  each 100k writes (benchmarks/footprint.py), then a follower restarts
+  (SIGTERM) and the time until it has applied a write committed after its
+  restart began.
 
-A fresh cluster for steady(+values), store, catchup and failover each.
+A fresh cluster for steady(+values), store, catchup (each variant),
+failover and footprint each.
 """
 
 from __future__ import annotations
@@ -27,13 +37,26 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.driver import RunSpec
+from benchmarks.footprint import (
+    BudgetExceeded,
+    FootprintSampler,
+    dir_alloc_bytes,
+    dir_bytes,
+    live_bytes,
+    mark_interval,
+    rss_bytes,
+    summarize,
+)
 from benchmarks.harness import Progress, WorkerPool, default_workers, run_workload
 from benchmarks.profile import Profiler
 from benchmarks.workload import PUT, WorkloadSpec
 
 KiB = 1024
 MiB = 1024 * 1024
-SCENARIOS = ("steady", "values", "store", "catchup", "failover")
+SCENARIOS = ("steady", "values", "store", "catchup", "failover", "footprint")
+# the standard suite leaves the footprint out (its minutes of writes would
+# double it); quick and full run everything
+DEFAULT_SCENARIOS = ("steady", "values", "store", "catchup", "failover")
 
 
 @dataclass
@@ -42,7 +65,7 @@ class SuiteConfig:
 
     name: str = "standard"
     replicas: int = 3
-    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    scenarios: list[str] = field(default_factory=lambda: list(DEFAULT_SCENARIOS))
     workers: int | None = None
     seed: int = 1
     attempt_timeout: float = 1.0
@@ -79,6 +102,20 @@ class SuiteConfig:
     catchup_writes: int = 20_000
     catchup_clients: int = 64
     catchup_timeout: float = 120.0
+    # catch-up on a loaded store: 0 keys = off (--catchup-store-keys 100k)
+    catchup_store_keys: int = 0
+    catchup_store_writes: int = 100_000
+    # footprint (issue 11): writes overwrite `footprint_keys` keys, uniformly
+    footprint_writes: int = 200_000
+    footprint_keys: int = 1000
+    footprint_clients: int = 64
+    footprint_interval: float = 1.0  # seconds between samples
+    footprint_mark: int = 100_000  # a sample at every multiple (a tenth of short runs)
+    footprint_timeout: float = 600.0  # time budget of a write phase (also catch-up store's)
+    restart_timeout: float = 60.0
+    # etcd's MVCC auto-compaction, "MODE:RETENTION" (revision:10000, periodic:30s)
+    # or a revision count; None: off, etcd's default
+    etcd_auto_compaction: str | None = None
     # failover
     failover_clients: int = 16
     failover_before: float = 1.5
@@ -92,14 +129,28 @@ class SuiteConfig:
         return dataclasses.asdict(self)
 
 
-def make_cluster(system: str, replicas: int) -> Any:
+def make_cluster(system: str, replicas: int, cfg: SuiteConfig | None = None) -> Any:
     if system == "paxoskv":
         from benchmarks.cluster import KVCluster
 
         return KVCluster(replicas)
     from benchmarks.etcd import EtcdCluster
 
-    return EtcdCluster(replicas)
+    extra: list[str] = []
+    if cfg is not None and cfg.etcd_auto_compaction:
+        mode, retention = etcd_compaction(cfg.etcd_auto_compaction)
+        extra = ["--auto-compaction-mode", mode, "--auto-compaction-retention", retention]
+    return EtcdCluster(replicas, extra_args=extra)
+
+
+def etcd_compaction(text: str) -> tuple[str, str]:
+    """ "revision:10000" / "periodic:30s" / "10000" -> (mode, retention)."""
+    mode, sep, retention = str(text).partition(":")
+    if not sep:
+        mode, retention = "revision", mode
+    if mode not in ("revision", "periodic") or not retention:
+        raise ValueError(f"etcd auto-compaction {text!r}: use revision:N or periodic:DURATION")
+    return mode, retention
 
 
 class SystemRunner:
@@ -129,6 +180,7 @@ class SystemRunner:
         self, cluster: Any, label: str, clients: int, workload: WorkloadSpec, **kw: Any
     ) -> dict[str, Any]:
         on_tick = kw.pop("on_tick", None)
+        on_progress = kw.pop("on_progress", None)
         leader = cluster.leader()
         pids = cluster.pids()
         cpu0 = {rid: proc_cpu_seconds(pid) for rid, pid in pids.items()}
@@ -152,6 +204,7 @@ class SystemRunner:
             progress=self.progress,
             label=f"{self.system}: {label}",
             on_tick=on_tick,
+            on_progress=on_progress,
         )
         wall = time.monotonic() - t0
         result["label"] = label
@@ -168,7 +221,12 @@ class SystemRunner:
         return result
 
     def preload(
-        self, cluster: Any, start: int, end: int, value_size: int | None = None
+        self,
+        cluster: Any,
+        start: int,
+        end: int,
+        value_size: int | None = None,
+        fresh_values: bool = False,
     ) -> dict[str, Any]:
         """Puts keys [start, end) once each, with many concurrent clients."""
         n = end - start
@@ -181,6 +239,7 @@ class SystemRunner:
             key_offset=start,
             distribution="sequential",
             value_size=self.cfg.value_size if value_size is None else value_size,
+            fresh_values=fresh_values,
         )
         t0 = time.monotonic()
         r = self._run(
@@ -195,7 +254,7 @@ class SystemRunner:
         }
 
     def _start(self) -> Any:
-        cluster = make_cluster(self.system, self.cfg.replicas)
+        cluster = make_cluster(self.system, self.cfg.replicas, self.cfg)
         t0 = time.monotonic()
         cluster.start()
         self.cluster_info = {
@@ -226,13 +285,16 @@ class SystemRunner:
                     out["values"] = self._guard("values", lambda: self.values(cluster))
             finally:
                 cluster.stop()
-        for name, fn in (
-            ("store", self.store),
-            ("catchup", self.catchup),
-            ("failover", self.failover),
-        ):
-            if name in wanted:
-                out[name] = self._guard(name, fn)
+        if "store" in wanted:
+            out["store"] = self._guard("store", self.store)
+        if "catchup" in wanted and cfg.catchup_writes > 0:
+            out["catchup"] = self._guard("catchup", self.catchup)
+        if "catchup" in wanted and cfg.catchup_store_keys > 0:
+            out["catchup_store"] = self._guard("catchup_store", self.catchup_store)
+        if "failover" in wanted:
+            out["failover"] = self._guard("failover", self.failover)
+        if "footprint" in wanted:
+            out["footprint"] = self._guard("footprint", self.footprint)
         out["cluster"] = self.cluster_info
         return out
 
@@ -384,27 +446,7 @@ class SystemRunner:
                 raise RuntimeError("the leader does not answer STATUS after the writes")
             t_restart = time.monotonic()
             cluster.restart(follower)
-            t_up = None
-            t_done = None
-            last = None
-            deadline = t_restart + cfg.catchup_timeout
-            while time.monotonic() < deadline:
-                applied = cluster.applied_index(follower)
-                now = time.monotonic()
-                if applied is not None:
-                    last = applied
-                    if t_up is None:
-                        t_up = now
-                    if applied >= target:
-                        t_done = now
-                        break
-                self.progress.show(
-                    f"{self.system}: catch-up of replica {follower}",
-                    (last or 0) / max(1, target),
-                    f"applied {last if last is not None else '-'}/{target}",
-                )
-                time.sleep(0.02)
-            self.progress.done()
+            t_up, t_done, last = self._await_applied(cluster, follower, target, t_restart)
             return {
                 "writes": cfg.catchup_writes,
                 "write_s": round(write_s, 3),
@@ -420,6 +462,270 @@ class SystemRunner:
             }
         finally:
             cluster.stop()
+
+    def _await_applied(
+        self, cluster: Any, rid: int, target: int, t_restart: float
+    ) -> tuple[float | None, float | None, int | None]:
+        """Polls replica `rid` (restarted at `t_restart`) until its applied
+        index reaches `target`, at most `catchup_timeout` seconds; returns
+        (first STATUS answer, caught up, last applied index), the times as
+        monotonic clock values or None."""
+        t_up = t_done = None
+        last = None
+        deadline = t_restart + self.cfg.catchup_timeout
+        while time.monotonic() < deadline:
+            applied = cluster.applied_index(rid)
+            now = time.monotonic()
+            if applied is not None:
+                last = applied
+                if t_up is None:
+                    t_up = now
+                if applied >= target:
+                    t_done = now
+                    break
+            self.progress.show(
+                f"{self.system}: catch-up of replica {rid}",
+                (last or 0) / max(1, target),
+                f"applied {last if last is not None else '-'}/{target}",
+            )
+            time.sleep(0.02)
+        self.progress.done()
+        return t_up, t_done, last
+
+    def _leader_commit(self, cluster: Any, leader: int) -> tuple[int, int]:
+        """(leader, its commit index), asking again for up to 2.5 s."""
+        for _ in range(50):
+            leader = cluster.leader() or leader
+            target = cluster.commit_index(leader)
+            if target is not None:
+                return leader, target
+            time.sleep(0.05)
+        raise RuntimeError("the leader does not answer STATUS after the writes")
+
+    def _budget(self, seconds: float) -> Any:
+        """A progress callback that stops a run after `seconds`."""
+
+        def check(elapsed: float, done: int) -> None:
+            if elapsed > seconds:
+                raise BudgetExceeded(f"stopped after {done:,} writes ({seconds:g} s budget)")
+
+        return check
+
+    def catchup_store(self) -> dict[str, Any]:
+        """Catch-up on a loaded store: `catchup_store_keys` keys are loaded,
+        a follower is killed (SIGKILL), `catchup_store_writes` uniform
+        overwrites of those keys go in, the follower restarts; the time until
+        its applied index reaches the leader's commit index, and the bytes of
+        its data directory (and the leader's) after."""
+        cfg = self.cfg
+        keys, writes = cfg.catchup_store_keys, cfg.catchup_store_writes
+        cluster = self._start()
+        try:
+            pre = self.preload(cluster, 0, keys, fresh_values=True)
+            leader = cluster.wait_leader()
+            follower = next(i for i in sorted(cluster.endpoints()) if i != leader)
+            dirs = cluster.data_dirs()
+            follower_dir_before = dir_bytes(dirs[follower])
+            cluster.kill(follower, signal.SIGKILL)
+            wl = self._workload(
+                mix={PUT: 1.0}, keys=keys, distribution="uniform", fresh_values=True
+            )
+            t0 = time.monotonic()
+            stopped = None
+            try:
+                r = self._run(
+                    cluster, f"overwrite {keys:,} keys x{cfg.catchup_clients}",
+                    cfg.catchup_clients, wl, duration=None, ops=writes, warmup=0.0,
+                    on_progress=self._budget(cfg.footprint_timeout),
+                )  # fmt: skip
+                done, rate = r["ops"], r["throughput"]
+            except BudgetExceeded as exc:
+                stopped, done, rate = str(exc), None, None
+            write_s = time.monotonic() - t0
+            leader, target = self._leader_commit(cluster, leader)
+            leader_dir = dir_bytes(dirs[leader])
+            t_restart = time.monotonic()
+            cluster.restart(follower)
+            t_up, t_done, last = self._await_applied(cluster, follower, target, t_restart)
+            pid = cluster.pids().get(follower)
+            out = {
+                "store_keys": keys,
+                "writes": writes,
+                "writes_done": done,
+                "stopped_early": stopped,
+                "preload": pre,
+                "write_s": round(write_s, 3),
+                "write_rate": rate,
+                "follower": follower,
+                "leader": leader,
+                "target_index": target,
+                "last_applied": last,
+                "restart_to_status_s": round(t_up - t_restart, 3) if t_up else None,
+                "restart_to_caught_up_s": round(t_done - t_restart, 3) if t_done else None,
+                "caught_up": t_done is not None,
+                "timeout_s": cfg.catchup_timeout,
+                "live_bytes": live_bytes(keys, cfg.value_size),
+                "follower_dir_before_bytes": follower_dir_before,
+                "follower_dir_after_bytes": dir_bytes(dirs[follower]),
+                "follower_dir_after_alloc_bytes": dir_alloc_bytes(dirs[follower]),
+                "leader_dir_bytes": leader_dir,
+                "follower_rss_after_bytes": rss_bytes(pid),
+            }
+            return out
+        finally:
+            cluster.stop()
+
+    def footprint(self) -> dict[str, Any]:
+        """Issue 11: is every replica bounded by its live data? Overwrites
+        `footprint_keys` keys `footprint_writes` times (uniform, closed loop)
+        while sampling RSS and data-directory sizes; then restarts a
+        follower (SIGTERM) and times it to its first committed write."""
+        cfg = self.cfg
+        cluster = self._start()
+        try:
+            leader = cluster.wait_leader()
+            mark = mark_interval(cfg.footprint_writes, cfg.footprint_mark)
+            live = live_bytes(cfg.footprint_keys, cfg.value_size)
+            sampler = FootprintSampler(
+                cluster.pids(), cluster.data_dirs(), interval=cfg.footprint_interval, mark=mark,
+                deadline=time.monotonic() + cfg.footprint_timeout,
+            )  # fmt: skip
+            sampler.sample(0)
+            wl = self._workload(
+                mix={PUT: 1.0}, keys=cfg.footprint_keys, distribution="uniform", fresh_values=True
+            )
+            stopped = None
+            run: dict[str, Any] = {}
+            try:
+                r = self._run(
+                    cluster,
+                    f"overwrite {cfg.footprint_keys:,} keys x{cfg.footprint_clients}",
+                    cfg.footprint_clients, wl, duration=None, ops=cfg.footprint_writes,
+                    warmup=0.0, on_progress=sampler.on_progress,
+                )  # fmt: skip
+                done = r["ops"]
+                run = {
+                    "seconds": r["duration_s"],
+                    "throughput": r["throughput"],
+                    "latency_ms": r["latency_ms"],
+                    "errors": r["errors"],
+                    "server_cpu_share": r["server_cpu_share"],
+                    "client_cpu_share": r["client_cpu_share"],
+                }
+            except BudgetExceeded as exc:
+                stopped, done = str(exc), sampler.last_writes
+            settled_s = self._settle(cluster, leader)
+            sampler.sample(done)
+            status_end = {rid: cluster.status(rid) for rid in sorted(cluster.endpoints())}
+            leader = cluster.leader() or leader
+            restart = self._restart_follower(cluster, leader, sampler)
+            series = sampler.series()
+            return {
+                "writes": cfg.footprint_writes,
+                "writes_done": done,
+                "stopped_early": stopped,
+                "keys": cfg.footprint_keys,
+                "value_size": cfg.value_size,
+                "clients": cfg.footprint_clients,
+                "run": run,
+                "settle_s": settled_s,
+                "summary": summarize(series, live),
+                "restart": restart,
+                "status_end": {str(k): v for k, v in status_end.items()},
+                "series": series,
+            }
+        finally:
+            cluster.stop()
+
+    def _settle(self, cluster: Any, leader: int, timeout: float = 30.0) -> float | None:
+        """Waits until every replica has applied the leader's commit index
+        (the end of the writes); returns how long that took, None on timeout."""
+        t0 = time.monotonic()
+        try:
+            leader, target = self._leader_commit(cluster, leader)
+        except RuntimeError:
+            return None
+        ids = sorted(cluster.endpoints())
+        while time.monotonic() - t0 < timeout:
+            applied = [cluster.applied_index(rid) for rid in ids]
+            if all(a is not None and a >= target for a in applied):
+                return round(time.monotonic() - t0, 3)
+            time.sleep(0.05)
+        return None
+
+    def _restart_follower(
+        self, cluster: Any, leader: int, sampler: FootprintSampler
+    ) -> dict[str, Any]:
+        """SIGTERM a follower, start it again through the launcher, and time
+        it from its start until it has applied a write committed after that
+        start: marker writes go through the leader every 50 ms; paxoskv:
+        the follower's applied index (STATUS) reaches the leader's commit
+        index after the first of them; etcd: a serializable read at the
+        member returns the marker key."""
+        cfg = self.cfg
+        follower = next(i for i in sorted(cluster.endpoints()) if i != leader)
+        dirs = cluster.data_dirs()
+        old_pid = cluster.pids().get(follower)
+        rss_before = rss_bytes(old_pid)
+        dir_before = dir_bytes(dirs[follower])
+        t_kill = time.monotonic()
+        cluster.kill(follower, signal.SIGTERM)
+        stop_s = time.monotonic() - t_kill
+        key = b"__bench_restart_%d" % time.time_ns()
+        t0 = time.monotonic()
+        cluster.restart(follower)
+        sampler.set_pid(follower, cluster.pids().get(follower))
+        token = None
+        t_first_write = t_status = t_done = None
+        write_errors = 0
+        last_write = -1.0
+        n = 0
+        deadline = t0 + cfg.restart_timeout
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if now - last_write >= 0.05:
+                last_write = now
+                try:
+                    tok = cluster.write_marker(leader, key, b"%d" % n)
+                    n += 1
+                    if token is None:
+                        token, t_first_write = tok, time.monotonic()
+                except Exception:  # noqa: BLE001 - counted; the next one is tried
+                    write_errors += 1
+            if token is not None:
+                ok = cluster.marker_applied(follower, key, token)
+            else:
+                ok = None if cluster.status(follower, timeout=0.2) is None else False
+            now = time.monotonic()
+            if ok is not None and t_status is None:
+                t_status = now
+            if ok:
+                t_done = now
+                break
+            self.progress.show(
+                f"{self.system}: restart of replica {follower}",
+                (now - t0) / cfg.restart_timeout,
+                "up" if t_status else "starting",
+            )
+            time.sleep(0.01)
+        self.progress.done()
+        pid = cluster.pids().get(follower)
+        return {
+            "replica": follower,
+            "leader": leader,
+            "signal": "SIGTERM",
+            "stop_s": round(stop_s, 3),
+            "rss_before_bytes": rss_before,
+            "dir_before_bytes": dir_before,
+            "restart_to_status_s": round(t_status - t0, 3) if t_status else None,
+            "restart_to_first_write_s": round(t_done - t0, 3) if t_done else None,
+            "first_marker_after_s": round(t_first_write - t0, 3) if t_first_write else None,
+            "marker_writes": n,
+            "marker_errors": write_errors,
+            "rss_after_bytes": rss_bytes(pid),
+            "dir_after_bytes": dir_bytes(dirs[follower]),
+            "timeout_s": cfg.restart_timeout,
+        }
 
     def preload_with(self, cluster: Any, clients: int, start: int, end: int) -> dict[str, Any]:
         saved = self.cfg.preload_clients

@@ -14,7 +14,9 @@ spread over the key space by a fixed hash (YCSB's "scrambled zipfian"), so
 the hot keys are not neighbours; the skew is the same.
 
 Values: every write carries the same `value_size` bytes (random, generated
-once from the seed, so that LevelDB's compression cannot shrink them). A CAS
+once from the seed, so that LevelDB's compression cannot shrink them), or
+with `fresh_values` every PUT fresh random bytes (os.urandom): a log of many
+writes of one value would still compress. A CAS
 expects the value to be that payload and sets it to the same payload: on a
 preloaded key it succeeds, exercising the read-compare-write path through
 the log; the harness reports how many failed.
@@ -49,6 +51,10 @@ class WorkloadSpec:
     value_size: int = 100
     seed: int = 1
     key_offset: int = 0  # keys are k(offset) .. k(offset + keys - 1)
+    # every PUT carries fresh random bytes instead of the one payload (the
+    # footprint scenarios: otherwise LevelDB's compression squeezes a log of
+    # identical values, and the disk figures would flatter a log-keeping store)
+    fresh_values: bool = False
 
     def __post_init__(self) -> None:
         if self.keys < 1:

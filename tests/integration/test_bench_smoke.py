@@ -93,3 +93,37 @@ def test_smoke_run_against_etcd(tmp_path):
     check_system(doc, "etcd", [2])
     assert doc["versions"]["etcd"]
     assert "etcd" in stdout
+
+
+@pytest.mark.skipif(SERVER_MISSING, reason="replica/server.py does not exist yet")
+def test_smoke_footprint_and_catchup_on_a_store(tmp_path):
+    """The footprint scenario (issue 11) and the catch-up on a loaded store,
+    tiny: 2,000 overwrites, a 500-key store; a few seconds."""
+    doc, stdout = run_bench(
+        tmp_path, "--system", "paxoskv", "--scenarios", "footprint,catchup",
+        "--footprint-writes", "2000", "--catchup-writes", "0",
+        "--catchup-store-keys", "500", "--catchup-store-writes", "1000",
+    )  # fmt: skip
+    sc = doc["systems"]["paxoskv"]["scenarios"]
+    assert "catchup" not in sc  # --catchup-writes 0 skips the plain variant
+    fp = sc["footprint"]
+    assert "error" not in fp, fp
+    assert fp["writes_done"] == 2000 and fp["stopped_early"] is None
+    ser = fp["series"]
+    assert ser["writes"][0] == 0 and ser["writes"][-1] == 2000
+    assert ser["mark_samples"] and ser["mark"] == 200
+    assert set(ser["rss_bytes"]) == set(ser["dir_bytes"]) == {"1", "2", "3"}
+    for rid in ser["rss_bytes"]:
+        assert all(v and v > 1024 * 1024 for v in ser["rss_bytes"][rid]), rid
+        assert ser["dir_bytes"][rid][-1] > 0
+    summary = fp["summary"]
+    assert summary["live_bytes"] == 100 * (11 + 100)
+    assert summary["rss_growth_max"] is not None and summary["dir_max"] > 0
+    restart = fp["restart"]
+    assert 0 < restart["restart_to_status_s"] <= restart["restart_to_first_write_s"] < 30
+    assert restart["marker_errors"] == 0
+    cs = sc["catchup_store"]
+    assert "error" not in cs, cs
+    assert cs["caught_up"] and cs["last_applied"] >= cs["target_index"]
+    assert cs["follower_dir_after_bytes"] > 0 and cs["preload"]["keys"] == 500
+    assert "restart to first committed write" in stdout
