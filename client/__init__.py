@@ -11,8 +11,7 @@ itself; every error it raises on purpose is a `KVError` (client/errors.py).
 """
 
 from client.client import CasResult, KVClient
-from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge
-from client.errors import SessionExpired as SessionExpired  # see below __all__
+from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge, SessionExpired
 
 __all__ = [
     "BadRequest",
@@ -21,6 +20,5 @@ __all__ = [
     "KVClient",
     "KVError",
     "RequestTooLarge",
+    "SessionExpired",
 ]
-# SessionExpired is importable from here too; it joins __all__ together with
-# tests/unit/test_client_package.py, which pins the public surface.

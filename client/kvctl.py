@@ -321,7 +321,9 @@ _COLUMNS = (
     ("BALLOT", "ballot"),
     ("COMMIT", "commit_index"),
     ("APPLIED", "applied_index"),
+    ("COMPACTED", "compacted"),
     ("LOG", "log_size"),
+    ("INSTALL", "install"),
 )
 
 
@@ -330,6 +332,11 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if key == "ballot" and isinstance(value, (list, tuple)):
         return ".".join(str(part) for part in value)
+    if key == "install" and isinstance(value, dict):
+        # A snapshot install in progress: from whom, up to which index, how far.
+        mib = value.get("bytes", 0) / (1 << 20)
+        where = f"from {value.get('from')} @{value.get('index')}"
+        return f"{where}: {mib:.1f} MiB, {value.get('keys')} keys"
     return str(value)
 
 

@@ -65,9 +65,11 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
+from kvstore.config import CompactionSettings
 from kvstore.limits import MAX_BATCH_BYTES
 from kvstore.protocol import (
     WRITE_OPS,
@@ -75,18 +77,26 @@ from kvstore.protocol import (
     Request,
     Response,
     Status,
+    encode_clock,
     encode_response,
     parse_request,
 )
 from replica.badinput import BadFrames
-from replica.messages import Message, Phase2a, Value
+from replica.messages import Message, Phase2a, SnapshotChunk, SnapshotRequest, Value
 from replica.paxos import CoreConfig, CoreStatus, PaxosCore, Ready, Role
+from replica.snapshots import Exporter, Installer, SnapshotSource, SnapshotTarget
 from replica.storage import AcceptorStorage
 
 log = logging.getLogger("replica.driver")
 
 MAX_CATCHUP_TICKS = 5
 """Most ticks run in one iteration after a stall; the rest are skipped."""
+SNAPSHOT_RETRY_TICKS = 10
+"""An installer that heard no chunk for this long asks again."""
+SNAPSHOT_GIVE_UP_TICKS = 200
+"""... and abandons the install after this long (the core asks again)."""
+SNAPSHOT_IDLE_TICKS = 500
+"""An export nobody asked for a chunk of for this long is closed."""
 
 Envelope = Any
 """Whatever the client transport needs to route a reply (for ZeroMQ the
@@ -100,8 +110,9 @@ Clock = Callable[[], float]
 """Monotonic seconds (time.monotonic in a process, a counter in a simulation)."""
 
 
-class StateMachine(Protocol):
-    """The replicated state machine (kvstore.statemachine.KVStateMachine)."""
+class StateMachine(SnapshotSource, SnapshotTarget, Protocol):
+    """The replicated state machine (kvstore.statemachine.KVStateMachine),
+    with its snapshot export and staged install (replica/snapshots.py)."""
 
     @property
     def applied_index(self) -> int:
@@ -117,6 +128,14 @@ class StateMachine(Protocol):
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, version) as of `applied_index`, or None when absent."""
+        ...
+
+    def install_abort(self) -> None:
+        """Forgets a snapshot being staged."""
+        ...
+
+    def collect_garbage(self) -> bool:
+        """Deletes a bounded part of what an install left behind."""
         ...
 
 
@@ -143,6 +162,8 @@ _UNAVAILABLE_LOST = _encoded(Status.UNAVAILABLE, "leadership changed before the 
 class ReplicaDriver:
     """One replica's core, storage, state machine and waiting clients."""
 
+    core_class: type[PaxosCore] = PaxosCore
+
     def __init__(
         self,
         replica_id: int,
@@ -158,6 +179,8 @@ class ReplicaDriver:
         core_config: CoreConfig | None = None,
         bad: BadFrames | None = None,
         early_phase2a: bool = True,
+        compaction: CompactionSettings | None = None,
+        wall_clock: Clock | None = None,
     ) -> None:
         if not tick_s > 0:
             raise ValueError("tick_s must be > 0")
@@ -168,7 +191,7 @@ class ReplicaDriver:
         self.clients = clients
         self.bad = bad if bad is not None else BadFrames()
         self.early_phase2a = early_phase2a
-        self.core = PaxosCore(
+        self.core = self.core_class(
             replica_id,
             list(replica_ids),
             storage.load(),
@@ -176,7 +199,16 @@ class ReplicaDriver:
             rng,
             core_config or CoreConfig(max_batch_bytes=MAX_BATCH_BYTES),
         )
+        self.compaction = compaction or CompactionSettings()
+        self._exporter = Exporter(
+            replica_id, state_machine, self.compaction.snapshot_chunk_bytes, SNAPSHOT_IDLE_TICKS
+        )
+        self._installer: Installer | None = None
+        self._held: deque[tuple[int, int]] = deque()  # (slot, bytes) applied since compaction
+        self._held_bytes = 0
+        self._compact_to: int | None = None
         self._clock = clock
+        self._wall_clock = wall_clock
         self._tick_s = tick_s
         self._next_tick = clock() + tick_s
         self._waiting: dict[tuple[bytes, int], Envelope] = {}  # writes in flight
@@ -202,11 +234,18 @@ class ReplicaDriver:
         acc = Ready()
         step = self.core.step
         for msg in messages:  # peers first: a request then meets the freshest role
-            acc.merge(step(msg))
+            kind = type(msg)
+            if kind is SnapshotRequest:
+                acc.messages.append((msg.sender, self._exporter.on_request(msg)))
+            elif kind is SnapshotChunk:
+                self._on_snapshot_chunk(msg, acc)
+            else:
+                acc.merge(step(msg))
         for envelope, payload in requests:
             self._on_request(envelope, payload)
         self._submit(acc)
         self._run_ticks(acc)
+        self._start_install(acc)
         self._finish(acc)
         self._after_iteration()
 
@@ -220,6 +259,8 @@ class ReplicaDriver:
             return
         if self._writes:
             writes, self._writes = self._writes, []
+            if self._wall_clock is not None:  # leader time for the log (sessions)
+                writes.insert(0, encode_clock(int(self._wall_clock() * 1000)))
             acc.merge(self.core.propose(writes))
         if self._new_reads:
             reads, self._new_reads = self._new_reads, []
@@ -231,6 +272,7 @@ class ReplicaDriver:
             return
         for _ in range(MAX_CATCHUP_TICKS):
             acc.merge(self.core.tick())
+            self._tick_snapshots(acc)
             self._next_tick += self._tick_s
             if now < self._next_tick:
                 return
@@ -240,6 +282,9 @@ class ReplicaDriver:
 
     def _finish(self, acc: Ready) -> None:
         """Honours the merged Ready: persist, send, apply, answer."""
+        if self._compact_to is not None:  # decided after the last apply
+            acc.merge(self.core.compact(self._compact_to))
+            self._compact_to = None
         messages = acc.messages
         if acc.must_persist():
             if self.early_phase2a and messages:
@@ -250,8 +295,13 @@ class ReplicaDriver:
         self._apply_and_answer(acc)
 
     def _persist(self, acc: Ready) -> None:
-        """Step (1): the acceptor writes of the iteration, one synced batch."""
-        self.storage.persist(acc.promised, acc.votes, acc.chosen, sync=True)
+        """Step (1): the acceptor writes of the iteration, one synced batch
+        (with a new compaction point, the deletion of the log below it: the
+        state machine batches that cover those slots were written before, so
+        this sync makes them durable too)."""
+        self.storage.persist(
+            acc.promised, acc.votes, acc.chosen, sync=True, compacted=acc.compacted
+        )
 
     def _send_early(self, messages: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
         """Sends the Phase2a messages now; returns the rest (module docstring)."""
@@ -265,7 +315,12 @@ class ReplicaDriver:
 
     def _apply_and_answer(self, acc: Ready) -> None:
         """Steps (3) and (4)."""
-        results = self.sm.apply(acc.committed) if acc.committed else None
+        results = None
+        if acc.committed:
+            results = self.sm.apply(acc.committed)
+            self._note_applied(acc.committed)
+        elif self._installer is None:
+            self.sm.collect_garbage()  # what an install left behind, a bit at a time
         if results:
             self._answer_writes(results)
         if acc.reads:
@@ -313,6 +368,92 @@ class ReplicaDriver:
         if seen != self._last_seen:
             self._last_seen = seen
             _log_role(status)
+
+    # ------------------------------------------------- compaction, snapshots
+
+    def _note_applied(self, committed: list[tuple[int, Value]]) -> None:
+        """Counts what the log holds since the compaction point; decides the
+        next compaction (carried out with the next iteration's batch)."""
+        held = self._held
+        for slot, value in committed:
+            size = sum(len(c) for c in value)
+            held.append((slot, size))
+            self._held_bytes += size
+        policy = self.compaction
+        since = self.sm.applied_index - self.core.status().compacted
+        if since < policy.log_slots + policy.retained_slots and self._held_bytes < policy.log_bytes:
+            return
+        # Keep the newest slots within both retained limits; compact the rest.
+        keep_bytes, target = 0, self.sm.applied_index
+        for kept, (slot, size) in enumerate(reversed(held)):
+            if kept + 1 > policy.retained_slots or keep_bytes + size > policy.retained_bytes:
+                break
+            keep_bytes += size
+            target = slot
+        while held and held[0][0] < target:
+            self._held_bytes -= held.popleft()[1]
+        self._compact_to = target
+
+    def _start_install(self, acc: Ready) -> None:
+        peer = acc.install_from
+        if peer is None or self._installer is not None:
+            return
+        self._installer = Installer(
+            self.id,
+            self.sm,
+            peer,
+            retry_ticks=SNAPSHOT_RETRY_TICKS,
+            give_up_ticks=SNAPSHOT_GIVE_UP_TICKS,
+        )
+        acc.messages.append((peer, self._installer.request()))
+
+    def _on_snapshot_chunk(self, msg: SnapshotChunk, acc: Ready) -> None:
+        installer = self._installer
+        if installer is None:
+            return
+        before = installer.bytes
+        result = installer.on_chunk(msg, self.core.status().commit_index)
+        if isinstance(result, SnapshotRequest):
+            acc.messages.append((installer.peer, result))
+            if installer.bytes // (64 << 20) != before // (64 << 20):
+                log.info("replica %d: snapshot install: %s", self.id, installer.progress())
+        elif result is not None:
+            self._finish_install(result, acc)
+
+    def _finish_install(self, index: int, acc: Ready) -> None:
+        """Makes a completely staged snapshot current (replica/snapshots.py
+        says why in this order)."""
+        installer, self._installer = self._installer, None
+        acc.install_from = None  # asked for before this install completed
+        if index <= self.sm.applied_index:
+            self.sm.install_abort()  # caught up by log meanwhile
+            return
+        # Slots the core handed out to apply in this iteration that the
+        # snapshot covers are in it already.
+        acc.committed = [entry for entry in acc.committed if entry[0] >= index]
+        self.storage.persist(None, {}, {}, sync=True, compacted=index)
+        try:
+            self.sm.install_finish()
+        except ValueError as exc:  # incomplete or behind: the core asks again later
+            log.warning("replica %d: snapshot install not finished: %s", self.id, exc)
+            self.sm.install_abort()
+            return
+        self._held.clear()
+        self._held_bytes = 0
+        acc.merge(self.core.installed(index))
+        log.info("replica %d: snapshot installed: %s", self.id, installer.progress())
+
+    def _tick_snapshots(self, acc: Ready) -> None:
+        self._exporter.tick()
+        installer = self._installer
+        if installer is None:
+            return
+        outcome = installer.tick()
+        if outcome is True:
+            log.info("replica %d: snapshot install abandoned: %s", self.id, installer.progress())
+            self._installer = None
+        elif outcome:
+            acc.messages.append((installer.peer, outcome))
 
     # --------------------------------------------------------------- clients
 
@@ -403,7 +544,10 @@ class ReplicaDriver:
             "promised": [s.promised.round, s.promised.replica_id],
             "commit_index": s.commit_index,
             "applied_index": self.sm.applied_index,
+            "compacted": s.compacted,
             "log_size": s.log_size,
+            "install": None if self._installer is None else self._installer.progress(),
+            "serving_snapshots": self._exporter.serving,
             "revision": self.sm.revision,
             "peers": list(s.peers),
             "bad_frames": self.bad.as_dict(),

@@ -34,7 +34,13 @@ from pathlib import Path
 import plyvel
 import zmq
 
-from kvstore.config import ConfigError, ReplicaAddress, load_cluster_config
+from kvstore.config import (
+    CompactionSettings,
+    ConfigError,
+    ReplicaAddress,
+    load_cluster_config,
+    load_compaction_settings,
+)
 from kvstore.statemachine import KVStateMachine
 from replica.badinput import BadFrames
 from replica.driver import ReplicaDriver
@@ -60,6 +66,7 @@ class Replica:
         tick_ms: float = 10.0,
         core_config: CoreConfig | None = None,
         driver_class: type[ReplicaDriver] = ReplicaDriver,
+        compaction: CompactionSettings | None = None,
     ) -> None:
         self.id = me.id
         self.me = me
@@ -77,9 +84,11 @@ class Replica:
                     self.clients,
                     rng=random.Random(os.urandom(16)),
                     clock=time.monotonic,
+                    wall_clock=time.time,
                     tick_s=tick_ms / 1000.0,
                     core_config=core_config,
                     bad=self.bad,
+                    compaction=compaction,
                 )
             except BaseException:
                 self._close_sockets()
@@ -188,6 +197,7 @@ class StartupError(Exception):
 def _build(args: argparse.Namespace) -> Replica:
     try:
         cluster = load_cluster_config(args.config)
+        compaction = load_compaction_settings(args.config)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     me = next((r for r in cluster if r.id == args.id), None)
@@ -197,7 +207,7 @@ def _build(args: argparse.Namespace) -> Replica:
     data_dir = Path(args.data_dir)
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Replica(me, cluster, data_dir, tick_ms=args.tick_ms)
+        return Replica(me, cluster, data_dir, tick_ms=args.tick_ms, compaction=compaction)
     except BindError as exc:
         raise StartupError(str(exc)) from None
     except (plyvel.Error, OSError) as exc:

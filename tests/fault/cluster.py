@@ -53,6 +53,7 @@ class FaultCluster(Cluster):
         module: str = REPLICA_MODULE,
         own_gids: bool | None = None,
         net: NetnsNetwork | None = None,
+        compaction: dict[str, int] | None = None,
     ) -> None:
         super().__init__(root, replicas, tick_ms=tick_ms)
         self.module = module
@@ -60,6 +61,10 @@ class FaultCluster(Cluster):
         if net is not None:
             self.replicas = [_netns_address(net, rid) for rid in self.ids]
             write_cluster_config(self.config_path, self.replicas)
+        if compaction:
+            with open(self.config_path, "a", encoding="utf-8") as fh:
+                fh.write("\n[compaction]\n")
+                fh.writelines(f"{name} = {value}\n" for name, value in compaction.items())
         # Changing the group id needs root; without it kill and pause work,
         # loopback partitions do not. A namespace network needs no gids.
         if net is not None:
@@ -146,6 +151,17 @@ class FaultCluster(Cluster):
                 return {"ok": True, "seconds": time.monotonic() - started, "rows": rows}
             time.sleep(0.2)
         return {"ok": False, "seconds": time.monotonic() - started, "rows": rows}
+
+    def log_count(self, text: str) -> int:
+        """How many lines of all the replica logs contain `text`."""
+        count = 0
+        for rid in self.ids:
+            try:
+                lines = self.log_path(rid).read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            count += sum(text in line for line in lines)
+        return count
 
     def log_errors(self) -> dict[int, list[str]]:
         """Lines of the replica logs that show a crash or an error."""

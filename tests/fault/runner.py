@@ -67,6 +67,11 @@ from tests.harness import ReplicaState
 FINAL = "final"
 """The process name of the final reads in the history."""
 
+FAULT_COMPACTION = {"log_slots": 50, "retained_slots": 10, "snapshot_chunk_bytes": 4096}
+"""The `[compaction]` of fault runs: so small that every replica compacts
+every few dozen slots and a replica that missed more than a few (killed,
+paused, cut off) comes back by installing a snapshot, several times a run."""
+
 
 @dataclass
 class RunConfig:
@@ -95,6 +100,8 @@ class RunConfig:
     settle_timeout_s: float = 30.0
     check_seconds_per_key: float = 60.0
     verbose: bool = True
+    compaction: dict[str, int] = field(default_factory=lambda: dict(FAULT_COMPACTION))
+    """The cluster config's `[compaction]` table (empty: the defaults)."""
 
 
 @dataclass
@@ -110,6 +117,8 @@ class Summary:
     lost: list[str] = field(default_factory=list)
     states: list[ReplicaState] = field(default_factory=list)
     settled: dict[str, Any] = field(default_factory=dict)
+    installs: int = 0
+    """Snapshot installs completed, counted in the replicas' logs."""
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     title: str = ""
@@ -146,6 +155,12 @@ class Summary:
                 f"settled: {'yes' if self.settled.get('ok') else 'NO'} after "
                 f"{self.settled.get('seconds', 0):.1f}s"
             )
+        lines.append(
+            f"snapshot installs: {self.installs}; compaction points at the end: "
+            + ", ".join(
+                str(r.get("compacted")) for r in self.settled.get("rows", []) if "error" not in r
+            )
+        )
         if self.states:
             applied = {s.applied_index for s in self.states}
             sums = {s.checksum for s in self.states}
@@ -360,6 +375,7 @@ class FaultRun:
             partitions=any(k.startswith("partition") for k in kinds),
             tick_ms=cfg.tick_ms,
             module=cfg.module,
+            compaction=cfg.compaction,
         )
         nemesis = Nemesis(
             cluster,
@@ -438,6 +454,7 @@ class FaultRun:
             summary.problems.append(f"replica {rid} exited with status {code}")
         summary.states = cluster.state_checksums()
         summary.problems += compare_states(summary.states)
+        summary.installs = cluster.log_count("snapshot installed")
         for rid, lines in cluster.log_errors().items():
             summary.problems.append(
                 f"replica {rid} logged {len(lines)} error line(s), first: {lines[0][:200]}"

@@ -297,9 +297,12 @@ def test_retried_request_is_applied_once(cluster: Cluster) -> None:
     revision = status_of(cluster, leader)["revision"]
     second = raw_request(address, frame)  # a fresh socket, as a lazy pirate
     assert second == first
-    # Same seq, other contents: still the recorded result, nothing applied.
+    # Same seq, other contents (the client id reused by another process):
+    # refused, never the first request's answer, nothing applied.
     third = raw_request(address, _req(Op.PUT, client_id, 1, key=b"once", value=b"other"))
-    assert third == first
+    assert third is not None
+    refused = decode_response(third)
+    assert refused.status is Status.BAD_REQUEST and "reused" in refused.error
     assert status_of(cluster, leader)["revision"] == revision
     resp = _call(address, _req(Op.GET, key=b"once"))
     assert resp.value == b"first" and resp.version == decode_response(first).version

@@ -23,11 +23,13 @@ def test_the_public_surface_is_short() -> None:
         "KVClient",
         "KVError",
         "RequestTooLarge",
+        "SessionExpired",
     ]
     for name in client.__all__:
         assert getattr(client, name) is getattr(client.client, name)
 
 
 def test_every_error_is_a_kverror() -> None:
-    for error in (client.BadRequest, client.ClusterUnavailable, client.RequestTooLarge):
+    errors = (client.BadRequest, client.ClusterUnavailable, client.RequestTooLarge)
+    for error in (*errors, client.SessionExpired):
         assert issubclass(error, client.KVError)

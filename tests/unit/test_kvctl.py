@@ -157,10 +157,19 @@ def test_status_table(run: Run, leader: FakeReplica) -> None:
         "BALLOT",
         "COMMIT",
         "APPLIED",
+        "COMPACTED",
         "LOG",
+        "INSTALL",
     ]
     assert first.split()[:5] == ["1", leader.address, "fake", "-", "1.1"]
     assert second.split()[:3] == ["?", nobody, "unreachable"]
+
+
+def test_status_shows_an_install_in_progress() -> None:
+    row = {"id": 2, "address": "tcp://h:1", "role": "follower", "compacted": 9000}
+    row["install"] = {"from": 1, "index": 12000, "bytes": 3 << 20, "keys": 4000}
+    table = kvctl.format_status_table([row])
+    assert "9000" in table and "from 1 @12000: 3.0 MiB, 4000 keys" in table
 
 
 def test_status_with_nobody_answering_exits_3(run: Run) -> None:
