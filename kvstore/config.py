@@ -3,7 +3,8 @@
 One small module in kvstore/ (both replica/ and client/ depend on kvstore,
 never on each other), read by both sides: the replica server loads the cluster
 config file (docs/CONTRACTS.md, "Cluster config file") to learn its own bind
-addresses and its peers; the client and kvctl parse `host:port,host:port`
+addresses and its peers, and its optional `[compaction]` and `[sessions]`
+tables; the client and kvctl parse `host:port,host:port`
 lists (the client ports) and the local-cluster tool writes the config file.
 
 Addresses are kept in ZeroMQ endpoint form, `tcp://host:port`. A bare
@@ -18,6 +19,9 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from kvstore.limits import SESSION_TTL_MS
 
 ENV_CLUSTER = "KVSTORE_CLUSTER"
 DEFAULT_CLUSTER = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -88,15 +92,19 @@ def parse_cluster_addresses(spec: str | Sequence[str] | None = None) -> list[str
     return addresses
 
 
-def load_cluster_config(path: str | os.PathLike[str]) -> list[ReplicaAddress]:
-    """Reads a cluster config file; returns the replicas in file order."""
+def _load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
+            return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"cannot read cluster config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"cluster config {path} is not valid TOML: {exc}") from None
+
+
+def load_cluster_config(path: str | os.PathLike[str]) -> list[ReplicaAddress]:
+    """Reads a cluster config file; returns the replicas in file order."""
+    doc = _load_toml(path)
     entries = doc.get("replica")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"cluster config {path} has no [[replica]] tables")
@@ -192,13 +200,7 @@ _COMPACTION_FIELDS = {f: int for f in CompactionSettings.__slots__}
 def load_compaction_settings(path: str | os.PathLike[str]) -> CompactionSettings:
     """The `[compaction]` table of a cluster config file (defaults for what
     it omits; no table: all defaults)."""
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read cluster config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"cluster config {path} is not valid TOML: {exc}") from None
+    doc = _load_toml(path)
     table = doc.get("compaction", {})
     where = f"cluster config {path}, [compaction]"
     if not isinstance(table, dict):
@@ -211,3 +213,43 @@ def load_compaction_settings(path: str | os.PathLike[str]) -> CompactionSettings
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"{where}: {name} must be an integer >= {least}")
     return CompactionSettings(**table)
+
+
+MAX_SESSION_TTL_SECONDS = 2**32
+"""The largest `[sessions]` ttl_seconds accepted (about 136 years)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Client sessions: the optional `[sessions]` table of the cluster config
+    file. The leader stamps its TTL into every clock command it proposes,
+    and the state machine adopts it from the log, so the setting of the
+    replica that leads applies to the whole cluster (and changes with the
+    leader): give every replica the same value."""
+
+    ttl_seconds: int = SESSION_TTL_MS // 1000
+    """A client session idle for longer than this (log time) is forgotten."""
+
+    @property
+    def ttl_ms(self) -> int:
+        return self.ttl_seconds * 1000
+
+
+def load_session_settings(path: str | os.PathLike[str]) -> SessionSettings:
+    """The `[sessions]` table of a cluster config file (no table, or no
+    ttl_seconds in it: the default, SESSION_TTL_MS)."""
+    doc = _load_toml(path)
+    table = doc.get("sessions", {})
+    where = f"cluster config {path}, [sessions]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(table) - {"ttl_seconds"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    ttl = table.get("ttl_seconds", SessionSettings().ttl_seconds)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_SESSION_TTL_SECONDS:
+        raise ConfigError(
+            f"{where}: ttl_seconds must be an integer from 1 to {MAX_SESSION_TTL_SECONDS} "
+            f"(seconds), got {ttl!r}"
+        )
+    return SessionSettings(ttl)

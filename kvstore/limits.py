@@ -23,18 +23,26 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 """The leader stops adding client commands to one slot value past this size."""
 
 SESSION_TTL_MS = 60 * 60 * 1000
-"""A client session idle for longer than this (1 hour), in log time (the
-leaders' wall clocks as stamped into the log), is forgotten: the next request
-of that client id numbered above 1 is refused with SESSION_EXPIRED. Part of
-the replicated state machine's rules: every replica of a cluster must use the
-same value (kvstore/statemachine.py)."""
+"""The default session TTL (1 hour). A client session idle for longer than
+the TTL in force, in log time (the leaders' wall clocks as stamped into the
+log), is forgotten: the next request of that client id numbered above 1 is
+refused with SESSION_EXPIRED. The TTL in force is decided through the log:
+the leader stamps its configured TTL (`[sessions] ttl_seconds` of the
+cluster config, this by default) into each clock command, and every replica
+adopts it from there; before the first clock command it is this value
+(kvstore/statemachine.py)."""
 
 SESSION_EXPIRY_PER_CLOCK = 256
 """At most this many idle sessions are deleted per clock command of the log,
 so one apply stays cheap; a larger backlog goes with the following clocks.
-Part of the state machine's rules, like SESSION_TTL_MS."""
+Part of the state machine's rules: every replica must use the same value."""
 
 MAX_CLIENT_TIMEOUT_S = SESSION_TTL_MS / 1000 / 2
 """The longest overall timeout a client may give one request (30 minutes):
-far below SESSION_TTL_MS, so a retry finds the session its first attempt
-created unless log time jumps forward by more than the difference."""
+half the default TTL, so a retry finds the session its first attempt
+created unless log time jumps forward by more than the difference. The
+client does not know the TTL in force and does not check it: an operator
+who configures a shorter `[sessions] ttl_seconds` must keep it at least
+twice the longest timeout the clients use (kvctl: 5 s by default), or a
+retried write may be refused (SessionExpired) or, if it is a session's
+first write, applied twice."""

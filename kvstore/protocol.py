@@ -31,15 +31,22 @@ Exactly-once: a client picks a random 16-byte `client_id` and numbers its
 requests with `seq` (1, 2, ...). It retries a request with the same seq; the
 state machine records the last seq and result per client and returns the
 recorded result to a retry instead of applying it twice. Sessions idle for
-longer than `kvstore.limits.SESSION_TTL_MS` of log time are forgotten; a
+longer than the session TTL (carried by the clock commands below; default
+`kvstore.limits.SESSION_TTL_MS`) of log time are forgotten; a
 request numbered above 1 from a client id without a session is answered
 SESSION_EXPIRED and not applied (kvstore/statemachine.py).
 
 Log time: besides client requests, a slot may hold the leader's clock
-command, `encode_clock(unix_ms)` = 0xc1 + the milliseconds as 8 big-endian
-bytes. 0xc1 is the one byte msgpack never uses, so `parse_request` refuses
-such a frame from a client (BAD_REQUEST, undecodable) and no client frame,
-which must decode as a msgpack array, can be mistaken for one.
+command, `encode_clock(unix_ms, session_ttl_ms)` = 0xc1 + the milliseconds
+and then the session TTL in milliseconds, each as 8 big-endian bytes (17
+bytes): the leader's wall clock and its configured session TTL, which the
+state machine adopts from the log, so every replica expires the same
+sessions. The older 9-byte form (0xc1 + the milliseconds, no TTL) is still
+decoded, as "TTL unchanged", so that logs written before the TTL travelled
+in the clock command apply the same everywhere. 0xc1 is the one byte
+msgpack never uses, so `parse_request` refuses such a frame from a client
+(BAD_REQUEST, undecodable) and no client frame, which must decode as a
+msgpack array, can be mistaken for one.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ from kvstore.limits import MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
 PROTOCOL_VERSION = 1
 CLIENT_ID_BYTES = 16
 CLOCK_TAG = b"\xc1"
-_CLOCK = struct.Struct(">Q")
+_CLOCK = struct.Struct(">QQ")  # unix_ms, session_ttl_ms
+_OLD_CLOCK = struct.Struct(">Q")  # unix_ms only: TTL unchanged
 
 
 class ProtocolError(ValueError):
@@ -291,15 +299,29 @@ def decode_response(frame: bytes) -> Response:
     )
 
 
-def encode_clock(unix_ms: int) -> bytes:
-    """The leader's clock command: 0xc1 + `unix_ms` as 8 big-endian bytes. The
-    state machine advances its log time to it (never backwards)."""
-    return CLOCK_TAG + _CLOCK.pack(unix_ms)
+def encode_clock(unix_ms: int, session_ttl_ms: int) -> bytes:
+    """The leader's clock command: 0xc1 + `unix_ms`, then `session_ttl_ms`,
+    each as 8 big-endian bytes (17 bytes). The state machine advances its
+    log time to `unix_ms` (never backwards) and takes `session_ttl_ms` as the
+    session TTL from then on. Raises ValueError if either is out of range
+    (the TTL must be at least 1 ms)."""
+    if not 0 <= unix_ms < 2**64:
+        raise ValueError(f"unix_ms {unix_ms} is out of range")
+    if not 1 <= session_ttl_ms < 2**64:
+        raise ValueError(f"session_ttl_ms must be >= 1 ms, got {session_ttl_ms}")
+    return CLOCK_TAG + _CLOCK.pack(unix_ms, session_ttl_ms)
 
 
-def decode_clock(command: bytes) -> int | None:
-    """The milliseconds of a clock command, or None when `command` is not one
-    (anything but exactly 0xc1 + 8 bytes)."""
-    if type(command) is not bytes or len(command) != 9 or command[:1] != CLOCK_TAG:
+def decode_clock(command: bytes) -> tuple[int, int | None] | None:
+    """(unix_ms, session_ttl_ms) of a clock command, or None when `command` is
+    not one. Exactly two forms are clock commands: 0xc1 + 16 bytes (the
+    current form; a TTL of 0 is refused: None) and the older 0xc1 + 8 bytes,
+    decoded as (unix_ms, None): "TTL unchanged". Anything else is None."""
+    if type(command) is not bytes or command[:1] != CLOCK_TAG:
         return None
-    return _CLOCK.unpack_from(command, 1)[0]
+    if len(command) == 1 + _CLOCK.size:
+        unix_ms, ttl_ms = _CLOCK.unpack_from(command, 1)
+        return (unix_ms, ttl_ms) if ttl_ms >= 1 else None
+    if len(command) == 1 + _OLD_CLOCK.size:
+        return _OLD_CLOCK.unpack_from(command, 1)[0], None
+    return None

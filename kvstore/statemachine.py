@@ -18,9 +18,11 @@ LevelDB (the others belong to replica/storage.py and are never touched here):
     s0|s1 + client_id            -> msgpack [last_seq, digest, last_used,
                                              status, version]        sessions
     t0|t1 + last_used + client_id -> b""           sessions by last use
-    m + b"state"                 -> 26 bytes: applied_index, revision,
+    m + b"state"                 -> 42 bytes: applied_index, revision,
                                     log_time (three big-endian u64), forgot,
-                                    generation (one byte each)
+                                    generation (one byte each),
+                                    session_ttl_ms, expired_before (two
+                                    big-endian u64)
     m + b"install"               -> msgpack: the progress of a snapshot
                                     being staged (absent when none is)
 
@@ -60,22 +62,41 @@ applying it might apply it twice. "May": `forgot` in `m state` records
 whether any session has ever expired; until one has, an unknown client id
 cannot be a forgotten one, and a higher seq opens a session as before
 (clients that number their reads too, like the simulator's, keep working
-on a log without clock commands or before the first hour of idleness).
+on a log without clock commands or before the first session expires).
 
-Expiry is driven by the log alone. A clock command sets `log_time = max(
-log_time, t)` (the leader's wall clock in unix ms; monotone even when a new
-leader's clock is behind) and is answered to nobody. A session is expired
-once `log_time - last_used > SESSION_TTL_MS`: from then on it counts as
-unknown, and each clock command deletes up to `SESSION_EXPIRY_PER_CLOCK`
-expired sessions, oldest first, from the `t` index (no scan). The bound is
-per clock command, not per `apply()` call, because replicas split the log
-into calls differently and the outcome must not depend on that. Without
-clock commands log time stays 0 and nothing expires.
+Expiry is driven by the log alone. A clock command `(t, ttl)` (the
+leader's wall clock in unix ms and the session TTL it is configured with)
+sets `session_ttl_ms = ttl`, `log_time = max(log_time, t)` (monotone even
+when a new leader's clock is behind) and `expired_before = max(
+expired_before, log_time - session_ttl_ms)`, and is answered to nobody. The
+TTL is thus replicated state, changed only by clock commands: every replica
+expires the same sessions whatever its own configuration says, and the
+leader's setting takes effect for the whole cluster (an old 9-byte clock
+command carries no TTL and leaves it unchanged; before any clock command it
+is `SESSION_TTL_MS`). A session is expired once `last_used <
+expired_before`, i.e. once it has been idle for longer than the TTL in
+force. `expired_before` never goes back, so a session once expired stays
+expired even if a later clock command raises the TTL (otherwise a session
+already refused with SESSION_EXPIRED but not yet deleted could come back,
+and a delayed copy of the refused request could then be applied after the
+client was told it was not). An expired session counts as unknown, and
+each clock command deletes up to `SESSION_EXPIRY_PER_CLOCK` expired
+sessions, oldest first, from the `t` index (no scan). The bound is per
+clock command, not per `apply()` call, because replicas split the log into
+calls differently and the outcome must not depend on that. Without clock
+commands log time stays 0 and nothing expires.
+
+Old data directories: an `m state` record of 26 bytes (written before the
+TTL travelled in the log) is read with `session_ttl_ms = SESSION_TTL_MS`
+and `expired_before = log_time - SESSION_TTL_MS` (what expiry meant then);
+the next apply writes the current form. The 16-byte record of the layout
+before generations is refused.
 
 Snapshots. `snapshot_reader()` is a LevelDB snapshot of the current
 generation at the applied index, exported in bounded chunks of (key, record)
 in key order, with keys that name no generation: `d` + key, `m` (applied
-index, revision, log time) and `s` + client_id; the `t` index is derived
+index, revision, log time, forgot, session TTL, expired_before) and `s` +
+client_id; the `t` index is derived
 from the session records on the receiving side. `install_begin/chunk/finish`
 stage a snapshot into the other generation as it arrives, the progress
 record riding in each chunk's batch, and `install_finish` flips the
@@ -115,7 +136,9 @@ from kvstore.protocol import (
 META_PREFIX = b"m"
 _META_KEY = META_PREFIX + b"state"
 _INSTALL_KEY = META_PREFIX + b"install"
-_META = struct.Struct(">QQQBB")  # applied_index, revision, log_time, forgot, generation
+# applied_index, revision, log_time, forgot, generation, session_ttl_ms, expired_before
+_META = struct.Struct(">QQQBBQQ")
+_META_NO_TTL = struct.Struct(">QQQBB")  # the record before the TTL was in the log
 _OLD_META_BYTES = 16  # applied_index, revision: the layout before generations
 _TIME = struct.Struct(">Q")
 _LENGTHS = struct.Struct(">II")  # key and record length, for the checksum
@@ -126,7 +149,9 @@ GC_BATCH_KEYS = 1000
 SNAPSHOT_DATA = b"d"
 SNAPSHOT_META = b"m"
 SNAPSHOT_SESSION = b"s"
-_SNAPSHOT_META = struct.Struct(">QQQB")  # index, revision, log_time, forgot
+# index, revision, log_time, forgot, session_ttl_ms, expired_before
+_SNAPSHOT_META = struct.Struct(">QQQBQQ")
+_SNAPSHOT_META_NO_TTL = struct.Struct(">QQQB")  # from a replica before the TTL was in the log
 
 Result = tuple[bytes, int, Response]
 """(client_id, seq, response) for one applied command; client_id is b"" when
@@ -178,6 +203,8 @@ class _Meta(NamedTuple):
     log_time: int = 0
     forgot: bool = False  # some session has expired: an unknown client may be one
     generation: int = 0
+    session_ttl_ms: int = SESSION_TTL_MS  # set by clock commands only
+    expired_before: int = 0  # sessions last used before this log time are expired
 
     def pack(self) -> bytes:
         return _META.pack(*self)
@@ -186,8 +213,44 @@ class _Meta(NamedTuple):
     def unpack(cls, raw: bytes | None) -> _Meta:
         if raw is None:
             return cls()
-        index, revision, log_time, forgot, generation = _META.unpack(raw)
-        return cls(index, revision, log_time, bool(forgot), generation)
+        if len(raw) == _META_NO_TTL.size:  # written before the TTL was in the log
+            index, revision, log_time, forgot, generation = _META_NO_TTL.unpack(raw)
+            ttl, before = SESSION_TTL_MS, _cutoff(0, log_time, SESSION_TTL_MS)
+        else:
+            index, revision, log_time, forgot, generation, ttl, before = _META.unpack(raw)
+        return cls(index, revision, log_time, bool(forgot), generation, ttl, before)
+
+    def snapshot_item(self) -> bytes:
+        """The record of the snapshot's `m` item."""
+        return _SNAPSHOT_META.pack(
+            self.applied_index,
+            self.revision,
+            self.log_time,
+            self.forgot,
+            self.session_ttl_ms,
+            self.expired_before,
+        )
+
+
+def _cutoff(expired_before: int, log_time: int, ttl_ms: int) -> int:
+    """The new `expired_before`: it never goes back."""
+    return max(expired_before, log_time - ttl_ms)
+
+
+def _snapshot_meta(record: bytes) -> tuple[int, int, int, bool, int, int]:
+    """(index, revision, log_time, forgot, session_ttl_ms, expired_before) of a
+    snapshot's `m` item; the older form without the TTL is read like an old
+    `m state` record. Raises ValueError on anything malformed."""
+    if len(record) == _SNAPSHOT_META.size:
+        index, revision, log_time, forgot, ttl, before = _SNAPSHOT_META.unpack(record)
+    elif len(record) == _SNAPSHOT_META_NO_TTL.size:
+        index, revision, log_time, forgot = _SNAPSHOT_META_NO_TTL.unpack(record)
+        ttl, before = SESSION_TTL_MS, _cutoff(0, log_time, SESSION_TTL_MS)
+    else:
+        raise ValueError(f"malformed snapshot meta item ({len(record)} bytes)")
+    if forgot > 1 or ttl < 1 or before > log_time:
+        raise ValueError("malformed snapshot meta item")
+    return index, revision, log_time, bool(forgot), ttl, before
 
 
 class _Session(NamedTuple):
@@ -223,10 +286,6 @@ def _digest(command: bytes) -> bytes:
     return hashlib.blake2b(command, digest_size=_DIGEST_BYTES).digest()
 
 
-def _expired(last_used: int, log_time: int) -> bool:
-    return log_time - last_used > SESSION_TTL_MS
-
-
 class _Sessions:
     """The session table as seen during one `apply()` call: the stored
     records under an overlay of this call's changes, and log time.
@@ -238,11 +297,14 @@ class _Sessions:
     The stored index does not change during a call, so a cursor remembers
     how far it was consumed."""
 
-    def __init__(self, db: plyvel.DB, gen: _Gen, log_time: int, forgot: bool) -> None:
+    def __init__(self, db: plyvel.DB, gen: _Gen, meta: _Meta) -> None:
         self._db = db
         self._gen = gen
-        self.log_time = log_time
-        self.forgot = forgot
+        self.log_time = meta.log_time
+        self.forgot = meta.forgot
+        self.ttl_ms = meta.session_ttl_ms
+        self.expired_before = meta.expired_before
+        self.added = 0  # sessions created minus sessions deleted, set by flush
         self.changed: dict[bytes, _Session | None] = {}  # None: deleted
         self._stored_cache: dict[bytes, _Session | None] = {}
         self._heap: list[tuple[int, bytes]] = []
@@ -260,10 +322,18 @@ class _Sessions:
         session = self.changed[client_id] if changed else self._stored(client_id)
         if session is None:
             return None
-        if _expired(session.last_used, self.log_time):
+        if session.last_used < self.expired_before:
             self.forgot = True
             return None
         return session
+
+    def advance(self, unix_ms: int, ttl_ms: int | None) -> None:
+        """A clock command: the TTL (None: unchanged), then log time, then
+        the expiry cutoff, which never goes back."""
+        if ttl_ms is not None:
+            self.ttl_ms = ttl_ms
+        self.log_time = max(self.log_time, unix_ms)
+        self.expired_before = _cutoff(self.expired_before, self.log_time, self.ttl_ms)
 
     def put(self, client_id: bytes, session: _Session) -> None:
         self._stored(client_id)  # flush needs its old index key
@@ -272,7 +342,7 @@ class _Sessions:
 
     def expire(self, limit: int) -> None:
         """Deletes up to `limit` expired sessions, oldest first."""
-        cutoff = self.log_time - SESSION_TTL_MS  # expired: last_used < cutoff
+        cutoff = self.expired_before  # expired: last_used < cutoff
         if cutoff <= 0:
             return
         stored = self._stored_candidates()
@@ -323,6 +393,7 @@ class _Sessions:
         gen = self._gen
         for client_id, session in self.changed.items():
             old = self._stored_cache.get(client_id)
+            self.added += (session is not None) - (old is not None)
             if old is not None and (session is None or session.last_used != old.last_used):
                 batch.delete(gen.index_key(old.last_used, client_id))
             if session is None:
@@ -345,7 +416,7 @@ class _Pending:
         self.revision = meta.revision
         # key -> (value, version), or None once deleted in this call
         self.data: dict[bytes, tuple[bytes, int] | None] = {}
-        self.sessions = _Sessions(db, self.gen, meta.log_time, meta.forgot)
+        self.sessions = _Sessions(db, self.gen, meta)
 
     def read(self, key: bytes) -> tuple[bytes | None, int]:
         """(value, version) of `key`, or (None, 0) when absent."""
@@ -403,13 +474,21 @@ def _execute(req: Request, pending: _Pending) -> Response:
     return Response(Status.OK, version=pending.write(key, req.value))
 
 
-def _session_expired(seq: int) -> Response:
-    hours = SESSION_TTL_MS / 3_600_000
+def _duration(ms: int) -> str:
+    """`ms` for people: "1 h", "90 min", "1 s", "2.5 s"."""
+    if ms % 3_600_000 == 0:
+        return f"{ms // 3_600_000} h"
+    if ms % 60_000 == 0:
+        return f"{ms // 60_000} min"
+    return f"{ms / 1000:g} s"
+
+
+def _session_expired(seq: int, ttl_ms: int) -> Response:
     return Response(
         Status.SESSION_EXPIRED,
         error=f"session expired or unknown: this client id has no session (sessions idle "
-        f"for over {hours:g} h are forgotten), so request seq {seq} was not applied; "
-        "start a new session (a new client id, seq 1)",
+        f"for over {_duration(ttl_ms)} are forgotten), so request seq {seq} was not "
+        "applied; start a new session (a new client id, seq 1)",
     )
 
 
@@ -420,7 +499,7 @@ def _answer(req: Request, command: bytes, pending: _Pending) -> Response:
     digest = _digest(command)
     if session is None:
         if req.seq != 1 and sessions.forgot:
-            return _session_expired(req.seq)
+            return _session_expired(req.seq, sessions.ttl_ms)
     elif req.seq == session.seq:
         if digest != session.digest:
             return Response(
@@ -475,6 +554,7 @@ class KVStateMachine:
         self._install = None if raw is None else _Install.unpack(raw)
         self._garbage_clean = False  # True once the other generation is known empty
         self._gc_cursor: bytes | None = None  # other-generation keys up to here deleted
+        self._session_count: int | None = None  # counted on first use, then kept
 
     @property
     def applied_index(self) -> int:
@@ -490,6 +570,12 @@ class KVStateMachine:
     def log_time(self) -> int:
         """The latest leader time (unix ms) applied from the log; 0 before any."""
         return self._meta.log_time
+
+    @property
+    def session_ttl_ms(self) -> int:
+        """The session TTL in force: the last one a clock command of the log
+        carried, else SESSION_TTL_MS."""
+        return self._meta.session_ttl_ms
 
     # -- apply ----------------------------------------------------------------
 
@@ -511,23 +597,31 @@ class KVStateMachine:
             return results
         sessions = pending.sessions
         meta = _Meta(
-            next_slot, pending.revision, sessions.log_time, sessions.forgot, self._gen.number
+            next_slot,
+            pending.revision,
+            sessions.log_time,
+            sessions.forgot,
+            self._gen.number,
+            sessions.ttl_ms,
+            sessions.expired_before,
         )
         batch = self._db.write_batch()
         pending.flush(batch)
         batch.put(_META_KEY, meta.pack())
         batch.write()
         self._meta = meta
+        if self._session_count is not None:
+            self._session_count += sessions.added
         return results
 
     @staticmethod
     def _apply_command(command: bytes, pending: _Pending) -> Result:
-        """One command: a clock command advances log time and expires
-        sessions; a write goes through the session rules."""
+        """One command: a clock command sets the TTL, advances log time and
+        expires sessions; a write goes through the session rules."""
         clock = decode_clock(command)
         if clock is not None:
             sessions = pending.sessions
-            sessions.log_time = max(sessions.log_time, clock)
+            sessions.advance(*clock)
             sessions.expire(SESSION_EXPIRY_PER_CLOCK)
             return b"", 0, _CLOCK_DONE
         parsed = _parse(command)
@@ -549,8 +643,12 @@ class KVStateMachine:
         return sum(1 for _ in self._db.iterator(prefix=self._gen.data, include_value=False))
 
     def session_count(self) -> int:
-        """Number of stored sessions (expired ones not yet deleted included)."""
-        return sum(1 for _ in self._db.iterator(prefix=self._gen.sessions, include_value=False))
+        """Number of stored sessions (expired ones not yet deleted included).
+        Counted once, then kept up to date by `apply` (cheap for STATUS)."""
+        if self._session_count is None:
+            keys = self._db.iterator(prefix=self._gen.sessions, include_value=False)
+            self._session_count = sum(1 for _ in keys)
+        return self._session_count
 
     def checksum(self) -> str:
         """sha256 (hex) over every (key, value, version) in key order: equal on
@@ -638,6 +736,7 @@ class KVStateMachine:
         small synced batch: the generation flips, and applied index, revision
         and log time become the snapshot's. Call it once every chunk up to
         the one `SnapshotReader.chunk` returned with `last` None is staged.
+        The session TTL and expiry cutoff come with the snapshot too.
         The previous generation is then garbage for `collect_garbage`.
         Raises ValueError, changing nothing, if nothing or too little (no
         `m` item yet) is staged, or if the snapshot is behind the state:
@@ -651,13 +750,14 @@ class KVStateMachine:
                 f"{self._meta.applied_index}; install_abort() it"
             )
         new = _GENS[1 - self._gen.number]
-        index, revision, log_time, forgot = _SNAPSHOT_META.unpack(staged.meta)
-        meta = _Meta(index, revision, log_time, bool(forgot), new.number)
+        index, revision, log_time, forgot, ttl, before = _snapshot_meta(staged.meta)
+        meta = _Meta(index, revision, log_time, forgot, new.number, ttl, before)
         batch = self._db.write_batch(sync=True)
         batch.put(_META_KEY, meta.pack())
         batch.delete(_INSTALL_KEY)
         batch.write()
         self._meta, self._gen, self._install = meta, new, None
+        self._session_count = None
         self._garbage_clean, self._gc_cursor = False, None
 
     def install_abort(self) -> None:
@@ -739,9 +839,9 @@ def _stage_item(
         batch.put(target.sessions + rest, record)
         batch.put(target.index_key(session.last_used, rest), b"")
         return None
-    if key == SNAPSHOT_META and len(record) == _SNAPSHOT_META.size:
-        index, revision, _, forgot = _SNAPSHOT_META.unpack(record)
-        if (index, revision) != (staged.index, staged.revision) or forgot > 1:
+    if key == SNAPSHOT_META:
+        index, revision, *_ = _snapshot_meta(record)
+        if (index, revision) != (staged.index, staged.revision):
             raise ValueError("snapshot meta item does not match install_begin's index/revision")
         return record
     raise ValueError(f"unknown snapshot item {key[:24]!r}")
@@ -752,8 +852,9 @@ class SnapshotReader:
     index), `revision` and `log_time`, read from a LevelDB snapshot in
     bounded chunks. Keys name no generation: `d` + key (record as stored:
     [value, version]), `m` (index, revision, log_time as three big-endian
-    u64, then a byte: whether a session was ever forgotten) and `s` +
-    client_id (session record as stored), in key order."""
+    u64, a byte: whether a session was ever forgotten, then session_ttl_ms
+    and expired_before as two big-endian u64) and `s` + client_id (session
+    record as stored), in key order."""
 
     def __init__(self, snap: plyvel.Snapshot, meta: _Meta) -> None:
         self._snap = snap
@@ -762,6 +863,7 @@ class SnapshotReader:
         self.index = meta.applied_index
         self.revision = meta.revision
         self.log_time = meta.log_time
+        self.session_ttl_ms = meta.session_ttl_ms
 
     def chunk(
         self, after: bytes | None, max_bytes: int
@@ -788,7 +890,7 @@ class SnapshotReader:
             yield from self._range(SNAPSHOT_DATA, self._gen.data, after)
         if kind != SNAPSHOT_SESSION:
             if after != SNAPSHOT_META:
-                yield SNAPSHOT_META, _SNAPSHOT_META.pack(*self._meta[:4])
+                yield SNAPSHOT_META, self._meta.snapshot_item()
             after = None
         yield from self._range(SNAPSHOT_SESSION, self._gen.sessions, after)
 

@@ -70,7 +70,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
 from kvstore.config import CompactionSettings
-from kvstore.limits import MAX_BATCH_BYTES
+from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.protocol import (
     WRITE_OPS,
     Op,
@@ -138,6 +138,10 @@ class StateMachine(SnapshotSource, SnapshotTarget, Protocol):
         """Deletes a bounded part of what an install left behind."""
         ...
 
+    def session_count(self) -> int:
+        """Client sessions held (for STATUS)."""
+        ...
+
 
 class PeerSender(Protocol):
     def send(self, messages: Iterable[tuple[int, Message]]) -> None:
@@ -181,9 +185,12 @@ class ReplicaDriver:
         early_phase2a: bool = True,
         compaction: CompactionSettings | None = None,
         wall_clock: Clock | None = None,
+        session_ttl_ms: int = SESSION_TTL_MS,
     ) -> None:
         if not tick_s > 0:
             raise ValueError("tick_s must be > 0")
+        if not 1 <= session_ttl_ms < 2**64:
+            raise ValueError("session_ttl_ms must be >= 1")
         self.id = replica_id
         self.storage = storage
         self.sm = state_machine
@@ -209,6 +216,7 @@ class ReplicaDriver:
         self._compact_to: int | None = None
         self._clock = clock
         self._wall_clock = wall_clock
+        self._session_ttl_ms = session_ttl_ms  # stamped into each clock command as leader
         self._tick_s = tick_s
         self._next_tick = clock() + tick_s
         self._waiting: dict[tuple[bytes, int], Envelope] = {}  # writes in flight
@@ -259,8 +267,9 @@ class ReplicaDriver:
             return
         if self._writes:
             writes, self._writes = self._writes, []
-            if self._wall_clock is not None:  # leader time for the log (sessions)
-                writes.insert(0, encode_clock(int(self._wall_clock() * 1000)))
+            if self._wall_clock is not None:  # leader time and session TTL for the log
+                now_ms = int(self._wall_clock() * 1000)
+                writes.insert(0, encode_clock(now_ms, self._session_ttl_ms))
             acc.merge(self.core.propose(writes))
         if self._new_reads:
             reads, self._new_reads = self._new_reads, []
@@ -549,6 +558,7 @@ class ReplicaDriver:
             "install": None if self._installer is None else self._installer.progress(),
             "serving_snapshots": self._exporter.serving,
             "revision": self.sm.revision,
+            "sessions": self.sm.session_count(),
             "peers": list(s.peers),
             "bad_frames": self.bad.as_dict(),
             "waiting_writes": len(self._waiting),

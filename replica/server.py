@@ -40,7 +40,9 @@ from kvstore.config import (
     ReplicaAddress,
     load_cluster_config,
     load_compaction_settings,
+    load_session_settings,
 )
+from kvstore.limits import SESSION_TTL_MS
 from kvstore.statemachine import KVStateMachine
 from replica.badinput import BadFrames
 from replica.driver import ReplicaDriver
@@ -67,9 +69,11 @@ class Replica:
         core_config: CoreConfig | None = None,
         driver_class: type[ReplicaDriver] = ReplicaDriver,
         compaction: CompactionSettings | None = None,
+        session_ttl_ms: int = SESSION_TTL_MS,
     ) -> None:
         self.id = me.id
         self.me = me
+        self.session_ttl_ms = session_ttl_ms
         self.db = plyvel.DB(str(data_dir), create_if_missing=True)
         try:
             self.sm = KVStateMachine(self.db)
@@ -89,6 +93,7 @@ class Replica:
                     core_config=core_config,
                     bad=self.bad,
                     compaction=compaction,
+                    session_ttl_ms=session_ttl_ms,
                 )
             except BaseException:
                 self._close_sockets()
@@ -125,12 +130,15 @@ class Replica:
     def run(self) -> None:
         """Runs the event loop until `stop()`."""
         log.info(
-            "replica %d up: peers on %s, clients on %s, %d replicas, applied index %d",
+            "replica %d up: peers on %s, clients on %s, %d replicas, applied index %d, "
+            "session TTL %g s when leading (in force: %g s)",
             self.id,
             self.me.peer_bind,
             self.me.client_bind,
             len(self.driver.status().peers) + 1,
             self.sm.applied_index,
+            self.session_ttl_ms / 1000,
+            self.sm.session_ttl_ms / 1000,
         )
         more = False
         while not self._stopping:
@@ -198,6 +206,7 @@ def _build(args: argparse.Namespace) -> Replica:
     try:
         cluster = load_cluster_config(args.config)
         compaction = load_compaction_settings(args.config)
+        sessions = load_session_settings(args.config)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     me = next((r for r in cluster if r.id == args.id), None)
@@ -207,7 +216,14 @@ def _build(args: argparse.Namespace) -> Replica:
     data_dir = Path(args.data_dir)
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Replica(me, cluster, data_dir, tick_ms=args.tick_ms, compaction=compaction)
+        return Replica(
+            me,
+            cluster,
+            data_dir,
+            tick_ms=args.tick_ms,
+            compaction=compaction,
+            session_ttl_ms=sessions.ttl_ms,
+        )
     except BindError as exc:
         raise StartupError(str(exc)) from None
     except (plyvel.Error, OSError) as exc:

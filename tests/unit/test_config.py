@@ -3,21 +3,26 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from kvstore.config import (
+    MAX_SESSION_TTL_SECONDS,
     ConfigError,
     ReplicaAddress,
+    SessionSettings,
     display_address,
     dump_cluster_config,
     load_cluster_config,
+    load_session_settings,
     local_cluster_config,
     normalize_address,
     parse_cluster_addresses,
     write_cluster_config,
 )
+from kvstore.limits import SESSION_TTL_MS
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -144,3 +149,48 @@ def test_parse_cluster_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_cluster_addresses(" , ")
     with pytest.raises(ConfigError, match="repeats"):
         parse_cluster_addresses("a:1,tcp://a:1")
+
+
+# --- [sessions] -----------------------------------------------------------------------
+
+REPLICA = "[[replica]]\nid = 1\npeer = 'a:1'\nclient = 'a:2'\n"
+
+
+def test_sessions_table_is_optional(tmp_path: Path) -> None:
+    assert load_session_settings(write(tmp_path, REPLICA)) == SessionSettings()
+    assert SessionSettings().ttl_ms == SESSION_TTL_MS  # one hour
+    assert load_session_settings(write(tmp_path, REPLICA + "[sessions]\n")) == SessionSettings()
+
+
+@pytest.mark.parametrize("seconds", [1, 90, 3600, MAX_SESSION_TTL_SECONDS])
+def test_sessions_ttl_seconds(tmp_path: Path, seconds: int) -> None:
+    path = write(tmp_path, f"[sessions]\nttl_seconds = {seconds}\n" + REPLICA)
+    settings = load_session_settings(path)
+    assert settings.ttl_seconds == seconds and settings.ttl_ms == seconds * 1000
+    assert len(load_cluster_config(path)) == 1  # the other tables do not mind it
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[sessions]\nttl_seconds = 0", "ttl_seconds must be an integer from 1 to"),
+        ("[sessions]\nttl_seconds = -5", "got -5"),
+        ("[sessions]\nttl_seconds = 1.5", "ttl_seconds must be an integer"),
+        ("[sessions]\nttl_seconds = '60'", "ttl_seconds must be an integer"),
+        ("[sessions]\nttl_seconds = true", "ttl_seconds must be an integer"),
+        (f"[sessions]\nttl_seconds = {MAX_SESSION_TTL_SECONDS + 1}", "from 1 to"),
+        ("[sessions]\nttl_second = 60", "unknown field(s) ttl_second"),
+        ("sessions = 60", "[sessions] must be a table"),
+        ("[sessions\nttl_seconds = 60", "not valid TOML"),
+    ],
+)
+def test_bad_sessions_table_names_the_problem(tmp_path: Path, body: str, message: str) -> None:
+    path = write(tmp_path, body + "\n" + (REPLICA if body.startswith("[") else ""))
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_session_settings(path)
+    assert str(path) in str(err.value)
+
+
+def test_sessions_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read cluster config"):
+        load_session_settings(tmp_path / "nope.toml")

@@ -484,26 +484,59 @@ def test_fuzz_mutated_valid_frames(noise: bytes, cut: int, data: st.DataObject) 
 
 
 @pytest.mark.parametrize("unix_ms", [0, 1, 1_700_000_000_123, 2**64 - 1])
-def test_clock_command_round_trip(unix_ms: int) -> None:
-    command = encode_clock(unix_ms)
-    assert len(command) == 9 and command[:1] == b"\xc1"
-    assert decode_clock(command) == unix_ms
+@pytest.mark.parametrize("ttl_ms", [1, 1000, 3_600_000, 2**64 - 1])
+def test_clock_command_round_trip(unix_ms: int, ttl_ms: int) -> None:
+    command = encode_clock(unix_ms, ttl_ms)
+    assert len(command) == 17 and command[:1] == b"\xc1"
+    assert command[1:9] == unix_ms.to_bytes(8, "big")  # big-endian ms, then the TTL
+    assert command[9:] == ttl_ms.to_bytes(8, "big")
+    assert decode_clock(command) == (unix_ms, ttl_ms)
+
+
+def test_the_old_clock_command_leaves_the_ttl_unchanged() -> None:
+    """0xc1 + 8 bytes (logs written before the TTL was in the clock command)."""
+    assert decode_clock(b"\xc1" + (1_700_000_000_123).to_bytes(8, "big")) == (
+        1_700_000_000_123,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("unix_ms", "ttl_ms"), [(0, 0), (1, -1), (-1, 1000), (2**64, 1000), (0, 2**64)]
+)
+def test_encode_clock_refuses_out_of_range(unix_ms: int, ttl_ms: int) -> None:
+    with pytest.raises(ValueError):
+        encode_clock(unix_ms, ttl_ms)
 
 
 @pytest.mark.parametrize(
     "command",
-    [b"", b"\xc1", b"\xc1" + bytes(7), b"\xc1" + bytes(9), b"\xc0" + bytes(8), bytearray(9)],
+    [
+        b"",
+        b"\xc1",
+        b"\xc1" + bytes(7),
+        b"\xc1" + bytes(9),
+        b"\xc1" + bytes(15),
+        b"\xc1" + bytes(17),
+        b"\xc1" + bytes(16),  # a TTL of 0 ms
+        b"\xc1" + bytes(8) + bytes(7) + b"\x00",  # the same, spelled out
+        b"\xc0" + bytes(8),
+        b"\xc0" + bytes(7) + b"\x01" + bytes(8),
+        bytearray(9),
+        bytearray(b"\xc1" + bytes(15) + b"\x01"),
+    ],
 )
 def test_anything_else_is_not_a_clock_command(command: bytes) -> None:
     assert decode_clock(command) is None
     assert decode_clock(encode_request(REQUESTS[0])) is None
 
 
-@given(st.integers(min_value=0, max_value=2**64 - 1))
-def test_a_client_cannot_send_a_clock_command(unix_ms: int) -> None:
-    resp = parse_request(encode_clock(unix_ms))
-    assert isinstance(resp, Response) and resp.status is Status.BAD_REQUEST
-    assert "undecodable" in resp.error
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(1, 2**64 - 1))
+def test_a_client_cannot_send_a_clock_command(unix_ms: int, ttl_ms: int) -> None:
+    for frame in (encode_clock(unix_ms, ttl_ms), encode_clock(unix_ms, ttl_ms)[:9]):
+        resp = parse_request(frame)
+        assert isinstance(resp, Response) and resp.status is Status.BAD_REQUEST
+        assert "undecodable" in resp.error
 
 
 @given(st.binary(min_size=1, max_size=64))

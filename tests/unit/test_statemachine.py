@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -91,19 +92,28 @@ def run_one(sm: KVStateMachine, command: bytes) -> Response:
     return resp
 
 
-def clock(sm: KVStateMachine, unix_ms: int) -> None:
+def clk(unix_ms: int, ttl_ms: int | None = SESSION_TTL_MS) -> bytes:
+    """A clock command; `ttl_ms` None: the old 9-byte form (TTL unchanged)."""
+    if ttl_ms is None:
+        return encode_clock(unix_ms, 1)[:9]
+    return encode_clock(unix_ms, ttl_ms)
+
+
+def clock(sm: KVStateMachine, unix_ms: int, ttl_ms: int | None = SESSION_TTL_MS) -> None:
     """Applies a slot holding only the leader's clock command."""
-    ((cid, seq, resp),) = sm.apply([(sm.applied_index, (encode_clock(unix_ms),))])
+    ((cid, seq, resp),) = sm.apply([(sm.applied_index, (clk(unix_ms, ttl_ms),))])
     assert (cid, seq, resp.status) == (b"", 0, Status.OK)  # answered to nobody
 
 
-def live_state(sm: KVStateMachine) -> tuple[int, int, int, list[tuple[bytes, bytes]]]:
-    """Everything of the current state, generation digits stripped: applied
-    index, revision, log time and the raw d, s and t records."""
+def live_state(sm: KVStateMachine) -> tuple[Any, ...]:
+    """Everything of the current state, generation digits stripped: the `m
+    state` record but its generation, and the raw d, s and t records."""
     records = []
     for prefix in sm._gen.prefixes():
         records += [(k[:1] + k[2:], v) for k, v in sm._db.iterator(prefix=prefix)]
-    return sm.applied_index, sm.revision, sm.log_time, records
+    meta = sm._meta._replace(generation=0)
+    assert meta[:3] == (sm.applied_index, sm.revision, sm.log_time)
+    return meta, sm.session_count(), records
 
 
 def other_generation(sm: KVStateMachine) -> list[bytes]:
@@ -113,13 +123,15 @@ def other_generation(sm: KVStateMachine) -> list[bytes]:
 
 
 def check_session_index(sm: KVStateMachine) -> None:
-    """Every session has exactly one index key, at its last_used, and no more."""
+    """Every session has exactly one index key, at its last_used, and no more;
+    the kept session count is right."""
     gen = sm._gen
     expected = set()
     for key, raw in sm._db.iterator(prefix=gen.sessions):
         last_used = msgpack.unpackb(raw)[2]
         expected.add(gen.index_key(last_used, key[2:]))
     assert set(sm._db.iterator(prefix=gen.index, include_value=False)) == expected
+    assert sm.session_count() == len(expected) == KVStateMachine(sm._db).session_count()
 
 
 # --- KV semantics -----------------------------------------------------------
@@ -358,7 +370,7 @@ def test_clock_commands_advance_log_time_monotonically(db: Any) -> None:
     clock(sm, T0)
     clock(sm, T0 - 5000)  # a new leader whose clock is behind
     assert sm.log_time == T0
-    results = sm.apply([(sm.applied_index, (encode_clock(T0 + 7), Client().put(b"k", b"v")))])
+    results = sm.apply([(sm.applied_index, (clk(T0 + 7), Client().put(b"k", b"v")))])
     assert [cid for cid, _, _ in results] == [b"", ALICE]
     assert KVStateMachine(db).log_time == T0 + 7  # persisted with the applied index
 
@@ -393,14 +405,14 @@ def test_without_clock_commands_nothing_expires(sm: KVStateMachine) -> None:
 
 def _open_sessions(sm: KVStateMachine, count: int, at: int) -> list[Client]:
     clients = [Client(i.to_bytes(16, "big")) for i in range(count)]
-    sm.apply([(sm.applied_index, (encode_clock(at), *(c.put(b"k", b"v") for c in clients)))])
+    sm.apply([(sm.applied_index, (clk(at), *(c.put(b"k", b"v") for c in clients)))])
     return clients
 
 
 def test_expiry_is_bounded_per_clock_command_and_oldest_first(sm: KVStateMachine) -> None:
     old = _open_sessions(sm, 2 * SESSION_EXPIRY_PER_CLOCK + 10, T0)
     young = Client(b"y" * 16)
-    sm.apply([(sm.applied_index, (encode_clock(T0 + 1), young.put(b"y", b"1")))])
+    sm.apply([(sm.applied_index, (clk(T0 + 1), young.put(b"y", b"1")))])
     total = len(old) + 1
     clock(sm, T0 + SESSION_TTL_MS + 1)  # every old one is expired, the young one is not
     assert sm.session_count() == total - SESSION_EXPIRY_PER_CLOCK
@@ -411,6 +423,157 @@ def test_expiry_is_bounded_per_clock_command_and_oldest_first(sm: KVStateMachine
     assert sm.session_count() == 1  # only the young one is left
     check_session_index(sm)
     assert run_one(sm, young.put(b"y", b"2")).status == Status.OK
+
+
+# --- the session TTL, decided through the log ------------------------------------------
+
+
+def test_the_ttl_comes_from_clock_commands_and_persists(db: Any) -> None:
+    sm = KVStateMachine(db)
+    assert sm.session_ttl_ms == SESSION_TTL_MS  # before any clock command
+    clock(sm, T0, 1000)
+    assert (sm.log_time, sm.session_ttl_ms) == (T0, 1000)
+    clock(sm, T0 + 5, None)  # the old 9-byte form: time moves, the TTL stays
+    assert (sm.log_time, sm.session_ttl_ms) == (T0 + 5, 1000)
+    clock(sm, T0 - 9000, 2500)  # a leader whose clock is behind still sets its TTL
+    assert (sm.log_time, sm.session_ttl_ms) == (T0 + 5, 2500)
+    assert KVStateMachine(db).session_ttl_ms == 2500  # persisted in `m state`
+    run_one(sm, Client().put(b"k", b"v"))  # writes change nothing of it
+    assert KVStateMachine(db).session_ttl_ms == 2500
+
+
+def test_expiry_uses_the_ttl_of_the_log(sm: KVStateMachine) -> None:
+    c = Client()
+    clock(sm, T0, 1000)
+    run_one(sm, c.put(b"k", b"v"))
+    clock(sm, T0 + 1000, 1000)  # idle exactly the TTL: kept
+    assert sm.session_count() == 1
+    clock(sm, T0 + 1001, 1000)  # idle longer: deleted
+    assert sm.session_count() == 0
+    resp = run_one(sm, c.put(b"k", b"w"))
+    assert resp.status == Status.SESSION_EXPIRED
+    assert resp.error == (
+        "session expired or unknown: this client id has no session (sessions idle for "
+        "over 1 s are forgotten), so request seq 2 was not applied; start a new session "
+        "(a new client id, seq 1)"
+    )
+    assert sm.get(b"k") == (b"v", 1) and sm.session_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("ttl_ms", "text"), [(1000, "1 s"), (1500, "1.5 s"), (120_000, "2 min"), (7_200_000, "2 h")]
+)
+def test_the_session_expired_message_names_the_ttl(
+    sm: KVStateMachine, ttl_ms: int, text: str
+) -> None:
+    _forget_a_session(sm)
+    clock(sm, sm.log_time, ttl_ms)
+    c = Client()
+    c.seq = 1
+    assert f"idle for over {text} are forgotten" in run_one(sm, c.put(b"k", b"v")).error
+
+
+def test_a_lower_ttl_expires_idle_sessions_at_the_next_clock(sm: KVStateMachine) -> None:
+    idle, busy = Client(), Client(BOB)
+    clock(sm, T0)  # one hour
+    run_one(sm, idle.put(b"i", b"1"))
+    clock(sm, T0 + 60_000)
+    run_one(sm, busy.put(b"b", b"1"))
+    clock(sm, T0 + 60_001, 30_000)  # the leader now says 30 s: idle (60 s) is expired
+    assert sm.session_count() == 1
+    assert run_one(sm, idle.put(b"i", b"2")).status == Status.SESSION_EXPIRED
+    assert run_one(sm, busy.put(b"b", b"2")).status == Status.OK
+    check_session_index(sm)
+
+
+def test_a_higher_ttl_never_revives_an_expired_session(sm: KVStateMachine) -> None:
+    """Expired sessions not yet deleted (more than one clock deletes) stay
+    expired when a later clock raises the TTL: a delayed copy of a request
+    refused with SESSION_EXPIRED must never be applied afterwards."""
+    old = _open_sessions_at(sm, 2 * SESSION_EXPIRY_PER_CLOCK + 10, T0, 1000)
+    clock(sm, T0 + 1001, 1000)  # all expired; only SESSION_EXPIRY_PER_CLOCK deleted
+    assert sm.session_count() == len(old) - SESSION_EXPIRY_PER_CLOCK
+    late = old[-1].put(b"k", b"late")
+    assert run_one(sm, late).status == Status.SESSION_EXPIRED
+    clock(sm, T0 + 1002, SESSION_TTL_MS)  # one hour again
+    old[-1].seq -= 1
+    assert run_one(sm, late).status == Status.SESSION_EXPIRED  # still refused
+    young = Client(b"y" * 16)
+    run_one(sm, young.put(b"y", b"1"))
+    clock(sm, T0 + 1003, SESSION_TTL_MS)
+    clock(sm, T0 + 60_000, SESSION_TTL_MS)  # the backlog goes; young is live under 1 h
+    assert sm.session_count() == 1
+    check_session_index(sm)
+    assert run_one(sm, young.put(b"y", b"2")).status == Status.OK
+    assert sm.get(b"k") == (b"v", len(old))
+
+
+def _open_sessions_at(sm: KVStateMachine, count: int, at: int, ttl_ms: int) -> list[Client]:
+    clients = [Client(i.to_bytes(16, "big")) for i in range(count)]
+    commands = (clk(at, ttl_ms), *(c.put(b"k", b"v") for c in clients))
+    sm.apply([(sm.applied_index, commands)])
+    return clients
+
+
+def test_a_state_of_the_format_before_the_ttl_is_read_with_the_default(db: Any) -> None:
+    """The 26-byte `m state` of the previous release: TTL one hour, and what
+    was expired then (idle over an hour of its log time) still is."""
+    gen = b"0"
+    idle, recent = Client(), Client(BOB)
+    db.put(b"mstate", struct.pack(">QQQBB", 7, 2, T0 + SESSION_TTL_MS + 5, 1, 0))
+    for c, last_used in ((idle, T0), (recent, T0 + SESSION_TTL_MS)):
+        c.seq = 1
+        db.put(b"s" + gen + c.client_id, msgpack.packb([1, bytes(8), last_used, 0, 1]))
+        db.put(b"t" + gen + struct.pack(">Q", last_used) + c.client_id, b"")
+    sm = KVStateMachine(db)
+    assert (sm.applied_index, sm.revision, sm.session_ttl_ms) == (7, 2, SESSION_TTL_MS)
+    assert sm._meta.expired_before == T0 + 5
+    assert run_one(sm, idle.put(b"k", b"v")).status == Status.SESSION_EXPIRED
+    assert run_one(sm, recent.put(b"k", b"v")).status == Status.OK
+    assert len(db.get(b"mstate")) == 42  # written in the current form
+    clock(sm, T0 + SESSION_TTL_MS + 6, None)  # an old clock command in the log
+    assert sm.session_count() == 1 and sm.session_ttl_ms == SESSION_TTL_MS
+
+
+def test_a_snapshot_carries_the_ttl_and_the_expiry_cutoff(new_db: NewDB) -> None:
+    src, dst = KVStateMachine(new_db()), KVStateMachine(new_db())
+    old = _open_sessions_at(src, 3 * SESSION_EXPIRY_PER_CLOCK + 10, T0, 1000)
+    clock(src, T0 + 1001, 1000)
+    clock(src, T0 + 1002, 5000)  # raised: the cutoff must travel, not just the TTL
+    assert src.session_count() > SESSION_EXPIRY_PER_CLOCK  # expired ones not yet deleted
+    with src.snapshot_reader() as reader:
+        assert reader.session_ttl_ms == 5000
+        transfer(reader, dst)
+    assert dst.session_ttl_ms == 5000
+    assert live_state(dst) == live_state(src)
+    check_session_index(dst)
+    late = old[-1].put(b"k", b"late")
+    assert src.apply([(src.applied_index, (late,))]) == dst.apply([(dst.applied_index, (late,))])
+    assert run_one(dst, old[-1].put(b"k", b"x")).status == Status.SESSION_EXPIRED
+
+
+def test_a_snapshot_meta_item_without_the_ttl_is_accepted(sm: KVStateMachine) -> None:
+    """From a peer of the previous release: TTL one hour."""
+    sm.install_begin(b"old", 4, 0)
+    sm.install_chunk([(b"m", struct.pack(">QQQB", 4, 0, T0, 0))], b"m")
+    sm.install_finish()
+    assert (sm.applied_index, sm.log_time, sm.session_ttl_ms) == (4, T0, SESSION_TTL_MS)
+    assert sm._meta.expired_before == T0 - SESSION_TTL_MS
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        struct.pack(">QQQBQQ", 5, 9, T0, 0, 0, 0),  # TTL 0
+        struct.pack(">QQQBQQ", 5, 9, T0, 2, 1000, 0),  # forgot not a bool
+        struct.pack(">QQQBQQ", 5, 9, T0, 0, 1000, T0 + 1),  # cutoff after log time
+        struct.pack(">QQQBQ", 5, 9, T0, 0, 1000),  # neither length
+    ],
+)
+def test_a_malformed_snapshot_meta_item_is_refused(sm: KVStateMachine, record: bytes) -> None:
+    sm.install_begin(b"id", 5, 9)
+    with pytest.raises(ValueError, match="snapshot meta item"):
+        sm.install_chunk([(b"m", record)], b"m")
 
 
 def test_expiry_is_the_same_however_the_log_is_split(new_db: NewDB) -> None:
@@ -431,13 +594,17 @@ def test_expiry_is_the_same_however_the_log_is_split(new_db: NewDB) -> None:
 
 def _session_log(rng: random.Random, slots: int) -> list[tuple[int, tuple[bytes, ...]]]:
     """A log of writes by 300 clients (retries, reused ids, stale seqs) with
-    clock commands that jump past the TTL now and then."""
+    clock commands that jump past the TTL now and then and change the TTL
+    (old 9-byte clock commands, TTL unchanged, included)."""
     clients = [Client(i.to_bytes(16, "big")) for i in range(300)]
     now = T0
+    ttl: int | None = SESSION_TTL_MS
     log = []
     for slot in range(slots):
         now += rng.choice([10, 1000, SESSION_TTL_MS // 3, SESSION_TTL_MS + 1])
-        commands = [encode_clock(now)]
+        if rng.random() < 0.1:  # the TTL changes (another leader, or a new setting)
+            ttl = rng.choice([None, 5000, SESSION_TTL_MS // 2, SESSION_TTL_MS, 3 * SESSION_TTL_MS])
+        commands = [clk(now, ttl)]
         for _ in range(rng.randrange(40)):
             c = rng.choice(clients)
             cmd = c.put(bytes([rng.randrange(20)]), rng.randbytes(3))
@@ -526,7 +693,7 @@ def test_state_survives_reopen(tmp_path: Path) -> None:
     retry = c.put(b"k", b"v")
     db = plyvel.DB(path, create_if_missing=True)
     sm = KVStateMachine(db)
-    sm.apply([(0, (encode_clock(T0), Client(BOB).put(b"j", b"w"), retry)), (1, ())])
+    sm.apply([(0, (clk(T0), Client(BOB).put(b"j", b"w"), retry)), (1, ())])
     before = sm.checksum()
     db.close()
 
@@ -555,7 +722,7 @@ def test_a_data_directory_of_the_old_layout_is_refused(db: Any) -> None:
 def _log() -> list[tuple[int, tuple[bytes, ...]]]:
     a, b = Client(ALICE), Client(BOB)
     return [
-        (0, (encode_clock(T0), a.put(b"x", b"1"), b.put(b"y", b"2"))),
+        (0, (clk(T0), a.put(b"x", b"1"), b.put(b"y", b"2"))),
         (1, ()),
         (2, (a.cas(b"x", b"3", expected_value=b"1"), b.delete(b"y"), a.put(b"z", b""))),
     ]
@@ -613,7 +780,7 @@ def _populate(sm: KVStateMachine, keys: int, seed: int = 1) -> None:
 
 
 def _apply_slot(sm: KVStateMachine, commands: list[bytes], now: int) -> None:
-    sm.apply([(sm.applied_index, (encode_clock(now), *commands))])
+    sm.apply([(sm.applied_index, (clk(now), *commands))])
 
 
 def _chunks(reader: SnapshotReader, max_bytes: int, after: bytes | None = None) -> Iterator:
@@ -677,7 +844,7 @@ def test_install_in_small_chunks_gives_the_same_state(new_db: NewDB, old_data: b
     fresh = KVStateMachine(new_db())
     transfer(src, fresh)
     assert live_state(fresh) == live_state(src)
-    nxt = [(src.applied_index, (encode_clock(T0 + 99_000), Client(b"e" * 16).put(b"x", b"after")))]
+    nxt = [(src.applied_index, (clk(T0 + 99_000), Client(b"e" * 16).put(b"x", b"after")))]
     assert src.apply(nxt) == fresh.apply(nxt)
     assert live_state(fresh) == live_state(src)
     assert fresh.checksum() == src.checksum()
@@ -803,7 +970,7 @@ def test_garbage_is_collected_in_bounded_batches(new_db: NewDB) -> None:
     src, dst = KVStateMachine(new_db()), KVStateMachine(MemoryDB())
     _populate(src, 300)
     _populate(dst, 300, seed=3)
-    garbage = len(live_state(dst)[3])
+    garbage = len(live_state(dst)[-1])
     reader = src.snapshot_reader()
     dst.install_begin(b"x", reader.index, reader.revision)
     for items, last in _chunks(reader, 1 << 20):
