@@ -182,9 +182,9 @@ class CompactionSettings:
     optional `[compaction]` table of the cluster config file. Each replica
     decides on its own (nothing here must be equal across replicas)."""
 
-    log_slots: int = 5_000
+    log_slots: int = 1_000
     """Compact once this many applied slots beyond the retained tail are held."""
-    log_bytes: int = 16 * 1024 * 1024
+    log_bytes: int = 4 * 1024 * 1024
     """... or once the applied commands held reach this many bytes."""
     retained_slots: int = 1_000
     """Applied slots kept below the applied index, for cheap catch-up by log."""
