@@ -48,9 +48,16 @@ def _write(cluster: Cluster, ops: int, keys: int, clients: int = 32) -> dict[str
         duration=None,
         ops=ops,
         warmup=0.0,
-        attempt_timeout=2.0,
+        attempt_timeout=5.0,
     )
     return run_workload(spec, workers=2)
+
+
+def _failed(result: dict[str, Any]) -> dict[str, int]:
+    """Requests that ended in an error. An attempt that timed out on a busy
+    machine is retried with the same sequence number (exactly once), so it
+    fails nothing by itself."""
+    return {kind: n for kind, n in result["errors"].items() if kind != "attempt timeout"}
 
 
 def _status(cluster: Cluster, rid: int) -> dict[str, Any] | None:
@@ -60,7 +67,7 @@ def _status(cluster: Cluster, rid: int) -> dict[str, Any] | None:
     return None
 
 
-def _wait(what: str, check: Callable[[], object], timeout: float = 120.0) -> Any:
+def _wait(what: str, check: Callable[[], object], timeout: float = 240.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -88,7 +95,7 @@ def _kill_a_follower_and_write(cluster: Cluster, writes: int, keys: int) -> tupl
     follower = next(rid for rid in cluster.ids if rid != leader)
     cluster.kill(follower, signal.SIGKILL)
     result = _write(cluster, writes, keys)
-    assert result["errors"] == {}, result["errors"]
+    assert _failed(result) == {}, result["errors"]
     assert result["ops"] >= writes
     status = _status(cluster, leader)
     assert status is not None
@@ -135,7 +142,7 @@ def test_compaction_while_clients_write_fails_no_request(tmp_path: Path) -> None
     with _compacting_cluster(tmp_path) as cluster:
         cluster.start()
         result = _write(cluster, 40_000, 500, clients=16)
-        assert result["errors"] == {} and result["ops"] >= 40_000
+        assert _failed(result) == {} and result["ops"] >= 40_000, result["errors"]
         for rid in cluster.ids:
             status = _status(cluster, rid)
             assert status is not None and status["compacted"] > 0, status
