@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -298,25 +299,52 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            low, high = (int(x) for x in fh.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_ports(count: int, host: str = "127.0.0.1", *, consecutive: bool = False) -> list[int]:
     """`count` distinct TCP ports on `host` that were free a moment ago
     (another program may take one before it is bound: a race accepted for
-    tests and benchmarks). They are bound to port 0 all at once, so the
-    kernel never hands out one twice; `consecutive` asks for a run
-    base..base+count-1 (for `kvstore-cluster --base-port`)."""
-    if consecutive:
-        for _ in range(200):
-            base = free_ports(1, host)[0]
-            run = list(range(base, base + count))
-            if run[-1] < 65536 and all(port_is_free(host, p) for p in run[1:]):
-                return run
-        raise OSError(f"found no {count} consecutive free ports on {host}")
-    socks = []
+    tests and benchmarks), chosen OUTSIDE the kernel's ephemeral range: a
+    replica that is stopped and started again must find its ports free, and
+    a port in that range can meanwhile become the local end of any outgoing
+    connection (a client's, a load generator's). They are held bound until
+    all are chosen, so none is handed out twice; `consecutive` asks for a
+    run base..base+count-1 (for `kvstore-cluster --base-port`)."""
+    low, high = _ephemeral_range()
+    spans = [(lo, hi) for lo, hi in ((10_000, low - 1), (high + 1, 65_535)) if hi - lo > count]
+    rng = random.Random()
+    socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for _ in range(50 * count + 200):
+            if len(socks) == count:
+                break
+            lo, hi = rng.choice(spans)
+            if consecutive:
+                base = socks[0].getsockname()[1] if socks else rng.randint(lo, hi - count)
+                port = base + len(socks)
+            else:
+                port = rng.randint(lo, hi)
             s = socket.socket()
-            s.bind((host, 0))
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                if consecutive:  # start the run again elsewhere
+                    for held in socks:
+                        held.close()
+                    socks = []
+                continue
             socks.append(s)
+        if len(socks) < count:
+            raise OSError(f"found no {count} free ports on {host} outside the ephemeral range")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
