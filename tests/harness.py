@@ -17,11 +17,14 @@ from __future__ import annotations
 import importlib.util
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import plyvel
+import pytest
 
 from client.client import KVClient
 from kvstore.config import (
@@ -32,6 +35,25 @@ from kvstore.config import (
 )
 from kvstore.statemachine import KVStateMachine
 from replica import launch
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
+    """Polls `probe` until it returns something truthy (and returns that);
+    fails the test after `timeout` seconds. The one polling helper of the
+    tests that run real processes: no fixed sleep decides an outcome."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
 
 SERVER_MISSING = importlib.util.find_spec(launch.REPLICA_MODULE) is None
 

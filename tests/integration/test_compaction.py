@@ -11,8 +11,6 @@ hundred slots, so all of it happens within seconds.
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 from benchmarks.driver import RunSpec
 from benchmarks.harness import run_workload
 from benchmarks.workload import PUT, WorkloadSpec, key_name
-from tests.harness import Cluster
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -67,16 +65,6 @@ def _status(cluster: Cluster, rid: int) -> dict[str, Any] | None:
     return None
 
 
-def _wait(what: str, check: Callable[[], object], timeout: float = 240.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _caught_up(cluster: Cluster, rid: int) -> bool:
     rows = {row["id"]: row for row in cluster.status() if "id" in row}
     leader = next((r for r in rows.values() if r.get("role") == "leader"), None)
@@ -109,7 +97,7 @@ def test_a_follower_far_behind_installs_a_snapshot(tmp_path: Path) -> None:
         follower, compacted = _kill_a_follower_and_write(cluster, 200_000, 20_000)
         assert compacted > 10_000, "the leader compacted far past the follower"
         cluster.start_replica(follower)
-        _wait("the follower to catch up", lambda: _caught_up(cluster, follower))
+        wait_for("the follower to catch up", lambda: _caught_up(cluster, follower), timeout=240)
         status = _status(cluster, follower)
         assert status is not None and status["compacted"] >= compacted > before["applied_index"]
         assert "snapshot installed" in cluster.log_path(follower).read_text()
@@ -130,10 +118,10 @@ def test_a_follower_killed_during_the_install_installs_again(tmp_path: Path) -> 
             status = _status(cluster, follower)
             return bool(status and status.get("install") and status["install"]["bytes"] > 0)
 
-        _wait("the install to start", installing, timeout=60)
+        wait_for("the install to start", installing, timeout=60)
         cluster.kill(follower, signal.SIGKILL)
         cluster.start_replica(follower)
-        _wait("the follower to catch up", lambda: _caught_up(cluster, follower))
+        wait_for("the follower to catch up", lambda: _caught_up(cluster, follower), timeout=240)
         assert cluster.log_path(follower).read_text().count("snapshot installed") >= 1
         _same_data_everywhere(cluster)
 

@@ -36,25 +36,11 @@ from kvstore.protocol import (
     encode_request,
 )
 from replica.launch import replica_command, replica_env
-from tests.harness import Cluster
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
-    """Polls `probe` until it returns something truthy; fails after timeout."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
 
 
 def raw_request(address: str, frame: bytes, timeout: float = 3.0) -> bytes | None:

@@ -29,7 +29,7 @@ from client.client import KVClient
 from client.errors import SessionExpired
 from kvstore.config import normalize_address
 from kvstore.protocol import Op, Request, Response, Status, decode_response, encode_request
-from tests.harness import Cluster
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -77,7 +77,7 @@ class Keeper:
 
     def __enter__(self) -> Keeper:
         self._thread.start()
-        wait_for("the keeper's first write", lambda: self.writes > 0 or self.error)
+        wait_for("the keeper's first write", lambda: self.writes > 0 or self.error, timeout=30)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -86,17 +86,6 @@ class Keeper:
         self._kv.close()
         if self.error is not None and exc_info[0] is None:
             raise AssertionError(f"the keeper failed: {self.error!r}") from self.error
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def session_counts(cluster: Cluster) -> dict[int, int]:
