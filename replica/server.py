@@ -48,7 +48,8 @@ from replica.badinput import BadFrames
 from replica.driver import ReplicaDriver
 from replica.messages import Message
 from replica.paxos import CoreConfig
-from replica.storage import LevelDBStorage
+from replica.reclaim import Reclaimer
+from replica.storage import LOG_PREFIXES, LevelDBStorage, slot_key
 from replica.transport import BindError, ClientTransport, Envelope, PeerTransport
 
 log = logging.getLogger("replica.server")
@@ -82,6 +83,7 @@ class Replica:
         self.db = plyvel.DB(
             str(data_dir), create_if_missing=True, write_buffer_size=WRITE_BUFFER_BYTES
         )
+        self.reclaimer = Reclaimer(self.db, LOG_PREFIXES, slot_key)
         try:
             self.sm = KVStateMachine(self.db)
             self._open_sockets(cluster)
@@ -89,7 +91,7 @@ class Replica:
                 self.driver = driver_class(
                     me.id,
                     [r.id for r in cluster],
-                    LevelDBStorage(self.db),
+                    LevelDBStorage(self.db, on_compacted=self.reclaimer.request),
                     self.sm,
                     self.peers,
                     self.clients,
@@ -106,6 +108,7 @@ class Replica:
                 self._close_sockets()
                 raise
         except BaseException:
+            self.reclaimer.close()
             self.db.close()
             raise
         self._stopping = False
@@ -181,6 +184,7 @@ class Replica:
     def close(self) -> None:
         """Closes the sockets (linger 0) and the DB."""
         self._close_sockets()
+        self.reclaimer.close()
         self.db.close()
         log.info("replica %d stopped", self.id)
 

@@ -23,6 +23,7 @@ power failure.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 import msgpack
@@ -57,15 +58,23 @@ _COMPACTED_KEY = b"p"
 _SLOT = struct.Struct(">Q")
 
 
-def _slot_key(prefix: bytes, slot: int) -> bytes:
+LOG_PREFIXES = (_VOTE_PREFIX, _CHOSEN_PREFIX)
+"""The prefixes a compaction deletes below its point."""
+
+
+def slot_key(prefix: bytes, slot: int) -> bytes:
     return prefix + _SLOT.pack(slot)
 
 
 class LevelDBStorage:
     """Acceptor state in the replica's plyvel DB (prefixes a, v, c, p)."""
 
-    def __init__(self, db) -> None:  # db: plyvel.DB
+    def __init__(self, db, on_compacted: Callable[[int], None] | None = None) -> None:  # noqa: ANN001
+        """`db` is a plyvel.DB (or the simulator's MemoryDB); `on_compacted`
+        is called with each new compaction point once its batch is written
+        (the server reclaims the disk then: replica/reclaim.py)."""
         self._db = db
+        self._on_compacted = on_compacted
         raw = db.get(_COMPACTED_KEY)
         self._compacted = 0 if raw is None else _SLOT.unpack(raw)[0]
 
@@ -91,28 +100,34 @@ class LevelDBStorage:
         sync: bool = True,
         compacted: int | None = None,
     ) -> None:
+        new_point = compacted is not None and compacted > self._compacted
         with self._db.write_batch(sync=sync) as wb:
-            if compacted is not None and compacted > self._compacted:
+            if new_point:
                 self._delete_below(wb, compacted)
             if promised is not None:
                 wb.put(_PROMISED_KEY, msgpack.packb(list(promised)))
             for slot, (ballot, value) in votes.items():
                 wb.put(
-                    _slot_key(_VOTE_PREFIX, slot),
+                    slot_key(_VOTE_PREFIX, slot),
                     msgpack.packb([ballot[0], ballot[1], value], use_bin_type=True),
                 )
             for slot, value in chosen.items():
-                wb.put(_slot_key(_CHOSEN_PREFIX, slot), msgpack.packb(value, use_bin_type=True))
+                wb.put(slot_key(_CHOSEN_PREFIX, slot), msgpack.packb(value, use_bin_type=True))
+        if new_point and self._on_compacted is not None:
+            self._on_compacted(self._compacted)
 
     def _delete_below(self, wb, compacted: int) -> None:  # noqa: ANN001 - a WriteBatch
         """Adds the deletion of every vote and chosen value in [old point,
         compacted) to the batch, with the new point. Only keys that exist are
         deleted (one prefix scan from the old point), so the batch holds what
         the log held, not one tombstone per slot."""
-        for prefix in (_VOTE_PREFIX, _CHOSEN_PREFIX):
-            for key in self._db.iterator(prefix=prefix, include_value=False):
-                if _SLOT.unpack(key[1:])[0] >= compacted:
-                    break
+        for prefix in LOG_PREFIXES:
+            keys = self._db.iterator(
+                start=slot_key(prefix, self._compacted),
+                stop=slot_key(prefix, compacted),
+                include_value=False,
+            )
+            for key in keys:
                 wb.delete(key)
         wb.put(_COMPACTED_KEY, _SLOT.pack(compacted))
         self._compacted = compacted
