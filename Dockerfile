@@ -59,4 +59,4 @@ WORKDIR /data
 VOLUME ["/data"]
 # Ports: replica N serves clients on 700N and peers on 710N (docker/cluster.toml).
 ENTRYPOINT ["kvstore-replica"]
-CMD ["--config", "/etc/paxoskv/cluster.toml", "--id", "1", "--data-dir", "/data"]
+CMD ["--config", "/etc/paxoskv/cluster.toml", "--id", "1", "--data-dir", "/data", "--initial-cluster-state", "new"]

@@ -4,10 +4,10 @@ stop replicas through this module, so each of these is written once:
 
 - the command line, `replica_command`: the `kvstore-replica` contract
   (docs/CONTRACTS.md), `python -m replica.server --config F --id N
-  --data-dir D [--tick-ms T] [--log-level L]`. `module` runs a variant with
-  the same command line (the fault tier's broken replica); `prefix` wraps it
-  (`ip netns exec NS`), and must exec the command so that the pid we hold
-  stays the replica's own;
+  --data-dir D [--initial-cluster-state S] [--tick-ms T] [--log-level L]`.
+  `module` runs a variant with the same command line (the fault tier's
+  broken replica); `prefix` wraps it (`ip netns exec NS`), and must exec
+  the command so that the pid we hold stays the replica's own;
 - the environment, `replica_env`: this checkout first on PYTHONPATH;
 - starting, `spawn` / `start_replica`: a session of its own (a Ctrl-C in the
   terminal that started it does not reach it), stdin closed, stdout and
@@ -66,10 +66,17 @@ def replica_command(
     log_level: str | None = None,
     module: str = REPLICA_MODULE,
     prefix: Sequence[str] = (),
+    cluster_state: str | None = "new",
 ) -> list[str]:
-    """The argv of one replica; None leaves an option at the replica's default."""
+    """The argv of one replica; None leaves an option at the replica's default.
+    `cluster_state` is `--initial-cluster-state`, which matters only for an
+    empty data directory: "new" (the default) for the first start of a
+    cluster, "existing" for a restart that must never bootstrap (a wiped
+    directory is then refused: replica/datadir.py)."""
     argv = [*prefix, sys.executable, "-m", module, "--config", str(config),
             "--id", str(replica_id), "--data-dir", str(data_dir)]  # fmt: skip
+    if cluster_state is not None:
+        argv += ["--initial-cluster-state", cluster_state]
     if tick_ms is not None:
         argv += ["--tick-ms", str(tick_ms)]
     if log_level is not None:
@@ -109,12 +116,13 @@ def start_replica(
     prefix: Sequence[str] = (),
     cwd: str | os.PathLike[str] | None = None,
     group: int | None = None,
+    cluster_state: str | None = "new",
 ) -> subprocess.Popen[bytes]:
     """Starts one replica (`replica_command`) with `replica_env()` (see
     `spawn`); `group` is the group id to run it with (needs root)."""
     argv = replica_command(
         config, replica_id, data_dir, tick_ms=tick_ms, log_level=log_level, module=module,
-        prefix=prefix,
+        prefix=prefix, cluster_state=cluster_state,
     )  # fmt: skip
     return spawn(argv, log_path, env=replica_env(), cwd=cwd, group=group)
 

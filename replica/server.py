@@ -44,6 +44,7 @@ from kvstore.config import (
 )
 from kvstore.limits import SESSION_TTL_MS
 from kvstore.statemachine import KVStateMachine
+from replica import datadir
 from replica.badinput import BadFrames
 from replica.driver import ReplicaDriver
 from replica.messages import Message
@@ -199,6 +200,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="cluster config file (TOML)")
     parser.add_argument("--id", required=True, type=int, help="this replica's id")
     parser.add_argument("--data-dir", required=True, help="LevelDB directory")
+    parser.add_argument(
+        "--initial-cluster-state",
+        choices=datadir.STATES,
+        help="only for an empty --data-dir: 'new' bootstraps a new cluster (every replica "
+        "starts empty); 'existing' joins a running one (refused for an id the cluster "
+        "already has: see docs/OPERATIONS.md). Ignored once the directory has an identity",
+    )
     parser.add_argument("--tick-ms", type=float, default=10.0, help="tick length (ms)")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
@@ -226,7 +234,19 @@ def _build(args: argparse.Namespace) -> Replica:
         raise StartupError(f"replica id {args.id} is not in {args.config} (ids: {ids})")
     data_dir = Path(args.data_dir)
     try:
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        name = datadir.load_cluster_name(args.config)
+        datadir.prepare(
+            data_dir,
+            name=name,
+            replica_ids=[r.id for r in cluster],
+            replica_id=me.id,
+            state=args.initial_cluster_state,
+        )
+    except (ConfigError, datadir.DataDirError) as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot prepare the data directory {data_dir}: {exc}") from None
+    try:
         return Replica(
             me,
             cluster,

@@ -138,13 +138,16 @@ class Cluster:
         directory and tick (module, prefix, group): none here."""
         return {}
 
-    def start_replica(self, rid: int) -> None:
+    def start_replica(self, rid: int, *, cluster_state: str | None = "new") -> None:
+        """Starts replica `rid`; `cluster_state` is its --initial-cluster-state
+        (only an empty data directory looks at it: replica/datadir.py)."""
         self._replica(rid)
         if self.is_running(rid):
             raise RuntimeError(f"replica {rid} is already running")
         self.procs[rid] = launch.start_replica(
             self.config_path, rid, self.data_dir(rid), self.log_path(rid),
-            tick_ms=self.tick_ms, cwd=self.root, **self.launch_options(rid),
+            tick_ms=self.tick_ms, cwd=self.root, cluster_state=cluster_state,
+            **self.launch_options(rid),
         )  # fmt: skip
 
     def wait_ready(self, rid: int, timeout: float = 20.0) -> dict[str, Any]:

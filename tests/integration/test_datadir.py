@@ -1,0 +1,72 @@
+"""Data directory identity with real processes (replica/datadir.py): a
+replica refuses another replica's or cluster's directory, and a replica
+whose directory was wiped is not let back in under its old id, while the
+rest of the cluster goes on serving."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from client import KVClient
+from replica.launch import replica_command, replica_env
+from tests.harness import Cluster, wait_for
+
+
+def _run(config: Path, rid: int, data_dir: Path, state: str | None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        replica_command(config, rid, data_dir, cluster_state=state),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=replica_env(),
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, needle: str) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    return errors[0]
+
+
+def test_wiped_replica_is_refused_and_the_cluster_serves_on(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    c = cluster_factory(3)
+    with KVClient(c.addresses, timeout=5.0) as kv:
+        kv.put(b"k", b"before")
+        victim = next(r for r in c.ids if r != c.wait_for_leader())
+        c.stop_replica(victim)
+        shutil.rmtree(c.data_dir(victim))
+        # Back on an empty directory under its old id: refused, nothing written.
+        line = _one_line_error(
+            _run(c.config_path, victim, c.data_dir(victim), "existing"), "empty data directory"
+        )
+        assert f"replica {victim} would rejoin" in line
+        assert not c.data_dir(victim).exists()
+        # Without the flag: told what the choices are.
+        _one_line_error(
+            _run(c.config_path, victim, c.data_dir(victim), None), "--initial-cluster-state"
+        )
+        # The two others still make a majority.
+        kv.put(b"k", b"after")
+        assert kv.get(b"k") == b"after"
+
+
+def test_another_replicas_directory_is_refused(cluster_factory: Callable[..., Cluster]) -> None:
+    c = cluster_factory(3)
+    wait_for("replica 1 to write its data", lambda: any(c.data_dir(1).glob("*.log")))
+    c.stop_replica(1)
+    line = _one_line_error(_run(c.config_path, 2, c.data_dir(1), "new"), "belongs to replica 1")
+    assert "not 2" in line
+    other = c.root / "other.toml"
+    other.write_text(c.config_path.read_text() + '\n[cluster]\nname = "other"\n')
+    _one_line_error(_run(other, 1, c.data_dir(1), "new"), "belongs to cluster")
+    # Its own directory still starts (the flag is ignored once it has an identity).
+    c.start_replica(1, cluster_state="existing")
+    c.wait_ready(1)
