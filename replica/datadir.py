@@ -16,10 +16,9 @@ explicit, as etcd's `--initial-cluster-state`:
   an id of that cluster is refused: it cannot be told apart from a replica
   that lost its disk, and no amount of asking the others makes that safe
   (a promise it made may be known only to a candidate that is down; see
-  docs/OPERATIONS.md). Until membership changes land, the way back for such
-  a replica is a cluster restored from a backup (`kvstore-admin snapshot
-  restore`), or replacing its id with a new one through reconfiguration
-  once that exists.
+  docs/OPERATIONS.md). Until membership changes land, such a replica stays
+  out (the others still make a majority); the safe way back is a new
+  member id through reconfiguration.
 
 The identity is a small JSON file, ``IDENTITY``, written before LevelDB
 creates anything (atomically: a temporary file, fsync, rename, fsync of
@@ -195,8 +194,8 @@ def prepare(
         raise DataDirError(
             f"replica {replica_id} would rejoin cluster {cid} ({name}) with an empty data "
             f"directory {directory}: it may have promised or voted before its data was lost, "
-            "and rejoining under the same id could contradict that. Restore the cluster "
-            "from a backup (kvstore-admin snapshot restore), or start it on its old directory"
+            "and rejoining under the same id could contradict that (docs/OPERATIONS.md: start "
+            "it on its old directory, or run on without it)"
         )
     if state != "new":
         raise DataDirError(f"--initial-cluster-state must be one of {', '.join(STATES)}")
