@@ -16,6 +16,33 @@ MAX_REQUEST_BYTES = MAX_KEY_BYTES + 2 * MAX_VALUE_BYTES + 1024
 """Largest encoded client request a replica will decode (a CAS carries two
 values). Anything bigger is answered with TOO_LARGE without being decoded."""
 
+MAX_RANGE_REPLY_BYTES = 4 * 1024 * 1024
+"""Most bytes of keys and values one range reply carries (a RANGE, or all
+the reads of one TXN together); the rest comes with a continuation. A
+RANGE always returns at least one key, so with a 1 MiB value a reply stays
+near 5 MiB, far under MAX_FRAME_BYTES."""
+
+MAX_RANGE_KEYS = 5_000
+"""Most keys one range reply covers (returned, or counted for count-only;
+a TXN's reads together): bounds the time a replica spends on one read,
+which it serves from its event loop (a long scan would delay heartbeats)."""
+
+MAX_DELETE_RANGE_KEYS = 10_000
+"""Most keys one DELETE_RANGE (or all the deletes of one TXN) may delete:
+it is one log command, applied by every replica in its event loop. A
+larger range is refused (TOO_LARGE), nothing deleted."""
+
+MAX_TXN_COMPARES = 128
+"""Most comparisons in one transaction (etcd's default --max-txn-ops)."""
+
+MAX_TXN_OPS = 128
+"""Most operations in each branch (success, failure) of one transaction."""
+
+MAX_TXN_BYTES = 2 * MAX_VALUE_BYTES - 8 * 1024
+"""Most bytes of keys, range ends, values and compared values in one
+transaction together (2 MiB - 8 KiB): with the framing of the largest
+number of comparisons and operations it stays within MAX_REQUEST_BYTES."""
+
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 """ZeroMQ refuses frames above this on every socket (protects memory)."""
 

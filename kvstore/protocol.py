@@ -10,9 +10,34 @@ Layout of a request frame (msgpack array):
     [PROTOCOL_VERSION, op, client_id, seq, key, value, expected_value,
      expected_version, stale]
 
+followed, for RANGE, DELETE_RANGE and TXN, by a tenth field
+
+    [range_end, limit, keys_only, count_only, txn]
+
+(absent when all five are their defaults, so the frames of PUT, GET, DELETE
+and CAS are byte for byte what they were before ranges existed: the logs
+and session digests of older releases stay valid). `txn` is
+[compares, success, failure]; a compare is [target, op, key, operand] and
+an operation [kind, key, range_end, value, limit, keys_only, count_only]
+(`CompareTarget`, `CompareOp`, `TxnOpKind`).
+
 Layout of a response frame (msgpack array):
 
     [PROTOCOL_VERSION, status, value, version, leader, error, info]
+
+followed, when there is one, by the typed `result` of a RANGE, DELETE_RANGE
+or TXN: [1, kvs, count, more, next_key] (a range; each kv is [key, value,
+version, create_revision], value nil when keys only), [2, deleted], [3,
+version] (a put inside a transaction) or [4, [result, ...]] (a transaction,
+one result per operation of the branch that ran).
+
+Ranges follow etcd: [key, range_end) in key order; range_end None is the
+single key, b"\0" means every key from `key` on, and `prefix_end(p)` is the
+range_end of the keys that start with p. One reply covers a prefix of the
+range, at most `limit` keys (0: no limit), MAX_RANGE_KEYS keys and about
+MAX_RANGE_REPLY_BYTES of keys and values; `more` says keys remain, and
+`next_key` is where to go on (the next key in the range: ask again from
+there with the same range_end).
 
 Every receiver of a request frame (the replica, the state machine applying a
 slot, the benchmark driver checking its workload) goes through ONE function,
@@ -54,11 +79,18 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
-from kvstore.limits import MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
+from kvstore.limits import (
+    MAX_KEY_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_TXN_BYTES,
+    MAX_TXN_COMPARES,
+    MAX_TXN_OPS,
+    MAX_VALUE_BYTES,
+)
 
 PROTOCOL_VERSION = 1
 CLIENT_ID_BYTES = 16
@@ -77,15 +109,136 @@ class Op(IntEnum):
     DELETE = 3
     CAS = 4
     STATUS = 5
+    RANGE = 6  # read [key, range_end): range_end, limit, keys_only, count_only, stale
+    DELETE_RANGE = 7  # delete [key, range_end) at one revision
+    TXN = 8  # comparisons, then the success or the failure operations
 
 
-WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS})
+WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS, Op.DELETE_RANGE, Op.TXN})
+READ_OPS = frozenset({Op.GET, Op.RANGE})
+FROM_KEY = b"\0"
+"""A range_end of b"\0" means "every key from `key` on" (etcd's convention)."""
+_MAX_LIMIT = 2**63 - 1
+
+
+class CompareTarget(IntEnum):
+    """What a transaction's comparison looks at. VALUE: the value (bytes;
+    false, whatever the operator, when the key is absent, as in etcd).
+    VERSION: the key's version, i.e. its last modification revision (0 when
+    absent). CREATE: the revision that created it (0 when absent). EXISTS:
+    whether the key exists (operand a bool, operator = or !=)."""
+
+    VALUE = 0
+    VERSION = 1
+    CREATE = 2
+    EXISTS = 3
+
+
+class CompareOp(IntEnum):
+    EQUAL = 0
+    NOT_EQUAL = 1
+    LESS = 2
+    GREATER = 3
+
+
+class TxnOpKind(IntEnum):
+    PUT = 0  # key, value
+    DELETE = 1  # key, optional range_end
+    RANGE = 2  # key, optional range_end, limit, keys_only, count_only
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One comparison of a transaction (see CompareTarget)."""
+
+    target: CompareTarget
+    op: CompareOp
+    key: bytes
+    operand: bytes | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class TxnOp:
+    """One operation of a transaction's branch: PUT key value, DELETE key
+    (or [key, range_end)), RANGE over key (or [key, range_end))."""
+
+    kind: TxnOpKind
+    key: bytes
+    range_end: bytes | None = None
+    value: bytes | None = None
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """If every comparison holds, the success operations run, else the
+    failure ones; in order, as one command at one revision."""
+
+    compares: tuple[Compare, ...] = ()
+    success: tuple[TxnOp, ...] = ()
+    failure: tuple[TxnOp, ...] = ()
+
+
+class KeyValue(NamedTuple):
+    """One key of a range reply. `value` is None when keys only were asked
+    for; `version` is the last modification revision."""
+
+    key: bytes
+    value: bytes | None
+    version: int
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """One range reply: the keys of [key, next_key) (of [key, range_end)
+    when `more` is False), `count` of them (also when count only, with
+    `kvs` empty). `more`: keys remain from `next_key` on."""
+
+    kvs: tuple[KeyValue, ...] = ()
+    count: int = 0
+    more: bool = False
+    next_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """One result per operation of the branch that ran, in order."""
+
+    responses: tuple[RangeResult | DeleteResult | PutResult, ...]
+
+
+OpResult = RangeResult | DeleteResult | PutResult | TxnResult
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that covers exactly the keys starting with `prefix`:
+    its last byte below 0xff incremented, the rest cut; FROM_KEY when there
+    is none (b"", or only 0xff bytes)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return FROM_KEY
+    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 class Status(IntEnum):
     OK = 0
-    NOT_FOUND = 1  # GET or DELETE of an absent key
+    NOT_FOUND = 1  # GET or DELETE of an absent key; DELETE_RANGE that deleted nothing
     CAS_FAILED = 2  # CAS whose expectation did not hold; value/version = current
+    # ... and a TXN whose comparisons did not all hold: its failure branch ran
+    # (a retry, answered from the session record, still tells which branch)
     REDIRECT = 3  # not the leader; `leader` names the replica id to ask
     UNAVAILABLE = 4  # no leader known or the request could not be served now: retry
     BAD_REQUEST = 5  # malformed request; `error` says why; nothing changed
@@ -103,6 +256,9 @@ class Request:
     must be absent") or `expected_value`. STATUS: needs no other field (any
     replica answers it itself, for a health check as well as for a client);
     the others, if set, are type-checked by the decoder and otherwise ignored.
+    RANGE: key, range_end (None: the key alone; FROM_KEY: no end), limit
+    (0: none), keys_only or count_only, stale. DELETE_RANGE: key, range_end.
+    TXN: txn, and an empty key.
     """
 
     op: Op
@@ -113,12 +269,21 @@ class Request:
     expected_value: bytes | None = None
     expected_version: int | None = None
     stale: bool = False
+    range_end: bytes | None = None
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+    txn: Txn | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """One reply. `version` is the key's modification revision (0 = absent).
-    `info` carries the STATUS report (a dict of str to str/int)."""
+    """One reply. `version` is the key's modification revision (0 = absent);
+    for RANGE the store's revision when it was read, for DELETE_RANGE the
+    revision of the delete, for TXN the store's revision after it.
+    `info` carries the STATUS report (a dict of str to str/int), `result`
+    the outcome of a RANGE, DELETE_RANGE or TXN (None in a retry's answer,
+    which comes from the session record: status and version only)."""
 
     status: Status
     value: bytes | None = None
@@ -126,6 +291,7 @@ class Response:
     leader: int | None = None
     error: str = ""
     info: dict[str, Any] | None = field(default=None)
+    result: OpResult | None = None
 
 
 def validate_request(req: Request) -> tuple[Status, str] | None:
@@ -138,10 +304,12 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
         return Status.BAD_REQUEST, f"client_id must be {CLIENT_ID_BYTES} bytes"
     if req.seq < 1:
         return Status.BAD_REQUEST, "seq must be >= 1"
-    if not req.key:
-        return Status.BAD_REQUEST, "key must not be empty"
-    if len(req.key) > MAX_KEY_BYTES:
-        return Status.TOO_LARGE, f"key is {len(req.key)} bytes; the limit is {MAX_KEY_BYTES}"
+    problem = _check_range_fields(req)
+    if problem is not None or req.op == Op.TXN:
+        return problem or _check_txn(req)
+    problem = _check_key(req.key, "key")
+    if problem is not None:
+        return problem
     for name in ("value", "expected_value"):
         v = getattr(req, name)
         if v is not None and len(v) > MAX_VALUE_BYTES:
@@ -160,32 +328,168 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
     return None
 
 
+def _check_key(key: bytes, name: str) -> tuple[Status, str] | None:
+    if not key:
+        return Status.BAD_REQUEST, f"{name} must not be empty"
+    if len(key) > MAX_KEY_BYTES:
+        return Status.TOO_LARGE, f"{name} is {len(key)} bytes; the limit is {MAX_KEY_BYTES}"
+    return None
+
+
+def _check_range(
+    range_end: bytes | None, limit: int, keys_only: bool, count_only: bool
+) -> tuple[Status, str] | None:
+    if range_end is not None and len(range_end) > MAX_KEY_BYTES:
+        return Status.TOO_LARGE, (
+            f"range_end is {len(range_end)} bytes; the limit is {MAX_KEY_BYTES}"
+        )
+    if not 0 <= limit <= _MAX_LIMIT:
+        return Status.BAD_REQUEST, "limit must be >= 0 (0: no limit)"
+    if keys_only and count_only:
+        return Status.BAD_REQUEST, "keys_only and count_only exclude each other"
+    return None
+
+
+def _check_range_fields(req: Request) -> tuple[Status, str] | None:
+    """The range fields belong to RANGE (all) and DELETE_RANGE (range_end),
+    the txn to TXN, and the values to PUT and CAS: anything else is refused,
+    so that a request means one thing."""
+    op = req.op
+    if op in (Op.RANGE, Op.DELETE_RANGE, Op.TXN) and (
+        req.value is not None or req.expected_value is not None or req.expected_version is not None
+    ):
+        return Status.BAD_REQUEST, f"{op.name} takes no value or expectation"
+    if op != Op.RANGE and (req.limit or req.keys_only or req.count_only):
+        return Status.BAD_REQUEST, "limit, keys_only and count_only are for RANGE only"
+    if op not in (Op.RANGE, Op.DELETE_RANGE) and req.range_end is not None:
+        return Status.BAD_REQUEST, "range_end is for RANGE and DELETE_RANGE only"
+    if (op == Op.TXN) != (req.txn is not None):
+        return Status.BAD_REQUEST, "TXN needs a txn, and only TXN takes one"
+    if op == Op.TXN and req.key:
+        return Status.BAD_REQUEST, "TXN takes no key (its operations name theirs)"
+    return _check_range(req.range_end, req.limit, req.keys_only, req.count_only)
+
+
+def _check_txn(req: Request) -> tuple[Status, str] | None:
+    """The transaction's bounds and each comparison and operation."""
+    txn = req.txn
+    assert txn is not None  # _check_range_fields
+    if len(txn.compares) > MAX_TXN_COMPARES:
+        return Status.TOO_LARGE, (
+            f"{len(txn.compares)} comparisons; a transaction has at most {MAX_TXN_COMPARES}"
+        )
+    for name, ops in (("success", txn.success), ("failure", txn.failure)):
+        if len(ops) > MAX_TXN_OPS:
+            return Status.TOO_LARGE, (
+                f"{len(ops)} {name} operations; a transaction has at most {MAX_TXN_OPS} per branch"
+            )
+    size = 0
+    for i, cmp in enumerate(txn.compares):
+        problem = _check_compare(cmp)
+        if problem is not None:
+            return problem[0], f"comparison {i + 1}: {problem[1]}"
+        size += len(cmp.key) + (len(cmp.operand) if isinstance(cmp.operand, bytes) else 0)
+    for name, ops in (("success", txn.success), ("failure", txn.failure)):
+        for i, op in enumerate(ops):
+            problem = _check_txn_op(op)
+            if problem is not None:
+                return problem[0], f"{name} operation {i + 1}: {problem[1]}"
+            size += len(op.key) + len(op.range_end or b"") + len(op.value or b"")
+    if size > MAX_TXN_BYTES:
+        return Status.TOO_LARGE, (
+            f"the transaction's keys and values are {size} bytes; the limit is {MAX_TXN_BYTES}"
+        )
+    return None
+
+
+def _check_compare(cmp: Compare) -> tuple[Status, str] | None:
+    problem = _check_key(cmp.key, "key")
+    if problem is not None:
+        return problem
+    target, operand = cmp.target, cmp.operand
+    if target == CompareTarget.EXISTS:
+        if type(operand) is not bool:
+            return Status.BAD_REQUEST, "an existence comparison takes true or false"
+        if cmp.op not in (CompareOp.EQUAL, CompareOp.NOT_EQUAL):
+            return Status.BAD_REQUEST, "an existence comparison takes = or !="
+    elif target == CompareTarget.VALUE:
+        if type(operand) is not bytes:
+            return Status.BAD_REQUEST, "a value comparison takes bytes"
+        if len(operand) > MAX_VALUE_BYTES:
+            return Status.TOO_LARGE, (
+                f"compared value is {len(operand)} bytes; the limit is {MAX_VALUE_BYTES}"
+            )
+    elif type(operand) is not int or not 0 <= operand <= _MAX_LIMIT:
+        return Status.BAD_REQUEST, f"a {target.name.lower()} comparison takes an integer >= 0"
+    return None
+
+
+def _check_txn_op(op: TxnOp) -> tuple[Status, str] | None:
+    problem = _check_key(op.key, "key")
+    if problem is not None:
+        return problem
+    if op.kind == TxnOpKind.PUT:
+        if op.value is None:
+            return Status.BAD_REQUEST, "put needs a value"
+        if len(op.value) > MAX_VALUE_BYTES:
+            return Status.TOO_LARGE, (
+                f"value is {len(op.value)} bytes; the limit is {MAX_VALUE_BYTES}"
+            )
+        if op.range_end is not None:
+            return Status.BAD_REQUEST, "put takes no range_end"
+    elif op.value is not None:
+        return Status.BAD_REQUEST, f"{op.kind.name.lower()} takes no value"
+    if op.kind != TxnOpKind.RANGE and (op.limit or op.keys_only or op.count_only):
+        return Status.BAD_REQUEST, "limit, keys_only and count_only are for range only"
+    return _check_range(op.range_end, op.limit, op.keys_only, op.count_only)
+
+
+def _encode_txn(txn: Txn) -> list:
+    return [
+        [[int(c.target), int(c.op), c.key, c.operand] for c in txn.compares],
+        *(
+            [
+                [int(o.kind), o.key, o.range_end, o.value, o.limit, o.keys_only, o.count_only]
+                for o in ops
+            ]
+            for ops in (txn.success, txn.failure)
+        ),
+    ]
+
+
 def encode_request(req: Request) -> bytes:
-    return msgpack.packb(
-        [
-            PROTOCOL_VERSION,
-            int(req.op),
-            req.client_id,
-            req.seq,
-            req.key,
-            req.value,
-            req.expected_value,
-            req.expected_version,
-            req.stale,
-        ],
-        use_bin_type=True,
-    )
+    fields = [
+        PROTOCOL_VERSION,
+        int(req.op),
+        req.client_id,
+        req.seq,
+        req.key,
+        req.value,
+        req.expected_value,
+        req.expected_version,
+        req.stale,
+    ]
+    extra = (req.range_end, req.limit, req.keys_only, req.count_only, req.txn)
+    if extra != (None, 0, False, False, None):
+        txn = None if req.txn is None else _encode_txn(req.txn)
+        fields.append([req.range_end, req.limit, req.keys_only, req.count_only, txn])
+    return msgpack.packb(fields, use_bin_type=True)
 
 
-def _unpack_array(frame: bytes, length: int, what: str) -> list:
+def _unpack_array(frame: bytes, length: int, what: str, optional: int = 0) -> list:
+    """The frame's array of `length` fields, or of `length + 1` with
+    `optional` (the trailing field, None when absent)."""
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"{what} frame must be bytes")
     try:
         obj = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
         raise ProtocolError(f"undecodable {what}: {type(exc).__name__}") from None
-    if not isinstance(obj, list) or len(obj) != length:
-        raise ProtocolError(f"{what} must be an array of {length} fields")
+    if not isinstance(obj, list) or not length <= len(obj) <= length + optional:
+        fields = f"{length} or {length + 1}" if optional else f"{length}"
+        raise ProtocolError(f"{what} must be an array of {fields} fields")
+    if len(obj) == length and optional:
+        obj.append(None)
     # `type(...) is int`: True and 1.0 compare equal to 1 but are not version 1.
     if type(obj[0]) is not int or obj[0] != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {obj[0]!r}")
@@ -216,16 +520,12 @@ def decode_request(frame: bytes) -> Request:
     too_large = _oversize(frame)
     if too_large is not None:
         raise ProtocolError(too_large)
-    _, op, client_id, seq, key, value, exp_value, exp_version, stale = _unpack_array(
-        frame, 9, "request"
+    _, op, client_id, seq, key, value, exp_value, exp_version, stale, extra = _unpack_array(
+        frame, 9, "request", optional=1
     )
-    _check(op, int, "op")  # outside the try: ProtocolError is a ValueError
-    try:
-        op = Op(op)
-    except ValueError:
-        raise ProtocolError(f"unknown op {op!r}") from None
+    range_end, limit, keys_only, count_only, txn = _range_fields(extra, "request")
     return Request(
-        op=op,
+        op=_enum(Op, op, "op"),
         client_id=_check(client_id, bytes, "client_id"),
         seq=_check(seq, int, "seq"),
         key=_check(key, bytes, "key"),
@@ -233,6 +533,75 @@ def decode_request(frame: bytes) -> Request:
         expected_value=_check(exp_value, (bytes, type(None)), "expected_value"),
         expected_version=_check(exp_version, (int, type(None)), "expected_version"),
         stale=_check(stale, bool, "stale"),
+        range_end=range_end,
+        limit=limit,
+        keys_only=keys_only,
+        count_only=count_only,
+        txn=None if txn is None else _decode_txn(txn),
+    )
+
+
+_E = TypeVar("_E", bound=IntEnum)
+
+
+def _enum(kind: type[_E], value: Any, name: str) -> _E:
+    _check(value, int, name)  # outside the try: ProtocolError is a ValueError
+    try:
+        return kind(value)
+    except ValueError:
+        raise ProtocolError(f"unknown {name} {value!r}") from None
+
+
+def _fields(value: Any, length: int, name: str) -> list:
+    if not isinstance(value, list) or len(value) != length:
+        raise ProtocolError(f"{name} must be an array of {length} fields")
+    return value
+
+
+def _range_fields(extra: Any, name: str) -> tuple[bytes | None, int, bool, bool, Any]:
+    """(range_end, limit, keys_only, count_only, txn) of a request's tenth
+    field or of a transaction's operation; the defaults when it is absent."""
+    if extra is None:
+        return None, 0, False, False, None
+    range_end, limit, keys_only, count_only, txn = _fields(extra, 5, name + " range fields")
+    return (
+        _check(range_end, (bytes, type(None)), "range_end"),
+        _check(limit, int, "limit"),
+        _check(keys_only, bool, "keys_only"),
+        _check(count_only, bool, "count_only"),
+        _check(txn, (list, type(None)), "txn"),
+    )
+
+
+def _decode_txn(txn: list) -> Txn:
+    compares, success, failure = _fields(txn, 3, "txn")
+    return Txn(
+        tuple(_decode_compare(c) for c in _check(compares, list, "compares")),
+        tuple(_decode_txn_op(o) for o in _check(success, list, "success")),
+        tuple(_decode_txn_op(o) for o in _check(failure, list, "failure")),
+    )
+
+
+def _decode_compare(raw: Any) -> Compare:
+    target, op, key, operand = _fields(raw, 4, "a comparison")
+    return Compare(
+        _enum(CompareTarget, target, "compare target"),
+        _enum(CompareOp, op, "compare operator"),
+        _check(key, bytes, "compare key"),
+        _check(operand, (bytes, int, bool), "compare operand"),
+    )
+
+
+def _decode_txn_op(raw: Any) -> TxnOp:
+    kind, key, range_end, value, limit, keys_only, count_only = _fields(raw, 7, "an operation")
+    return TxnOp(
+        _enum(TxnOpKind, kind, "operation kind"),
+        _check(key, bytes, "operation key"),
+        _check(range_end, (bytes, type(None)), "range_end"),
+        _check(value, (bytes, type(None)), "operation value"),
+        _check(limit, int, "limit"),
+        _check(keys_only, bool, "keys_only"),
+        _check(count_only, bool, "count_only"),
     )
 
 
@@ -267,35 +636,79 @@ def parse_request(frame: bytes) -> Request | Response:
     return req
 
 
-def encode_response(resp: Response) -> bytes:
-    return msgpack.packb(
-        [
-            PROTOCOL_VERSION,
-            int(resp.status),
-            resp.value,
-            resp.version,
-            resp.leader,
-            resp.error,
-            resp.info,
-        ],
-        use_bin_type=True,
+_RANGE_TAG, _DELETE_TAG, _PUT_TAG, _TXN_TAG = 1, 2, 3, 4
+
+
+def _encode_result(result: OpResult) -> list:
+    if isinstance(result, RangeResult):
+        kvs = [list(kv) for kv in result.kvs]
+        return [_RANGE_TAG, kvs, result.count, result.more, result.next_key]
+    if isinstance(result, DeleteResult):
+        return [_DELETE_TAG, result.deleted]
+    if isinstance(result, PutResult):
+        return [_PUT_TAG, result.version]
+    return [_TXN_TAG, [_encode_result(r) for r in result.responses]]
+
+
+def _decode_result(raw: Any, nested: bool = False) -> OpResult:
+    if not isinstance(raw, list) or not raw:
+        raise ProtocolError("result must be a tagged array")
+    tag = _check(raw[0], int, "result tag")
+    if tag == _RANGE_TAG:
+        _, kvs, count, more, next_key = _fields(raw, 5, "a range result")
+        return RangeResult(
+            tuple(_decode_kv(kv) for kv in _check(kvs, list, "kvs")),
+            _check(count, int, "count"),
+            _check(more, bool, "more"),
+            _check(next_key, (bytes, type(None)), "next_key"),
+        )
+    if tag == _DELETE_TAG:
+        return DeleteResult(_check(_fields(raw, 2, "a delete result")[1], int, "deleted"))
+    if tag == _PUT_TAG:
+        return PutResult(_check(_fields(raw, 2, "a put result")[1], int, "version"))
+    if tag == _TXN_TAG and not nested:
+        responses = _check(_fields(raw, 2, "a txn result")[1], list, "responses")
+        return TxnResult(tuple(_decode_result(r, nested=True) for r in responses))
+    raise ProtocolError(f"unknown result tag {tag!r}")
+
+
+def _decode_kv(raw: Any) -> KeyValue:
+    key, value, version, create = _fields(raw, 4, "a key-value")
+    return KeyValue(
+        _check(key, bytes, "kv key"),
+        _check(value, (bytes, type(None)), "kv value"),
+        _check(version, int, "kv version"),
+        _check(create, int, "kv create_revision"),
     )
 
 
+def encode_response(resp: Response) -> bytes:
+    fields = [
+        PROTOCOL_VERSION,
+        int(resp.status),
+        resp.value,
+        resp.version,
+        resp.leader,
+        resp.error,
+        resp.info,
+    ]
+    if resp.result is not None:
+        fields.append(_encode_result(resp.result))
+    return msgpack.packb(fields, use_bin_type=True)
+
+
 def decode_response(frame: bytes) -> Response:
-    _, status, value, version, leader, error, info = _unpack_array(frame, 7, "response")
-    _check(status, int, "status")  # outside the try: ProtocolError is a ValueError
-    try:
-        status = Status(status)
-    except ValueError:
-        raise ProtocolError(f"unknown status {status!r}") from None
+    _, status, value, version, leader, error, info, result = _unpack_array(
+        frame, 7, "response", optional=1
+    )
     return Response(
-        status=status,
+        status=_enum(Status, status, "status"),
         value=_check(value, (bytes, type(None)), "value"),
         version=_check(version, int, "version"),
         leader=_check(leader, (int, type(None)), "leader"),
         error=_check(error, str, "error"),
         info=_check(info, (dict, type(None)), "info"),
+        result=None if result is None else _decode_result(result),
     )
 
 

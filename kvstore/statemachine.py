@@ -14,7 +14,8 @@ instead of raising.
 Key layout. The state machine owns these prefixes of the replica's single
 LevelDB (the others belong to replica/storage.py and are never touched here):
 
-    d0|d1 + key                  -> msgpack [value, version]         KV data
+    d0|d1 + key                  -> msgpack [value, version,
+                                             create_revision]    KV data
     s0|s1 + client_id            -> msgpack [last_seq, digest, last_used,
                                              status, version]        sessions
     t0|t1 + last_used + client_id -> b""           sessions by last use
@@ -44,6 +45,24 @@ same call read the earlier ones' effects from in-memory overlays.
 Versions follow etcd's mod_revision: a global `revision` counts the successful
 writes; a key's version is the revision of its last modification and an absent
 key has version 0. DELETE of an absent key is NOT_FOUND and does not count.
+A key's create_revision is the revision that created it (kept across
+overwrites; a record of the release before it, [value, version], is read
+with create_revision = version, the oldest revision it is known to have).
+
+Ranges and transactions. A RANGE is read from a LevelDB iterator over the
+current generation's `d` prefix, in key order, bounded by MAX_RANGE_KEYS
+keys and about MAX_RANGE_REPLY_BYTES (kvstore/limits.py), with a
+continuation (`RangeResult.more`, `next_key`). A DELETE_RANGE and a TXN are
+one command each, applied at ONE revision (every key they write gets it as
+its version; the revision counts them once, and not at all when they
+change nothing). They run on a `_Layer` over the pending state, which
+reaches the pending state only when the command completes: a transaction
+refused halfway (a delete range over MAX_DELETE_RANGE_KEYS) leaves nothing
+behind. Their reads see the writes of the operations before them in the
+same transaction; everything depends on the state and the command only, so
+every replica computes the same outcome. A TXN whose comparisons do not all
+hold runs its failure operations and is answered CAS_FAILED; its session
+record keeps that status and the revision, like any write's, and no value.
 
 Sessions (exactly once, bounded). Per client id the record keeps the last
 applied seq, an 8-byte blake2b digest of that request's bytes, the log time
@@ -113,6 +132,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -121,16 +141,35 @@ from typing import Any, NamedTuple
 import msgpack
 import plyvel
 
-from kvstore.limits import SESSION_EXPIRY_PER_CLOCK, SESSION_TTL_MS
+from kvstore.limits import (
+    MAX_DELETE_RANGE_KEYS,
+    MAX_RANGE_KEYS,
+    MAX_RANGE_REPLY_BYTES,
+    SESSION_EXPIRY_PER_CLOCK,
+    SESSION_TTL_MS,
+)
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
+    FROM_KEY,
     WRITE_OPS,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteResult,
+    KeyValue,
     Op,
+    PutResult,
+    RangeResult,
     Request,
     Response,
     Status,
+    Txn,
+    TxnOp,
+    TxnOpKind,
+    TxnResult,
     decode_clock,
     parse_request,
+    prefix_end,
 )
 
 META_PREFIX = b"m"
@@ -143,6 +182,7 @@ _OLD_META_BYTES = 16  # applied_index, revision: the layout before generations
 _TIME = struct.Struct(">Q")
 _LENGTHS = struct.Struct(">II")  # key and record length, for the checksum
 _DIGEST_BYTES = 8
+_DATA_RECORD_TYPES = ([bytes, int, int], [bytes, int])  # the second: the previous release
 GC_BATCH_KEYS = 1000
 """Keys deleted per batch when a generation is discarded or collected."""
 
@@ -159,6 +199,8 @@ the command is a clock command or could not be decoded or validated (nobody
 to answer)."""
 
 _ABSENT: tuple[bytes | None, int] = (None, 0)
+_Record = tuple[bytes, int, int]
+"""A key's (value, version, create_revision)."""
 _STALE = Response(Status.BAD_REQUEST, error="stale sequence number")
 _CLOCK_DONE = Response(Status.OK)
 
@@ -171,9 +213,16 @@ def _unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, use_list=True)
 
 
-def _range_end(prefix: bytes) -> bytes:
-    """The first key after every key that starts with `prefix`."""
-    return prefix[:-1] + bytes([prefix[-1] + 1])
+_range_end = prefix_end  # of the state machine's own prefixes (never 0xff)
+
+
+def _record(raw: bytes) -> _Record:
+    """A stored data record; the two-field form of the previous release has
+    no create_revision: its version stands in."""
+    fields = _unpack(raw)
+    if len(fields) == 2:
+        return fields[0], fields[1], fields[1]
+    return fields[0], fields[1], fields[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,20 +469,39 @@ class _Pending:
 
     def read(self, key: bytes) -> tuple[bytes | None, int]:
         """(value, version) of `key`, or (None, 0) when absent."""
+        record = self.record(key)
+        return _ABSENT if record is None else record[:2]
+
+    def record(self, key: bytes) -> _Record | None:
         if key in self.data:
-            entry = self.data[key]
-            return _ABSENT if entry is None else entry
+            return self.data[key]
         raw = self.db.get(self.gen.data + key)
-        if raw is None:
-            return _ABSENT
-        value, version = _unpack(raw)
-        return value, version
+        return None if raw is None else _record(raw)
+
+    def scan(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, _Record]]:
+        """The keys in [start, end) (end None: no end) in key order, with
+        their records, this call's changes included."""
+        gen = self.gen
+        stored = self.db.iterator(
+            start=gen.data + start,
+            stop=_range_end(gen.data) if end is None else gen.data + end,
+        )
+        skip = len(gen.data)
+        below = ((db_key[skip:], _record(raw)) for db_key, raw in stored)
+        return _merged(self.data, start, end, below)
 
     def write(self, key: bytes, value: bytes | None) -> int:
         """Sets (or with None deletes) `key` at the next revision."""
         self.revision += 1
-        self.data[key] = None if value is None else (value, self.revision)
+        self._set(key, value, self.revision)
         return self.revision
+
+    def _set(self, key: bytes, value: bytes | None, revision: int) -> None:
+        if value is None:
+            self.data[key] = None
+            return
+        old = self.record(key)
+        self.data[key] = (value, revision, revision if old is None else old[2])
 
     def flush(self, batch: plyvel.WriteBatch) -> None:
         for key, entry in self.data.items():
@@ -442,6 +510,197 @@ class _Pending:
             else:
                 batch.put(self.gen.data + key, _pack(entry))
         self.sessions.flush(batch)
+
+
+def _merged(
+    overlay: dict[bytes, _Record | None],
+    start: bytes,
+    end: bytes | None,
+    below: Iterator[tuple[bytes, _Record]],
+) -> Iterator[tuple[bytes, _Record]]:
+    """`below` (key, record) pairs in key order with the changes in
+    `overlay` (None: deleted) in [start, end) laid over them."""
+    mine = sorted(k for k in overlay if start <= k and (end is None or k < end))
+    i = 0
+    for key, record in below:
+        while i < len(mine) and mine[i] < key:
+            entry = overlay[mine[i]]
+            if entry is not None:
+                yield mine[i], entry
+            i += 1
+        if i < len(mine) and mine[i] == key:
+            entry = overlay[key]
+            i += 1
+            if entry is not None:
+                yield key, entry
+            continue
+        yield key, record
+    for key in mine[i:]:
+        entry = overlay[key]
+        if entry is not None:
+            yield key, entry
+
+
+def _bounds(key: bytes, range_end: bytes | None) -> tuple[bytes, bytes | None] | None:
+    """[start, end) of a range request (end None: no end), or None if empty."""
+    if range_end is None:
+        return key, key + b"\0"  # the key alone
+    if range_end == FROM_KEY:
+        return key, None
+    return (key, range_end) if key < range_end else None
+
+
+@dataclass(slots=True)
+class _Budget:
+    """What a range reply may still carry: one RANGE's, or a TXN's reads together."""
+
+    keys: int = MAX_RANGE_KEYS
+    bytes: int = MAX_RANGE_REPLY_BYTES
+
+
+def _gather(
+    entries: Iterable[tuple[bytes, _Record | None]],
+    op: Request | TxnOp,
+    budget: _Budget,
+    progress: bool,
+) -> RangeResult:
+    """The range reply over `entries` for `op`'s limit, keys_only and
+    count_only, within `budget`; `progress`: at least one key, whatever its
+    size (a RANGE; a transaction's reads stop where its budget ends)."""
+    kvs: list[KeyValue] = []
+    count = 0
+    limit, keys_only, count_only = op.limit, op.keys_only, op.count_only
+    for key, record in entries:
+        size = 0 if count_only else len(key) + (0 if keys_only else len(record[0]))
+        if (
+            count == limit > 0
+            or budget.keys <= 0
+            or (size > budget.bytes and (count > 0 or not progress))
+        ):
+            return RangeResult(tuple(kvs), count, True, key)
+        count += 1
+        budget.keys -= 1
+        budget.bytes -= size
+        if not count_only:
+            kvs.append(KeyValue(key, None if keys_only else record[0], record[1], record[2]))
+    return RangeResult(tuple(kvs), count, False, None)
+
+
+class _Layer:
+    """The writes of one DELETE_RANGE or TXN over the pending state, all at
+    the revision after it, kept apart until `commit`: a command refused
+    halfway leaves nothing behind."""
+
+    __slots__ = ("data", "deletes_left", "pending", "revision", "wrote")
+
+    def __init__(self, pending: _Pending) -> None:
+        self.pending = pending
+        self.data: dict[bytes, _Record | None] = {}
+        self.revision = pending.revision + 1
+        self.wrote = False
+        self.deletes_left = MAX_DELETE_RANGE_KEYS
+
+    def record(self, key: bytes) -> _Record | None:
+        if key in self.data:
+            return self.data[key]
+        return self.pending.record(key)
+
+    def scan(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, _Record]]:
+        return _merged(self.data, start, end, self.pending.scan(start, end))
+
+    def put(self, key: bytes, value: bytes) -> None:
+        old = self.record(key)
+        self.data[key] = (value, self.revision, self.revision if old is None else old[2])
+        self.wrote = True
+
+    def delete_range(self, key: bytes, range_end: bytes | None) -> int | Response:
+        """Deletes the keys of the range; their number, or the TOO_LARGE
+        response when there are more than this command may still delete."""
+        bounds = _bounds(key, range_end)
+        if bounds is None:
+            return 0
+        doomed = [k for k, _ in itertools.islice(self.scan(*bounds), self.deletes_left + 1)]
+        if len(doomed) > self.deletes_left:
+            return Response(
+                Status.TOO_LARGE,
+                error=f"the range holds more keys than one command may delete "
+                f"({MAX_DELETE_RANGE_KEYS}); nothing was deleted: delete narrower ranges",
+            )
+        self.deletes_left -= len(doomed)
+        for k in doomed:
+            self.data[k] = None
+        self.wrote = self.wrote or bool(doomed)
+        return len(doomed)
+
+    def commit(self) -> int:
+        """Lays the writes onto the pending state; returns the revision after."""
+        if self.wrote:
+            pending = self.pending
+            pending.revision = self.revision
+            for key, entry in self.data.items():
+                pending.data[key] = entry
+        return self.pending.revision
+
+
+def _holds(cmp: Compare, record: _Record | None) -> bool:
+    """Whether one comparison of a transaction holds (CompareTarget says how)."""
+    target = cmp.target
+    if target is CompareTarget.EXISTS:
+        actual: bytes | int | bool = record is not None
+    elif target is CompareTarget.VALUE:
+        if record is None:
+            return False  # as etcd: a value comparison needs the key
+        actual = record[0]
+    else:
+        actual = 0 if record is None else record[1 if target is CompareTarget.VERSION else 2]
+    operand = cmp.operand
+    if cmp.op is CompareOp.EQUAL:
+        return actual == operand
+    if cmp.op is CompareOp.NOT_EQUAL:
+        return actual != operand
+    if cmp.op is CompareOp.LESS:
+        return actual < operand
+    return actual > operand
+
+
+def _run_op(
+    op: TxnOp, layer: _Layer, budget: _Budget
+) -> RangeResult | DeleteResult | PutResult | Response:
+    """One operation of a transaction's branch; a Response refuses it all."""
+    if op.kind is TxnOpKind.PUT:
+        assert op.value is not None  # validate_request
+        layer.put(op.key, op.value)
+        return PutResult(layer.revision)
+    if op.kind is TxnOpKind.DELETE:
+        deleted = layer.delete_range(op.key, op.range_end)
+        return deleted if isinstance(deleted, Response) else DeleteResult(deleted)
+    bounds = _bounds(op.key, op.range_end)
+    return _gather(() if bounds is None else layer.scan(*bounds), op, budget, progress=False)
+
+
+def _execute_txn(txn: Txn, pending: _Pending) -> Response:
+    layer = _Layer(pending)
+    holds = all(_holds(cmp, layer.record(cmp.key)) for cmp in txn.compares)
+    budget = _Budget()
+    results = []
+    for op in txn.success if holds else txn.failure:
+        result = _run_op(op, layer, budget)
+        if isinstance(result, Response):
+            return result
+        results.append(result)
+    revision = layer.commit()
+    status = Status.OK if holds else Status.CAS_FAILED
+    return Response(status, version=revision, result=TxnResult(tuple(results)))
+
+
+def _execute_delete_range(req: Request, pending: _Pending) -> Response:
+    layer = _Layer(pending)
+    deleted = layer.delete_range(req.key, req.range_end)
+    if isinstance(deleted, Response):
+        return deleted
+    if deleted == 0:
+        return Response(Status.NOT_FOUND, result=DeleteResult(0))
+    return Response(Status.OK, version=layer.commit(), result=DeleteResult(deleted))
 
 
 def _parse(command: bytes) -> Request | Response:
@@ -458,6 +717,11 @@ def _execute(req: Request, pending: _Pending) -> Response:
     key = req.key
     if req.op == Op.PUT:
         return Response(Status.OK, version=pending.write(key, req.value))
+    if req.op == Op.TXN:
+        assert req.txn is not None  # validate_request
+        return _execute_txn(req.txn, pending)
+    if req.op == Op.DELETE_RANGE:
+        return _execute_delete_range(req, pending)
     current, version = pending.read(key)
     if req.op == Op.DELETE:
         if current is None:
@@ -636,8 +900,32 @@ class KVStateMachine:
         raw = self._db.get(self._gen.data + key)
         if raw is None:
             return None
-        value, version = _unpack(raw)
+        value, version, _ = _record(raw)
         return value, version
+
+    def read_range(self, req: Request) -> Response:
+        """The reply to a RANGE request as of `applied_index`: OK, the
+        revision, and a RangeResult within MAX_RANGE_KEYS keys and about
+        MAX_RANGE_REPLY_BYTES (at least one key), with a continuation."""
+        bounds = _bounds(req.key, req.range_end)
+        entries: Iterable[tuple[bytes, _Record | None]] = ()
+        if bounds is not None:
+            entries = self._scan(*bounds, values=not req.count_only)
+        result = _gather(entries, req, _Budget(), progress=True)
+        return Response(Status.OK, version=self.revision, result=result)
+
+    def _scan(
+        self, start: bytes, end: bytes | None, values: bool
+    ) -> Iterator[tuple[bytes, _Record | None]]:
+        data = self._gen.data
+        stop = _range_end(data) if end is None else data + end
+        skip = len(data)
+        if not values:  # count only: no record is decoded
+            for db_key in self._db.iterator(start=data + start, stop=stop, include_value=False):
+                yield db_key[skip:], None
+            return
+        for db_key, raw in self._db.iterator(start=data + start, stop=stop):
+            yield db_key[skip:], _record(raw)
 
     def key_count(self) -> int:
         return sum(1 for _ in self._db.iterator(prefix=self._gen.data, include_value=False))
@@ -830,7 +1118,7 @@ def _stage_item(
     kind, rest = key[:1], key[1:]
     if kind == SNAPSHOT_DATA and rest:
         fields = _unpack(record)
-        if not isinstance(fields, list) or [type(f) for f in fields] != [bytes, int]:
+        if not isinstance(fields, list) or [type(f) for f in fields] not in _DATA_RECORD_TYPES:
             raise ValueError("malformed data record in snapshot")
         batch.put(target.data + rest, record)
         return None

@@ -11,15 +11,34 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvstore.limits import MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_VALUE_BYTES
+from kvstore.limits import (
+    MAX_KEY_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_TXN_BYTES,
+    MAX_TXN_COMPARES,
+    MAX_TXN_OPS,
+    MAX_VALUE_BYTES,
+)
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
+    FROM_KEY,
     PROTOCOL_VERSION,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteResult,
+    KeyValue,
     Op,
     ProtocolError,
+    PutResult,
+    RangeResult,
     Request,
     Response,
     Status,
+    Txn,
+    TxnOp,
+    TxnOpKind,
+    TxnResult,
     decode_clock,
     decode_request,
     decode_response,
@@ -27,10 +46,26 @@ from kvstore.protocol import (
     encode_request,
     encode_response,
     parse_request,
+    prefix_end,
     validate_request,
 )
 
 CID = b"c" * CLIENT_ID_BYTES
+TXN = Txn(
+    (
+        Compare(CompareTarget.VALUE, CompareOp.EQUAL, b"a", b"1"),
+        Compare(CompareTarget.VERSION, CompareOp.LESS, b"b", 7),
+        Compare(CompareTarget.CREATE, CompareOp.GREATER, b"c", 0),
+        Compare(CompareTarget.EXISTS, CompareOp.NOT_EQUAL, b"d", True),
+    ),
+    (
+        TxnOp(TxnOpKind.PUT, b"a", value=b"2"),
+        TxnOp(TxnOpKind.DELETE, b"b"),
+        TxnOp(TxnOpKind.DELETE, b"p/", b"p0"),
+        TxnOp(TxnOpKind.RANGE, b"q/", b"q0", limit=3, keys_only=True),
+    ),
+    (TxnOp(TxnOpKind.RANGE, b"a", count_only=True),),
+)
 
 # --- round trips ------------------------------------------------------------------
 
@@ -44,8 +79,17 @@ REQUESTS = [
     Request(Op.CAS, CID, 7, b"k", b"new", expected_version=0),
     Request(Op.CAS, CID, 8, b"k", b"new", expected_version=12345),
     Request(Op.STATUS),
+    Request(Op.RANGE, CID, 9, b"p/", range_end=b"p0"),
+    Request(Op.RANGE, CID, 9, b"p/", range_end=FROM_KEY, limit=10, keys_only=True, stale=True),
+    Request(Op.RANGE, CID, 9, b"k", count_only=True),
+    Request(Op.DELETE_RANGE, CID, 10, b"p/", range_end=b"p0"),
+    Request(Op.TXN, CID, 11, txn=TXN),
+    Request(Op.TXN, CID, 12, txn=Txn()),
 ]
 
+RANGE_RESULT = RangeResult(
+    (KeyValue(b"p/1", b"one", 4, 2), KeyValue(b"p/2", None, 5, 5)), 2, True, b"p/3"
+)
 RESPONSES = [
     Response(Status.OK, version=3),
     Response(Status.OK, value=b"v", version=7),
@@ -58,6 +102,14 @@ RESPONSES = [
     Response(Status.TOO_LARGE, error="key is 5000 bytes"),
     Response(Status.SESSION_EXPIRED, error="session expired or unknown: start a new session"),
     Response(Status.OK, info={"id": 1, "role": "leader", "leader": 1, "commit_index": 10}),
+    Response(Status.OK, version=9, result=RANGE_RESULT),
+    Response(Status.OK, version=9, result=RangeResult()),
+    Response(Status.OK, version=9, result=DeleteResult(3)),
+    Response(
+        Status.CAS_FAILED,
+        version=9,
+        result=TxnResult((PutResult(9), DeleteResult(0), RANGE_RESULT)),
+    ),
 ]
 
 
@@ -110,6 +162,99 @@ def _req(op: Op = Op.PUT, **fields: Any) -> Request:
     return Request(op, **{**base, **fields})
 
 
+def _range(op: Op = Op.RANGE, **fields: Any) -> Request:
+    return Request(op, CID, 1, fields.pop("key", b"p/"), **fields)
+
+
+def _txn(*compares: Compare, success: Any = (), failure: Any = ()) -> Request:
+    return Request(Op.TXN, CID, 1, txn=Txn(compares, tuple(success), tuple(failure)))
+
+
+def _cmp(target: CompareTarget, operand: Any, op: CompareOp = CompareOp.EQUAL) -> Compare:
+    return Compare(target, op, b"k", operand)
+
+
+_PUT = TxnOp(TxnOpKind.PUT, b"k", value=b"v")
+_BIG = b"v" * MAX_VALUE_BYTES
+INVALID_RANGES_AND_TXNS = [
+    (_range(key=b""), Status.BAD_REQUEST, "key must not be empty"),
+    (_range(range_end=b"z" * (MAX_KEY_BYTES + 1)), Status.TOO_LARGE, "range_end"),
+    (_range(limit=-1), Status.BAD_REQUEST, "limit"),
+    (_range(limit=2**63), Status.BAD_REQUEST, "limit"),
+    (_range(keys_only=True, count_only=True), Status.BAD_REQUEST, "exclude"),
+    (_range(value=b"v"), Status.BAD_REQUEST, "RANGE takes no value"),
+    (_range(Op.DELETE_RANGE, limit=1), Status.BAD_REQUEST, "RANGE only"),
+    (_range(Op.DELETE_RANGE, expected_version=1), Status.BAD_REQUEST, "no value"),
+    (_req(Op.GET, value=None, range_end=b"z"), Status.BAD_REQUEST, "range_end is for"),
+    (_req(Op.PUT, keys_only=True), Status.BAD_REQUEST, "RANGE only"),
+    (_req(Op.PUT, txn=Txn()), Status.BAD_REQUEST, "only TXN"),
+    (Request(Op.TXN, CID, 1), Status.BAD_REQUEST, "TXN needs a txn"),
+    (Request(Op.TXN, CID, 1, b"k", txn=Txn()), Status.BAD_REQUEST, "no key"),
+    (Request(Op.TXN, CID, 0, txn=Txn()), Status.BAD_REQUEST, "seq"),
+    (
+        _txn(*[_cmp(CompareTarget.VERSION, 1)] * (MAX_TXN_COMPARES + 1)),
+        Status.TOO_LARGE,
+        "at most 128",
+    ),
+    (_txn(success=[_PUT] * (MAX_TXN_OPS + 1)), Status.TOO_LARGE, "129 success operations"),
+    (_txn(failure=[_PUT] * (MAX_TXN_OPS + 1)), Status.TOO_LARGE, "129 failure operations"),
+    (
+        _txn(success=[TxnOp(TxnOpKind.PUT, b"k", value=_BIG)] * 2),
+        Status.TOO_LARGE,
+        f"the limit is {MAX_TXN_BYTES}",
+    ),
+    (_txn(_cmp(CompareTarget.VALUE, 1)), Status.BAD_REQUEST, "comparison 1: a value"),
+    (_txn(_cmp(CompareTarget.VALUE, _BIG + b"!")), Status.TOO_LARGE, "compared value"),
+    (_txn(_cmp(CompareTarget.VERSION, b"1")), Status.BAD_REQUEST, "version comparison"),
+    (_txn(_cmp(CompareTarget.CREATE, -1)), Status.BAD_REQUEST, "create comparison"),
+    (_txn(_cmp(CompareTarget.VERSION, True)), Status.BAD_REQUEST, "integer"),
+    (_txn(_cmp(CompareTarget.EXISTS, 1)), Status.BAD_REQUEST, "true or false"),
+    (
+        _txn(_cmp(CompareTarget.EXISTS, True, CompareOp.LESS)),
+        Status.BAD_REQUEST,
+        "takes = or !=",
+    ),
+    (
+        _txn(
+            _cmp(CompareTarget.VERSION, 1), Compare(CompareTarget.VERSION, CompareOp.EQUAL, b"", 1)
+        ),
+        Status.BAD_REQUEST,
+        "comparison 2: key must not be empty",
+    ),
+    (_txn(success=[TxnOp(TxnOpKind.PUT, b"k")]), Status.BAD_REQUEST, "success operation 1: put"),
+    (
+        _txn(success=[TxnOp(TxnOpKind.PUT, b"k", value=_BIG + b"!")]),
+        Status.TOO_LARGE,
+        "value is",
+    ),
+    (
+        _txn(success=[TxnOp(TxnOpKind.PUT, b"k", b"z", value=b"v")]),
+        Status.BAD_REQUEST,
+        "put takes no range_end",
+    ),
+    (
+        _txn(failure=[_PUT, TxnOp(TxnOpKind.DELETE, b"k", value=b"v")]),
+        Status.BAD_REQUEST,
+        "failure operation 2: delete takes no value",
+    ),
+    (
+        _txn(success=[TxnOp(TxnOpKind.DELETE, b"k", limit=3)]),
+        Status.BAD_REQUEST,
+        "range only",
+    ),
+    (
+        _txn(success=[TxnOp(TxnOpKind.RANGE, b"k", keys_only=True, count_only=True)]),
+        Status.BAD_REQUEST,
+        "exclude",
+    ),
+    (
+        _txn(success=[TxnOp(TxnOpKind.RANGE, b"k" * (MAX_KEY_BYTES + 1))]),
+        Status.TOO_LARGE,
+        "key is",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     "req",
     [
@@ -121,6 +266,11 @@ def _req(op: Op = Op.PUT, **fields: Any) -> Request:
         _req(Op.CAS, expected_version=0),
         _req(Op.CAS, expected_value=b""),
         Request(Op.STATUS),
+        _range(range_end=b"a"),  # an empty range is not an error (etcd)
+        _range(key=b"\xff" * MAX_KEY_BYTES, range_end=FROM_KEY, limit=2**63 - 1),
+        _range(Op.DELETE_RANGE),
+        _txn(),
+        _txn(_cmp(CompareTarget.EXISTS, False), _cmp(CompareTarget.VALUE, _BIG)),
     ],
 )
 def test_valid_requests_pass(req: Request) -> None:
@@ -151,6 +301,7 @@ def test_valid_requests_pass(req: Request) -> None:
         ),
         (_req(Op.CAS, value=None, expected_version=1), Status.BAD_REQUEST, "new value"),
         (_req(Op.CAS, expected_version=-1), Status.BAD_REQUEST, "expected_version"),
+        *INVALID_RANGES_AND_TXNS,
     ],
 )
 def test_invalid_requests_are_rejected(req: Request, status: Status, words: str) -> None:
@@ -164,12 +315,19 @@ def test_invalid_requests_are_rejected(req: Request, status: Status, words: str)
 
 
 def _raw_request(**overrides: Any) -> bytes:
-    fields = [PROTOCOL_VERSION, int(Op.PUT), CID, 1, b"k", b"v", None, None, False]
+    fields = [PROTOCOL_VERSION, int(Op.PUT), CID, 1, b"k", b"v", None, None, False, None]
     names = ["version", "op", "client_id", "seq", "key", "value", "exp_value", "exp_version"]
-    names.append("stale")
+    names += ["stale", "extra"]
     for name, value in overrides.items():
         fields[names.index(name)] = value
+    if fields[-1] is None:
+        fields.pop()
     return msgpack.packb(fields, use_bin_type=True)
+
+
+def _raw_txn(compares: Any = (), success: Any = (), failure: Any = ()) -> bytes:
+    txn = [list(compares), list(success), list(failure)]
+    return _raw_request(op=8, key=b"", value=None, extra=[None, 0, False, False, txn])
 
 
 def _raw_response(**overrides: Any) -> bytes:
@@ -182,6 +340,7 @@ def _raw_response(**overrides: Any) -> bytes:
 
 def test_raw_helpers_build_valid_frames() -> None:
     assert decode_request(_raw_request()) == _req()
+    assert decode_request(_raw_txn()) == Request(Op.TXN, CID, 1, txn=Txn())
     assert decode_response(_raw_response()) == Response(Status.OK)
 
 
@@ -193,7 +352,28 @@ BAD_REQUEST_FRAMES = {
     "not an array": msgpack.packb({"op": 1}),
     "scalar": msgpack.packb(7),
     "too short": msgpack.packb([PROTOCOL_VERSION, 1, CID, 1]),
-    "too long": msgpack.packb([PROTOCOL_VERSION, 1, CID, 1, b"k", b"v", None, None, False, 0]),
+    "too long": msgpack.packb(
+        [PROTOCOL_VERSION, 1, CID, 1, b"k", b"v", None, None, False, None, None]
+    ),
+    "range fields as int": msgpack.packb(
+        [PROTOCOL_VERSION, 6, CID, 1, b"k", None, None, None, False, 0]
+    ),
+    "range fields too short": msgpack.packb(
+        [PROTOCOL_VERSION, 6, CID, 1, b"k", None, None, None, False, [None, 0]]
+    ),
+    "limit as bool": _raw_request(op=6, value=None, extra=[None, True, False, False, None]),
+    "range_end as str": _raw_request(op=6, value=None, extra=["z", 0, False, False, None]),
+    "keys_only as int": _raw_request(op=6, value=None, extra=[None, 0, 1, False, None]),
+    "txn as map": _raw_request(op=8, key=b"", value=None, extra=[None, 0, False, False, {}]),
+    "txn of 2": _raw_request(op=8, key=b"", value=None, extra=[None, 0, False, False, [[], []]]),
+    "compare target 9": _raw_txn(compares=[[9, 0, b"k", b"v"]]),
+    "compare op as str": _raw_txn(compares=[[0, "=", b"k", b"v"]]),
+    "compare key as str": _raw_txn(compares=[[0, 0, "k", b"v"]]),
+    "compare operand as float": _raw_txn(compares=[[1, 0, b"k", 1.5]]),
+    "compare of 3": _raw_txn(compares=[[0, 0, b"k"]]),
+    "operation kind 7": _raw_txn(success=[[7, b"k", None, None, 0, False, False]]),
+    "operation value as str": _raw_txn(success=[[0, b"k", None, "v", 0, False, False]]),
+    "operation of 2": _raw_txn(failure=[[0, b"k"]]),
     "deep nesting": b"\x91" * 100_000,
     "unknown op": _raw_request(op=99),
     "negative op": _raw_request(op=-1),
@@ -262,6 +442,23 @@ BAD_RESPONSE_FRAMES = {
     "error as None": _raw_response(error=None),
     "info as list": _raw_response(info=[1, 2]),
     "info with int keys": msgpack.packb([PROTOCOL_VERSION, 0, None, 0, None, "", {1: 2}]),
+    "too long": msgpack.packb([PROTOCOL_VERSION, 0, None, 0, None, "", None, None, None]),
+    **{
+        f"result {name}": msgpack.packb([PROTOCOL_VERSION, 0, None, 0, None, "", None, result])
+        for name, result in {
+            "as int": 1,
+            "empty": [],
+            "tag 9": [9, 1],
+            "range of 4": [1, [], 0, False],
+            "kv of 3": [1, [[b"k", b"v", 1]], 1, False, None],
+            "kv key as str": [1, [["k", b"v", 1, 1]], 1, False, None],
+            "more as int": [1, [], 0, 1, None],
+            "deleted as None": [2, None],
+            "put version as bytes": [3, b"1"],
+            "txn in txn": [4, [[4, []]]],
+            "txn responses as map": [4, {}],
+        }.items()
+    },
 }
 
 
@@ -357,6 +554,51 @@ def test_largest_valid_requests_fit_the_frame_limit() -> None:
         frame = encode_request(req)
         assert len(frame) <= MAX_REQUEST_BYTES
         assert parse_request(frame) == req
+
+
+def test_the_largest_transaction_fits_the_frame_limit() -> None:
+    """Every field at its widest encoding: bin32 values, bin16 keys and
+    range ends, 9-byte integers, the most comparisons and operations, and
+    MAX_TXN_BYTES of keys and values in all."""
+    key, end = b"k" * 256, b"z" * 256  # the shortest keys with a bin16 header
+    compares = [Compare(CompareTarget.VERSION, CompareOp.GREATER, key, 2**63 - 1)]
+    compares *= MAX_TXN_COMPARES
+    ranges = [TxnOp(TxnOpKind.RANGE, key, end, None, 2**63 - 1, True)] * (MAX_TXN_OPS - 1)
+    spent = sum(len(c.key) for c in compares) + len(ranges) * 2 * (len(key) + len(end))
+    left = (MAX_TXN_BYTES - spent) // 2 - len(key)
+    assert left > 65536  # the puts' values are bin32 (widest header)
+    put = TxnOp(TxnOpKind.PUT, key, value=b"v" * left)
+    req = Request(Op.TXN, CID, 2**64 - 1, txn=Txn(tuple(compares), (put, *ranges), (put, *ranges)))
+    assert validate_request(req) is None
+    frame = encode_request(req)
+    assert len(frame) <= MAX_REQUEST_BYTES
+    assert parse_request(frame) == req
+
+
+def test_frames_of_the_older_ops_are_unchanged() -> None:
+    """PUT, GET, DELETE and CAS encode as the 9 fields they always had, so
+    logs and session digests of the previous release stay valid."""
+    for req in REQUESTS:
+        if req.op in (Op.PUT, Op.GET, Op.DELETE, Op.CAS, Op.STATUS):
+            assert len(msgpack.unpackb(encode_request(req))) == 9
+    assert len(msgpack.unpackb(encode_response(RESPONSES[0]))) == 7
+
+
+@pytest.mark.parametrize(
+    ("prefix", "end"),
+    [
+        (b"a", b"b"),
+        (b"foo/", b"foo0"),
+        (b"a\xff", b"b"),
+        (b"a\xfe\xff\xff", b"a\xff"),
+        (b"\xff\xff", FROM_KEY),
+        (b"", FROM_KEY),
+    ],
+)
+def test_prefix_end(prefix: bytes, end: bytes) -> None:
+    assert prefix_end(prefix) == end
+    if end != FROM_KEY:  # every key with the prefix is below end, and end has not it
+        assert prefix + b"\xff" * 8 < end and not end.startswith(prefix)
 
 
 _NOT_TOO_LARGE = {k: v for k, v in BAD_REQUEST_FRAMES.items() if k != "oversized"}
