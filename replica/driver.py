@@ -13,9 +13,9 @@ call; the simulator whatever its schedule delivers). One iteration:
 
 1. every peer message goes to `core.step`, in arrival order;
 2. every client request is parsed (`kvstore.protocol.parse_request`, the one
-   request path); STATUS, stale GETs, bad requests and anything a follower
+   request path); STATUS, stale reads, bad requests and anything a follower
    cannot serve (REDIRECT / UNAVAILABLE) are answered at once; writes (the
-   raw request bytes) and linearizable GETs are collected;
+   raw request bytes) and linearizable reads (GET, RANGE) are collected;
 3. on the leader, ONE `core.propose(writes)` and ONE `core.read_index(ids)`;
 4. `core.tick()` for every tick that the clock says is due (at most
    `MAX_CATCHUP_TICKS` when the loop stalled; the schedule is then reset);
@@ -72,6 +72,7 @@ from typing import Any, Protocol
 from kvstore.config import CompactionSettings
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.protocol import (
+    READ_OPS,
     WRITE_OPS,
     Op,
     Request,
@@ -128,6 +129,10 @@ class StateMachine(SnapshotSource, SnapshotTarget, Protocol):
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, version) as of `applied_index`, or None when absent."""
+        ...
+
+    def read_range(self, req: Request) -> Response:
+        """The reply to a RANGE as of `applied_index` (bounded, with a continuation)."""
         ...
 
     def install_abort(self) -> None:
@@ -220,7 +225,7 @@ class ReplicaDriver:
         self._tick_s = tick_s
         self._next_tick = clock() + tick_s
         self._waiting: dict[tuple[bytes, int], Envelope] = {}  # writes in flight
-        self._reads: dict[Hashable, tuple[Envelope, bytes]] = {}  # read id -> (env, key)
+        self._reads: dict[Hashable, tuple[Envelope, Request]] = {}  # read id -> (env, GET/RANGE)
         self._read_seq = 0
         self._writes: list[bytes] = []  # this iteration's new write commands
         self._new_reads: list[Hashable] = []  # this iteration's new read ids
@@ -476,9 +481,9 @@ class ReplicaDriver:
         op = req.op
         if op in WRITE_OPS:
             self._on_write(envelope, req, payload)
-        elif op is Op.GET:
+        elif op in READ_OPS:  # GET, RANGE
             if req.stale:
-                self._reply(envelope, self._read_local(req.key))
+                self._reply(envelope, self._read_local(req))
             else:
                 self._read_linearizable(envelope, req)
         else:  # Op.STATUS: answered by every replica itself
@@ -500,18 +505,20 @@ class ReplicaDriver:
         self._waiting[key] = envelope  # a retry only replaces the envelope
 
     def _read_linearizable(self, envelope: Envelope, req: Request) -> None:
-        """A GET that must reflect every write acknowledged before it: queued
+        """A read that must reflect every write acknowledged before it: queued
         for the iteration's read_index on the leader, redirected elsewhere."""
         if not self.core.is_leader:
             self.clients.reply(envelope, self._not_leader_reply())
             return
         self._read_seq += 1
-        self._reads[self._read_seq] = (envelope, req.key)
+        self._reads[self._read_seq] = (envelope, req)
         self._new_reads.append(self._read_seq)
 
-    def _read_local(self, key: bytes) -> Response:
-        """The key as of this replica's applied index."""
-        found = self.sm.get(key)
+    def _read_local(self, req: Request) -> Response:
+        """The key (GET) or range (RANGE) as of this replica's applied index."""
+        if req.op is Op.RANGE:
+            return self.sm.read_range(req)
+        found = self.sm.get(req.key)
         if found is None:
             return Response(Status.NOT_FOUND)
         return Response(Status.OK, value=found[0], version=found[1])

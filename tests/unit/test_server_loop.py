@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,24 @@ import zmq
 
 from kvstore.config import ReplicaAddress
 from kvstore.limits import MAX_KEY_BYTES
-from kvstore.protocol import Op, Request, Response, Status, decode_response, encode_request
+from kvstore.protocol import (
+    FROM_KEY,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteResult,
+    Op,
+    RangeResult,
+    Request,
+    Response,
+    Status,
+    Txn,
+    TxnOp,
+    TxnOpKind,
+    decode_response,
+    encode_request,
+    prefix_end,
+)
 from replica.driver import ReplicaDriver
 from replica.launch import free_ports
 from replica.messages import Ballot, Nack, Phase2a, Phase2b, Vote
@@ -258,3 +276,37 @@ def _check_order(log: list[tuple[int, str, list[str]]], early: bool) -> None:
                 assert early, f"replica {rid} sent {names_sent} before persisting"
                 assert set(names_sent) == {Phase2a.__name__}, names_sent
             pending[rid] = []
+
+
+def test_ranges_and_transactions_are_routed(make: Callable[[int], list[Replica]]) -> None:
+    """RANGE is a read (the read index on the leader, REDIRECT on a
+    follower, local when stale); DELETE_RANGE and TXN go through the log."""
+    replicas = make(3)
+    leader = leader_of(replicas)
+    follower = next(r for r in replicas if r is not leader)
+    to_leader, to_follower = Client(leader), Client(follower)
+    scan = Request(Op.RANGE, _CID, 9, b"p/", range_end=prefix_end(b"p/"), limit=2)
+    try:
+        for seq, key in enumerate([b"p/1", b"p/2", b"p/3", b"q"], start=1):
+            assert to_leader.call(replicas, _put(seq, key)).status is Status.OK
+        page = to_leader.call(replicas, scan)
+        assert (page.status, page.version) == (Status.OK, 4)
+        assert [kv.key for kv in page.result.kvs] == [b"p/1", b"p/2"]
+        assert (page.result.more, page.result.next_key) == (True, b"p/3")
+        assert to_follower.call(replicas, scan).status is Status.REDIRECT
+        txn = Txn(
+            (Compare(CompareTarget.VERSION, CompareOp.EQUAL, b"q", 4),),
+            (TxnOp(TxnOpKind.PUT, b"p/0", value=b"new"), TxnOp(TxnOpKind.DELETE, b"q")),
+        )
+        done = to_leader.call(replicas, Request(Op.TXN, _CID, 5, txn=txn))
+        assert (done.status, done.version) == (Status.OK, 5)
+        gone = to_leader.call(
+            replicas, Request(Op.DELETE_RANGE, _CID, 6, b"p/", range_end=prefix_end(b"p/"))
+        )
+        assert (gone.status, gone.version, gone.result) == (Status.OK, 6, DeleteResult(4))
+        pump(replicas, lambda: follower.sm.revision == 6)
+        stale = to_follower.call(replicas, replace(scan, key=b"\0", range_end=FROM_KEY, stale=True))
+        assert stale.result == RangeResult()
+    finally:
+        to_leader.close()
+        to_follower.close()
