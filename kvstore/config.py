@@ -39,7 +39,9 @@ class ReplicaAddress:
     `peer` and `client` are the addresses others connect to (the peer port
     and the client port); `peer_bind` and `client_bind` are what the replica
     itself binds (they differ from the former behind NAT or docker, e.g.
-    `tcp://*:7101`).
+    `tcp://*:7101`). `metrics`, if set, is the `host:port` where the replica
+    serves HTTP metrics and health checks (replica/metrics.py); `*` as the
+    host means every interface.
     """
 
     id: int
@@ -47,6 +49,7 @@ class ReplicaAddress:
     client: str
     peer_bind: str
     client_bind: str
+    metrics: str | None = None
 
 
 def normalize_address(text: str, *, allow_wildcard: bool = False) -> str:
@@ -65,6 +68,18 @@ def normalize_address(text: str, *, allow_wildcard: bool = False) -> str:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"address {text!r}: port must be a number in 1..65535")
     return f"{_SCHEME}{host}:{int(port)}"
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """`host:port` (`*` or an empty host: every interface; `[v6]:port`)
+    -> (host, port) for an HTTP server to bind; "" is every interface."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or "://" in text:
+        raise ConfigError(f"address {text!r} is not host:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"address {text!r}: port must be a number in 1..65535")
+    host = "" if host in ("", "*") else host.strip("[]")
+    return host, int(port)
 
 
 def display_address(address: str) -> str:
@@ -121,7 +136,7 @@ def _parse_replica(entry: object, n: int, path: object) -> ReplicaAddress:
     where = f"cluster config {path}, replica #{n}"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(entry) - {"id", "peer", "client", "peer_bind", "client_bind"}
+    unknown = set(entry) - {"id", "peer", "client", "peer_bind", "client_bind", "metrics"}
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     rid = entry.get("id")
@@ -138,7 +153,15 @@ def _parse_replica(entry: object, n: int, path: object) -> ReplicaAddress:
             fields[name] = normalize_address(value, allow_wildcard=name.endswith("_bind"))
         except ConfigError as exc:
             raise ConfigError(f"{where}: {name}: {exc}") from None
-    return ReplicaAddress(id=rid, **fields)
+    metrics = entry.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, str):
+            raise ConfigError(f"{where}: metrics must be a string like '127.0.0.1:9101'")
+        try:
+            parse_http_address(metrics)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: metrics: {exc}") from None
+    return ReplicaAddress(id=rid, **fields, metrics=metrics)
 
 
 def dump_cluster_config(replicas: Sequence[ReplicaAddress]) -> str:
@@ -151,6 +174,8 @@ def dump_cluster_config(replicas: Sequence[ReplicaAddress]) -> str:
             lines.append(f'peer_bind = "{r.peer_bind}"')
         if r.client_bind != r.client:
             lines.append(f'client_bind = "{r.client_bind}"')
+        if r.metrics is not None:
+            lines.append(f'metrics = "{r.metrics}"')
         lines.append("")
     return "\n".join(lines)
 
@@ -253,3 +278,89 @@ def load_session_settings(path: str | os.PathLike[str]) -> SessionSettings:
             f"(seconds), got {ttl!r}"
         )
     return SessionSettings(ttl)
+
+
+def _int_table(path: str | os.PathLike[str], name: str, fields: dict[str, int]) -> dict[str, int]:
+    """The optional table `name`: known integer fields, each >= its least."""
+    table = _load_toml(path).get(name, {})
+    where = f"cluster config {path}, [{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(table) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    for key, value in table.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < fields[key]:
+            raise ConfigError(f"{where}: {key} must be an integer >= {fields[key]}, got {value!r}")
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The optional `[metrics]` table: how the HTTP health checks judge
+    (replica/metrics.py). Each replica reads it for itself."""
+
+    ready_max_lag: int = 1000
+    """`/ready` answers 503 while this replica's applied index is more than
+    this many slots behind the commit index its leader announced."""
+
+
+def load_metrics_settings(path: str | os.PathLike[str]) -> MetricsSettings:
+    """The `[metrics]` table of a cluster config file (defaults for what it omits)."""
+    return MetricsSettings(**_int_table(path, "metrics", {"ready_max_lag": 0}))
+
+
+ELECTION_HEARTBEAT_RATIO = 5
+"""`[timing]` election_ms must be at least this many heartbeat intervals."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimingSettings:
+    """The optional `[timing]` table: the protocol's timers, in milliseconds.
+    Unset fields keep the replica's defaults: a 10 ms tick (`--tick-ms`
+    overrides `tick_ms`), a heartbeat every 2 ticks, elections after 20 to
+    40 ticks of silence. Each replica reads it for itself; give every
+    replica the same values."""
+
+    tick_ms: int | None = None
+    """The unit of the protocol's timers."""
+    heartbeat_ms: int | None = None
+    """How often the leader sends heartbeats (a multiple of the tick)."""
+    election_ms: int | None = None
+    """A follower that hears nothing from a leader for a random time in
+    [election_ms, 2 * election_ms) starts an election (a multiple of the
+    tick, at least ELECTION_HEARTBEAT_RATIO heartbeats)."""
+
+    def ticks(
+        self, tick_ms: float, default_heartbeat: int, default_election: int
+    ) -> tuple[int, int]:
+        """(heartbeat_ticks, election_ticks) for a tick of `tick_ms`;
+        ConfigError (one line) if a value is not a whole number of ticks or
+        the election timeout is under ELECTION_HEARTBEAT_RATIO heartbeats."""
+        heartbeat = self._in_ticks("heartbeat_ms", self.heartbeat_ms, tick_ms, default_heartbeat)
+        election = self._in_ticks("election_ms", self.election_ms, tick_ms, default_election)
+        if election < ELECTION_HEARTBEAT_RATIO * heartbeat:
+            raise ConfigError(
+                f"[timing]: election_ms ({election * tick_ms:g}) must be at least "
+                f"{ELECTION_HEARTBEAT_RATIO} x heartbeat_ms ({heartbeat * tick_ms:g}) = "
+                f"{ELECTION_HEARTBEAT_RATIO * heartbeat * tick_ms:g}, so that a follower "
+                f"misses several heartbeats before it starts an election"
+            )
+        return heartbeat, election
+
+    @staticmethod
+    def _in_ticks(name: str, ms: int | None, tick_ms: float, default: int) -> int:
+        if ms is None:
+            return default
+        ticks = round(ms / tick_ms)
+        if ticks < 1 or abs(ticks * tick_ms - ms) > 1e-9 * ms:
+            raise ConfigError(
+                f"[timing]: {name} ({ms}) must be a whole multiple of the tick ({tick_ms:g} ms)"
+            )
+        return ticks
+
+
+def load_timing_settings(path: str | os.PathLike[str]) -> TimingSettings:
+    """The `[timing]` table of a cluster config file (None for what it omits)."""
+    fields = {"tick_ms": 1, "heartbeat_ms": 1, "election_ms": 1}
+    return TimingSettings(**_int_table(path, "timing", fields))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from replica.logfmt import event
+
 log = logging.getLogger("replica.transport")
 
 
@@ -20,7 +22,9 @@ class BadFrames:
     def note(self, kind: str, detail: str, level: int = logging.WARNING) -> None:
         self.counts[kind] += 1
         if self.counts[kind] == 1:
-            log.log(level, "dropping input (%s): %s; further ones are only counted", kind, detail)
+            ev = event("input_dropped", kind=kind, detail=detail)
+            msg = "dropping input (%s): %s; further ones are only counted"
+            log.log(level, msg, kind, detail, extra=ev)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)

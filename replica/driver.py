@@ -69,7 +69,6 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
-from kvstore.backup import Chunk
 from kvstore.config import CompactionSettings
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.protocol import (
@@ -84,15 +83,11 @@ from kvstore.protocol import (
     parse_request,
 )
 from replica.badinput import BadFrames
+from replica.counters import DriverCounters
+from replica.logfmt import event
 from replica.messages import Message, Phase2a, SnapshotChunk, SnapshotRequest, Value
 from replica.paxos import CoreConfig, CoreStatus, PaxosCore, Ready, Role
-from replica.snapshots import (
-    ClientExports,
-    Exporter,
-    Installer,
-    SnapshotSource,
-    SnapshotTarget,
-)
+from replica.snapshots import Exporter, Installer, SnapshotSource, SnapshotTarget
 from replica.storage import AcceptorStorage
 
 log = logging.getLogger("replica.driver")
@@ -104,10 +99,6 @@ SNAPSHOT_RETRY_TICKS = 10
 SNAPSHOT_GIVE_UP_TICKS = 200
 """... and abandons the install after this long (the core asks again)."""
 SNAPSHOT_IDLE_TICKS = 500
-BACKUP_CHUNK_BYTES = 1 << 20
-"""A backup chunk holds at most about this many bytes of records."""
-BACKUP_EXPORTS = 4
-"""Backups streamed from one replica at once; more are answered UNAVAILABLE."""
 """An export nobody asked for a chunk of for this long is closed."""
 
 Envelope = Any
@@ -213,6 +204,7 @@ class ReplicaDriver:
         self.peers = peers
         self.clients = clients
         self.bad = bad if bad is not None else BadFrames()
+        self.counters = DriverCounters()  # read by replica/metrics.py
         self.early_phase2a = early_phase2a
         self.core = self.core_class(
             replica_id,
@@ -225,9 +217,6 @@ class ReplicaDriver:
         self.compaction = compaction or CompactionSettings()
         self._exporter = Exporter(
             replica_id, state_machine, self.compaction.snapshot_chunk_bytes, SNAPSHOT_IDLE_TICKS
-        )
-        self._backups = ClientExports(
-            replica_id, state_machine, BACKUP_CHUNK_BYTES, SNAPSHOT_IDLE_TICKS, BACKUP_EXPORTS
         )
         self._installer: Installer | None = None
         self._held: deque[tuple[int, int]] = deque()  # (slot, bytes) applied since compaction
@@ -286,6 +275,7 @@ class ReplicaDriver:
             return
         if self._writes:
             writes, self._writes = self._writes, []
+            self.counters.proposed(len(writes))
             if self._wall_clock is not None:  # leader time and session TTL for the log
                 now_ms = int(self._wall_clock() * 1000)
                 writes.insert(0, encode_clock(now_ms, self._session_ttl_ms))
@@ -346,6 +336,7 @@ class ReplicaDriver:
         results = None
         if acc.committed:
             results = self.sm.apply(acc.committed)
+            self.counters.committed_slots += len(acc.committed)
             self._note_applied(acc.committed)
         elif self._installer is None:
             self.sm.collect_garbage()  # what an install left behind, a bit at a time
@@ -394,6 +385,8 @@ class ReplicaDriver:
                 self._reads.clear()
         seen = (status.role, status.leader_id)
         if seen != self._last_seen:
+            if status.leader_id is not None and status.leader_id != self._last_seen[1]:
+                self.counters.leader_changes += 1
             self._last_seen = seen
             _log_role(status)
 
@@ -433,6 +426,17 @@ class ReplicaDriver:
             retry_ticks=SNAPSHOT_RETRY_TICKS,
             give_up_ticks=SNAPSHOT_GIVE_UP_TICKS,
         )
+        self.counters.installs_started += 1
+        self.counters.install_started_at = self._clock()
+        commit = self.core.status().commit_index
+        log.info(
+            "replica %d: behind replica %d's compaction point at commit index %d: "
+            "asking for its snapshot",
+            self.id,
+            peer,
+            commit,
+            extra=event("snapshot_install_started", peer=peer, commit_index=commit),
+        )
         acc.messages.append((peer, self._installer.request()))
 
     def _on_snapshot_chunk(self, msg: SnapshotChunk, acc: Ready) -> None:
@@ -469,20 +473,39 @@ class ReplicaDriver:
         self._held.clear()
         self._held_bytes = 0
         acc.merge(self.core.installed(index))
-        log.info("replica %d: snapshot installed: %s", self.id, installer.progress())
+        self._note_install_end(installer, "snapshot_installed", "installed")
 
     def _tick_snapshots(self, acc: Ready) -> None:
         self._exporter.tick()
-        self._backups.tick()
         installer = self._installer
         if installer is None:
             return
         outcome = installer.tick()
         if outcome is True:
-            log.info("replica %d: snapshot install abandoned: %s", self.id, installer.progress())
+            self._note_install_end(installer, "snapshot_install_abandoned", "install abandoned")
             self._installer = None
         elif outcome:
             acc.messages.append((installer.peer, outcome))
+
+    def _note_install_end(self, installer: Installer, name: str, what: str) -> None:
+        """Counts and logs (once, with its figures) the end of an install."""
+        c = self.counters
+        progress = installer.progress()
+        started, c.install_started_at = c.install_started_at, None
+        seconds = round(self._clock() - started, 3) if started is not None else None
+        if name == "snapshot_installed":
+            c.installs_completed += 1
+            c.last_install_bytes, c.last_install_keys = installer.bytes, installer.keys
+        else:
+            c.installs_abandoned += 1
+        log.info(
+            "replica %d: snapshot %s after %s s: %s",
+            self.id,
+            what,
+            seconds,
+            progress,
+            extra=event(name, seconds=seconds, **progress),
+        )
 
     # --------------------------------------------------------------- clients
 
@@ -501,8 +524,6 @@ class ReplicaDriver:
                 self._reply(envelope, self._read_local(req))
             else:
                 self._read_linearizable(envelope, req)
-        elif op is Op.SNAPSHOT:
-            self._on_backup(envelope, req)
         else:  # Op.STATUS: answered by every replica itself
             self._reply(envelope, Response(Status.OK, info=self.status_info()))
 
@@ -531,33 +552,8 @@ class ReplicaDriver:
         self._reads[self._read_seq] = (envelope, req)
         self._new_reads.append(self._read_seq)
 
-    def _on_backup(self, envelope: Envelope, req: Request) -> None:
-        """A backup (kvstore/backup.py): a new export starts after a read-index
-        round on the leader (so it holds every write acknowledged before it);
-        the next chunks come from the replica that holds the export."""
-        if req.value is None:
-            self._read_linearizable(envelope, req)
-            return
-        found = self._backups.chunk(req.value, req.key or None)
-        if found is None:
-            self._reply(envelope, Response(Status.NOT_FOUND, error="no such snapshot export"))
-            return
-        reader, items, last = found
-        chunk = Chunk(req.value, reader.index, reader.revision, items, last)
-        self._reply(envelope, Response(Status.OK, value=chunk.pack(), leader=self.id))
-
-    def _backup_begin(self) -> Response:
-        begun = self._backups.begin()
-        if begun is None:
-            return Response(Status.UNAVAILABLE, error="too many snapshot exports at once")
-        export_id, reader, items, last = begun
-        chunk = Chunk(export_id, reader.index, reader.revision, items, last)
-        return Response(Status.OK, value=chunk.pack(), leader=self.id)
-
     def _read_local(self, req: Request) -> Response:
         """The key (GET) or range (RANGE) as of this replica's applied index."""
-        if req.op is Op.SNAPSHOT:
-            return self._backup_begin()
         if req.op is Op.RANGE:
             return self.sm.read_range(req)
         found = self.sm.get(req.key)
@@ -620,9 +616,14 @@ def _leadership_key(status: CoreStatus) -> tuple[int, int] | None:
 
 
 def _log_role(s: CoreStatus) -> None:
+    figures = {"role": s.role.value, "commit_index": s.commit_index}
     if s.role is Role.LEADER:
-        log.info("replica %d is now the leader (ballot %s)", s.id, tuple(s.ballot))
+        ballot = tuple(s.ballot)
+        ev = event("leader_elected", ballot=list(ballot), **figures)
+        log.info("replica %d is now the leader (ballot %s)", s.id, ballot, extra=ev)
     elif s.leader_id is not None:
-        log.info("replica %d follows leader %d", s.id, s.leader_id)
+        ev = event("leader_followed", leader=s.leader_id, ballot=list(s.leader_ballot), **figures)
+        log.info("replica %d follows leader %d", s.id, s.leader_id, extra=ev)
     else:
-        log.info("replica %d: no leader known (%s)", s.id, s.role.value)
+        ev = event("leader_lost", promised=list(s.promised), **figures)
+        log.info("replica %d: no leader known (%s)", s.id, s.role.value, extra=ev)

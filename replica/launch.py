@@ -4,7 +4,8 @@ stop replicas through this module, so each of these is written once:
 
 - the command line, `replica_command`: the `kvstore-replica` contract
   (docs/CONTRACTS.md), `python -m replica.server --config F --id N
-  --data-dir D [--initial-cluster-state S] [--tick-ms T] [--log-level L]`.
+  --data-dir D [--initial-cluster-state S] [--tick-ms T] [--log-level L]
+  [--log-format F]`.
   `module` runs a variant with the same command line (the fault tier's
   broken replica); `prefix` wraps it (`ip netns exec NS`), and must exec
   the command so that the pid we hold stays the replica's own;
@@ -67,6 +68,7 @@ def replica_command(
     module: str = REPLICA_MODULE,
     prefix: Sequence[str] = (),
     cluster_state: str | None = "new",
+    log_format: str | None = None,
 ) -> list[str]:
     """The argv of one replica; None leaves an option at the replica's default.
     `cluster_state` is `--initial-cluster-state`, which matters only for an
@@ -81,6 +83,8 @@ def replica_command(
         argv += ["--tick-ms", str(tick_ms)]
     if log_level is not None:
         argv += ["--log-level", log_level]
+    if log_format is not None:
+        argv += ["--log-format", log_format]
     return argv
 
 
@@ -117,12 +121,13 @@ def start_replica(
     cwd: str | os.PathLike[str] | None = None,
     group: int | None = None,
     cluster_state: str | None = "new",
+    log_format: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts one replica (`replica_command`) with `replica_env()` (see
     `spawn`); `group` is the group id to run it with (needs root)."""
     argv = replica_command(
         config, replica_id, data_dir, tick_ms=tick_ms, log_level=log_level, module=module,
-        prefix=prefix, cluster_state=cluster_state,
+        prefix=prefix, cluster_state=cluster_state, log_format=log_format,
     )  # fmt: skip
     return spawn(argv, log_path, env=replica_env(), cwd=cwd, group=group)
 

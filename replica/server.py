@@ -40,14 +40,18 @@ from kvstore.config import (
     ReplicaAddress,
     load_cluster_config,
     load_compaction_settings,
+    load_metrics_settings,
     load_session_settings,
+    load_timing_settings,
+    parse_http_address,
 )
-from kvstore.limits import SESSION_TTL_MS
+from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.statemachine import KVStateMachine
-from replica import datadir
+from replica import datadir, logfmt
 from replica.badinput import BadFrames
 from replica.driver import ReplicaDriver
 from replica.messages import Message
+from replica.metrics import MetricsServer, ReplicaMetrics, probe_db
 from replica.paxos import CoreConfig
 from replica.reclaim import Reclaimer
 from replica.storage import LOG_PREFIXES, LevelDBStorage, slot_key
@@ -80,6 +84,9 @@ class Replica:
     ) -> None:
         self.id = me.id
         self.me = me
+        self.data_dir = Path(data_dir)
+        self.metrics: ReplicaMetrics | None = None  # see serve_metrics
+        self.metrics_server: MetricsServer | None = None
         self.session_ttl_ms = session_ttl_ms
         self.db = plyvel.DB(
             str(data_dir), create_if_missing=True, write_buffer_size=WRITE_BUFFER_BYTES
@@ -132,6 +139,16 @@ class Replica:
         self.poller.register(self.peers.inbox, zmq.POLLIN)
         self.poller.register(self.clients.router, zmq.POLLIN)
 
+    def serve_metrics(self, host: str, port: int, max_lag: int) -> MetricsServer:
+        """Counts for Prometheus and serves /metrics, /health and /ready on
+        host:port from a daemon thread (replica/metrics.py). Off unless
+        called; OSError if the port cannot be bound."""
+        self.metrics = ReplicaMetrics(self.driver, self.peers, lambda: probe_db(self.db))
+        self.metrics_server = MetricsServer(
+            self.metrics, host, port, max_lag=max_lag, data_dir=self.data_dir
+        )
+        return self.metrics_server
+
     # ------------------------------------------------------------------ loop
 
     def stop(self) -> None:
@@ -140,16 +157,27 @@ class Replica:
 
     def run(self) -> None:
         """Runs the event loop until `stop()`."""
+        served = self.metrics_server
+        metrics = f"http://{served.address[0]}:{served.address[1]}" if served else None
+        figures = {
+            "peer": self.me.peer_bind,
+            "client": self.me.client_bind,
+            "replicas": len(self.driver.status().peers) + 1,
+            "applied_index": self.sm.applied_index,
+            "metrics": metrics,
+        }
         log.info(
             "replica %d up: peers on %s, clients on %s, %d replicas, applied index %d, "
-            "session TTL %g s when leading (in force: %g s)",
+            "session TTL %g s when leading (in force: %g s), metrics %s",
             self.id,
             self.me.peer_bind,
             self.me.client_bind,
-            len(self.driver.status().peers) + 1,
+            figures["replicas"],
             self.sm.applied_index,
             self.session_ttl_ms / 1000,
             self.sm.session_ttl_ms / 1000,
+            metrics or "off",
+            extra=logfmt.event("replica_started", **figures),
         )
         more = False
         while not self._stopping:
@@ -168,6 +196,8 @@ class Replica:
             more = self.peers.recv(DRAIN_LIMIT, inbox)
         if self.clients.router in events:
             more = self.clients.recv(DRAIN_LIMIT, requests) or more
+        if self.metrics is not None:
+            self.metrics.on_input(inbox, requests)
         self.driver.iterate(inbox, requests)
         return more
 
@@ -184,6 +214,8 @@ class Replica:
 
     def close(self) -> None:
         """Closes the sockets (linger 0) and the DB."""
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self._close_sockets()
         self.reclaimer.close()
         self.db.close()
@@ -207,13 +239,29 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "starts empty); 'existing' joins a running one (refused for an id the cluster "
         "already has: see docs/OPERATIONS.md). Ignored once the directory has an identity",
     )
-    parser.add_argument("--tick-ms", type=float, default=10.0, help="tick length (ms)")
+    parser.add_argument(
+        "--tick-ms", type=float, help="tick length (ms; default: [timing] tick_ms, else 10)"
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument("--log-format", default="text", choices=logfmt.FORMATS)
+    parser.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve /metrics, /health, /ready here (default: the replica's metrics "
+        "address in the config; none: off)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="same as --metrics-addr 0.0.0.0:PORT"
+    )
     args = parser.parse_args(argv)
-    if not args.tick_ms > 0:
+    if args.tick_ms is not None and not args.tick_ms > 0:
         parser.error("--tick-ms must be > 0")
+    if args.metrics_port is not None:
+        if args.metrics_addr is not None:
+            parser.error("give --metrics-addr or --metrics-port, not both")
+        args.metrics_addr = f"0.0.0.0:{args.metrics_port}"
     return args
 
 
@@ -226,12 +274,30 @@ def _build(args: argparse.Namespace) -> Replica:
         cluster = load_cluster_config(args.config)
         compaction = load_compaction_settings(args.config)
         sessions = load_session_settings(args.config)
+        timing = load_timing_settings(args.config)
+        monitoring = load_metrics_settings(args.config)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
+    tick_ms = args.tick_ms or timing.tick_ms or 10.0
+    defaults = CoreConfig()
+    try:
+        heartbeat, election = timing.ticks(
+            tick_ms, defaults.heartbeat_ticks, defaults.election_ticks
+        )
+    except ConfigError as exc:  # the rule between the timers, checked at start
+        raise StartupError(f"cluster config {args.config}, {exc}") from None
+    core = CoreConfig(
+        heartbeat_ticks=heartbeat, election_ticks=election, max_batch_bytes=MAX_BATCH_BYTES
+    )
     me = next((r for r in cluster if r.id == args.id), None)
     if me is None:
         ids = ", ".join(str(r.id) for r in cluster)
         raise StartupError(f"replica id {args.id} is not in {args.config} (ids: {ids})")
+    metrics_addr = args.metrics_addr or me.metrics
+    try:
+        metrics_at = parse_http_address(metrics_addr) if metrics_addr else None
+    except ConfigError as exc:
+        raise StartupError(f"metrics address: {exc}") from None
     data_dir = Path(args.data_dir)
     try:
         name = datadir.load_cluster_name(args.config)
@@ -247,11 +313,12 @@ def _build(args: argparse.Namespace) -> Replica:
     except OSError as exc:
         raise StartupError(f"cannot prepare the data directory {data_dir}: {exc}") from None
     try:
-        return Replica(
+        replica = Replica(
             me,
             cluster,
             data_dir,
-            tick_ms=args.tick_ms,
+            tick_ms=tick_ms,
+            core_config=core,
             compaction=compaction,
             session_ttl_ms=sessions.ttl_ms,
         )
@@ -259,16 +326,19 @@ def _build(args: argparse.Namespace) -> Replica:
         raise StartupError(str(exc)) from None
     except (plyvel.Error, OSError) as exc:
         raise StartupError(f"cannot open the data directory {data_dir}: {exc}") from None
+    if metrics_at is not None:
+        try:
+            replica.serve_metrics(*metrics_at, monitoring.ready_max_lag)
+        except OSError as exc:
+            replica.close()
+            raise StartupError(f"cannot serve metrics on {metrics_addr}: {exc}") from None
+    return replica
 
 
 def main(argv: list[str] | None = None) -> int:
     """`kvstore-replica --config FILE --id N --data-dir DIR [--tick-ms 10]`."""
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s replica-{args.id} %(levelname)s %(message)s",
-    )
+    logfmt.configure(args.log_level, args.log_format, args.id)
     try:
         replica = _build(args)
     except StartupError as exc:

@@ -119,6 +119,13 @@ class PeerTransport:
         _heartbeats(self.inbox)
         _bind(self.inbox, bind, "peer")
         self._peer_ids = frozenset(peers)
+        # Per peer, plain ints for replica/metrics.py (read by the loop's
+        # snapshot, never by another thread).
+        self.sent_messages = dict.fromkeys(peers, 0)
+        self.sent_bytes = dict.fromkeys(peers, 0)
+        self.send_dropped = dict.fromkeys(peers, 0)
+        self.received_messages = dict.fromkeys(peers, 0)
+        self.received_bytes = dict.fromkeys(peers, 0)
         self._outboxes: dict[int, zmq.Socket] = {}
         for pid, address in peers.items():
             sock = ctx.socket(zmq.PUSH)
@@ -138,6 +145,7 @@ class PeerTransport:
         last: Message | None = None
         frame = b""
         outboxes = self._outboxes
+        sent, sent_bytes = self.sent_messages, self.sent_bytes
         for dst, msg in messages:
             if msg is not last:
                 frame = codec.encode(msg)
@@ -145,10 +153,13 @@ class PeerTransport:
             sock = outboxes.get(dst)
             if sock is None:
                 continue
-            try:  # noqa: SIM105 - hot path: try is cheaper than suppress()
+            try:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
-                pass  # peer unreachable or too slow: Paxos retransmits
+                self.send_dropped[dst] += 1  # unreachable or too slow: Paxos retransmits
+                continue
+            sent[dst] += 1
+            sent_bytes[dst] += len(frame)
 
     def recv(self, limit: int, out: list[Message]) -> bool:
         """Appends up to `limit` well-formed messages from peers to `out`;
@@ -171,6 +182,8 @@ class PeerTransport:
             if msg.sender not in peer_ids:
                 self.bad.note("peer_unknown", f"a message from replica {msg.sender}, not a peer")
                 continue
+            self.received_messages[msg.sender] += 1
+            self.received_bytes[msg.sender] += len(frames[0])
             out.append(msg)
         return True
 

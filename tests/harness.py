@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,14 +75,21 @@ class ReplicaState:
 class Cluster:
     """N replica processes on 127.0.0.1 with their files under `root`."""
 
-    def __init__(self, root: Path, replicas: int = 3, *, tick_ms: int = 10) -> None:
+    def __init__(
+        self, root: Path, replicas: int = 3, *, tick_ms: int = 10, metrics: bool = False
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tick_ms = tick_ms
-        ports = launch.free_ports(2 * replicas, consecutive=True)
+        ports = launch.free_ports((3 if metrics else 2) * replicas, consecutive=True)
         self.replicas: list[ReplicaAddress] = local_cluster_config(
             replicas, base_port=ports[0], peer_base_port=ports[replicas]
         )
+        if metrics:  # HTTP metrics and health checks on 127.0.0.1 (replica/metrics.py)
+            self.replicas = [
+                replace(r, metrics=f"127.0.0.1:{port}")
+                for r, port in zip(self.replicas, ports[2 * replicas :], strict=True)
+            ]
         self.config_path = self.root / "cluster.toml"
         write_cluster_config(self.config_path, self.replicas)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -106,6 +113,13 @@ class Cluster:
 
     def address(self, rid: int) -> str:
         return display_address(self._replica(rid).client)
+
+    def metrics_address(self, rid: int) -> str:
+        """host:port of replica `rid`'s metrics and health checks (metrics=True)."""
+        address = self._replica(rid).metrics
+        if address is None:
+            raise ValueError("this cluster was made without metrics=True")
+        return address
 
     def data_dir(self, rid: int) -> Path:
         return self.root / f"data{rid}"

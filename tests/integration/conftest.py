@@ -2,7 +2,7 @@
 
 Fixtures:
     cluster          a started 3-replica cluster (leader elected)
-    cluster_factory  make(replicas=3, start=True, tick_ms=10) -> Cluster
+    cluster_factory  make(replicas=3, start=True, tick_ms=10, metrics=False) -> Cluster
 
 On teardown every process is stopped (SIGKILL after a grace period) by pid,
 and the cluster directory is removed unless the test failed (then its path
@@ -41,14 +41,16 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 def cluster_factory(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Cluster]]:
-    """make(replicas=3, *, start=True, tick_ms=10) -> Cluster; everything it
-    made is stopped at teardown."""
+    """make(replicas=3, *, start=True, tick_ms=10, metrics=False) -> Cluster;
+    everything it made is stopped at teardown."""
     if SERVER_MISSING:
         pytest.skip("replica/server.py is not there yet")
     made: list[Cluster] = []
 
-    def make(replicas: int = 3, *, start: bool = True, tick_ms: int = 10) -> Cluster:
-        c = Cluster(tmp_path / f"cluster{len(made)}", replicas, tick_ms=tick_ms)
+    def make(
+        replicas: int = 3, *, start: bool = True, tick_ms: int = 10, metrics: bool = False
+    ) -> Cluster:
+        c = Cluster(tmp_path / f"cluster{len(made)}", replicas, tick_ms=tick_ms, metrics=metrics)
         made.append(c)
         if start:
             c.start()

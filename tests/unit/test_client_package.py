@@ -1,13 +1,11 @@
 """The client package's public surface (client/__init__.py): the import the
-README documents, and nothing more than the client, its results, its
-errors and the transaction builders."""
+README documents, and nothing more than the client and its errors."""
 
 from __future__ import annotations
 
 import client
 import client.client
 import client.errors
-import client.txn
 
 
 def test_from_client_import_kvclient() -> None:
@@ -24,17 +22,11 @@ def test_the_public_surface_is_short() -> None:
         "ClusterUnavailable",
         "KVClient",
         "KVError",
-        "KeyValue",
-        "RangePage",
         "RequestTooLarge",
         "SessionExpired",
-        "TxnResponse",
-        "cmp",
-        "op",
     ]
     for name in client.__all__:
-        home = client.txn if name in ("cmp", "op") else client.client
-        assert getattr(client, name) is getattr(home, name)
+        assert getattr(client, name) is getattr(client.client, name)
 
 
 def test_every_error_is_a_kverror() -> None:

@@ -194,3 +194,69 @@ def test_bad_sessions_table_names_the_problem(tmp_path: Path, body: str, message
 def test_sessions_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read cluster config"):
         load_session_settings(tmp_path / "nope.toml")
+
+
+# -- metrics address, [metrics], [timing] --
+
+
+def test_metrics_address_round_trips_and_is_checked(tmp_path: Path) -> None:
+    import dataclasses
+
+    from kvstore.config import parse_http_address
+
+    replicas = local_cluster_config(2)
+    replicas[1] = dataclasses.replace(replicas[1], metrics="*:9102")
+    path = tmp_path / "cluster.toml"
+    write_cluster_config(path, replicas)
+    assert 'metrics = "*:9102"' in path.read_text()
+    loaded = load_cluster_config(path)
+    assert [r.metrics for r in loaded] == [None, "*:9102"]
+    assert parse_http_address("*:9102") == ("", 9102)
+    assert parse_http_address("127.0.0.1:9101") == ("127.0.0.1", 9101)
+    assert parse_http_address("[::1]:9101") == ("::1", 9101)
+    bad = write(tmp_path, '[[replica]]\nid = 1\npeer = "a:1"\nclient = "a:2"\nmetrics = "a:0"\n')
+    with pytest.raises(ConfigError, match=r"replica #1: metrics: .*port must be"):
+        load_cluster_config(bad)
+    for text in ("nohost", "tcp://a:1", "a:http"):
+        with pytest.raises(ConfigError):
+            parse_http_address(text)
+
+
+def test_metrics_settings(tmp_path: Path) -> None:
+    from kvstore.config import MetricsSettings, load_metrics_settings
+
+    assert load_metrics_settings(write(tmp_path, "")) == MetricsSettings(1000)
+    five = load_metrics_settings(write(tmp_path, "[metrics]\nready_max_lag = 5\n"))
+    assert five.ready_max_lag == 5
+    for text in ("[metrics]\nready_max_lag = -1\n", "[metrics]\nlag = 5\n", "metrics = 3\n"):
+        with pytest.raises(ConfigError, match=r"\[metrics\]"):
+            load_metrics_settings(write(tmp_path, text))
+
+
+def test_timing_settings_and_the_rule_between_them(tmp_path: Path) -> None:
+    from kvstore.config import TimingSettings, load_timing_settings
+
+    assert load_timing_settings(write(tmp_path, "")) == TimingSettings()
+    assert TimingSettings().ticks(10, 2, 20) == (2, 20)  # defaults kept in ticks
+    assert TimingSettings().ticks(5, 2, 20) == (2, 20)
+    text = "[timing]\ntick_ms = 5\nheartbeat_ms = 50\nelection_ms = 1000\n"
+    timing = load_timing_settings(write(tmp_path, text))
+    assert timing == TimingSettings(5, 50, 1000)
+    assert timing.ticks(5, 2, 20) == (10, 200)
+    assert timing.ticks(10, 2, 20) == (5, 100)  # --tick-ms 10 overrides tick_ms
+    with pytest.raises(ConfigError, match=r"heartbeat_ms \(50\) must be a whole multiple"):
+        timing.ticks(20, 2, 20)
+    with pytest.raises(ConfigError) as err:
+        TimingSettings(heartbeat_ms=100, election_ms=400).ticks(10, 2, 20)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "election_ms (400) must be at least 5 x heartbeat_ms (100) = 500" in message
+    # Only one of them set: checked against the default of the other.
+    with pytest.raises(ConfigError, match=r"election_ms \(100\) .* heartbeat_ms \(40\)"):
+        TimingSettings(heartbeat_ms=40, election_ms=100).ticks(10, 2, 20)
+    with pytest.raises(ConfigError, match="election_ms"):
+        TimingSettings(election_ms=50).ticks(10, 2, 20)
+    with pytest.raises(ConfigError, match=r"\[timing\]: unknown field"):
+        load_timing_settings(write(tmp_path, "[timing]\nheartbeat = 5\n"))
+    with pytest.raises(ConfigError, match=r"tick_ms must be an integer >= 1"):
+        load_timing_settings(write(tmp_path, "[timing]\ntick_ms = 0\n"))

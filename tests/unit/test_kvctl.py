@@ -178,6 +178,23 @@ def test_status_with_nobody_answering_exits_3(run: Run) -> None:
     assert "unreachable" in out and "no replica answered" in one_error_line(err)
 
 
+def test_status_json(run: Run, leader: FakeReplica) -> None:
+    import json
+
+    nobody = f"127.0.0.1:{free_ports(1)[0]}"
+    argv = ("--cluster", f"{leader.address},{nobody}", "--timeout", "0.5", "status")
+    code, out, _ = run(*argv, "-w", "json")
+    assert code == 0
+    first, second = json.loads(out)
+    assert (first["id"], first["role"], first["ballot"]) == (1, "fake", [1, 1])
+    assert second["error"] == "unreachable" and nobody in second["address"]
+    code, out, err = run("--cluster", nobody, "--timeout", "0.3", "status", "--write-out", "json")
+    assert code == kvctl.EXIT_UNAVAILABLE and json.loads(out)[0]["error"] == "unreachable"
+    assert "no replica answered" in one_error_line(err)
+    code, _, err = run(*argv, "-w", "yaml")
+    assert code == kvctl.EXIT_USAGE and "invalid choice" in err
+
+
 def test_interrupt_exits_130(
     run: Run, leader: FakeReplica, monkeypatch: pytest.MonkeyPatch
 ) -> None:
