@@ -7,11 +7,13 @@
 
 `KVClient` (client/client.py) finds the leader, retries and times out by
 itself; every error it raises on purpose is a `KVError` (client/errors.py).
+`cmp` and `op` (client/txn.py) build transactions for `KVClient.txn`.
 `kvctl` (client/kvctl.py) is the command line built on it.
 """
 
-from client.client import CasResult, KVClient
+from client.client import CasResult, KeyValue, KVClient, RangePage, TxnResponse
 from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge, SessionExpired
+from client.txn import cmp, op
 
 __all__ = [
     "BadRequest",
@@ -19,6 +21,11 @@ __all__ = [
     "ClusterUnavailable",
     "KVClient",
     "KVError",
+    "KeyValue",
+    "RangePage",
     "RequestTooLarge",
     "SessionExpired",
+    "TxnResponse",
+    "cmp",
+    "op",
 ]

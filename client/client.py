@@ -1,7 +1,8 @@
 """The Python client of the replicated key-value store.
 
 `KVClient` holds the client addresses of all replicas and hides leader
-discovery, retries and timeouts behind put/get/delete/cas/status.
+discovery, retries and timeouts behind put/get/delete/cas/status, ranges
+(range, iter_range, get_prefix, count, delete_range) and txn.
 
 Theory of operation:
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn, Self
 
@@ -51,16 +53,25 @@ from client.errors import (
     RequestTooLarge,
     SessionExpired,
 )
+from client.txn import range_args
 from kvstore.config import display_address, parse_cluster_addresses
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S, MAX_FRAME_BYTES
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
     WRITE_OPS,
+    Compare,
+    DeleteResult,
+    KeyValue,
     Op,
     ProtocolError,
+    PutResult,
+    RangeResult,
     Request,
     Response,
     Status,
+    Txn,
+    TxnOp,
+    TxnResult,
     decode_response,
     encode_request,
     validate_request,
@@ -72,8 +83,11 @@ __all__ = [
     "ClusterUnavailable",
     "KVClient",
     "KVError",
+    "KeyValue",
+    "RangePage",
     "RequestTooLarge",
     "SessionExpired",
+    "TxnResponse",
 ]
 
 _BACKOFF_MIN = 0.005
@@ -92,6 +106,32 @@ class CasResult(NamedTuple):
     succeeded: bool
     value: bytes | None
     version: int
+
+
+class RangePage(NamedTuple):
+    """One reply of a range read: the keys of a prefix of the range, in key
+    order (`KeyValue`: key, value (None when keys only), version,
+    create_revision), how many (also for count only, with `kvs` empty),
+    whether `more` keys remain from `next_key` on, and the store's
+    `revision` when the page was read."""
+
+    kvs: tuple[KeyValue, ...]
+    count: int
+    more: bool
+    next_key: bytes | None
+    revision: int
+
+
+class TxnResponse(NamedTuple):
+    """Outcome of a transaction: whether the comparisons held (the success
+    operations ran, else the failure ones), the store's revision after it,
+    and one result per operation that ran (`PutResult`, `DeleteResult`,
+    `RangeResult`). `responses` is None when the answer came from the
+    session record of a retried request, which keeps no results."""
+
+    succeeded: bool
+    revision: int
+    responses: tuple[PutResult | DeleteResult | RangeResult, ...] | None
 
 
 @dataclass(slots=True)
@@ -205,6 +245,128 @@ class KVClient:
             return CasResult(True, new, resp.version)
         return CasResult(False, resp.value, resp.version)
 
+    def range(
+        self,
+        key: bytes | str,
+        range_end: bytes | str | None = None,
+        *,
+        prefix: bool = False,
+        from_key: bool = False,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+        stale: bool = False,
+    ) -> RangePage:
+        """ONE page of the keys in [key, range_end), or with a `prefix`, or
+        `from_key` on (an empty key: every key), in key order: at most
+        `limit` keys (0: no limit) and the replicas' bound per reply
+        (kvstore.limits.MAX_RANGE_KEYS, MAX_RANGE_REPLY_BYTES). When `more`,
+        ask again from `next_key` (`iter_range` does). Linearizable unless
+        `stale`; pages read one after the other are not one snapshot."""
+        start, end = range_args(key, range_end, prefix=prefix, from_key=from_key)
+        resp = self._request(
+            Op.RANGE,
+            start,
+            stale=stale,
+            range_end=end,
+            limit=limit,
+            keys_only=keys_only,
+            count_only=count_only,
+        )
+        result = resp.result
+        if not isinstance(result, RangeResult):
+            raise KVError(f"the replica answered a range without its result ({resp.status.name})")
+        return RangePage(result.kvs, result.count, result.more, result.next_key, resp.version)
+
+    def iter_range(
+        self,
+        key: bytes | str,
+        range_end: bytes | str | None = None,
+        *,
+        prefix: bool = False,
+        from_key: bool = False,
+        limit: int = 0,
+        keys_only: bool = False,
+        stale: bool = False,
+    ) -> Iterator[KeyValue]:
+        """Every key of the range (at most `limit`), page after page."""
+        start, end = range_args(key, range_end, prefix=prefix, from_key=from_key)
+        left = limit
+        while True:
+            page = self.range(start, end, limit=left, keys_only=keys_only, stale=stale)
+            yield from page.kvs
+            left -= len(page.kvs) if limit else 0
+            if not page.more or (limit and left <= 0) or page.next_key is None:
+                return
+            start = page.next_key
+
+    def get_prefix(
+        self,
+        prefix: bytes | str,
+        *,
+        limit: int = 0,
+        keys_only: bool = False,
+        stale: bool = False,
+    ) -> list[KeyValue]:
+        """Every key starting with `prefix` (at most `limit`), in key order."""
+        return list(
+            self.iter_range(prefix, prefix=True, limit=limit, keys_only=keys_only, stale=stale)
+        )
+
+    def count(
+        self,
+        key: bytes | str,
+        range_end: bytes | str | None = None,
+        *,
+        prefix: bool = False,
+        from_key: bool = False,
+        stale: bool = False,
+    ) -> int:
+        """How many keys the range holds (counted page by page)."""
+        start, end = range_args(key, range_end, prefix=prefix, from_key=from_key)
+        total = 0
+        while True:
+            page = self.range(start, end, count_only=True, stale=stale)
+            total += page.count
+            if not page.more or page.next_key is None:
+                return total
+            start = page.next_key
+
+    def delete_range(
+        self,
+        key: bytes | str,
+        range_end: bytes | str | None = None,
+        *,
+        prefix: bool = False,
+        from_key: bool = False,
+    ) -> int | None:
+        """Deletes every key of the range atomically, as one command at one
+        revision; returns how many were deleted (None when the answer came
+        from the session record of a retry: at least one). A range of more
+        than kvstore.limits.MAX_DELETE_RANGE_KEYS keys is refused
+        (RequestTooLarge) and nothing is deleted."""
+        start, end = range_args(key, range_end, prefix=prefix, from_key=from_key)
+        resp = self._request(Op.DELETE_RANGE, start, range_end=end)
+        if resp.status is Status.NOT_FOUND:
+            return 0
+        return resp.result.deleted if isinstance(resp.result, DeleteResult) else None
+
+    def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResponse:
+        """One atomic transaction: if every comparison holds, the `success`
+        operations run, else the `failure` ones, as one command at one
+        revision (client/txn.py: `cmp` and `op` build them). Retried like
+        any write: applied once."""
+        txn = Txn(tuple(compare), tuple(success), tuple(failure))
+        resp = self._request(Op.TXN, b"", txn=txn)
+        result = resp.result
+        responses = result.responses if isinstance(result, TxnResult) else None
+        return TxnResponse(resp.status is Status.OK, resp.version, responses)
+
     def status(self) -> list[dict[str, Any]]:
         """One dict per address, in order: the replica's STATUS info plus
         "address", or {"address", "error"} when it did not answer in time."""
@@ -247,6 +409,7 @@ class KVClient:
         expected_value: bytes | None = None,
         expected_version: int | None = None,
         stale: bool = False,
+        **extra: Any,
     ) -> Response:
         """Builds, validates and sends one request; returns its final
         response. A write takes the next number (only once it passed
@@ -266,6 +429,7 @@ class KVClient:
             expected_value,
             expected_version,
             stale,
+            **extra,  # range_end, limit, keys_only, count_only, txn
         )
         problem = validate_request(req)
         if problem is not None:

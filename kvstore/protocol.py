@@ -112,6 +112,7 @@ class Op(IntEnum):
     RANGE = 6  # read [key, range_end): range_end, limit, keys_only, count_only, stale
     DELETE_RANGE = 7  # delete [key, range_end) at one revision
     TXN = 8  # comparisons, then the success or the failure operations
+    SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS, Op.DELETE_RANGE, Op.TXN})
@@ -258,7 +259,11 @@ class Request:
     the others, if set, are type-checked by the decoder and otherwise ignored.
     RANGE: key, range_end (None: the key alone; FROM_KEY: no end), limit
     (0: none), keys_only or count_only, stale. DELETE_RANGE: key, range_end.
-    TXN: txn, and an empty key.
+    TXN: txn, and an empty key. SNAPSHOT (backups, kvstore/backup.py): no
+    session; `value` None starts an export on the leader (after a read-index
+    round) and answers its first chunk, else `value` is the export id and
+    `key` the last key of the previous chunk; the answer's `value` is a
+    packed `kvstore.backup.Chunk` (NOT_FOUND: no such export here).
     """
 
     op: Op
@@ -297,7 +302,7 @@ class Response:
 def validate_request(req: Request) -> tuple[Status, str] | None:
     """Checks the documented limits and per-op fields. Returns None when the
     request is acceptable, else (BAD_REQUEST or TOO_LARGE, message)."""
-    if req.op == Op.STATUS:
+    if req.op in (Op.STATUS, Op.SNAPSHOT):
         # No session (client_id, seq) and no key: see Request and parse_request.
         return None
     if len(req.client_id) != CLIENT_ID_BYTES:
@@ -541,6 +546,8 @@ def decode_request(frame: bytes) -> Request:
     )
 
 
+MAX_EXPORT_ID_BYTES = 64
+
 _E = TypeVar("_E", bound=IntEnum)
 
 
@@ -612,7 +619,8 @@ def parse_request(frame: bytes) -> Request | Response:
     1. over MAX_REQUEST_BYTES: TOO_LARGE, naming the size and the limit,
        before a byte is decoded;
     2. not bytes, undecodable, or a field of the wrong type: BAD_REQUEST;
-    3. STATUS: valid as it is, it needs no other field;
+    3. STATUS: valid as it is, it needs no other field; SNAPSHOT: its id and
+       cursor are bounded, it needs no session;
     4. otherwise `validate_request`: BAD_REQUEST or TOO_LARGE (a key or value
        over its limit).
 
@@ -630,6 +638,12 @@ def parse_request(frame: bytes) -> Request | Response:
         return Response(Status.BAD_REQUEST, error=str(exc))
     if req.op is Op.STATUS:
         return req  # no session, no key: nothing more to check
+    if req.op is Op.SNAPSHOT:
+        if req.value is not None and len(req.value) > MAX_EXPORT_ID_BYTES:
+            return Response(Status.BAD_REQUEST, error="snapshot export id is too long")
+        if len(req.key) > MAX_KEY_BYTES + 64:
+            return Response(Status.TOO_LARGE, error="snapshot cursor is too long")
+        return req  # no session: a backup changes nothing
     problem = validate_request(req)
     if problem is not None:
         return Response(problem[0], error=problem[1])

@@ -69,6 +69,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
+from kvstore.backup import Chunk
 from kvstore.config import CompactionSettings
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.protocol import (
@@ -87,7 +88,13 @@ from replica.counters import DriverCounters
 from replica.logfmt import event
 from replica.messages import Message, Phase2a, SnapshotChunk, SnapshotRequest, Value
 from replica.paxos import CoreConfig, CoreStatus, PaxosCore, Ready, Role
-from replica.snapshots import Exporter, Installer, SnapshotSource, SnapshotTarget
+from replica.snapshots import (
+    ClientExports,
+    Exporter,
+    Installer,
+    SnapshotSource,
+    SnapshotTarget,
+)
 from replica.storage import AcceptorStorage
 
 log = logging.getLogger("replica.driver")
@@ -99,6 +106,10 @@ SNAPSHOT_RETRY_TICKS = 10
 SNAPSHOT_GIVE_UP_TICKS = 200
 """... and abandons the install after this long (the core asks again)."""
 SNAPSHOT_IDLE_TICKS = 500
+BACKUP_CHUNK_BYTES = 1 << 20
+"""A backup chunk holds at most about this many bytes of records."""
+BACKUP_EXPORTS = 4
+"""Backups streamed from one replica at once; more are answered UNAVAILABLE."""
 """An export nobody asked for a chunk of for this long is closed."""
 
 Envelope = Any
@@ -217,6 +228,9 @@ class ReplicaDriver:
         self.compaction = compaction or CompactionSettings()
         self._exporter = Exporter(
             replica_id, state_machine, self.compaction.snapshot_chunk_bytes, SNAPSHOT_IDLE_TICKS
+        )
+        self._backups = ClientExports(
+            replica_id, state_machine, BACKUP_CHUNK_BYTES, SNAPSHOT_IDLE_TICKS, BACKUP_EXPORTS
         )
         self._installer: Installer | None = None
         self._held: deque[tuple[int, int]] = deque()  # (slot, bytes) applied since compaction
@@ -477,6 +491,7 @@ class ReplicaDriver:
 
     def _tick_snapshots(self, acc: Ready) -> None:
         self._exporter.tick()
+        self._backups.tick()
         installer = self._installer
         if installer is None:
             return
@@ -524,6 +539,8 @@ class ReplicaDriver:
                 self._reply(envelope, self._read_local(req))
             else:
                 self._read_linearizable(envelope, req)
+        elif op is Op.SNAPSHOT:
+            self._on_backup(envelope, req)
         else:  # Op.STATUS: answered by every replica itself
             self._reply(envelope, Response(Status.OK, info=self.status_info()))
 
@@ -552,8 +569,33 @@ class ReplicaDriver:
         self._reads[self._read_seq] = (envelope, req)
         self._new_reads.append(self._read_seq)
 
+    def _on_backup(self, envelope: Envelope, req: Request) -> None:
+        """A backup (kvstore/backup.py): a new export starts after a read-index
+        round on the leader (so it holds every write acknowledged before it);
+        the next chunks come from the replica that holds the export."""
+        if req.value is None:
+            self._read_linearizable(envelope, req)
+            return
+        found = self._backups.chunk(req.value, req.key or None)
+        if found is None:
+            self._reply(envelope, Response(Status.NOT_FOUND, error="no such snapshot export"))
+            return
+        reader, items, last = found
+        chunk = Chunk(req.value, reader.index, reader.revision, items, last)
+        self._reply(envelope, Response(Status.OK, value=chunk.pack(), leader=self.id))
+
+    def _backup_begin(self) -> Response:
+        begun = self._backups.begin()
+        if begun is None:
+            return Response(Status.UNAVAILABLE, error="too many snapshot exports at once")
+        export_id, reader, items, last = begun
+        chunk = Chunk(export_id, reader.index, reader.revision, items, last)
+        return Response(Status.OK, value=chunk.pack(), leader=self.id)
+
     def _read_local(self, req: Request) -> Response:
         """The key (GET) or range (RANGE) as of this replica's applied index."""
+        if req.op is Op.SNAPSHOT:
+            return self._backup_begin()
         if req.op is Op.RANGE:
             return self.sm.read_range(req)
         found = self.sm.get(req.key)

@@ -221,3 +221,68 @@ class Installer:
             "bytes": self.bytes,
             "keys": self.keys,
         }
+
+
+class ClientExports:
+    """Snapshots streamed to clients for backups (`kvctl snapshot save`):
+    the same LevelDB-snapshot readers as `Exporter`, keyed by an id handed
+    to the client with the first chunk. At most `limit` at once; one idle
+    for `idle_ticks` is closed (the client then starts again)."""
+
+    def __init__(
+        self, replica_id: int, source: SnapshotSource, chunk_bytes: int, idle_ticks: int, limit: int
+    ) -> None:
+        self.id = replica_id
+        self._source = source
+        self._chunk_bytes = chunk_bytes
+        self._idle_ticks = idle_ticks
+        self._limit = limit
+        self._exports: dict[bytes, _Export] = {}
+        self._next = 0
+
+    def begin(self) -> tuple[bytes, SnapshotReader, list[tuple[bytes, bytes]], bytes | None] | None:
+        """A new export at the current applied index and its first chunk
+        (export id, reader, items, last key), or None when `limit` exports
+        are open."""
+        if len(self._exports) >= self._limit:
+            return None
+        reader = self._source.snapshot_reader()
+        self._next += 1
+        export_id = _ID.pack(self.id, self._next)
+        log.info(
+            "replica %d: backup export %d started at index %d", self.id, self._next, reader.index
+        )
+        items, last = reader.chunk(None, self._chunk_bytes)
+        if last is None:
+            reader.close()  # it all fit in one chunk (the reader's figures stay)
+        else:
+            self._exports[export_id] = _Export(export_id, reader)
+        return export_id, reader, items, last
+
+    def chunk(
+        self, export_id: bytes, after: bytes | None
+    ) -> tuple[SnapshotReader, list[tuple[bytes, bytes]], bytes | None] | None:
+        """The next chunk of export `export_id` after key `after` (None: from
+        the start), or None if this replica has no such export."""
+        export = self._exports.get(export_id)
+        if export is None:
+            return None
+        export.idle = 0
+        items, last = export.reader.chunk(after, self._chunk_bytes)
+        if last is None:  # the client has it all
+            self._exports.pop(export_id).reader.close()
+        return export.reader, items, last
+
+    def tick(self) -> None:
+        for key in [k for k, e in self._exports.items() if e.idle >= self._idle_ticks]:
+            self._exports.pop(key).reader.close()
+        for export in self._exports.values():
+            export.idle += 1
+
+    def close(self) -> None:
+        for export in self._exports.values():
+            export.reader.close()
+        self._exports.clear()
+
+    def __len__(self) -> int:
+        return len(self._exports)

@@ -32,6 +32,13 @@ peer's snapshot through the real chunked protocol (replica/snapshots.py),
 with crashes at any of its syncs and between chunks; a replica that stays
 down while the others compact past it catches up that way when it returns.
 
+Lost disks (`wipes=True`, every fifth seed in CI): a replica's disk dies
+(a crash, then an empty MemoryDB). The real replica refuses to start on an
+empty directory under an id the cluster has (replica/datadir.py), so a
+wiped replica stays out for good and at most a minority is wiped;
+`rejoin_wiped=True` models the naive rejoin that the refusal prevents (the
+replica comes back empty under its old id) and must be caught.
+
 Clients (three per run) are lazy-pirate clients as in client/client.py:
 one operation at a time (put, get, cas, delete of two keys, unique values),
 numbered per client; a REDIRECT goes to the named leader, UNAVAILABLE or a
@@ -62,7 +69,9 @@ Deliberately broken drivers (subclasses overriding one step of the Ready
 order) must be caught: `SendBeforeSync` reveals votes before they are synced,
 `SkipSync` never syncs them, `AnswerBeforeSync` applies and answers clients
 before the sync, `IgnoresCompaction` leads from behind a promiser's
-compaction point (filling chosen slots it cannot see with no-ops).
+compaction point (filling chosen slots it cannot see with no-ops); and
+`rejoin_wiped=True` (not a driver: a way of running it) lets a replica that
+lost its disk vote again.
 """
 
 from __future__ import annotations
@@ -239,6 +248,7 @@ class Node:
     revealed_promise: Ballot = Ballot(0, 0)
     revealed_votes: dict[int, Ballot] = field(default_factory=dict)
     sent_phase2a: bool = False  # in the current iteration
+    wiped: bool = False  # its disk was lost (the wipe nemesis)
 
 
 @dataclass
@@ -250,6 +260,7 @@ class Stats:
     compactions: int = 0
     installs: int = 0
     install_crashes: int = 0
+    wipes: int = 0
     sync_crashes: int = 0
     early_phase2a_crashes: int = 0
     elections: int = 0
@@ -389,6 +400,8 @@ class Simulation:
         check_durability: bool = True,
         early_crash: bool = False,
         compaction: CompactionSettings | None = None,
+        wipes: bool = False,
+        rejoin_wiped: bool = False,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -398,6 +411,8 @@ class Simulation:
         self.check_durability = check_durability
         self.early_crash = early_crash
         self.compaction = compaction or SIM_COMPACTIONS[seed % len(SIM_COMPACTIONS)]
+        self.wipes = wipes or rejoin_wiped
+        self.rejoin_wiped = rejoin_wiped
         self.faults = True  # off while the run settles at the end
         self.network: list[tuple[int, int, Message]] = []  # (src, dst, msg)
         self.group = {i: 0 for i in self.ids}
@@ -411,7 +426,8 @@ class Simulation:
         for node in self.nodes.values():
             self._start(node)
         self.clients = [SimClient(self, i) for i in range(CLIENTS)]
-        self._names, self._weights = zip(*self.WEIGHTS, strict=True)
+        weights = self.WEIGHTS + ((("wipe", 1),) if self.wipes else ())
+        self._names, self._weights = zip(*weights, strict=True)
 
     def _now(self) -> int:
         self._tick += 1
@@ -634,9 +650,32 @@ class Simulation:
             self._crash(node, keep=self.rng.randint(0, node.db.unsynced_batches))
 
     def _ev_restart(self) -> None:
-        dead = [n for n in self.nodes.values() if n.driver is None]
+        dead = [n for n in self.nodes.values() if n.driver is None and self._may_start(n)]
         if dead:
             self._restart(self.rng.choice(dead))
+
+    def _may_start(self, node: Node) -> bool:
+        """A wiped replica is refused (replica/datadir.py: an empty directory
+        does not rejoin under its old id), unless the run models the naive
+        rejoin that the refusal prevents."""
+        return not node.wiped or self.rejoin_wiped
+
+    def _ev_wipe(self) -> None:
+        """The disk of a replica dies: it crashes (if up) and its data is gone.
+        The real replica then stays out for good, so at most a minority is
+        wiped; the naive-rejoin variant restarts it empty under its old id."""
+        wiped = sum(n.wiped for n in self.nodes.values())
+        if not self.rejoin_wiped and wiped >= len(self.ids) - self.quorum:
+            return
+        node = self.rng.choice([n for n in self.nodes.values() if not n.wiped])
+        if node.driver is not None:
+            self._crash(node, keep=0)
+        node.db = MemoryDB()
+        node.applied.clear()
+        node.revealed_promise = Ballot(0, 0)
+        node.revealed_votes.clear()
+        node.wiped = not self.rejoin_wiped  # the naive variant forgets it ever was
+        self.stats.wipes += 1
 
     def _ev_partition(self) -> None:
         if len(self.ids) < 2:
@@ -657,8 +696,11 @@ class Simulation:
         self.faults = False
         self._ev_heal()
         stay_down = len(self.ids) - self.quorum if self.rng.random() < 0.5 else 0
+        stay_down -= sum(n.wiped for n in self.nodes.values())
         for node in self.nodes.values():
-            if node.driver is None and stay_down:
+            if node.driver is None and not self._may_start(node):
+                continue
+            if node.driver is None and stay_down > 0:
                 stay_down -= 1
             elif node.driver is None:
                 self._restart(node)

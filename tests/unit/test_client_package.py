@@ -1,11 +1,13 @@
 """The client package's public surface (client/__init__.py): the import the
-README documents, and nothing more than the client and its errors."""
+README documents, and nothing more than the client, its results, its
+errors and the transaction builders."""
 
 from __future__ import annotations
 
 import client
 import client.client
 import client.errors
+import client.txn
 
 
 def test_from_client_import_kvclient() -> None:
@@ -22,11 +24,17 @@ def test_the_public_surface_is_short() -> None:
         "ClusterUnavailable",
         "KVClient",
         "KVError",
+        "KeyValue",
+        "RangePage",
         "RequestTooLarge",
         "SessionExpired",
+        "TxnResponse",
+        "cmp",
+        "op",
     ]
     for name in client.__all__:
-        assert getattr(client, name) is getattr(client.client, name)
+        home = client.txn if name in ("cmp", "op") else client.client
+        assert getattr(client, name) is getattr(home, name)
 
 
 def test_every_error_is_a_kverror() -> None:

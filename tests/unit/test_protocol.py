@@ -70,6 +70,8 @@ TXN = Txn(
 # --- round trips ------------------------------------------------------------------
 
 REQUESTS = [
+    Request(Op.SNAPSHOT),  # a backup export starts
+    Request(Op.SNAPSHOT, key=b"dk", value=b"\x00" * 16),  # its next chunk
     Request(Op.PUT, CID, 1, b"k", b"v"),
     Request(Op.PUT, CID, 2**63, b"\x00\xff", b""),
     Request(Op.GET, CID, 3, b"k"),
@@ -785,3 +787,11 @@ def test_a_client_cannot_send_a_clock_command(unix_ms: int, ttl_ms: int) -> None
 def test_no_decodable_frame_is_a_clock_command(frame: bytes) -> None:
     if isinstance(parse_request(frame), Request):
         assert decode_clock(frame) is None
+
+
+def test_snapshot_requests_need_no_session_and_are_bounded() -> None:
+    assert parse_request(encode_request(Request(Op.SNAPSHOT))) == Request(Op.SNAPSHOT)
+    long_id = encode_request(Request(Op.SNAPSHOT, value=b"x" * 65))
+    assert parse_request(long_id).status is Status.BAD_REQUEST
+    long_cursor = encode_request(Request(Op.SNAPSHOT, key=b"k" * 5000, value=b"x"))
+    assert parse_request(long_cursor).status is Status.TOO_LARGE
