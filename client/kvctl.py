@@ -25,10 +25,12 @@ from client.errors import (
     RequestTooLarge,
     SessionExpired,
 )
+from client.txn import TXN_HELP, TxnSyntaxError, parse_txn
 from kvstore.backup import BackupError
 from kvstore.backup import read as read_backup
 from kvstore.config import ENV_CLUSTER, ConfigError, display_address
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S
+from kvstore.protocol import DeleteResult, PutResult, RangeResult, TxnOp
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # key not found, CAS failed, other failure
@@ -40,7 +42,8 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = """\
 exit codes:
   0    success
-  1    key not found (get, delete) or compare-and-set failed
+  1    key not found (get, delete), compare-and-set failed, or a
+       transaction's comparisons failed (its failure operations ran)
   2    usage error (bad arguments, bad --cluster address)
   3    cluster unavailable: no replica answered within --timeout
        (the outcome of a write is then unknown: it may still be applied)
@@ -64,6 +67,9 @@ examples:
   kvctl put greeting hello
   kvctl get greeting
   kvctl cas greeting bonjour --expect hello
+  kvctl get app/ --prefix --limit 10
+  kvctl del tmp/ --prefix
+  printf 'val("a") = "1"\\n\\nput a 2\\n' | kvctl txn
   kvctl --cluster 10.0.0.1:7001,10.0.0.2:7001 status
 
 {EXIT_CODES_HELP}"""
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_get(sub, fmt)
     _add_delete(sub, fmt)
     _add_cas(sub, fmt)
+    _add_txn(sub, fmt)
     _add_status(sub, fmt)
     _add_snapshot(sub, fmt)
     return parser
@@ -159,7 +166,7 @@ def _add_get(sub: Any, fmt: type) -> None:
             "bytes, no newline). A missing key prints nothing and exits with 1. Reads "
             "are linearizable unless --stale."
         ),
-        epilog=EXIT_CODES_HELP,
+        epilog=RANGE_HELP + "\n" + EXIT_CODES_HELP,
         formatter_class=fmt,
     )
     p.add_argument("key", metavar="KEY")
@@ -175,19 +182,80 @@ def _add_get(sub: Any, fmt: type) -> None:
         help="print 'VERSION<TAB>VALUE' (the version is the key's last modification revision)",
     )
     p.add_argument("--raw", action="store_true", help="write the value's bytes only, no newline")
+    _add_range_arguments(p, reads=True)
     p.set_defaults(run=_run_get)
+
+
+RANGE_HELP = """ranges (any of RANGE_END, --prefix, --from-key, --limit, --keys-only,
+--count-only makes a range read):
+  the keys in [KEY, RANGE_END), or starting with KEY (--prefix), or from
+  KEY on (--from-key), in key order; an empty KEY ('') with --prefix or
+  --from-key means every key. Each key prints as two lines, KEY then VALUE
+  (with --version: VERSION<TAB>VALUE); --keys-only prints the keys, one a
+  line; --count-only prints how many. A range that holds nothing prints
+  nothing and exits 0. The replicas answer a range in pages (at most 5,000
+  keys or about 4 MiB each); kvctl asks for page after page until the range
+  or --limit is done. Each page is linearizable unless --stale, but a range
+  over several pages is not one snapshot.
+"""
+
+
+def _add_range_arguments(p: argparse.ArgumentParser, reads: bool) -> None:
+    p.add_argument(
+        "range_end",
+        metavar="RANGE_END",
+        nargs="?",
+        help="the end of the range [KEY, RANGE_END) (not included)",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--prefix", action="store_true", help="every key that starts with KEY")
+    which.add_argument("--from-key", action="store_true", help="every key from KEY on")
+    if not reads:
+        return
+    p.add_argument(
+        "--limit", metavar="N", type=_version_number, default=0, help="at most N keys (0: all)"
+    )
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--keys-only", action="store_true", help="print the keys, not the values")
+    only.add_argument("--count-only", action="store_true", help="print how many keys there are")
 
 
 def _add_delete(sub: Any, fmt: type) -> None:
     p = sub.add_parser(
         "delete",
-        help="delete a key",
-        description=_wrap("Delete KEY. Prints OK; a key that did not exist exits with 1."),
+        aliases=["del"],
+        help="delete a key, or a range of keys",
+        description=_wrap(
+            "Delete KEY. Prints OK; a key that did not exist exits with 1. With "
+            "RANGE_END, --prefix or --from-key: delete every key of the range "
+            "atomically, as one command at one revision, and print how many were "
+            "deleted (0 is not an error). One range delete deletes at most 10,000 keys: "
+            "a larger range is refused (exit 4) and nothing is deleted."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=fmt,
     )
     p.add_argument("key", metavar="KEY")
+    _add_range_arguments(p, reads=False)
     p.set_defaults(run=_run_delete)
+
+
+def _add_txn(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "txn",
+        help="run a transaction read from stdin",
+        description=_wrap(
+            "Read a transaction from standard input and run it atomically, as one "
+            "command at one revision: if every comparison holds, the success "
+            "operations run, else the failure ones. Prints SUCCESS or FAILURE, then "
+            "one result per operation (put: OK; del: how many keys it deleted; get: "
+            "KEY and VALUE lines, as 'kvctl get'). Exits with 1 when the comparisons "
+            "failed. A retried request prints no results (the replicas keep none)."
+        ),
+        epilog=TXN_HELP + "\n" + EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    p.set_defaults(run=_run_txn)
 
 
 def _add_cas(sub: Any, fmt: type) -> None:
@@ -307,7 +375,19 @@ def _run_put(client: KVClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _is_range(args: argparse.Namespace) -> bool:
+    reads = ("limit", "keys_only", "count_only")
+    return bool(
+        args.range_end is not None
+        or args.prefix
+        or args.from_key
+        or any(getattr(args, name, None) for name in reads)
+    )
+
+
 def _run_get(client: KVClient, args: argparse.Namespace) -> int:
+    if _is_range(args):
+        return _run_range(client, args)
     found = client.get_versioned(os.fsencode(args.key), stale=args.stale)
     if found is None:
         print(f"kvctl: key not found: {args.key}", file=sys.stderr)
@@ -318,7 +398,45 @@ def _run_get(client: KVClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _range_of(args: argparse.Namespace) -> tuple[bytes, bytes | None, dict[str, bool]]:
+    key = os.fsencode(args.key)
+    if args.range_end is not None and (args.prefix or args.from_key):
+        raise _UsageError("give RANGE_END, --prefix or --from-key, not two of them")
+    if not key and not (args.prefix or args.from_key):
+        raise _UsageError("an empty KEY needs --prefix or --from-key (every key)")
+    end = None if args.range_end is None else os.fsencode(args.range_end)
+    return key, end, {"prefix": args.prefix, "from_key": args.from_key}
+
+
+def _run_range(client: KVClient, args: argparse.Namespace) -> int:
+    if args.raw:
+        raise _UsageError("--raw is for one key, not a range")
+    key, end, how = _range_of(args)
+    if args.count_only:
+        _out(b"%d\n" % client.count(key, end, stale=args.stale, **how))
+        return EXIT_OK
+    kvs = client.iter_range(
+        key, end, limit=args.limit, keys_only=args.keys_only, stale=args.stale, **how
+    )
+    for kv in kvs:
+        _out_kv(kv.key, kv.value, kv.version, args.version)
+    return EXIT_OK
+
+
+def _out_kv(key: bytes, value: bytes | None, version: int, with_version: bool) -> None:
+    if value is None:  # keys only
+        _out(key + b"\n")
+        return
+    prefix = f"{version}\t".encode() if with_version else b""
+    _out(key + b"\n" + prefix + value + b"\n")
+
+
 def _run_delete(client: KVClient, args: argparse.Namespace) -> int:
+    if _is_range(args):
+        key, end, how = _range_of(args)
+        deleted = client.delete_range(key, end, **how)
+        _out(b"OK\n" if deleted is None else b"%d\n" % deleted)
+        return EXIT_OK
     if not client.delete(os.fsencode(args.key)):
         print(f"kvctl: key not found: {args.key}", file=sys.stderr)
         return EXIT_FAILED
@@ -348,6 +466,49 @@ def _run_cas(client: KVClient, args: argparse.Namespace) -> int:
         current = f"current version {result.version}, value {_preview(result.value)}"
     print(f"kvctl: cas failed: {current}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _run_txn(client: KVClient, args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        print(
+            "kvctl: reading a transaction (JSON, or etcdctl's format: comparisons, "
+            "an empty line, success operations, an empty line, failure operations; "
+            "end with Ctrl-D)",
+            file=sys.stderr,
+        )
+    text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    try:
+        txn = parse_txn(text)
+    except TxnSyntaxError as exc:
+        raise _UsageError(f"bad transaction: {exc}") from None
+    result = client.txn(txn.compares, txn.success, txn.failure)
+    _out(b"SUCCESS\n" if result.succeeded else b"FAILURE\n")
+    ran = txn.success if result.succeeded else txn.failure
+    for txn_op, response in zip(ran, result.responses or (), strict=False):
+        _out_txn_response(txn_op, response, args.verbose)
+    if args.verbose:
+        _out(f"revision {result.revision}\n".encode())
+    return EXIT_OK if result.succeeded else EXIT_FAILED
+
+
+def _out_txn_response(txn_op: TxnOp, response: Any, verbose: bool) -> None:
+    """One operation's result, as the command of its kind prints it."""
+    if isinstance(response, PutResult):
+        _out(f"OK version {response.version}\n".encode() if verbose else b"OK\n")
+    elif isinstance(response, DeleteResult):
+        _out(b"%d\n" % response.deleted)
+    elif txn_op.count_only:
+        _out(b"%d\n" % response.count)
+    else:
+        for kv in response.kvs:
+            _out_kv(kv.key, kv.value, kv.version, verbose)
+    if isinstance(response, RangeResult) and response.more:
+        print(
+            f"kvctl: more keys from {_preview(response.next_key or b'')} (the reads of a "
+            "transaction return at most 5,000 keys or about 4 MiB: read the rest with "
+            "kvctl get)",
+            file=sys.stderr,
+        )
 
 
 def _preview(value: bytes, limit: int = 60) -> str:
@@ -431,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `kvctl get k | head -c1`: not an error
         silence_stdout()
         return EXIT_OK
-    except (ConfigError, _UsageError) as exc:
+    except (ConfigError, _UsageError, TxnSyntaxError) as exc:
         return _fail(EXIT_USAGE, str(exc))
     except ClusterUnavailable as exc:
         return _fail(EXIT_UNAVAILABLE, str(exc))
