@@ -80,18 +80,29 @@ _OP_NAMES = {int(op): op.name.lower() for op in Op}
 _STATUS_NAMES = {int(status): status.name.lower() for status in Status}
 
 
+def _by_prefix(names: dict[int, str]) -> dict[bytes, str]:
+    """The fast path of `_field_two`: the first three bytes of a fixarray
+    frame [PROTOCOL_VERSION, code, ...] -> the code's name."""
+    return {
+        bytes((0x90 | length, PROTOCOL_VERSION, code)): name
+        for length in range(2, 16)
+        for code, name in names.items()
+        if 0 <= code < 0x80
+    }
+
+
+_OP_BY_PREFIX = _by_prefix(_OP_NAMES)
+_STATUS_BY_PREFIX = _by_prefix(_STATUS_NAMES)
+
+
 # ---------------------------------------------------------------- counting
 
 
 def _field_two(frame: bytes, names: dict[int, str]) -> str:
     """The name of field 2 (op or status) of a request or response frame, a
-    msgpack array [PROTOCOL_VERSION, op|status, ...]. Fast path: a fixarray
-    whose field is a positive fixint is read from the bytes; otherwise the
-    first fields are unpacked. "invalid" if it is not such an array."""
-    if len(frame) > 2 and frame[0] & 0xF0 == 0x90 and frame[1] == PROTOCOL_VERSION:
-        code = frame[2]
-        if code < 0x80:
-            return names.get(code, "unknown")
+    msgpack array [PROTOCOL_VERSION, op|status, ...], found by unpacking
+    its first fields (the callers look its first bytes up first: one dict
+    lookup per request). "invalid" if it is not such an array."""
     try:
         unpacker = msgpack.Unpacker(max_buffer_size=len(frame) + 1)
         unpacker.feed(frame)
@@ -105,12 +116,14 @@ def _field_two(frame: bytes, names: dict[int, str]) -> str:
 
 def request_op(frame: bytes) -> str:
     """A request frame's op as a label: put, get, ..., "unknown", "invalid"."""
-    return _field_two(frame, _OP_NAMES)
+    name = _OP_BY_PREFIX.get(frame[:3])
+    return name if name is not None else _field_two(frame, _OP_NAMES)
 
 
 def response_status(frame: bytes) -> str:
     """A response frame's status as a label: ok, not_found, redirect, ..."""
-    return _field_two(frame, _STATUS_NAMES)
+    name = _STATUS_BY_PREFIX.get(frame[:3])
+    return name if name is not None else _field_two(frame, _STATUS_NAMES)
 
 
 class TaggedEnvelope(list):
