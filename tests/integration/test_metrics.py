@@ -183,6 +183,8 @@ def test_prometheus_scrapes_the_cluster_and_ready_follows_the_leader(
     others = [rid for rid in cluster.ids if rid != follower]
     base = f"http://{instance[follower]}"
     assert _http(base + "/ready")[0] == 200
+    changes = f'paxoskv_leader_changes_total{{instance="{instance[follower]}"}}'
+    changes_before = prom.query(changes)[instance[follower]]
     log_lines = len(cluster.log_path(follower).read_text().splitlines())
     for rid in others:
         cluster.pause(rid)
@@ -212,6 +214,8 @@ def test_prometheus_scrapes_the_cluster_and_ready_follows_the_leader(
         lambda: prom.query("paxoskv_ready") == dict.fromkeys(instance.values(), 1.0),
         20,
     )
+    # Finding its leader again counts as a leader change (as etcd counts).
+    assert prom.query(changes)[instance[follower]] >= changes_before + 1
 
     # Its JSON log told the story, one event each.
     events = _events(cluster.log_path(follower))
