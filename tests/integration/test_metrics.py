@@ -8,9 +8,12 @@ as a client writes; a follower cut off from the leader (the leader and the
 other follower SIGSTOPped: no majority, so no leader anywhere) turns
 unready, on its /ready and in Prometheus, while /health stays 200, and
 ready again once they resume; its JSON log has the events, once each.
+A second test sends a replica's peer port messages from a stranger: they
+are counted by kind on /metrics and logged once.
 
-Without the prometheus binary the test is skipped with the reason, or
-fails when PAXOSKV_PROMETHEUS_REQUIRED=1 (set by .ci/run, which installs it).
+Without the prometheus binary the first test is skipped with the reason,
+or fails when PAXOSKV_PROMETHEUS_REQUIRED=1 (set by .ci/run, which
+installs it).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
-from replica import launch
+from replica import codec, launch
+from replica.messages import Ballot, Heartbeat
 from tests.harness import SERVER_MISSING, Cluster, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -102,27 +108,34 @@ def prometheus_binary() -> str:
 
 
 @pytest.fixture
-def monitored(
-    tmp_path: Path, prometheus_binary: str, request: pytest.FixtureRequest
-) -> Iterator[tuple[Cluster, Prometheus]]:
+def json_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A started 3-replica cluster serving metrics and logging JSON; its
+    files are removed unless the test failed."""
     if SERVER_MISSING:
         pytest.skip("replica/server.py is not there yet")
     cluster = JsonLogCluster(tmp_path / "cluster", 3, metrics=True)
-    prometheus = None
     try:
         cluster.start()
-        targets = [cluster.metrics_address(rid) for rid in cluster.ids]
-        prometheus = Prometheus(prometheus_binary, tmp_path / "prometheus", targets)
-        yield cluster, prometheus
+        yield cluster
     finally:
-        if prometheus is not None:
-            prometheus.stop()
         cluster.stop()
     rep = getattr(request.node, "_cluster_rep_call", None)
     if rep is not None and rep.passed:
         shutil.rmtree(tmp_path, ignore_errors=True)
     else:
         print(f"\nfiles kept in {tmp_path}")
+
+
+@pytest.fixture
+def monitored(
+    json_cluster: Cluster, tmp_path: Path, prometheus_binary: str
+) -> Iterator[tuple[Cluster, Prometheus]]:
+    targets = [json_cluster.metrics_address(rid) for rid in json_cluster.ids]
+    prometheus = Prometheus(prometheus_binary, tmp_path / "prometheus", targets)
+    try:
+        yield json_cluster, prometheus
+    finally:
+        prometheus.stop()
 
 
 def _http(url: str) -> tuple[int, dict[str, Any]]:
@@ -231,3 +244,39 @@ def _all(prom: Prometheus, expr: str) -> dict[str, float] | None:
     """{instance: value} once all three replicas have a value, else None."""
     values = prom.query(expr)
     return values if len(values) == 3 else None
+
+
+def test_a_stranger_at_a_peer_port_is_counted_and_logged_once(json_cluster: Cluster) -> None:
+    """Well-formed Paxos messages from a sender that is no configured peer
+    are refused: /metrics counts them by kind, the JSON log says so once."""
+    cluster = json_cluster
+    rid = cluster.ids[0]
+    peer = next(r.peer for r in cluster.replicas if r.id == rid)
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 1000)  # deliver before closing
+    try:
+        sock.connect(peer)
+        for n in range(5):
+            sock.send(codec.encode(Heartbeat(99, Ballot(10**6, 99), 10**6, n)))
+    finally:
+        sock.close()
+    url = f"http://{cluster.metrics_address(rid)}/metrics"
+    family = "paxoskv_dropped_frames_total"
+
+    def refused() -> float | None:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            text = resp.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for sample in fam.samples:
+                if sample.name == family and sample.labels == {"kind": "peer_unknown"}:
+                    return sample.value if sample.value >= 5 else None
+        return None
+
+    assert wait_for("the refused messages to be counted", refused) == 5
+    dropped = [e for e in _events(cluster.log_path(rid)) if e["event"] == "input_dropped"]
+    assert len(dropped) == 1, dropped
+    assert dropped[0]["level"] == "warning"
+    assert dropped[0]["fields"]["kind"] == "peer_unknown"
+    assert "replica 99" in dropped[0]["fields"]["detail"]
+    info = next(row for row in cluster.status() if row.get("id") == rid)
+    assert info["promised"][0] < 10**6  # the forged ballot changed nothing
