@@ -19,6 +19,7 @@ sends SIGTERM, then SIGKILL to what is left after a grace period.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from kvstore.config import (
     display_address,
     load_cluster_config,
     local_cluster_config,
+    parse_http_address,
     write_cluster_config,
 )
 from replica import launch
@@ -122,6 +124,11 @@ def _plan(cluster: LocalCluster, args: argparse.Namespace) -> list[ReplicaAddres
     fresh = local_cluster_config(
         args.replicas, host=args.host, base_port=args.base_port, peer_base_port=args.peer_base_port
     )
+    if args.metrics_base_port:  # HTTP metrics and health checks (README: Monitoring)
+        fresh = [
+            dataclasses.replace(r, metrics=f"{args.host}:{args.metrics_base_port + i}")
+            for i, r in enumerate(fresh)
+        ]
     if not cluster.config_path.exists():
         return fresh
     existing = cluster.replicas()
@@ -142,8 +149,10 @@ def _plan(cluster: LocalCluster, args: argparse.Namespace) -> list[ReplicaAddres
 def _check_ports(replicas: Sequence[ReplicaAddress]) -> None:
     busy = []
     for r in replicas:
-        for what, address in (("client", r.client_bind), ("peer", r.peer_bind)):
-            host, port = _host_port(address)
+        ports = [("client", *_host_port(r.client_bind)), ("peer", *_host_port(r.peer_bind))]
+        if r.metrics is not None:
+            ports.append(("metrics", *parse_http_address(r.metrics)))
+        for what, host, port in ports:
             if not launch.port_is_free(host, port):
                 busy.append(f"{port} ({what} port of replica {r.id})")
     if busy:
@@ -211,6 +220,9 @@ def _wait_for_leader(
 
 def _print_access(replicas: Sequence[ReplicaAddress]) -> None:
     spec = ",".join(display_address(r.client) for r in replicas)
+    metrics = [f"http://{r.metrics}/metrics" for r in replicas if r.metrics is not None]
+    if metrics:
+        print(f"metrics: {' '.join(metrics)}")
     default = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
     if spec == default:
         print("try: kvctl put hello world && kvctl get hello")
@@ -294,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     start.add_argument("--base-port", type=int, default=7001, help="first client port")
     start.add_argument("--peer-base-port", type=int, default=7101, help="first peer port")
+    start.add_argument(
+        "--metrics-base-port",
+        type=int,
+        help="serve replica N's /metrics, /health, /ready on HOST:PORT+N-1 (default: off)",
+    )
     start.add_argument("--tick-ms", type=int, default=10, help="replica tick (default 10 ms)")
     start.add_argument("--wait", type=float, default=20.0, help="seconds to wait for a leader")
     start.set_defaults(run=cmd_start)

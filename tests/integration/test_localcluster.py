@@ -113,6 +113,30 @@ def test_start_refuses_busy_ports(cluster_dir: Path) -> None:
     assert pids_of(cluster_dir) == {}
 
 
+def test_start_with_metrics_ports(cluster_dir: Path) -> None:
+    import json
+    import urllib.request
+
+    ports = free_ports(9, consecutive=True)
+    base, peer_base, metrics_base = ports[0], ports[3], ports[6]
+    argv = ["--base-port", str(base), "--peer-base-port", str(peer_base)]
+    with socket.socket() as squatter:  # a taken metrics port is refused like the others
+        squatter.bind(("127.0.0.1", metrics_base + 2))
+        squatter.listen()
+        busy = run("kvstore-cluster", "start", "--dir", str(cluster_dir), *argv,
+                   "--metrics-base-port", str(metrics_base))  # fmt: skip
+    assert busy.returncode == 1
+    assert f"{metrics_base + 2} (metrics port of replica 3)" in busy.stderr
+    started = run("kvstore-cluster", "start", "--dir", str(cluster_dir), *argv,
+                  "--metrics-base-port", str(metrics_base))  # fmt: skip
+    assert started.returncode == 0, started.stderr + started.stdout
+    urls = [f"http://127.0.0.1:{metrics_base + i}/metrics" for i in range(3)]
+    assert f"metrics: {' '.join(urls)}" in started.stdout
+    for i in range(3):
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_base + i}/health", timeout=5) as r:
+            assert r.status == 200 and json.load(r)["replica"] == i + 1
+
+
 def test_fixture_kill_leader_elects_another_and_keeps_data(cluster: Cluster) -> None:
     c = cluster.client()
     for i in range(20):
