@@ -3,8 +3,9 @@
 One small module in kvstore/ (both replica/ and client/ depend on kvstore,
 never on each other), read by both sides: the replica server loads the cluster
 config file (docs/CONTRACTS.md, "Cluster config file") to learn its own bind
-addresses and its peers, and its optional `[compaction]` and `[sessions]`
-tables; the client and kvctl parse `host:port,host:port`
+addresses (and metrics address) and its peers, and its optional
+`[compaction]`, `[sessions]`, `[timing]` and `[metrics]` tables; the client
+and kvctl parse `host:port,host:port`
 lists (the client ports) and the local-cluster tool writes the config file.
 
 Addresses are kept in ZeroMQ endpoint form, `tcp://host:port`. A bare
