@@ -479,9 +479,15 @@ def _histogram(
 
 
 def families(
-    snap: Snapshot, max_lag: int, data_dir_bytes: int | None = None, version: str = "unknown"
+    snap: Snapshot,
+    max_lag: int,
+    data_dir_bytes: int | None = None,
+    version: str = "unknown",
+    *,
+    fresh: bool = True,
 ) -> Iterator[Metric]:
-    """The paxoskv_* metric families of one snapshot (README: Monitoring)."""
+    """The paxoskv_* metric families of one snapshot (README: Monitoring);
+    `fresh` False (the loop did not answer in time): paxoskv_ready is 0."""
     rid = str(snap.replica_id)
     info = InfoMetricFamily(PREFIX + "replica", "This replica: its id and the code's version")
     info.add_metric([], {"replica_id": rid, "version": version})
@@ -494,7 +500,7 @@ def families(
     yield role
     yield _gauge("is_leader", "1 while this replica leads", snap.role == "leader")
     yield _gauge("leader_id", "The replica id of the known leader; 0 if none", snap.leader_id or 0)
-    ready, _ = readiness(snap, True, max_lag)
+    ready, _ = readiness(snap, fresh, max_lag)
     yield _gauge("ready", "1 while /ready answers 200", ready)
     yield _gauge(
         "ballot_round",
@@ -661,11 +667,11 @@ class ReplicaCollector:
         self._version = _version()
 
     def collect(self) -> Iterator[Metric]:
-        snap, _fresh = self._metrics.fresh_snapshot(SCRAPE_WAIT_S)
+        snap, fresh = self._metrics.fresh_snapshot(SCRAPE_WAIT_S)
         if snap is None:
             return
         size = None if self._data_dir is None else directory_bytes(self._data_dir)
-        yield from families(snap, self._max_lag, size, self._version)
+        yield from families(snap, self._max_lag, size, self._version, fresh=fresh)
 
 
 # ------------------------------------------------------------------- HTTP

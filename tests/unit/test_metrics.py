@@ -157,10 +157,10 @@ def _snapshot(**over: Any) -> Snapshot:
     return Snapshot(**base)
 
 
-def _expose(snap: Snapshot, max_lag: int = 1000) -> str:
+def _expose(snap: Snapshot, max_lag: int = 1000, fresh: bool = True) -> str:
     class One:
         def collect(self) -> Iterator[Any]:
-            yield from families(snap, max_lag, data_dir_bytes=1234, version="9.9")
+            yield from families(snap, max_lag, data_dir_bytes=1234, version="9.9", fresh=fresh)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(One())
@@ -202,6 +202,10 @@ def test_exposition_values() -> None:
     # Behind by more than the readiness limit: not ready.
     s = _samples(_expose(_snapshot(applied_index=30), max_lag=5))
     assert s[("paxoskv_ready", frozenset())] == 0
+    # A snapshot the loop did not refresh in time: not ready either.
+    stale = _samples(_expose(_snapshot(), fresh=False))
+    assert stale[("paxoskv_ready", frozenset())] == 0
+    assert stale[("paxoskv_applied_index", frozenset())] == 40  # the rest as last seen
 
 
 def test_names_follow_prometheus_conventions() -> None:
