@@ -54,7 +54,7 @@ from client.errors import (
     SessionExpired,
 )
 from client.txn import range_args
-from kvstore.config import display_address, parse_cluster_addresses
+from kvstore.config import ConfigError, display_address, normalize_address, parse_cluster_addresses
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S, MAX_FRAME_BYTES
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
@@ -74,6 +74,7 @@ from kvstore.protocol import (
     TxnResult,
     decode_response,
     encode_request,
+    member_change,
     validate_request,
 )
 
@@ -367,6 +368,33 @@ class KVClient:
         responses = result.responses if isinstance(result, TxnResult) else None
         return TxnResponse(resp.status is Status.OK, resp.version, responses)
 
+    # -- membership (kvctl member; kvstore/membership.py) ---------------------
+
+    def member_list(self) -> dict[str, Any]:
+        """The cluster's membership, read on the leader: epoch, voters,
+        learners, removed and started ids, and `members` (id, peer, client,
+        role)."""
+        return self._member(None)
+
+    def member_add(self, replica_id: int, peer: str, client: str) -> dict[str, Any]:
+        """Adds replica `replica_id` as a learner (start it with
+        --initial-cluster-state existing); returns the new membership."""
+        return self._member(member_change(1, replica_id, peer, client))
+
+    def member_promote(self, replica_id: int) -> dict[str, Any]:
+        """Makes a learner that has caught up a voter."""
+        return self._member(member_change(2, replica_id))
+
+    def member_remove(self, replica_id: int) -> dict[str, Any]:
+        """Removes a member for good (its id is never reused)."""
+        return self._member(member_change(3, replica_id))
+
+    def _member(self, change: bytes | None) -> dict[str, Any]:
+        if self._closed:
+            self._check_open()
+        resp = self._call(encode_request(Request(Op.MEMBER, value=change)), change is not None)
+        return dict(resp.info or {})
+
     def status(self) -> list[dict[str, Any]]:
         """One dict per address, in order: the replica's STATUS info plus
         "address", or {"address", "error"} when it did not answer in time."""
@@ -515,6 +543,8 @@ class KVClient:
             self._learn_ids(call.deadline)
             index = self._ids.get(leader)
         if index is None:
+            index = self._learn_member(current, leader, call.deadline)
+        if index is None:
             call.last_problem = f"{here} redirected to replica {leader}, not among our addresses"
             return None
         call.last_problem = f"{here} redirected to replica {leader}"
@@ -568,6 +598,27 @@ class KVClient:
         self._rcvtimeo.pop(index, None)
         if sock is not None:
             sock.close(linger=0)
+
+    def _learn_member(self, current: int, leader: int, deadline: float) -> int | None:
+        """Asks the replica that redirected us where replica `leader` is (the
+        membership in its STATUS): a member added after we were given our
+        addresses. Returns its new address index, or None."""
+        end = min(deadline, time.monotonic() + self.attempt_timeout)
+        info = self._broadcast_status([current], end).get(current)
+        membership = info.get("membership") if isinstance(info, dict) else None
+        rows = membership.get("addresses", []) if isinstance(membership, dict) else []
+        for row in rows:
+            if isinstance(row, list) and len(row) == 3 and row[0] == leader:
+                try:
+                    address = normalize_address(str(row[2]))
+                except ConfigError:
+                    return None
+                if address not in self.addresses:
+                    self.addresses.append(address)
+                index = self.addresses.index(address)
+                self._ids[leader] = index
+                return index
+        return None
 
     def _learn_ids(self, deadline: float) -> None:
         """Asks STATUS of every address whose replica id is still unknown."""

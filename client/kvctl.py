@@ -28,7 +28,7 @@ from client.errors import (
 from client.txn import TXN_HELP, TxnSyntaxError, parse_txn
 from kvstore.backup import BackupError
 from kvstore.backup import read as read_backup
-from kvstore.config import ENV_CLUSTER, ConfigError, display_address
+from kvstore.config import ENV_CLUSTER, ConfigError, display_address, normalize_address
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S
 from kvstore.protocol import DeleteResult, PutResult, RangeResult, TxnOp
 
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_txn(sub, fmt)
     _add_status(sub, fmt)
     _add_snapshot(sub, fmt)
+    _add_member(sub, fmt)
     return parser
 
 
@@ -334,6 +335,80 @@ def _add_snapshot(sub: Any, fmt: type) -> None:
     status = what.add_parser("status", help="check a backup file and print its summary")
     status.add_argument("file", metavar="FILE", help="the backup file to read")
     status.set_defaults(run=_run_snapshot_status, offline=True)
+
+
+def _add_member(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "member",
+        help="list or change the cluster's members",
+        description=_wrap(
+            "Membership, changed through the log one replica at a time. 'list' prints "
+            "every member with its role. 'add ID --peer-url U --client-url U' adds a "
+            "non-voting learner; then start that replica on an empty data directory with "
+            "--initial-cluster-state existing: it installs a snapshot and catches up. "
+            "'promote ID' makes a learner that has caught up a voter. 'remove ID' removes "
+            "a member for good (ids are never reused; removing the leader makes it hand "
+            "over). A change is refused (exit 4) when it cannot apply or would leave no "
+            "live majority; asking again for a change already made answers OK. See "
+            "docs/OPERATIONS.md for replacing a replica."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    what = p.add_subparsers(dest="member_command", metavar="ACTION", required=True)
+    what.add_parser("list", help="print the members").set_defaults(run=_run_member)
+    add = what.add_parser("add", help="add a learner")
+    add.add_argument("id", type=_replica_id, metavar="ID")
+    add.add_argument("--peer-url", required=True, metavar="U", help="tcp://host:port of its peers")
+    add.add_argument("--client-url", required=True, metavar="U", help="tcp://host:port for clients")
+    add.set_defaults(run=_run_member)
+    for action, text in (("promote", "make a learner a voter"), ("remove", "remove a member")):
+        q = what.add_parser(action, help=text)
+        q.add_argument("id", type=_replica_id, metavar="ID")
+        q.set_defaults(run=_run_member)
+
+
+def _replica_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a replica id: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("replica ids are >= 1")
+    return value
+
+
+def _run_member(client: KVClient, args: argparse.Namespace) -> int:
+    action = args.member_command
+    if action == "add":
+        peer = normalize_address(args.peer_url)
+        client_url = normalize_address(args.client_url)
+        info = client.member_add(args.id, peer, client_url)
+    elif action == "promote":
+        info = client.member_promote(args.id)
+    elif action == "remove":
+        info = client.member_remove(args.id)
+    else:
+        info = client.member_list()
+    print(format_members(info))
+    return EXIT_OK
+
+
+def format_members(info: dict[str, Any]) -> str:
+    """`kvctl member` output: one line per member, then the removed ids."""
+    rows = [["ID", "ROLE", "STARTED", "PEER", "CLIENT"]]
+    started = set(info.get("started", ()))
+    for m in info.get("members", ()):
+        rid = m.get("id")
+        rows.append([str(rid), str(m.get("role", "?")), "yes" if rid in started else "no",
+                     display_address(str(m.get("peer", ""))),
+                     display_address(str(m.get("client", "")))])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(
+        f"epoch {info.get('epoch', '?')}; removed: {sorted(info.get('removed', [])) or '-'}"
+    )
+    return "\n".join(lines)
 
 
 def _run_snapshot_save(client: KVClient, args: argparse.Namespace) -> int:

@@ -113,6 +113,7 @@ class Op(IntEnum):
     DELETE_RANGE = 7  # delete [key, range_end) at one revision
     TXN = 8  # comparisons, then the success or the failure operations
     SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
+    MEMBER = 17  # membership: value None lists it, else a packed change (member_change)
 
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS, Op.DELETE_RANGE, Op.TXN})
@@ -264,6 +265,10 @@ class Request:
     round) and answers its first chunk, else `value` is the export id and
     `key` the last key of the previous chunk; the answer's `value` is a
     packed `kvstore.backup.Chunk` (NOT_FOUND: no such export here).
+    MEMBER (kvctl member): no session; `value` None lists the membership
+    (linearizable, on the leader), else `member_change(kind, id, peer,
+    client)`, applied through the log once (asking again for a change that
+    is in force answers OK); the answer's `info` is the membership.
     """
 
     op: Op
@@ -302,7 +307,7 @@ class Response:
 def validate_request(req: Request) -> tuple[Status, str] | None:
     """Checks the documented limits and per-op fields. Returns None when the
     request is acceptable, else (BAD_REQUEST or TOO_LARGE, message)."""
-    if req.op in (Op.STATUS, Op.SNAPSHOT):
+    if req.op in (Op.STATUS, Op.SNAPSHOT, Op.MEMBER):
         # No session (client_id, seq) and no key: see Request and parse_request.
         return None
     if len(req.client_id) != CLIENT_ID_BYTES:
@@ -644,6 +649,10 @@ def parse_request(frame: bytes) -> Request | Response:
         if len(req.key) > MAX_KEY_BYTES + 64:
             return Response(Status.TOO_LARGE, error="snapshot cursor is too long")
         return req  # no session: a backup changes nothing
+    if req.op is Op.MEMBER:
+        if req.value is not None and decode_member_change(req.value) is None:
+            return Response(Status.BAD_REQUEST, error="malformed membership change")
+        return req  # no session: a change is idempotent (see Request)
     problem = validate_request(req)
     if problem is not None:
         return Response(problem[0], error=problem[1])
@@ -752,3 +761,23 @@ def decode_clock(command: bytes) -> tuple[int, int | None] | None:
     if len(command) == 1 + _OLD_CLOCK.size:
         return _OLD_CLOCK.unpack_from(command, 1)[0], None
     return None
+
+
+def member_change(kind: int, replica_id: int, peer: str = "", client: str = "") -> bytes:
+    """The `value` of a MEMBER request that asks for a change (kind: 1 add a
+    learner, 2 promote it, 3 remove a member; kvstore/membership.py)."""
+    return msgpack.packb([kind, replica_id, peer, client], use_bin_type=True)
+
+
+def decode_member_change(value: bytes) -> tuple[int, int, str, str] | None:
+    try:
+        kind, rid, peer, client = msgpack.unpackb(value, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if type(kind) is not int or kind not in (1, 2, 3) or type(rid) is not int or rid < 1:
+        return None
+    if not isinstance(peer, str) or not isinstance(client, str):
+        return None
+    if len(peer) > 256 or len(client) > 256:
+        return None
+    return kind, rid, peer, client

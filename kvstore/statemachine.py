@@ -148,6 +148,15 @@ from kvstore.limits import (
     SESSION_EXPIRY_PER_CLOCK,
     SESSION_TTL_MS,
 )
+from kvstore.membership import (
+    ALPHA,
+    CONFIG_TAG,
+    Membership,
+    Schedule,
+    apply_change,
+    check,
+    decode_change,
+)
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
     FROM_KEY,
@@ -254,24 +263,27 @@ class _Meta(NamedTuple):
     generation: int = 0
     session_ttl_ms: int = SESSION_TTL_MS  # set by clock commands only
     expired_before: int = 0  # sessions last used before this log time are expired
+    schedule: bytes = b""  # the memberships from applied_index on (kvstore/membership.py)
 
     def pack(self) -> bytes:
-        return _META.pack(*self)
+        return _META.pack(*self[:7]) + self.schedule
 
     @classmethod
     def unpack(cls, raw: bytes | None) -> _Meta:
         if raw is None:
             return cls()
+        schedule = b""
         if len(raw) == _META_NO_TTL.size:  # written before the TTL was in the log
             index, revision, log_time, forgot, generation = _META_NO_TTL.unpack(raw)
             ttl, before = SESSION_TTL_MS, _cutoff(0, log_time, SESSION_TTL_MS)
         else:
-            index, revision, log_time, forgot, generation, ttl, before = _META.unpack(raw)
-        return cls(index, revision, log_time, bool(forgot), generation, ttl, before)
+            fixed, schedule = raw[: _META.size], raw[_META.size :]
+            index, revision, log_time, forgot, generation, ttl, before = _META.unpack(fixed)
+        return cls(index, revision, log_time, bool(forgot), generation, ttl, before, schedule)
 
     def snapshot_item(self) -> bytes:
         """The record of the snapshot's `m` item."""
-        return _SNAPSHOT_META.pack(
+        fixed = _SNAPSHOT_META.pack(
             self.applied_index,
             self.revision,
             self.log_time,
@@ -279,6 +291,7 @@ class _Meta(NamedTuple):
             self.session_ttl_ms,
             self.expired_before,
         )
+        return fixed + self.schedule
 
 
 def _cutoff(expired_before: int, log_time: int, ttl_ms: int) -> int:
@@ -286,12 +299,20 @@ def _cutoff(expired_before: int, log_time: int, ttl_ms: int) -> int:
     return max(expired_before, log_time - ttl_ms)
 
 
-def _snapshot_meta(record: bytes) -> tuple[int, int, int, bool, int, int]:
-    """(index, revision, log_time, forgot, session_ttl_ms, expired_before) of a
-    snapshot's `m` item; the older form without the TTL is read like an old
-    `m state` record. Raises ValueError on anything malformed."""
-    if len(record) == _SNAPSHOT_META.size:
-        index, revision, log_time, forgot, ttl, before = _SNAPSHOT_META.unpack(record)
+def _snapshot_meta(record: bytes) -> tuple[int, int, int, bool, int, int, bytes]:
+    """(index, revision, log_time, forgot, session_ttl_ms, expired_before,
+    schedule) of a snapshot's `m` item; the older form without the TTL is
+    read like an old `m state` record. Raises ValueError on anything
+    malformed."""
+    schedule = b""
+    if len(record) >= _SNAPSHOT_META.size:
+        fixed, schedule = record[: _SNAPSHOT_META.size], record[_SNAPSHOT_META.size :]
+        index, revision, log_time, forgot, ttl, before = _SNAPSHOT_META.unpack(fixed)
+        if schedule:
+            try:
+                Schedule.unpack(schedule)
+            except Exception:  # noqa: BLE001 - msgpack raises several unrelated types
+                raise ValueError("malformed membership in the snapshot meta item") from None
     elif len(record) == _SNAPSHOT_META_NO_TTL.size:
         index, revision, log_time, forgot = _SNAPSHOT_META_NO_TTL.unpack(record)
         ttl, before = SESSION_TTL_MS, _cutoff(0, log_time, SESSION_TTL_MS)
@@ -299,7 +320,7 @@ def _snapshot_meta(record: bytes) -> tuple[int, int, int, bool, int, int]:
         raise ValueError(f"malformed snapshot meta item ({len(record)} bytes)")
     if forgot > 1 or ttl < 1 or before > log_time:
         raise ValueError("malformed snapshot meta item")
-    return index, revision, log_time, bool(forgot), ttl, before
+    return index, revision, log_time, bool(forgot), ttl, before, schedule
 
 
 class _Session(NamedTuple):
@@ -819,6 +840,9 @@ class KVStateMachine:
         self._garbage_clean = False  # True once the other generation is known empty
         self._gc_cursor: bytes | None = None  # other-generation keys up to here deleted
         self._session_count: int | None = None  # counted on first use, then kept
+        schedule = self._meta.schedule
+        self._schedule: Schedule | None = Schedule.unpack(schedule) if schedule else None
+        self._schedule_changed = False
 
     @property
     def applied_index(self) -> int:
@@ -851,14 +875,28 @@ class KVStateMachine:
         pending = _Pending(self._db, self._meta)
         results: list[Result] = []
         next_slot = self._meta.applied_index
+        schedule_bytes = self._meta.schedule
         for slot, value in entries:
             if slot != next_slot:
                 raise ValueError(f"slot {slot} applied out of order; expected {next_slot}")
             for command in value:
-                results.append(self._apply_command(command, pending))
+                if command[:1] == CONFIG_TAG:
+                    results.append(self._apply_change(slot, command))
+                else:
+                    results.append(self._apply_command(command, pending))
             next_slot += 1
         if next_slot == self._meta.applied_index:
             return results
+        if self._schedule is not None:
+            before = len(self._schedule.entries)
+            self._schedule.prune(next_slot)
+            if (
+                self._schedule_changed
+                or len(self._schedule.entries) != before
+                or not schedule_bytes
+            ):
+                schedule_bytes = self._schedule.pack()
+            self._schedule_changed = False
         sessions = pending.sessions
         meta = _Meta(
             next_slot,
@@ -868,6 +906,7 @@ class KVStateMachine:
             self._gen.number,
             sessions.ttl_ms,
             sessions.expired_before,
+            schedule_bytes,
         )
         batch = self._db.write_batch()
         pending.flush(batch)
@@ -877,6 +916,48 @@ class KVStateMachine:
         if self._session_count is not None:
             self._session_count += sessions.added
         return results
+
+    def _apply_change(self, slot: int, command: bytes) -> Result:
+        """A membership change (kvstore/membership.py): the answer goes to the
+        request it names; the new membership is in force from slot + ALPHA."""
+        change = decode_change(command)
+        if change is None:
+            return b"", 0, Response(Status.BAD_REQUEST, error="malformed membership change")
+        waiter = CONFIG_TAG + change.request_id
+        if self._schedule is None:
+            return waiter, 0, Response(Status.BAD_REQUEST, error="no membership known")
+        problem = check(self._schedule.latest, change)
+        if problem is not None:
+            return waiter, 0, Response(Status.BAD_REQUEST, error=problem)
+        new = apply_change(self._schedule.latest, change)
+        assert new is not None
+        self._schedule.entries.append((slot + ALPHA, new))
+        self._schedule_changed = True
+        info = {**new.describe(), "in_force_from": slot + ALPHA}
+        return waiter, 0, Response(Status.OK, info=info)
+
+    def membership_schedule(self, bootstrap: Membership) -> Schedule:
+        """The memberships from `applied_index` on: the recorded ones, or
+        `bootstrap` (a new cluster's) when none was ever recorded."""
+        if self._schedule is None:
+            self._schedule = Schedule([(0, bootstrap)])
+            self._schedule_changed = True
+        return self._schedule.copy()
+
+    def reset_membership(self, membership: Membership) -> None:
+        """Makes `membership` the one in force from the applied index on (a
+        restored backup becomes a NEW cluster: replica/admin.py). Synced."""
+        self._schedule = Schedule([(self._meta.applied_index, membership)])
+        self._meta = self._meta._replace(schedule=self._schedule.pack())
+        batch = self._db.write_batch(sync=True)
+        batch.put(_META_KEY, self._meta.pack())
+        batch.write()
+        self._schedule_changed = False
+
+    @property
+    def membership(self) -> Membership | None:
+        """The latest membership (changes chosen but not in force included)."""
+        return None if self._schedule is None else self._schedule.latest
 
     @staticmethod
     def _apply_command(command: bytes, pending: _Pending) -> Result:
@@ -1038,13 +1119,18 @@ class KVStateMachine:
                 f"{self._meta.applied_index}; install_abort() it"
             )
         new = _GENS[1 - self._gen.number]
-        index, revision, log_time, forgot, ttl, before = _snapshot_meta(staged.meta)
-        meta = _Meta(index, revision, log_time, forgot, new.number, ttl, before)
+        index, revision, log_time, forgot, ttl, before, schedule = _snapshot_meta(staged.meta)
+        if not schedule and self._schedule is not None:
+            schedule = self._schedule.pack()  # a snapshot from before memberships were recorded
+        meta = _Meta(index, revision, log_time, forgot, new.number, ttl, before, schedule)
         batch = self._db.write_batch(sync=True)
         batch.put(_META_KEY, meta.pack())
         batch.delete(_INSTALL_KEY)
         batch.write()
         self._meta, self._gen, self._install = meta, new, None
+        if schedule:
+            self._schedule = Schedule.unpack(schedule)
+            self._schedule_changed = False
         self._session_count = None
         self._garbage_clean, self._gc_cursor = False, None
 

@@ -9,9 +9,10 @@ backup is checked first (checksum, counts), the directory must not exist or
 be empty, and it gets the new cluster's identity (replica/datadir.py). The
 state is written the way a replica installs a snapshot from a peer
 (replica/snapshots.py): staged record by record, then the compaction point
-moves to the backup's index, then the state machine flips to it. Run it once
-per replica, with the same FILE, then start every replica as usual: they
-start with identical state at the backup's index and elect a leader. A
+moves to the backup's index, then the state machine flips to it, and the
+membership becomes the new config's replicas (all voters). Run it once per
+replica, with the same FILE, then start every replica as usual: they start
+with identical state at the backup's index and elect a leader. A
 crash in the middle leaves a directory that `restore` refuses (not empty):
 remove it and run `restore` again.
 """
@@ -28,6 +29,7 @@ import plyvel
 from kvstore.backup import BackupError
 from kvstore.backup import read as read_backup
 from kvstore.config import ConfigError, load_cluster_config
+from kvstore.membership import bootstrap
 from kvstore.statemachine import KVStateMachine
 from replica import datadir
 from replica.server import WRITE_BUFFER_BYTES
@@ -53,7 +55,7 @@ def restore(backup_file: str, config: str, replica_id: int, data_dir: str) -> st
     target = Path(data_dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise AdminError(f"{target} exists and is not an empty directory: restore makes a new one")
-    datadir.prepare(target, name=name, replica_ids=ids, replica_id=replica_id, state="new")
+    datadir.prepare(target, name=name, replica_id=replica_id, state="new")
     db = plyvel.DB(str(target), create_if_missing=True, write_buffer_size=WRITE_BUFFER_BYTES)
     try:
         sm = KVStateMachine(db)
@@ -63,6 +65,8 @@ def restore(backup_file: str, config: str, replica_id: int, data_dir: str) -> st
             sm.install_chunk(items, items[-1][0])
         LevelDBStorage(db).persist(None, {}, {}, sync=True, compacted=summary.index)
         sm.install_finish()
+        # A new cluster: its config's replicas, all voters (not the old membership).
+        sm.reset_membership(bootstrap([(r.id, r.peer, r.client) for r in cluster]))
         keys = sm.key_count()
         checksum = sm.checksum()
     except ValueError as exc:
@@ -71,7 +75,7 @@ def restore(backup_file: str, config: str, replica_id: int, data_dir: str) -> st
         db.close()
     return (
         f"restored {backup_file} into {target} as replica {replica_id} of cluster "
-        f"{datadir.cluster_id(name, ids)} ({name}): revision {summary.revision}, applied index "
+        f"{datadir.cluster_id(name)} ({name}): revision {summary.revision}, applied index "
         f"{summary.index}, {keys} keys, state checksum {checksum}"
     )
 

@@ -157,7 +157,7 @@ _REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
         ],
     ),
     10: (PreVote, [(_ident, _int), (_ident, _int), (_ident, _int)]),
-    11: (PreVoteReply, [(_ident, _int), (_ident, _int), (_ident, _bool)]),
+    11: (PreVoteReply, [(_ident, _int), (_ident, _int), (_ident, _bool), (_ident, _int)]),
     12: (SnapshotRequest, [(_ident, _int), (_ident, _bytes), (_ident, _opt_bytes)]),
     13: (
         SnapshotChunk,
@@ -167,6 +167,7 @@ _REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
             (_ident, _int),
             (_ident, _int),
             (_enc_items, _items),
+            (_ident, _opt_bytes),
             (_ident, _opt_bytes),
         ],
     ),

@@ -12,13 +12,12 @@ explicit, as etcd's `--initial-cluster-state`:
 * ``new``: bootstrap a new cluster. Every replica of the new cluster starts
   on an empty directory, with nothing promised or voted anywhere, so an
   empty directory is the truth. Use it once, for the first start.
-* ``existing``: join a cluster that already runs. An empty directory under
-  an id of that cluster is refused: it cannot be told apart from a replica
-  that lost its disk, and no amount of asking the others makes that safe
-  (a promise it made may be known only to a candidate that is down; see
-  docs/OPERATIONS.md). Until membership changes land, such a replica stays
-  out (the others still make a majority); the safe way back is a new
-  member id through reconfiguration.
+* ``existing``: join a cluster that already runs, as a member added with
+  `kvctl member add`. The replica starts JOINING (replica/paxos.py): it
+  promises and votes nothing until it has installed a snapshot, and the
+  snapshot's membership tells whether its id ever ran; if it did, the
+  replica lost its disk and stops with an error (it may have promised
+  before: docs/OPERATIONS.md), and the way back is a new id.
 
 The identity is a small JSON file, ``IDENTITY``, written before LevelDB
 creates anything (atomically: a temporary file, fsync, rename, fsync of
@@ -26,10 +25,10 @@ the directory), so a directory with LevelDB data always has one, except a
 directory created before identities existed: that one is adopted once,
 with a log line.
 
-The cluster id is derived from the config: the `[cluster] name` (default
-"kvstore") and the sorted replica ids. Addresses are not part of it, so a
-cluster can move to new addresses; give clusters that share machines
-different names to tell their directories apart.
+The cluster id is derived from the config's `[cluster] name` (default
+"kvstore"): not from the replica ids or addresses, which membership changes
+and moves change. Give clusters that share machines different names to
+tell their directories apart.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,6 +62,13 @@ class Identity:
     cluster_name: str
     created: str
     format: int = FORMAT
+    created_as: str = "new"
+    """"new" (bootstrapped a cluster) or "existing" (joined a running one)."""
+
+    @property
+    def joining(self) -> bool:
+        """Started on an empty directory to join: see replica/paxos.py."""
+        return self.created_as == "existing"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -84,10 +89,9 @@ def load_cluster_name(path: str | os.PathLike[str]) -> str:
     return name
 
 
-def cluster_id(name: str, replica_ids: Iterable[int]) -> str:
-    """The id of the cluster named `name` made of `replica_ids` (16 hex digits)."""
-    ids = ",".join(str(i) for i in sorted(set(replica_ids)))
-    return hashlib.sha256(f"kvstore-cluster\n{name}\n{ids}".encode()).hexdigest()[:16]
+def cluster_id(name: str) -> str:
+    """The id of the cluster named `name` (16 hex digits)."""
+    return hashlib.sha256(f"kvstore-cluster\n{name}".encode()).hexdigest()[:16]
 
 
 def read_identity(path: str | os.PathLike[str]) -> Identity | None:
@@ -107,6 +111,7 @@ def read_identity(path: str | os.PathLike[str]) -> Identity | None:
             cluster_name=str(data.get("cluster_name", "")),
             created=str(data.get("created", "")),
             format=int(data.get("format", FORMAT)),
+            created_as=str(data.get("created_as", "new")),
         )
     except (ValueError, KeyError, TypeError):
         raise DataDirError(f"{file} is not a valid identity file") from None
@@ -139,25 +144,29 @@ def _has_data(path: Path) -> bool:
     return any(p.name not in (IDENTITY_FILE, IDENTITY_FILE + ".tmp") for p in path.iterdir())
 
 
-def new_identity(name: str, cid: str, replica_id: int) -> Identity:
+def new_identity(name: str, cid: str, replica_id: int, created_as: str = "new") -> Identity:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return Identity(cluster_id=cid, replica_id=replica_id, cluster_name=name, created=created)
+    return Identity(
+        cluster_id=cid,
+        replica_id=replica_id,
+        cluster_name=name,
+        created=created,
+        created_as=created_as,
+    )
 
 
 def prepare(
     path: str | os.PathLike[str],
     *,
     name: str,
-    replica_ids: Iterable[int],
     replica_id: int,
     state: str | None,
 ) -> Identity:
-    """Checks (or, for a new cluster, creates) the identity of data directory
-    `path` for replica `replica_id` of the cluster `name` made of
-    `replica_ids`. Raises DataDirError with one line when the directory must
-    not be used."""
+    """Checks (or, for an empty directory, creates) the identity of data
+    directory `path` for replica `replica_id` of the cluster `name`. Raises
+    DataDirError with one line when the directory must not be used."""
     directory = Path(path)
-    cid = cluster_id(name, replica_ids)
+    cid = cluster_id(name)
     ident = read_identity(directory)
     if ident is not None:
         if ident.cluster_id != cid:
@@ -190,22 +199,16 @@ def prepare(
             "bootstrap a new cluster (every replica starts empty), or existing to join "
             "a running one"
         )
-    if state == "existing":
-        raise DataDirError(
-            f"replica {replica_id} would rejoin cluster {cid} ({name}) with an empty data "
-            f"directory {directory}: it may have promised or voted before its data was lost, "
-            "and rejoining under the same id could contradict that (docs/OPERATIONS.md: start "
-            "it on its old directory, or run on without it)"
-        )
-    if state != "new":
+    if state not in STATES:
         raise DataDirError(f"--initial-cluster-state must be one of {', '.join(STATES)}")
-    ident = new_identity(name, cid, replica_id)
+    ident = new_identity(name, cid, replica_id, created_as=state)
     write_identity(directory, ident)
     log.info(
-        "data directory %s created for replica %d of cluster %s (%s)",
+        "data directory %s created for replica %d of cluster %s (%s) to %s",
         directory,
         replica_id,
         cid,
         name,
+        "bootstrap a new cluster" if state == "new" else "join a running one",
     )
     return ident

@@ -72,6 +72,8 @@ from typing import Any, Protocol
 from kvstore.backup import Chunk
 from kvstore.config import CompactionSettings
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
+from kvstore.membership import CONFIG_TAG, Change, ChangeKind, Membership, encode_change
+from kvstore.membership import check as check_change
 from kvstore.protocol import (
     READ_OPS,
     WRITE_OPS,
@@ -79,6 +81,7 @@ from kvstore.protocol import (
     Request,
     Response,
     Status,
+    decode_member_change,
     encode_clock,
     encode_response,
     parse_request,
@@ -109,6 +112,10 @@ SNAPSHOT_IDLE_TICKS = 500
 BACKUP_CHUNK_BYTES = 1 << 20
 """A backup chunk holds at most about this many bytes of records."""
 BACKUP_EXPORTS = 4
+"""Backups streamed from one replica at once; more are answered UNAVAILABLE."""
+PROMOTE_MAX_BEHIND = 64
+"""A learner more slots than this behind the leader is not promoted yet."""
+_CHANGE_PENDING = "a membership change is in progress (it takes effect in a few slots): retry"
 """Backups streamed from one replica at once; more are answered UNAVAILABLE."""
 """An export nobody asked for a chunk of for this long is closed."""
 
@@ -204,7 +211,14 @@ class ReplicaDriver:
         compaction: CompactionSettings | None = None,
         wall_clock: Clock | None = None,
         session_ttl_ms: int = SESSION_TTL_MS,
+        membership: Membership | None = None,
+        joining: bool = False,
     ) -> None:
+        """`membership` is a new cluster's (every replica a voter, with its
+        addresses); by default the voters `replica_ids` without addresses. A
+        replica that ever applied a slot has its own record instead.
+        `joining`: this replica started on an empty directory to join a
+        running cluster (replica/paxos.py, "Joining")."""
         if not tick_s > 0:
             raise ValueError("tick_s must be > 0")
         if not 1 <= session_ttl_ms < 2**64:
@@ -217,6 +231,8 @@ class ReplicaDriver:
         self.bad = bad if bad is not None else BadFrames()
         self.counters = DriverCounters()  # read by replica/metrics.py
         self.early_phase2a = early_phase2a
+        ids = frozenset(replica_ids)
+        self._bootstrap = membership or Membership(0, ids, started=ids)
         self.core = self.core_class(
             replica_id,
             list(replica_ids),
@@ -224,7 +240,10 @@ class ReplicaDriver:
             state_machine.applied_index,
             rng,
             core_config or CoreConfig(max_batch_bytes=MAX_BATCH_BYTES),
+            schedule=state_machine.membership_schedule(self._bootstrap),
+            joining=joining and state_machine.applied_index == 0,
         )
+        self._member_requests = 0
         self.compaction = compaction or CompactionSettings()
         self._exporter = Exporter(
             replica_id, state_machine, self.compaction.snapshot_chunk_bytes, SNAPSHOT_IDLE_TICKS
@@ -486,7 +505,7 @@ class ReplicaDriver:
             return
         self._held.clear()
         self._held_bytes = 0
-        acc.merge(self.core.installed(index))
+        acc.merge(self.core.installed(index, self.sm.membership_schedule(self._bootstrap)))
         self._note_install_end(installer, "snapshot_installed", "installed")
 
     def _tick_snapshots(self, acc: Ready) -> None:
@@ -541,6 +560,8 @@ class ReplicaDriver:
                 self._read_linearizable(envelope, req)
         elif op is Op.SNAPSHOT:
             self._on_backup(envelope, req)
+        elif op is Op.MEMBER:
+            self._on_member(envelope, req)
         else:  # Op.STATUS: answered by every replica itself
             self._reply(envelope, Response(Status.OK, info=self.status_info()))
 
@@ -584,6 +605,74 @@ class ReplicaDriver:
         chunk = Chunk(req.value, reader.index, reader.revision, items, last)
         self._reply(envelope, Response(Status.OK, value=chunk.pack(), leader=self.id))
 
+    def _on_member(self, envelope: Envelope, req: Request) -> None:
+        """Membership (kvstore/membership.py): a list is a linearizable read;
+        a change goes through the log on the leader, one at a time. A change
+        already in force is answered OK at once (a retry, or a repeat)."""
+        if req.value is None:
+            self._read_linearizable(envelope, req)
+            return
+        if not self.core.is_leader:
+            self.clients.reply(envelope, self._not_leader_reply())
+            return
+        kind_no, rid, peer, client = decode_member_change(req.value)  # type: ignore[misc]
+        kind = ChangeKind(kind_no)
+        status = self.core.status()
+        latest = status.membership
+        assert latest is not None
+        done = (
+            (kind is ChangeKind.ADD_LEARNER and latest.address(rid) == (peer, client))
+            or (kind is ChangeKind.PROMOTE and rid in latest.voters)
+            or (kind is ChangeKind.REMOVE and rid in latest.removed)
+        )
+        if done:
+            self._reply(envelope, self._member_info())
+            return
+        if status.change_pending:
+            self._reply(envelope, Response(Status.UNAVAILABLE, error=_CHANGE_PENDING))
+            return
+        change = Change(kind, rid, latest.epoch, peer, client, b"")
+        problem = check_change(latest, change) or self._unsafe_change(change, status)
+        if problem is not None:
+            self._reply(envelope, Response(Status.BAD_REQUEST, error=problem))
+            return
+        self._member_requests += 1
+        request_id = b"%d/%d" % (self.id, self._member_requests)
+        change = Change(kind, rid, latest.epoch, peer, client, request_id)
+        self._writes.append(encode_change(change))
+        self._waiting[(CONFIG_TAG + request_id, 0)] = envelope
+
+    def _unsafe_change(self, change: Change, status: CoreStatus) -> str | None:
+        """What would make a valid change unwise now: promoting a learner
+        that has not caught up, or removing a voter when the voters left
+        would not make a majority among the replicas we hear from."""
+        latest = status.membership
+        assert latest is not None
+        if change.kind is ChangeKind.PROMOTE:
+            behind = status.commit_index - status.progress.get(change.replica_id, 0)
+            if behind > PROMOTE_MAX_BEHIND:
+                return (
+                    f"replica {change.replica_id} is {behind} slots behind the leader; "
+                    "promote it once it has caught up (see kvctl member list)"
+                )
+        if change.kind is ChangeKind.REMOVE:
+            left = latest.voters - {change.replica_id}
+            live = {self.id} | {p for p, _ in status.progress.items()}
+            if 2 * len(left & live) <= len(left):
+                return f"removing replica {change.replica_id} would leave no live majority"
+        return None
+
+    def _member_info(self) -> Response:
+        latest = self.core.status().membership
+        assert latest is not None
+        info: dict[str, Any] = latest.describe()
+        info["members"] = [
+            {"id": rid, "peer": peer, "client": client,
+             "role": "voter" if rid in latest.voters else "learner"}
+            for rid, peer, client in latest.addresses
+        ]  # fmt: skip
+        return Response(Status.OK, info=info, leader=self.core.leader_id)
+
     def _backup_begin(self) -> Response:
         begun = self._backups.begin()
         if begun is None:
@@ -596,6 +685,8 @@ class ReplicaDriver:
         """The key (GET) or range (RANGE) as of this replica's applied index."""
         if req.op is Op.SNAPSHOT:
             return self._backup_begin()
+        if req.op is Op.MEMBER:
+            return self._member_info()
         if req.op is Op.RANGE:
             return self.sm.read_range(req)
         found = self.sm.get(req.key)
@@ -647,10 +738,20 @@ class ReplicaDriver:
             "revision": self.sm.revision,
             "sessions": self.sm.session_count(),
             "peers": list(s.peers),
+            "membership": None if s.membership is None else _membership_report(s.membership),
             "bad_frames": self.bad.as_dict(),
             "waiting_writes": len(self._waiting),
             "pending_reads": len(self._reads),
         }
+
+
+def _membership_report(m: Membership) -> dict[str, Any]:
+    """The membership in STATUS: ids, and where each member is reached
+    (clients follow a redirect to a member they were not told about; a
+    joining replica finds the current members)."""
+    report: dict[str, Any] = m.describe()
+    report["addresses"] = [[rid, peer, client] for rid, peer, client in m.addresses]
+    return report
 
 
 def _leadership_key(status: CoreStatus) -> tuple[int, int] | None:

@@ -49,7 +49,7 @@ SnapshotRequest(snapshot_id, after)
     fell below the sender's compaction point) asks for the next chunk of
     snapshot `snapshot_id` after key `after` (b"" and None: a new snapshot
     from the start). Handled by the driver, not the core.
-SnapshotChunk(snapshot_id, index, revision, items, last)
+SnapshotChunk(snapshot_id, index, revision, items, last, after)
     One bounded chunk of the snapshot `snapshot_id` (the state machine at
     applied index `index`): (key, record) pairs in key order; `last` is the
     last key sent, or None when the snapshot is complete.
@@ -168,6 +168,8 @@ class PreVoteReply:
     sender: int
     round: int
     granted: bool
+    first_unchosen: int = 0
+    """The granter's commit index: a candidate behind it catches up from it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,9 @@ class SnapshotChunk:
     revision: int
     items: list[tuple[bytes, bytes]]
     last: bytes | None
+    after: bytes | None = None
+    """The key these items follow (the request's), None for the first chunk:
+    an installer stages a chunk only where it continues what it staged."""
 
 
 Message = (

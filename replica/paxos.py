@@ -75,6 +75,63 @@ the driver to install the peer's state machine snapshot; `installed(S)`
 then moves the log past S. A Phase2a below the compaction point is not
 voted on (the slot is chosen and applied already).
 
+Membership changes
+------------------
+Who votes changes through the log (kvstore/membership.py): a config command
+chosen at slot c (add a learner, promote a learner to voter, remove a member;
+one at a time, each against the epoch it was made for) puts a new membership
+in force at slot c + ALPHA. The membership of slot s is therefore a function
+of the chosen values of the slots <= s - ALPHA, the same on every replica
+(`Schedule`). Quorums are per slot: a value is chosen at s when a majority of
+the VOTERS of s's membership voted for it in one ballot; learners and removed
+replicas vote too (a learner needs the log) but never count. The rules:
+
+  * a leader proposes slot s only if s < its commit index + ALPHA, so the
+    membership of every slot it proposes depends on slots it knows chosen;
+    a change waits for ALPHA more slots, which a leader fills with no-ops;
+  * a candidate leads only when its promises make a majority of every
+    membership its recovery can reach: those in force from its commit index
+    (known: they depend on chosen slots), and every one that a change among
+    the values it will re-propose brings in force ALPHA slots later (it asks
+    the voters such a change names, and waits for a majority of them too);
+  * heartbeat rounds (read index), pre-votes and check-quorum need a majority
+    of every membership from the commit index on, pending ones included.
+
+Why it is safe. Take a value v chosen at slot s in ballot b by a majority Q
+of the voters of M(s), and a later candidate with ballot b' > b and commit
+index C <= s (if C > s it knows v). If s < C + ALPHA, M(s) is determined by
+slots < C, the candidate's promises include a majority of M(s), which meets
+Q, and the classic argument applies. Otherwise the change that put M(s) in
+force was chosen at some slot c in [C, s - ALPHA]; by induction on slots the
+candidate's Phase 1 finds the chosen value at c (every change in between
+included), so its plan contains M(s), it waits for a majority of M(s), which
+meets Q: it finds v (or a vote of a higher ballot, which Paxos makes v).
+Since leaders never propose past commit + ALPHA, nothing is chosen at s
+before c is, so no slot is decided under a membership nobody can see.
+
+A learner is promoted only once it has caught up (the driver checks its
+reported commit index), and a replica whose disk was lost comes back only
+as a new member under a new id: an id once removed is never reused
+(docs/OPERATIONS.md). tests/sim changes the membership at random in every
+fifth seed, and catches a leader that counts learners' acknowledgements.
+
+Joining
+-------
+A replica started on an empty directory to join a running cluster
+(`joining=True`; `--initial-cluster-state existing`) may be a new learner,
+or a member that lost its disk and forgot what it promised and voted. Until
+it knows which, it promises nothing, votes for nothing, acknowledges no
+heartbeat and grants no pre-vote: it only learns how far the log is, and
+installs a snapshot (the log from slot 0 would need the first membership,
+which the cluster may have forgotten). The snapshot's membership says
+which: a member in `started` ran before, so this one is refused
+(`CoreStatus.refused`; the replica stops); a learner not yet `started`
+goes on as a learner. Only a learner that the leader has recorded as
+JOINED (once it reported catching up) promises; only a started learner can
+be promoted. So every replica that ever promised is in `started`, and one
+that lost its disk can never promise again under its id: it must be
+removed and come back as a new member with a new id (ids are never reused).
+
 The core never touches a socket, a clock, a thread or a disk; randomness comes
 from the `random.Random` the driver injects, so a seed replays a run exactly.
 """
@@ -87,6 +144,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kvstore.membership import ALPHA, Change, ChangeKind, Membership, Schedule, encode_change
 from replica.messages import (
     NOOP,
     ZERO_BALLOT,
@@ -222,6 +280,16 @@ class CoreStatus:
     log_size: int
     """Chosen values held in memory."""
     peers: tuple[int, ...]
+    membership: Membership | None = None
+    """The latest membership (with changes chosen but not yet in force)."""
+    change_pending: bool = False
+    """A membership change is chosen but not in force yet."""
+    joining: bool = False
+    """Started on an empty directory: waits for a snapshot (see "Joining")."""
+    refused: str | None = None
+    """Why this replica must stop (it joined under an id that ran before)."""
+    progress: dict[int, int] = field(default_factory=dict)
+    """Leader: the commit index each peer last reported (heartbeat acks)."""
 
 
 @dataclass(slots=True)
@@ -243,17 +311,47 @@ class PaxosCore:
         applied_index: int,
         rng: random.Random,
         config: CoreConfig | None = None,
+        schedule: Schedule | None = None,
+        joining: bool = False,
     ) -> None:
-        if replica_id not in replica_ids or replica_id < 1:
-            raise ValueError("replica_id must be one of replica_ids, all >= 1")
+        """`replica_ids` are the voters of a new cluster; `schedule`, if
+        given, the memberships in force from `applied_index` on (what the
+        state machine recorded), which replaces them."""
+        if schedule is None:
+            if replica_id not in replica_ids or replica_id < 1:
+                raise ValueError("replica_id must be one of replica_ids, all >= 1")
+            ids = frozenset(replica_ids)
+            schedule = Schedule([(0, Membership(0, ids, started=ids))])
+        elif replica_id < 1:
+            raise ValueError("replica ids are >= 1")
         self.id = replica_id
-        self.peers = tuple(r for r in sorted(set(replica_ids)) if r != replica_id)
-        self.quorum = (len(self.peers) + 1) // 2 + 1
         self.config = config or CoreConfig()
         self._rng = rng
         self._ready = Ready()
+        self._schedule = schedule.copy()
+        self._joining = joining
+        self._refused: str | None = None
         self._init_acceptor(durable, applied_index)
+        self._refresh_peers()
         self._init_leader_state()
+
+    def _refresh_peers(self) -> None:
+        """Everyone in a membership of some slot from the commit index on."""
+        self._schedule.prune(self._commit_index)
+        self._memberships = self._schedule.from_slot(self._commit_index)
+        members = set().union(*(m.members for m in self._memberships))
+        self.peers = tuple(sorted(members - {self.id}))
+        self._voter = any(self.id in m.voters for m in self._memberships)
+
+    @property
+    def quorum(self) -> int:
+        """Votes that make a majority in the membership at the commit index."""
+        return len(self._memberships[0].voters) // 2 + 1
+
+    def _majority_everywhere(self, ids: set[int]) -> bool:
+        """A majority of the voters of every membership from the commit index
+        on (changes chosen but not in force yet included)."""
+        return all(m.is_quorum(ids) for m in self._memberships)
 
     # ------------------------------------------------------------------ state
 
@@ -292,6 +390,8 @@ class PaxosCore:
         self._prevote_round = 0
         self._prevote_grants: set[int] = set()
         self._phase1b: dict[int, Phase1b] = {}
+        self._phase1_extra: set[int] = set()  # asked beyond our peers (see _check_phase1)
+        self._recovery: dict[int, Value] = {}  # re-proposals not sent yet (leader)
         self._phase1_age = 0
         self._in_flight: dict[int, _InFlight] = {}
         self._pending: deque[bytes] = deque()
@@ -304,6 +404,8 @@ class PaxosCore:
         self._reads_waiting: dict[int, list[tuple[Hashable, int]]] = {}
         self._reads_confirmed: list[tuple[Hashable, int]] = []
         self._heard_from: set[int] = set()
+        self._progress: dict[int, int] = {}  # leader: each peer's last reported commit index
+        self._joined_proposed: set[int] = set()
         self._quorum_ticks = 0
         self._catchup_age: int | None = None
 
@@ -315,6 +417,11 @@ class PaxosCore:
     def is_leader(self) -> bool:
         """True while this replica is the serving leader (cheap: per request)."""
         return self._role is Role.LEADER
+
+    @property
+    def refused(self) -> str | None:
+        """Why this replica must stop (see "Joining"), or None."""
+        return self._refused
 
     @property
     def leader_id(self) -> int | None:
@@ -334,6 +441,11 @@ class PaxosCore:
             compacted=self._compacted,
             log_size=len(self._log),
             peers=self.peers,
+            membership=self._schedule.latest,
+            change_pending=self._next_change() < 2**63,
+            joining=self._joining,
+            refused=self._refused,
+            progress=dict(self._progress),
         )
 
     # ------------------------------------------------------------- public API
@@ -347,8 +459,15 @@ class PaxosCore:
         return self._take_ready()
 
     def step(self, msg: Message) -> Ready:
-        """A message from a peer arrives. Unknown senders are ignored."""
-        if msg.sender not in self.peers:
+        """A message from a peer arrives. Messages from removed replicas are
+        ignored (once no slot from our commit index on is theirs to vote in);
+        from a replica we do not know yet (a member added by a
+        change we have not learned) they are taken: quorums count only the
+        voters of a slot's membership, so a stranger's vote never counts."""
+        sender = msg.sender
+        if sender == self.id or (
+            sender in self._schedule.latest.removed and sender not in self.peers
+        ):
             return self._take_ready()
         handler = _HANDLERS.get(type(msg))
         if handler is not None:
@@ -382,16 +501,36 @@ class PaxosCore:
         self._compact(min(point, self._emitted_index))
         return self._take_ready()
 
-    def installed(self, index: int) -> Ready:
+    def installed(self, index: int, schedule: Schedule | None = None) -> Ready:
         """The driver made a snapshot of the state machine at applied index
-        `index` current: every slot below it is chosen and applied. The log
+        `index` current: every slot below it is chosen and applied, and
+        `schedule` (if given) holds the memberships from `index` on. The log
         continues from there (the values already known above it are kept)."""
         self._catchup_age = None
+        if schedule is not None and index >= self._commit_index:
+            self._schedule = schedule.copy()
         self._commit_index = max(self._commit_index, index)
         self._emitted_index = max(self._emitted_index, index)
         self._compact(index)
         self._advance_commit()
+        self._refresh_peers()
+        if self._joining:
+            self._joining = False
+            self._refused = self._joining_problem()
         return self._take_ready()
+
+    def _joining_problem(self) -> str | None:
+        """Why a replica that joined on an empty directory must not go on."""
+        latest = self._schedule.latest
+        if self.id in latest.started:
+            return (
+                f"replica {self.id} has run in this cluster before and started now on an "
+                "empty data directory: it lost its disk and may have promised or voted "
+                "before. Remove it (kvctl member remove) and add a new id"
+            )
+        if self.id not in latest.members:
+            return f"replica {self.id} is not a member: add it first (kvctl member add)"
+        return None
 
     def _compact(self, point: int) -> None:
         if point <= self._compacted:
@@ -432,7 +571,16 @@ class PaxosCore:
         self._max_vote_slot = max(self._max_vote_slot, slot)
 
     def _on_phase1a(self, msg: Phase1a) -> None:
-        """Phase1b action: promise msg.ballot if it is >= promised."""
+        """Phase1b action: promise msg.ballot if it is >= promised. Learners
+        promise too: a candidate may need them as voters of a membership
+        that a change it re-proposes would bring in force."""
+        if not self._voter and msg.from_slot > self._commit_index and self._catchup_age is None:
+            # The candidate knows more of the log: perhaps a change that makes
+            # us a voter. Learn it; the candidate asks again.
+            self._catchup_age = 0
+            self._send(msg.sender, CatchupRequest(self.id, msg.ballot, self._commit_index))
+        if self.id not in self._schedule.latest.started or self._joining:
+            return  # see "Joining": no promise before the leader recorded us
         if msg.ballot < self._promised:
             self._send(msg.sender, Nack(self.id, msg.ballot, self._promised))
             return
@@ -448,6 +596,10 @@ class PaxosCore:
 
     def _on_phase2a(self, msg: Phase2a) -> None:
         """Phase2b action: vote for msg.value at msg.slot if the ballot is >= promised."""
+        if self._joining:  # see "Joining": only learn how far the log is
+            self._follow(msg.sender, msg.ballot)
+            self._learn_commit(msg.sender, msg.ballot, msg.commit_index)
+            return
         if msg.ballot < self._promised:
             self._send(msg.sender, Nack(self.id, msg.ballot, self._promised))
             return
@@ -476,7 +628,8 @@ class PaxosCore:
         self._see(msg.ballot)
         self._follow(msg.sender, msg.ballot)
         self._learn_commit(msg.sender, msg.ballot, msg.commit_index)
-        self._send(msg.sender, HeartbeatAck(self.id, msg.ballot, msg.round, self._commit_index))
+        if not self._joining:  # a joining replica confirms no leadership
+            self._send(msg.sender, HeartbeatAck(self.id, msg.ballot, msg.round, self._commit_index))
 
     def _learn_commit(self, leader: int, ballot: Ballot, commit_index: int) -> None:
         """Marks slots below the leader's commit_index chosen where our vote is
@@ -492,13 +645,21 @@ class PaxosCore:
         self._advance_commit()
         if self._commit_index < commit_index and self._catchup_age is None:
             self._catchup_age = 0
-            self._send(leader, CatchupRequest(self.id, ballot, self._commit_index))
+            if self._joining:  # the log from slot 0 would need the first membership
+                self._ready.install_from = leader
+            else:
+                self._send(leader, CatchupRequest(self.id, ballot, self._commit_index))
 
     def _advance_commit(self) -> None:
         """Moves commit_index over every contiguous chosen slot and hands the
         newly chosen values to the driver to apply."""
+        changed = False
         while self._commit_index in self._log:
+            if self._schedule.chosen(self._commit_index, self._log[self._commit_index]):
+                changed = True
             self._commit_index += 1
+        if changed or self._commit_index >= self._next_change():
+            self._refresh_peers()
         while self._emitted_index < self._commit_index:
             self._ready.committed.append((self._emitted_index, self._log[self._emitted_index]))
             self._emitted_index += 1
@@ -530,7 +691,7 @@ class PaxosCore:
         """Learns chosen values sent by a replica that knows them, or that we
         must install its snapshot: it compacted past what we need."""
         self._catchup_age = None
-        if not msg.entries and msg.compacted > self._commit_index:
+        if self._joining or (not msg.entries and msg.compacted > self._commit_index):
             self._ready.install_from = msg.sender
             return
         for slot, value in msg.entries.items():
@@ -546,6 +707,11 @@ class PaxosCore:
 
     # ------------------------------------------------------------- election
 
+    def _next_change(self) -> int:
+        """The first slot at which a later membership takes over (or never)."""
+        entries = self._schedule.entries
+        return entries[1][0] if len(entries) > 1 else 2**63
+
     def _follower_tick(self) -> None:
         self._ticks_since_leader += 1
         if self._catchup_age is not None:
@@ -557,6 +723,9 @@ class PaxosCore:
             if self._phase1_age % self.config.retransmit_ticks == 0:
                 self._send_phase1a(only_missing=True)
         if self._ticks_since_leader >= self._election_timeout:
+            if not self._voter or self._joining:  # learners, removed, joining: never
+                self._ticks_since_leader = 0
+                return
             self._start_prevote()
 
     def _start_prevote(self) -> None:
@@ -576,16 +745,28 @@ class PaxosCore:
         leader_alive = self._role is Role.LEADER or (
             self._leader_id is not None and self._ticks_since_leader < self.config.election_ticks
         )
-        granted = not leader_alive and msg.first_unchosen >= self._commit_index
-        self._send(msg.sender, PreVoteReply(self.id, msg.round, granted))
+        granted = (
+            not leader_alive and msg.first_unchosen >= self._commit_index and not self._joining
+        )
+        self._send(msg.sender, PreVoteReply(self.id, msg.round, granted, self._commit_index))
 
     def _on_prevote_reply(self, msg: PreVoteReply) -> None:
+        if (
+            not msg.granted
+            and msg.first_unchosen > self._commit_index
+            and self._catchup_age is None
+        ):
+            # Refused because we are behind: learn what we miss from that replica
+            # (after a membership change, the replicas that know the newest
+            # slots may be ones that no longer campaign).
+            self._catchup_age = 0
+            self._send(msg.sender, CatchupRequest(self.id, self._promised, self._commit_index))
         if self._role is Role.PRECANDIDATE and msg.round == self._prevote_round and msg.granted:
             self._prevote_grants.add(msg.sender)
             self._check_prevote()
 
     def _check_prevote(self) -> None:
-        if len(self._prevote_grants) >= self.quorum:
+        if self._majority_everywhere(self._prevote_grants):
             self._start_phase1()
 
     def _start_phase1(self) -> None:
@@ -604,7 +785,7 @@ class PaxosCore:
 
     def _send_phase1a(self, only_missing: bool) -> None:
         msg = Phase1a(self.id, self._ballot, self._commit_index)
-        for peer in self.peers:
+        for peer in (*self.peers, *sorted(self._phase1_extra)):
             if not (only_missing and peer in self._phase1b):
                 self._send(peer, msg)
 
@@ -614,7 +795,22 @@ class PaxosCore:
             self._check_phase1()
 
     def _check_phase1(self) -> None:
-        if len(self._phase1b) < self.quorum:
+        """Leads once the promises make a majority in every membership that
+        the slots from our commit index on can be in (see "Membership
+        changes" in the module docstring), asking whoever those name."""
+        responders = set(self._phase1b)
+        if not self._majority_everywhere(responders):
+            return
+        best = self._best_votes()
+        plan = self._plan(best)
+        wanted = set().union(*(m.voters for m in plan)) - responders - {self.id}
+        unasked = wanted - set(self.peers) - self._phase1_extra
+        if unasked:  # members only a change found in Phase 1 names
+            self._phase1_extra |= unasked
+            msg = Phase1a(self.id, self._ballot, self._commit_index)
+            for peer in sorted(unasked):
+                self._send(peer, msg)
+        if not all(m.is_quorum(responders) for m in plan):
             return
         ahead = max(self._phase1b.values(), key=lambda p1b: p1b.compacted)
         if self._behind_compaction(ahead.compacted):
@@ -623,7 +819,32 @@ class PaxosCore:
             self._catchup_age = 0
             self._send(ahead.sender, CatchupRequest(self.id, self._promised, self._commit_index))
             return
-        self._become_leader()
+        self._become_leader(best)
+
+    def _best_votes(self) -> dict[int, Vote]:
+        """Per slot from the commit index on, the vote with the highest
+        vballot among the promises received."""
+        best: dict[int, Vote] = {}
+        for p1b in self._phase1b.values():
+            for slot, (vballot, value) in p1b.votes.items():
+                if slot >= self._commit_index and (slot not in best or vballot > best[slot].ballot):
+                    best[slot] = Vote(vballot, value)
+        return best
+
+    def _recovered_value(self, slot: int, best: dict[int, Vote]) -> Value:
+        if slot in self._log:
+            return self._log[slot]
+        return best[slot].value if slot in best else NOOP
+
+    def _plan(self, best: dict[int, Vote]) -> list[Membership]:
+        """The memberships of every slot from the commit index on, if we
+        re-propose `best` (each change among those values in force ALPHA
+        slots after it)."""
+        schedule = self._schedule.copy()
+        end = max(best, default=self._commit_index - 1) + 1
+        for slot in range(self._commit_index, end):
+            schedule.chosen(slot, self._recovered_value(slot, best))
+        return schedule.from_slot(self._commit_index)
 
     def _behind_compaction(self, compacted: int) -> bool:
         """True if a promiser deleted slots we do not know chosen values of:
@@ -649,27 +870,19 @@ class PaxosCore:
 
     # --------------------------------------------------------------- leader
 
-    def _become_leader(self) -> None:
+    def _become_leader(self, best: dict[int, Vote]) -> None:
         """With a majority of promises: re-propose, per slot, the value with the
-        highest vballot, fill holes with no-ops, then serve new commands."""
-        best: dict[int, Vote] = {}
-        for p1b in self._phase1b.values():
-            for slot, (vballot, value) in p1b.votes.items():
-                if slot >= self._commit_index and (slot not in best or vballot > best[slot].ballot):
-                    best[slot] = Vote(vballot, value)
+        highest vballot, fill holes with no-ops, then serve new commands. The
+        re-proposals go out as the window below allows (never past the commit
+        index + ALPHA), before any new command."""
         self._role = Role.LEADER
         self._leader_id = self.id
         self._leader_ballot = self._ballot
         self._phase1b = {}
         end = max(best, default=self._commit_index - 1) + 1
         self._next_slot = self._commit_index
-        for slot in range(self._commit_index, end):
-            if slot in self._log:
-                value = self._log[slot]
-            else:
-                value = best[slot].value if slot in best else NOOP
-            self._start_slot(value)
-        self._recovery_end = self._next_slot
+        self._recovery = {s: self._recovered_value(s, best) for s in range(self._commit_index, end)}
+        self._recovery_end = end
         self._heard_from = set()
         self._quorum_ticks = 0
         self._send_heartbeats()
@@ -685,9 +898,19 @@ class PaxosCore:
         self._check_chosen(slot)
 
     def _fill_window(self) -> None:
-        """Drains waiting commands into new slots, one batch per slot."""
+        """Re-proposes what Phase 1 recovered, then drains waiting commands
+        into new slots, one batch per slot; never a slot at or past the
+        commit index + ALPHA, whose membership may not be known yet."""
+        while self._next_slot < self._recovery_end:
+            if self._next_slot >= self._commit_index + ALPHA or self._role is not Role.LEADER:
+                return
+            self._start_slot(self._recovery.pop(self._next_slot))
         limit = self.config.max_batch_bytes
-        while self._pending and len(self._in_flight) < self.config.window:
+        while (
+            self._pending
+            and len(self._in_flight) < self.config.window
+            and self._next_slot < self._commit_index + ALPHA
+        ):
             batch, size = [], 0
             while self._pending and (not batch or size + len(self._pending[0]) <= limit):
                 cmd = self._pending.popleft()
@@ -705,8 +928,8 @@ class PaxosCore:
             self._check_chosen(msg.slot)
 
     def _check_chosen(self, slot: int) -> None:
-        entry = self._in_flight[slot]
-        if len(entry.acks) >= self.quorum:
+        entry = self._in_flight.get(slot)
+        if entry is not None and self._schedule.at(slot).is_quorum(entry.acks):
             del self._in_flight[slot]
             self._log[slot] = entry.value
             self._advance_commit()
@@ -716,6 +939,14 @@ class PaxosCore:
         self._hb_ticks += 1
         if self._hb_ticks >= self.config.heartbeat_ticks:
             self._send_heartbeats()
+        if (
+            not self._pending
+            and not self._in_flight
+            and self._next_slot >= self._recovery_end
+            and self._next_change() < 2**63
+            and self._next_slot < self._commit_index + ALPHA
+        ):
+            self._start_slot(NOOP)  # a membership change waits for ALPHA more slots
         for slot, entry in self._in_flight.items():
             entry.age += 1
             if entry.age % self.config.retransmit_ticks == 0:
@@ -723,13 +954,28 @@ class PaxosCore:
                 for peer in self.peers:
                     if peer not in entry.acks:
                         self._send(peer, msg)
+        self._record_joined()
         self._quorum_ticks += 1
+        if not self._voter:  # removed: a leader that is no voter anywhere hands over
+            self._step_down()
+            return
         if self._quorum_ticks >= self.config.election_ticks:
-            if len(self._heard_from) + 1 < self.quorum:
+            if not self._majority_everywhere(self._heard_from | {self.id}):
                 self._step_down()  # check-quorum: we may be cut off
                 return
             self._heard_from = set()
             self._quorum_ticks = 0
+
+    def _record_joined(self) -> None:
+        """Proposes the JOINED record of every learner that has caught up by
+        a snapshot (it reports a commit index > 0), once per leadership."""
+        latest = self._schedule.latest
+        for rid in sorted(latest.learners - latest.started - self._joined_proposed):
+            if self._progress.get(rid, 0) > 0:
+                self._joined_proposed.add(rid)
+                change = Change(ChangeKind.JOINED, rid, latest.epoch)
+                self._pending.append(encode_change(change))
+                self._fill_window()
 
     def _send_heartbeats(self) -> None:
         self._hb_ticks = 0
@@ -745,6 +991,7 @@ class PaxosCore:
         if self._role is not Role.LEADER or msg.ballot != self._ballot:
             return
         self._heard_from.add(msg.sender)
+        self._progress[msg.sender] = msg.first_unchosen
         acks = self._hb_acks.get(msg.round)
         if acks is not None:
             acks.add(msg.sender)
@@ -753,7 +1000,7 @@ class PaxosCore:
     def _check_heartbeat_round(self, round_: int) -> None:
         """A majority acknowledged heartbeat `round_`: we were still leader when
         it was sent, so every read registered before it is confirmed."""
-        if len(self._hb_acks[round_]) < self.quorum:
+        if not self._majority_everywhere(self._hb_acks[round_]):
             return
         for r in [r for r in self._hb_acks if r <= round_]:
             del self._hb_acks[r]

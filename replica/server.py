@@ -46,8 +46,9 @@ from kvstore.config import (
     parse_http_address,
 )
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
+from kvstore.membership import bootstrap
 from kvstore.statemachine import KVStateMachine
-from replica import datadir, logfmt
+from replica import datadir, launch, logfmt
 from replica.badinput import BadFrames
 from replica.driver import ReplicaDriver
 from replica.messages import Message
@@ -81,8 +82,14 @@ class Replica:
         driver_class: type[ReplicaDriver] = ReplicaDriver,
         compaction: CompactionSettings | None = None,
         session_ttl_ms: int = SESSION_TTL_MS,
+        joining: bool = False,
     ) -> None:
+        """`joining`: started on an empty directory to join a running
+        cluster (replica/paxos.py, "Joining")."""
         self.id = me.id
+        self._toml_peers = {r.id: r.peer for r in cluster if r.id != me.id}
+        if joining:
+            self._toml_peers = _current_peers(me.id, cluster) or self._toml_peers
         self.me = me
         self.data_dir = Path(data_dir)
         self.metrics: ReplicaMetrics | None = None  # see serve_metrics
@@ -111,6 +118,8 @@ class Replica:
                     bad=self.bad,
                     compaction=compaction,
                     session_ttl_ms=session_ttl_ms,
+                    membership=bootstrap([(r.id, r.peer, r.client) for r in cluster]),
+                    joining=joining,
                 )
             except BaseException:
                 self._close_sockets()
@@ -119,12 +128,14 @@ class Replica:
             self.reclaimer.close()
             self.db.close()
             raise
+        self._known_peers = self.driver.core.peers
+        self.exit_status = 0
         self._stopping = False
 
     def _open_sockets(self, cluster: list[ReplicaAddress]) -> None:
         self.ctx = zmq.Context()
         self.bad = BadFrames()
-        peers = {r.id: r.peer for r in cluster if r.id != self.id}
+        peers = dict(self._toml_peers)
         try:
             self.peers = PeerTransport(self.ctx, self.me.peer_bind, peers, self.bad)
             try:
@@ -199,7 +210,29 @@ class Replica:
         if self.metrics is not None:
             self.metrics.on_input(inbox, requests)
         self.driver.iterate(inbox, requests)
+        core = self.driver.core
+        if core.peers != self._known_peers:
+            self._follow_membership()
+        if core.refused is not None:
+            log.error("replica %d: %s", self.id, core.refused)
+            self.exit_status = 2
+            self._stopping = True
         return more
+
+    def _follow_membership(self) -> None:
+        """Connects to the members the core now talks to (their addresses from
+        the membership, else from the config file), drops the others."""
+        core = self.driver.core
+        self._known_peers = core.peers
+        latest = core.status().membership
+        peers = {}
+        for pid in core.peers:
+            found = latest.address(pid) if latest is not None else None
+            address = found[0] if found else self._toml_peers.get(pid)
+            if address:
+                peers[pid] = address
+        self.peers.set_peers(peers)
+        log.info("replica %d: peers now %s", self.id, sorted(peers))
 
     def status_info(self) -> dict:
         """The STATUS report (docs/CONTRACTS.md)."""
@@ -222,6 +255,27 @@ class Replica:
         log.info("replica %d stopped", self.id)
 
 
+def _current_peers(me: int, cluster: list[ReplicaAddress]) -> dict[int, str]:
+    """For a replica joining a running cluster: the members the cluster
+    itself names (the highest membership epoch any configured replica
+    reports in STATUS), since the config file may predate changes."""
+    reports = launch.statuses([r.client for r in cluster if r.id != me], timeout=1.0)
+    best: dict | None = None
+    for report in reports:
+        membership = (report or {}).get("membership")
+        if isinstance(membership, dict) and (
+            best is None or membership.get("epoch", -1) > best.get("epoch", -1)
+        ):
+            best = membership
+    peers: dict[int, str] = {}
+    for row in (best or {}).get("addresses", []):
+        if isinstance(row, list) and len(row) == 3 and row[0] != me and row[1]:
+            peers[int(row[0])] = str(row[1])
+    if peers:
+        log.info("replica %d joining: the cluster names its members %s", me, sorted(peers))
+    return peers
+
+
 # ------------------------------------------------------------------ command
 
 
@@ -236,8 +290,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--initial-cluster-state",
         choices=datadir.STATES,
         help="only for an empty --data-dir: 'new' bootstraps a new cluster (every replica "
-        "starts empty); 'existing' joins a running one (refused for an id the cluster "
-        "already has: see docs/OPERATIONS.md). Ignored once the directory has an identity",
+        "starts empty); 'existing' joins a running one as a member added with kvctl member "
+        "add (it installs a snapshot first; an id that ran before is refused: "
+        "docs/OPERATIONS.md). Ignored once the directory has an identity",
     )
     parser.add_argument(
         "--tick-ms", type=float, help="tick length (ms; default: [timing] tick_ms, else 10)"
@@ -301,12 +356,8 @@ def _build(args: argparse.Namespace) -> Replica:
     data_dir = Path(args.data_dir)
     try:
         name = datadir.load_cluster_name(args.config)
-        datadir.prepare(
-            data_dir,
-            name=name,
-            replica_ids=[r.id for r in cluster],
-            replica_id=me.id,
-            state=args.initial_cluster_state,
+        identity = datadir.prepare(
+            data_dir, name=name, replica_id=me.id, state=args.initial_cluster_state
         )
     except (ConfigError, datadir.DataDirError) as exc:
         raise StartupError(str(exc)) from None
@@ -321,6 +372,7 @@ def _build(args: argparse.Namespace) -> Replica:
             core_config=core,
             compaction=compaction,
             session_ttl_ms=sessions.ttl_ms,
+            joining=identity.joining,
         )
     except BindError as exc:
         raise StartupError(str(exc)) from None
@@ -355,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         log.info("replica %d shutting down", replica.id)
         replica.close()
-    return status
+    if replica.exit_status:
+        print(f"kvstore-replica: error: {replica.driver.core.refused}", file=sys.stderr)
+    return status or replica.exit_status
 
 
 if __name__ == "__main__":

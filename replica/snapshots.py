@@ -119,7 +119,7 @@ class Exporter:
         reader = export.reader
         items, last = reader.chunk(after, self._chunk_bytes)
         return SnapshotChunk(
-            self.id, export.snapshot_id, reader.index, reader.revision, items, last
+            self.id, export.snapshot_id, reader.index, reader.revision, items, last, after
         )
 
     def tick(self) -> None:
@@ -184,7 +184,8 @@ class Installer:
             self.snapshot_id, self.index = msg.snapshot_id, msg.index
             self.bytes = self.keys = 0
             self.after = resume
-            if resume is not None:  # stale chunk of a resumed install: ask on
+            self._idle = 0
+            if resume is not None:  # resumed after a restart: ask on from there
                 return self.request()
             log.info(
                 "replica %d: installing the snapshot at index %d from replica %d",
@@ -192,8 +193,11 @@ class Installer:
                 msg.index,
                 msg.sender,
             )
-        elif msg.items and self.after is not None and msg.items[0][0] <= self.after:
-            return None  # a duplicate or a chunk we already staged
+        if msg.after != self.after:
+            # Not the continuation of what we staged (a duplicate, a late
+            # chunk, or a later chunk of a snapshot we just switched to):
+            # staging it would skip keys. Ask for what follows ours.
+            return self.request() if self.after is None else None
         self._idle = 0
         if msg.items:
             last = msg.items[-1][0]

@@ -126,17 +126,40 @@ class PeerTransport:
         self.send_dropped = dict.fromkeys(peers, 0)
         self.received_messages = dict.fromkeys(peers, 0)
         self.received_bytes = dict.fromkeys(peers, 0)
+        self._ctx = ctx
         self._outboxes: dict[int, zmq.Socket] = {}
+        self._addresses: dict[int, str] = {}
         for pid, address in peers.items():
-            sock = ctx.socket(zmq.PUSH)
-            _base_options(sock)
-            sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
-            _heartbeats(sock)
-            sock.connect(address)
-            self._outboxes[pid] = sock
+            self._connect(pid, address)
+
+    def _connect(self, pid: int, address: str) -> None:
+        sock = self._ctx.socket(zmq.PUSH)
+        _base_options(sock)
+        sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+        _heartbeats(sock)
+        sock.connect(address)
+        self._outboxes[pid] = sock
+        self._addresses[pid] = address
+        for counts in (self.sent_messages, self.sent_bytes, self.send_dropped,
+                       self.received_messages, self.received_bytes):  # fmt: skip
+            counts.setdefault(pid, 0)
+
+    def set_peers(self, peers: Mapping[int, str]) -> None:
+        """The membership changed (kvstore/membership.py): connect to the new
+        peers, drop the removed ones; messages from others stay refused."""
+        for pid in [p for p in self._outboxes if p not in peers]:
+            self._outboxes.pop(pid).close(linger=0)
+            self._addresses.pop(pid, None)
+        for pid, address in peers.items():
+            if self._addresses.get(pid) != address:
+                old = self._outboxes.pop(pid, None)
+                if old is not None:
+                    old.close(linger=0)
+                self._connect(pid, address)
+        self._peer_ids = frozenset(peers)
 
     def send(self, messages: Iterable[tuple[int, Message]]) -> None:
         """Sends (destination, message) pairs without blocking; drops what

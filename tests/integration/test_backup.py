@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from client import KVClient, kvctl
+from kvstore.config import display_address
 from replica import admin
 from tests.harness import Cluster
 
@@ -67,6 +68,9 @@ def test_save_status_restore_into_a_new_cluster(
             assert kv.get(key) == model.get(key)
         version = kv.put(b"after-restore", b"1")
         assert version == KEYS + 2  # revisions go on from the backup's
+        # The new cluster's membership is its own config's, not the source's.
+        members = kv.member_list()["members"]
+        assert sorted(display_address(m["client"]) for m in members) == sorted(target.addresses)
 
 
 def test_bad_files_and_directories_are_refused(

@@ -1,7 +1,8 @@
 """Data directory identity with real processes (replica/datadir.py): a
 replica refuses another replica's or cluster's directory, and a replica
-whose directory was wiped is not let back in under its old id, while the
-rest of the cluster goes on serving."""
+whose directory was wiped is not let back in under its old id (it joins,
+installs a snapshot, finds it ran before and stops), while the rest of the
+cluster goes on serving."""
 
 from __future__ import annotations
 
@@ -43,16 +44,17 @@ def test_wiped_replica_is_refused_and_the_cluster_serves_on(
         victim = next(r for r in c.ids if r != c.wait_for_leader())
         c.stop_replica(victim)
         shutil.rmtree(c.data_dir(victim))
-        # Back on an empty directory under its old id: refused, nothing written.
-        line = _one_line_error(
-            _run(c.config_path, victim, c.data_dir(victim), "existing"), "empty data directory"
-        )
-        assert f"replica {victim} would rejoin" in line
-        assert not c.data_dir(victim).exists()
-        # Without the flag: told what the choices are.
+        # Without the flag: told what the choices are, nothing written.
         _one_line_error(
             _run(c.config_path, victim, c.data_dir(victim), None), "--initial-cluster-state"
         )
+        assert not c.data_dir(victim).exists()
+        # Back on an empty directory under its old id, joining: it installs a
+        # snapshot (no promise, no vote meanwhile), sees that its id ran
+        # before, and stops with one line.
+        result = _run(c.config_path, victim, c.data_dir(victim), "existing")
+        line = _one_line_error(result, "has run in this cluster before")
+        assert f"replica {victim} " in line and "add a new id" in line
         # The two others still make a majority.
         kv.put(b"k", b"after")
         assert kv.get(b"k") == b"after"

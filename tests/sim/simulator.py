@@ -33,11 +33,22 @@ with crashes at any of its syncs and between chunks; a replica that stays
 down while the others compact past it catches up that way when it returns.
 
 Lost disks (`wipes=True`, every fifth seed in CI): a replica's disk dies
-(a crash, then an empty MemoryDB). The real replica refuses to start on an
-empty directory under an id the cluster has (replica/datadir.py), so a
-wiped replica stays out for good and at most a minority is wiped;
-`rejoin_wiped=True` models the naive rejoin that the refusal prevents (the
-replica comes back empty under its old id) and must be caught.
+(a crash, then an empty MemoryDB). It restarts JOINING, as the real replica
+does on an empty directory with --initial-cluster-state existing
+(replica/paxos.py, "Joining"): it promises, votes and acknowledges nothing,
+installs a snapshot, sees that its id ran before and is refused for good
+(so at most a minority is wiped). `rejoin_wiped=True` models the naive
+rejoin that this prevents (the replica comes back empty under its old id
+and votes at once) and must be caught.
+
+Membership changes (`members=True`, another fifth of the CI seeds): an admin
+asks for one change at a time through the real MEMBER request: a spare id
+added as a learner (its replica starts joining, installs a snapshot, is
+recorded JOINED by the leader), a learner promoted, a member removed (the
+leader too). Quorums follow the membership of each slot
+(kvstore/membership.py); the observer decides "chosen" by the same rule,
+from the values it saw chosen. `CountsLearners` (a leader that counts every
+acknowledgement towards a majority) must be caught.
 
 Clients (three per run) are lazy-pirate clients as in client/client.py:
 one operation at a time (put, get, cas, delete of two keys, unique values),
@@ -80,7 +91,16 @@ import random
 from dataclasses import dataclass, field
 
 from kvstore.config import CompactionSettings
-from kvstore.protocol import Op, Request, Response, Status, decode_response, encode_request
+from kvstore.membership import ALPHA, ChangeKind, Membership, Schedule
+from kvstore.protocol import (
+    Op,
+    Request,
+    Response,
+    Status,
+    decode_response,
+    encode_request,
+    member_change,
+)
 from kvstore.statemachine import KVStateMachine
 from replica.driver import Envelope, ReplicaDriver, Result
 from replica.inmem import MemoryDB
@@ -107,6 +127,10 @@ WALL_EPOCH = 1.8e9
 replica and runs with its ticks, so replicas' clocks drift apart."""
 KEYS = (b"x", b"y")
 CLIENTS = 3
+ADMIN = -1
+"""The envelope's client index of the membership admin's requests."""
+SPARE_IDS = 4
+"""Ids beyond the first replicas that membership changes may add."""
 CLIENT_TIMEOUT = 60
 """Events without an answer before a client tries another replica."""
 CRASH_AT_SYNC = 0.004
@@ -152,6 +176,24 @@ class IgnoresCompaction(ReplicaDriver):
     filling the slots it cannot see with no-ops (or stale votes)."""
 
     core_class = _CoreIgnoringCompaction
+
+
+class _CoreCountingLearners(PaxosCore):
+    def _check_chosen(self, slot: int) -> None:
+        entry = self._in_flight.get(slot)
+        voters = self._schedule.at(slot).voters
+        if entry is not None and 2 * len(entry.acks) > len(voters):
+            del self._in_flight[slot]
+            self._log[slot] = entry.value
+            self._advance_commit()
+            self._fill_window()
+
+
+class CountsLearners(ReplicaDriver):
+    """BROKEN: counts every acknowledgement towards a majority of the voters,
+    learners' (and removed replicas') included."""
+
+    core_class = _CoreCountingLearners
 
 
 class AnswerBeforeSync(ReplicaDriver):
@@ -231,6 +273,9 @@ class SimClients:
         if self._sim.rng.random() < 0.03:
             return  # a lost reply
         client_index, attempt = envelope
+        if client_index == ADMIN:
+            self._sim.on_admin_reply(payload)
+            return
         self._sim.clients[client_index].on_reply(attempt, payload)
 
 
@@ -249,6 +294,8 @@ class Node:
     revealed_votes: dict[int, Ballot] = field(default_factory=dict)
     sent_phase2a: bool = False  # in the current iteration
     wiped: bool = False  # its disk was lost (the wipe nemesis)
+    joining: bool = False  # starts on an empty disk to join (replica/paxos.py, "Joining")
+    refused: bool = False  # joined under an id that ran before: stopped for good
 
 
 @dataclass
@@ -261,6 +308,8 @@ class Stats:
     installs: int = 0
     install_crashes: int = 0
     wipes: int = 0
+    refusals: int = 0
+    member_changes: int = 0
     sync_crashes: int = 0
     early_phase2a_crashes: int = 0
     elections: int = 0
@@ -402,11 +451,20 @@ class Simulation:
         compaction: CompactionSettings | None = None,
         wipes: bool = False,
         rejoin_wiped: bool = False,
+        members: bool = False,
+        driver_classes: dict[int, type[ReplicaDriver]] | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = list(range(1, replicas + 1))
         self.quorum = replicas // 2 + 1
+        self.bootstrap = Membership(0, frozenset(self.ids), started=frozenset(self.ids))
+        self.members = members
+        self.driver_classes = driver_classes or {}
+        self.spares = list(range(replicas + 1, replicas + 1 + SPARE_IDS)) if members else []
+        self.obs_schedule = Schedule([(0, self.bootstrap)])
+        self.obs_prefix = 0  # the observer's first slot not known chosen
+        self.undecided: set[tuple[int, Ballot]] = set()
         self.driver_class = driver_class
         self.check_durability = check_durability
         self.early_crash = early_crash
@@ -427,6 +485,7 @@ class Simulation:
             self._start(node)
         self.clients = [SimClient(self, i) for i in range(CLIENTS)]
         weights = self.WEIGHTS + ((("wipe", 1),) if self.wipes else ())
+        weights += (("member", 2),) if self.members else ()
         self._names, self._weights = zip(*weights, strict=True)
 
     def _now(self) -> int:
@@ -437,9 +496,9 @@ class Simulation:
 
     def _start(self, node: Node) -> None:
         node.db.sync_hook = lambda stage, node=node: self._maybe_crash_at_sync(node, stage)
-        node.driver = self.driver_class(
+        node.driver = self.driver_classes.get(node.id, self.driver_class)(
             node.id,
-            self.ids,
+            sorted(self.bootstrap.voters),
             SimStorage(self, node),
             SimStateMachine(self, node),
             SimPeers(self, node),
@@ -450,6 +509,8 @@ class Simulation:
             tick_s=TICK_S,
             core_config=SIM_CONFIG,
             compaction=self.compaction,
+            membership=self.bootstrap,
+            joining=node.joining,
         )
 
     def _iterate(self, node: Node, messages: list[Message]) -> None:
@@ -465,6 +526,10 @@ class Simulation:
             return
         if node.driver.core.is_leader and not was_leader:
             self.stats.elections += 1
+        if node.driver.core.status().refused is not None:  # the replica stops
+            self.stats.refusals += 1
+            node.refused = True
+            self._crash(node, keep=None)
 
     def _maybe_crash_at_sync(self, node: Node, stage: str) -> None:
         if not self.faults:
@@ -521,8 +586,18 @@ class Simulation:
             elif seen[0] != value:
                 self.fail(f"two values proposed at slot {slot} in ballot {ballot}")
             seen[1].add(node.id)
-            if len(seen[1]) >= self.quorum:
-                self._chosen(slot, value)
+            self._decide(slot, ballot)
+
+    def _decide(self, slot: int, ballot: Ballot) -> None:
+        """Chosen once a majority of the voters of the slot's membership voted
+        for it in one ballot; that membership is known once every slot up to
+        slot - ALPHA is chosen (until then the decision waits)."""
+        if slot >= self.obs_prefix + ALPHA:
+            self.undecided.add((slot, ballot))
+            return
+        value, ids = self.votes_seen[(slot, ballot)]
+        if self.obs_schedule.at(slot).is_quorum(ids):
+            self._chosen(slot, value)
 
     def _chosen(self, slot: int, value: Value) -> None:
         prior = self.chosen.get(slot)
@@ -531,6 +606,15 @@ class Simulation:
             self.stats.chosen += 1
         elif prior != value:
             self.fail(f"agreement violated: slot {slot} chose {prior!r} and {value!r}")
+        if slot != self.obs_prefix:
+            return
+        while self.obs_prefix in self.chosen:
+            self.obs_schedule.chosen(self.obs_prefix, self.chosen[self.obs_prefix])
+            self.obs_prefix += 1
+        ready = [k for k in self.undecided if k[0] < self.obs_prefix + ALPHA]
+        for key in sorted(ready):
+            self.undecided.discard(key)
+            self._decide(*key)
 
     def reveal(self, node: Node, msg: Message) -> None:
         """Remembers what the network learned of this acceptor's state."""
@@ -610,7 +694,7 @@ class Simulation:
         node = self.nodes[dst]
         if node.driver is None:
             return
-        messages = [m for s, m in batch if self.group[s] == self.group[dst]]
+        messages = [m for s, m in batch if self.group.get(s, 0) == self.group.get(dst, 0)]
         self.stats.delivered += len(messages)
         self._iterate(node, messages)
 
@@ -655,15 +739,16 @@ class Simulation:
             self._restart(self.rng.choice(dead))
 
     def _may_start(self, node: Node) -> bool:
-        """A wiped replica is refused (replica/datadir.py: an empty directory
-        does not rejoin under its old id), unless the run models the naive
-        rejoin that the refusal prevents."""
-        return not node.wiped or self.rejoin_wiped
+        """A replica refused after joining stays down; a wiped one restarts
+        joining (replica/paxos.py, "Joining") and is refused once its
+        snapshot shows it ran before."""
+        return not node.refused
 
     def _ev_wipe(self) -> None:
         """The disk of a replica dies: it crashes (if up) and its data is gone.
-        The real replica then stays out for good, so at most a minority is
-        wiped; the naive-rejoin variant restarts it empty under its old id."""
+        It restarts joining and is refused for good, so at most a minority is
+        wiped; the naive-rejoin variant restarts it empty under its old id,
+        voting at once."""
         wiped = sum(n.wiped for n in self.nodes.values())
         if not self.rejoin_wiped and wiped >= len(self.ids) - self.quorum:
             return
@@ -674,8 +759,48 @@ class Simulation:
         node.applied.clear()
         node.revealed_promise = Ballot(0, 0)
         node.revealed_votes.clear()
-        node.wiped = not self.rejoin_wiped  # the naive variant forgets it ever was
+        # The real replica comes back joining (--initial-cluster-state existing)
+        # and is refused once it sees it ran before; the naive variant forgets
+        # it ever was and votes at once.
+        node.joining = not self.rejoin_wiped
+        node.wiped = not self.rejoin_wiped
         self.stats.wipes += 1
+
+    def _ev_member(self) -> None:
+        """The admin asks a replica (the leader, if one says so) for one
+        membership change: add a spare id as a learner (its replica starts
+        empty), promote a learner, or remove a member."""
+        latest = self.obs_schedule.latest
+        options: list[tuple[ChangeKind, int]] = []
+        options += [(ChangeKind.ADD_LEARNER, i) for i in self.spares
+                    if i not in latest.members and i not in latest.removed]  # fmt: skip
+        options += [(ChangeKind.PROMOTE, i) for i in sorted(latest.learners & latest.started)]
+        options += [(ChangeKind.REMOVE, i) for i in sorted(latest.members)
+                    if latest.voters != {i}]  # fmt: skip
+        live = self._live()
+        if not options or not live:
+            return
+        kind, rid = self.rng.choice(options)
+        if rid not in self.nodes:  # a new replica, started on an empty disk
+            self.nodes[rid] = Node(rid, joining=True)
+            self.ids.append(rid)
+            self._start(self.nodes[rid])
+        leaders = [n for n in live if n.driver.core.is_leader]
+        target = self.rng.choice(leaders or live)
+        addr = f"sim://{rid}"
+        req = Request(Op.MEMBER, value=member_change(int(kind), rid, addr, addr))
+        target.requests.append(((ADMIN, 0), encode_request(req)))
+
+    def on_admin_reply(self, payload: bytes) -> None:
+        resp = decode_response(payload)
+        if resp.status is Status.OK and resp.info is not None:
+            self.stats.member_changes += 1
+
+    def members_live(self) -> list[Node]:
+        """The live replicas that are members (voters or learners) of the
+        latest membership the observer knows."""
+        members = self.obs_schedule.latest.members
+        return [n for n in self._live() if n.id in members]
 
     def _ev_partition(self) -> None:
         if len(self.ids) < 2:
@@ -697,6 +822,8 @@ class Simulation:
         self._ev_heal()
         stay_down = len(self.ids) - self.quorum if self.rng.random() < 0.5 else 0
         stay_down -= sum(n.wiped for n in self.nodes.values())
+        if self.members:
+            stay_down = 0  # which minority may stay down depends on the membership
         for node in self.nodes.values():
             if node.driver is None and not self._may_start(node):
                 continue
@@ -725,7 +852,7 @@ class Simulation:
         if any(c.busy for c in self.clients):
             return False
         done = len(self.chosen)
-        return all(len(n.applied) >= done for n in self._live())
+        return all(len(n.applied) >= done for n in self.members_live())
 
     def _check_history(self) -> None:
         result = check(self.history)

@@ -13,7 +13,7 @@ from replica.datadir import DataDirError, prepare, read_identity
 
 
 def _prepare(path: Path, rid: int = 1, state: str | None = "new", **kw):  # noqa: ANN202
-    args = {"name": "kvstore", "replica_ids": [1, 2, 3], "replica_id": rid, "state": state}
+    args = {"name": "kvstore", "replica_id": rid, "state": state}
     args.update(kw)
     return prepare(path, **args)
 
@@ -22,7 +22,7 @@ def test_new_creates_an_identity_that_later_starts_find(tmp_path: Path) -> None:
     d = tmp_path / "data1"
     ident = _prepare(d)
     assert read_identity(d) == ident
-    assert ident.replica_id == 1 and ident.cluster_id == datadir.cluster_id("kvstore", [3, 2, 1])
+    assert ident.replica_id == 1 and ident.cluster_id == datadir.cluster_id("kvstore")
     # A restart, with any flag or none, finds it.
     for state in (None, "existing", "new"):
         assert _prepare(d, state=state) == ident
@@ -35,12 +35,11 @@ def test_an_empty_directory_needs_an_explicit_state(tmp_path: Path) -> None:
     assert not (d / datadir.IDENTITY_FILE).exists()
 
 
-def test_an_empty_directory_does_not_rejoin_under_an_existing_id(tmp_path: Path) -> None:
-    d = tmp_path / "data2"
-    d.mkdir()
-    with pytest.raises(DataDirError, match="rejoin .* empty data directory"):
-        _prepare(d, rid=2, state="existing")
-    assert list(d.iterdir()) == []
+def test_an_empty_directory_joins_an_existing_cluster(tmp_path: Path) -> None:
+    d = tmp_path / "data4"
+    ident = _prepare(d, rid=4, state="existing")
+    assert ident.joining and read_identity(d).joining  # the core starts joining
+    assert not _prepare(tmp_path / "data1", state="new").joining
 
 
 def test_another_replicas_or_clusters_directory_is_refused(tmp_path: Path) -> None:
@@ -50,8 +49,6 @@ def test_another_replicas_or_clusters_directory_is_refused(tmp_path: Path) -> No
         _prepare(d, rid=2)
     with pytest.raises(DataDirError, match="belongs to cluster"):
         _prepare(d, name="other")
-    with pytest.raises(DataDirError, match="belongs to cluster"):
-        _prepare(d, replica_ids=[1, 2, 3, 4])
 
 
 def test_a_directory_from_before_identities_is_adopted(tmp_path: Path) -> None:
@@ -81,4 +78,4 @@ def test_cluster_name_from_the_config(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace('name = "prod-eu"', "name = 3"))
     with pytest.raises(ConfigError, match="name must be a string"):
         datadir.load_cluster_name(cfg)
-    assert datadir.cluster_id("a", [1, 2, 3]) != datadir.cluster_id("b", [1, 2, 3])
+    assert datadir.cluster_id("a") != datadir.cluster_id("b")

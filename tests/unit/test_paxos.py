@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from kvstore.membership import Membership, Schedule
 from replica.messages import (
     NOOP,
     Ballot,
@@ -119,10 +120,16 @@ def test_phase1b_reports_the_latest_vote_of_every_slot_from_from_slot():
     assert p1b.votes == {3: Vote(Ballot(2, 3), (b"new",)), 5: Vote(Ballot(2, 3), (b"five",))}
 
 
-def test_messages_from_unknown_senders_are_ignored():
-    a = core(2)
+def test_messages_from_removed_replicas_are_ignored():
+    ids = frozenset({1, 2, 3})
+    removed = Membership(1, ids, removed=frozenset({9}), started=ids)
+    a = PaxosCore(2, [1, 2, 3], DurableState(), 0, random.Random(2), CFG, Schedule([(0, removed)]))
     r = a.step(Phase1a(9, Ballot(1, 9), 0))
     assert r.messages == [] and r.promised is None and a.status().promised == Ballot(0, 0)
+    # A replica we do not know yet (added by a change we have not learned)
+    # is heard: its promise request is answered (only voters ever count).
+    r = a.step(Phase1a(7, Ballot(1, 7), 0))
+    assert sent(r, Phase1b) and r.promised == Ballot(1, 7)
 
 
 def test_durable_state_is_restored_on_restart():

@@ -45,6 +45,7 @@ from kvstore.protocol import (
     encode_clock,
     encode_request,
     encode_response,
+    member_change,
     parse_request,
     prefix_end,
     validate_request,
@@ -72,6 +73,8 @@ TXN = Txn(
 REQUESTS = [
     Request(Op.SNAPSHOT),  # a backup export starts
     Request(Op.SNAPSHOT, key=b"dk", value=b"\x00" * 16),  # its next chunk
+    Request(Op.MEMBER),  # list the membership
+    Request(Op.MEMBER, value=member_change(1, 4, "tcp://h:7004", "tcp://h:7104")),
     Request(Op.PUT, CID, 1, b"k", b"v"),
     Request(Op.PUT, CID, 2**63, b"\x00\xff", b""),
     Request(Op.GET, CID, 3, b"k"),
