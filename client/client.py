@@ -144,6 +144,7 @@ class _Call:
     backoff: float = _BACKOFF_MIN
     free_hops: int = 0  # redirects followed since the last backoff
     silent: set[int] = field(default_factory=set)  # indexes that timed out
+    tried: int = 0  # replicas tried without a final answer
     last_problem: str = "no replica answered"
 
 
@@ -499,6 +500,33 @@ class KVClient:
                     )
                 self._sleep_backoff(call)
             target = (target + 1) % len(self.addresses)
+            call.tried += 1
+            if call.tried % len(self.addresses) == 0 and len(call.silent) < len(self.addresses):
+                # Each replica answered without serving: were we given old members?
+                self._refresh_members(call.deadline)
+
+    def _refresh_members(self, deadline: float) -> None:
+        """Adds the client address of every member that the replicas we know
+        report (the highest membership epoch among their STATUS), so a client
+        given the old replicas follows a cluster that was moved to new ones."""
+        end = min(deadline, time.monotonic() + self.attempt_timeout)
+        best: dict | None = None
+        for info in self._broadcast_status(range(len(self.addresses)), end).values():
+            membership = info.get("membership") if isinstance(info, dict) else None
+            if isinstance(membership, dict) and (
+                best is None or membership.get("epoch", -1) > best.get("epoch", -1)
+            ):
+                best = membership
+        for row in (best or {}).get("addresses", []):
+            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], int)):
+                continue
+            try:
+                address = normalize_address(str(row[2]))
+            except ConfigError:
+                continue
+            if address not in self.addresses:
+                self.addresses.append(address)
+                self._ids[row[0]] = len(self.addresses) - 1
 
     def _attempt(self, index: int, frame: bytes, call: _Call) -> Response | None:
         """One send/receive to replica `index`. None when it stayed silent

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -164,3 +165,103 @@ def test_add_promote_remove_leader_and_replace_a_wiped_voter(
                 return all(kv.get(k, stale=True) == v for k, v in writer.acked.items())
 
             wait_for(f"replica {rid} to hold every acknowledged write", caught_up, 30)
+
+
+class Load:
+    """`clients` writers, each its own KVClient; records every acknowledged
+    (key, value, revision), errors, and the longest time one request took."""
+
+    def __init__(self, addresses: list[str], clients: int) -> None:
+        self.addresses = addresses
+        self.acked: list[tuple[bytes, bytes, int]] = []
+        self.errors: list[str] = []
+        self.longest = 0.0
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)
+        ]
+
+    def _run(self, n: int) -> None:
+        with KVClient(self.addresses, timeout=30.0, attempt_timeout=0.5) as kv:
+            i = 0
+            while not self._halt.is_set():
+                key, value = b"c%02d/%d" % (n, i % 50), b"%d-%d" % (n, i)
+                t0 = time.monotonic()
+                try:
+                    revision = kv.put(key, value)
+                except Exception as exc:  # noqa: BLE001 - recorded, asserted on
+                    with self._lock:
+                        self.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                took = time.monotonic() - t0
+                with self._lock:
+                    self.acked.append((key, value, revision))
+                    self.longest = max(self.longest, took)
+                i += 1
+
+    def start(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        for t in self._threads:
+            t.join(60)
+
+    def latest(self) -> dict[bytes, bytes]:
+        """Each key's value with the highest revision acknowledged."""
+        best: dict[bytes, tuple[int, bytes]] = {}
+        for key, value, rev in self.acked:
+            if key not in best or rev > best[key][0]:
+                best[key] = (rev, value)
+        return {k: v for k, (_, v) in best.items()}
+
+
+def test_rolling_onto_three_new_replicas_under_load(
+    cluster_factory: Callable[..., Cluster], joiners: list[Joiner]
+) -> None:
+    """Issue 12: a 3-replica cluster under a 16-client write load is moved
+    onto three new replicas one at a time (add, wait until it caught up,
+    promote, remove an old one: the leader first), with no request failing
+    and none taking longer than a few elections; all data intact."""
+    c = cluster_factory(3)
+    admin = KVClient(c.addresses, timeout=30.0)
+    load = Load(c.addresses, 16).start()
+    old = list(c.ids)
+    try:
+        wait_for("some writes", lambda: len(load.acked) >= 100, 30)
+        for new_id in (4, 5, 6):
+            j = Joiner(c, new_id)
+            joiners.append(j)
+            admin.member_add(new_id, j.address.peer, j.address.client)
+            j.start()
+            wait_for(
+                f"replica {new_id} started",
+                lambda n=new_id: n in admin.member_list()["started"],
+                60,
+            )
+            admin.member_promote(new_id)
+            leader = c.wait_for_leader() if new_id == 4 else None
+            victim = leader if leader in old else old[0]
+            old.remove(victim)
+            info = admin.member_remove(victim)
+            assert victim in info["removed"]
+            count = len(load.acked)
+            wait_for("writes after the change", lambda n=count: len(load.acked) >= n + 50, 60)
+    finally:
+        load.stop()
+    assert load.errors == []
+    assert load.longest < 5.0, f"a request took {load.longest:.1f} s"
+    info = admin.member_list()
+    admin.close()
+    assert set(info["voters"]) == {4, 5, 6} and set(info["removed"]) == {1, 2, 3}
+    expected = load.latest()
+    for j in joiners:
+        with KVClient([display_address(j.address.client)], timeout=10.0) as kv:
+
+            def holds_all(kv: KVClient = kv) -> bool:
+                return all(kv.get(k, stale=True) == v for k, v in expected.items())
+
+            wait_for(f"replica {j.id} to hold every acknowledged write", holds_all, 30)
