@@ -6,15 +6,17 @@ cluster, which starts with exactly the saved data and takes writes."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from client import KVClient, kvctl
+from kvstore.backup import read as read_backup
 from kvstore.config import display_address
 from replica import admin
-from tests.harness import Cluster
+from tests.harness import Cluster, wait_for
 
 VALUE_BYTES = 10_000
 KEYS = 300  # ~3 MB of values: several 1 MiB chunks
@@ -103,3 +105,60 @@ def test_bad_files_and_directories_are_refused(
                        "--id", "1", "--data-dir", str(fresh)])  # fmt: skip
     assert code == 2 and "damaged" in capsys.readouterr().err
     assert not fresh.exists()
+
+
+def test_a_backup_taken_under_load_holds_exactly_the_state_at_its_revision(
+    cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Issue 12: writers keep writing while the backup streams; restored into
+    a fresh cluster, every key holds the value of the last acknowledged
+    write at or before the backup's revision, and no other key exists."""
+    source = cluster_factory(3)
+    acked: list[tuple[bytes, bytes, int]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    halt = threading.Event()
+
+    def write(n: int) -> None:
+        with KVClient(source.addresses, timeout=20.0) as kv:
+            i = 0
+            while not halt.is_set():
+                key, value = b"load/%d/%d" % (n, i % 40), os.urandom(200).hex().encode()
+                try:
+                    rev = kv.put(key, value)
+                except Exception as exc:  # noqa: BLE001 - recorded, asserted on
+                    errors.append(repr(exc))
+                    continue
+                with lock:
+                    acked.append((key, value, rev))
+                i += 1
+
+    threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for("writes before the backup", lambda: len(acked) >= 300, 30)
+        file = tmp_path / "under-load.snap"
+        assert (
+            kvctl.main(["--cluster", ",".join(source.addresses), "snapshot", "save", str(file)])
+            == 0
+        )
+        wait_for("writes after the backup", lambda: len(acked) >= 600, 30)
+    finally:
+        halt.set()
+        for t in threads:
+            t.join(30)
+    assert errors == []
+    revision = read_backup(file)[0].revision
+    assert any(rev > revision for _, _, rev in acked), "the load went on past the backup"
+    expected: dict[bytes, tuple[int, bytes]] = {}
+    for key, value, rev in acked:
+        if rev <= revision and (key not in expected or rev > expected[key][0]):
+            expected[key] = (rev, value)
+    target = cluster_factory(3, start=False)
+    for rid in target.ids:
+        admin.restore(str(file), str(target.config_path), rid, str(target.data_dir(rid)))
+    target.start()
+    with KVClient(target.addresses, timeout=10.0) as kv:
+        restored = {kv_.key: (kv_.version, kv_.value) for kv_ in kv.get_prefix(b"load/")}
+    assert restored == {k: (rev, v) for k, (rev, v) in expected.items()}
