@@ -108,6 +108,17 @@ class Membership:
             "started": sorted(self.started),
         }
 
+    def report(self) -> dict[str, Any]:
+        """`describe()` with every member's addresses and role: the answer
+        to a MEMBER request (kvctl member)."""
+        info = self.describe()
+        info["members"] = [
+            {"id": rid, "peer": peer, "client": client,
+             "role": "voter" if rid in self.voters else "learner"}
+            for rid, peer, client in self.addresses
+        ]  # fmt: skip
+        return info
+
 
 def bootstrap(addresses: list[tuple[int, str, str]]) -> Membership:
     """The membership a new cluster starts with: every replica a voter."""

@@ -933,7 +933,7 @@ class KVStateMachine:
         assert new is not None
         self._schedule.entries.append((slot + ALPHA, new))
         self._schedule_changed = True
-        info = {**new.describe(), "in_force_from": slot + ALPHA}
+        info = {**new.report(), "in_force_from": slot + ALPHA}
         return waiter, 0, Response(Status.OK, info=info)
 
     def membership_schedule(self, bootstrap: Membership) -> Schedule:

@@ -665,13 +665,7 @@ class ReplicaDriver:
     def _member_info(self) -> Response:
         latest = self.core.status().membership
         assert latest is not None
-        info: dict[str, Any] = latest.describe()
-        info["members"] = [
-            {"id": rid, "peer": peer, "client": client,
-             "role": "voter" if rid in latest.voters else "learner"}
-            for rid, peer, client in latest.addresses
-        ]  # fmt: skip
-        return Response(Status.OK, info=info, leader=self.core.leader_id)
+        return Response(Status.OK, info=latest.report(), leader=self.core.leader_id)
 
     def _backup_begin(self) -> Response:
         begun = self._backups.begin()
