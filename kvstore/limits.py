@@ -73,3 +73,22 @@ who configures a shorter `[sessions] ttl_seconds` must keep it at least
 twice the longest timeout the clients use (kvctl: 5 s by default), or a
 retried write may be refused (SessionExpired) or, if it is a session's
 first write, applied twice."""
+
+MIN_LEASE_TTL_S = 1
+MAX_LEASE_TTL_S = 90 * 24 * 3600
+"""A lease's TTL is a whole number of seconds in [1 s, 90 days] (etcd's are
+seconds too). A keep-alive every third of the TTL keeps it; after a leader
+change the new leader gives every lease a full TTL before it expires any."""
+
+MAX_LEASE_KEYS = 10_000
+"""Most keys attached to one lease: its expiry or revocation deletes them
+all at one revision in one command, like a DELETE_RANGE of at most
+MAX_DELETE_RANGE_KEYS. A put that would attach one more is TOO_LARGE."""
+
+MAX_LEASE_LIST = 10_000
+"""Most lease ids one LEASE_LIST reply carries (then `more`, and ask again
+after the last id)."""
+
+LEASE_EXPIRY_LEASES = 64
+"""Most leases one expiry command names; the leader also stops adding
+leases once their keys pass MAX_DELETE_RANGE_KEYS (at least one lease)."""

@@ -85,11 +85,13 @@ import msgpack
 
 from kvstore.limits import (
     MAX_KEY_BYTES,
+    MAX_LEASE_TTL_S,
     MAX_REQUEST_BYTES,
     MAX_TXN_BYTES,
     MAX_TXN_COMPARES,
     MAX_TXN_OPS,
     MAX_VALUE_BYTES,
+    MIN_LEASE_TTL_S,
 )
 
 PROTOCOL_VERSION = 1
@@ -112,12 +114,32 @@ class Op(IntEnum):
     RANGE = 6  # read [key, range_end): range_end, limit, keys_only, count_only, stale
     DELETE_RANGE = 7  # delete [key, range_end) at one revision
     TXN = 8  # comparisons, then the success or the failure operations
+    LEASE_GRANT = 9  # lease (its id, chosen by the client), ttl (seconds)
+    LEASE_REVOKE = 10  # lease: deletes its keys at one revision
+    LEASE_KEEPALIVE = 11  # lease: its deadline becomes log time + its TTL
+    LEASE_TTL = 12  # lease (a read); keys_only: with its keys
+    LEASE_LIST = 13  # a read: the lease ids after `lease` (0: from the first)
     SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
     MEMBER = 17  # membership: value None lists it, else a packed change (member_change)
 
 
-WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.CAS, Op.DELETE_RANGE, Op.TXN})
-READ_OPS = frozenset({Op.GET, Op.RANGE})
+WRITE_OPS = frozenset(
+    {
+        Op.PUT,
+        Op.DELETE,
+        Op.CAS,
+        Op.DELETE_RANGE,
+        Op.TXN,
+        Op.LEASE_GRANT,
+        Op.LEASE_REVOKE,
+        Op.LEASE_KEEPALIVE,
+    }
+)
+READ_OPS = frozenset({Op.GET, Op.RANGE, Op.LEASE_TTL, Op.LEASE_LIST})
+LEASE_OPS = frozenset(
+    {Op.LEASE_GRANT, Op.LEASE_REVOKE, Op.LEASE_KEEPALIVE, Op.LEASE_TTL, Op.LEASE_LIST}
+)
+MAX_LEASE_ID = 2**63 - 1
 FROM_KEY = b"\0"
 """A range_end of b"\0" means "every key from `key` on" (etcd's convention)."""
 _MAX_LIMIT = 2**63 - 1
@@ -284,6 +306,8 @@ class Request:
     keys_only: bool = False
     count_only: bool = False
     txn: Txn | None = None
+    lease: int = 0
+    ttl: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +338,9 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
         return Status.BAD_REQUEST, f"client_id must be {CLIENT_ID_BYTES} bytes"
     if req.seq < 1:
         return Status.BAD_REQUEST, "seq must be >= 1"
+    problem = _check_lease_fields(req)
+    if problem is not None or req.op in LEASE_OPS:
+        return problem
     problem = _check_range_fields(req)
     if problem is not None or req.op == Op.TXN:
         return problem or _check_txn(req)
@@ -335,6 +362,40 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
             return Status.BAD_REQUEST, "CAS needs exactly one of expected_value, expected_version"
         if req.expected_version is not None and req.expected_version < 0:
             return Status.BAD_REQUEST, "expected_version must be >= 0"
+    return None
+
+
+def _check_lease_fields(req: Request) -> tuple[Status, str] | None:
+    """`lease` belongs to PUT (0: none) and the lease ops, `ttl` to
+    LEASE_GRANT; the lease ops take no key, value or range field, except
+    keys_only for LEASE_TTL (list the lease's keys too)."""
+    op, lease, ttl = req.op, req.lease, req.ttl
+    if not 0 <= lease <= MAX_LEASE_ID:
+        return Status.BAD_REQUEST, f"a lease id is an integer in [1, {MAX_LEASE_ID}]"
+    if (op is Op.LEASE_GRANT) != (ttl != 0):
+        return Status.BAD_REQUEST, "a TTL is for LEASE_GRANT, and LEASE_GRANT needs one"
+    if op not in LEASE_OPS:
+        if lease and op is not Op.PUT:
+            return Status.BAD_REQUEST, "a lease is for PUT and the lease ops only"
+        return None
+    if op is not Op.LEASE_LIST and lease == 0:
+        return Status.BAD_REQUEST, f"{op.name} needs a lease id"
+    if op is Op.LEASE_GRANT and not MIN_LEASE_TTL_S <= ttl <= MAX_LEASE_TTL_S:
+        return Status.BAD_REQUEST, (
+            f"a lease TTL is {MIN_LEASE_TTL_S} to {MAX_LEASE_TTL_S} seconds, not {ttl}"
+        )
+    if (
+        req.key
+        or req.value is not None
+        or req.expected_value is not None
+        or req.expected_version is not None
+        or req.range_end is not None
+        or req.limit
+        or req.count_only
+        or req.txn is not None
+        or (req.keys_only and op is not Op.LEASE_TTL)
+    ):
+        return Status.BAD_REQUEST, f"{op.name} takes a lease id only"
     return None
 
 
@@ -480,9 +541,12 @@ def encode_request(req: Request) -> bytes:
         req.stale,
     ]
     extra = (req.range_end, req.limit, req.keys_only, req.count_only, req.txn)
-    if extra != (None, 0, False, False, None):
+    if extra != (None, 0, False, False, None) or req.lease or req.ttl:
         txn = None if req.txn is None else _encode_txn(req.txn)
-        fields.append([req.range_end, req.limit, req.keys_only, req.count_only, txn])
+        more = [req.range_end, req.limit, req.keys_only, req.count_only, txn]
+        if req.lease or req.ttl:  # absent otherwise: older frames unchanged
+            more += [req.lease, req.ttl]
+        fields.append(more)
     return msgpack.packb(fields, use_bin_type=True)
 
 
@@ -533,7 +597,7 @@ def decode_request(frame: bytes) -> Request:
     _, op, client_id, seq, key, value, exp_value, exp_version, stale, extra = _unpack_array(
         frame, 9, "request", optional=1
     )
-    range_end, limit, keys_only, count_only, txn = _range_fields(extra, "request")
+    range_end, limit, keys_only, count_only, txn, lease, ttl = _range_fields(extra, "request")
     return Request(
         op=_enum(Op, op, "op"),
         client_id=_check(client_id, bytes, "client_id"),
@@ -548,6 +612,8 @@ def decode_request(frame: bytes) -> Request:
         keys_only=keys_only,
         count_only=count_only,
         txn=None if txn is None else _decode_txn(txn),
+        lease=lease,
+        ttl=ttl,
     )
 
 
@@ -570,11 +636,16 @@ def _fields(value: Any, length: int, name: str) -> list:
     return value
 
 
-def _range_fields(extra: Any, name: str) -> tuple[bytes | None, int, bool, bool, Any]:
-    """(range_end, limit, keys_only, count_only, txn) of a request's tenth
-    field or of a transaction's operation; the defaults when it is absent."""
+def _range_fields(extra: Any, name: str) -> tuple[bytes | None, int, bool, bool, Any, int, int]:
+    """(range_end, limit, keys_only, count_only, txn, lease, ttl) of a
+    request's tenth field (5 fields, or 7 with a lease); the defaults when
+    it is absent."""
     if extra is None:
-        return None, 0, False, False, None
+        return None, 0, False, False, None, 0, 0
+    lease = ttl = 0
+    if isinstance(extra, list) and len(extra) == 7:
+        lease, ttl = _check(extra[5], int, "lease"), _check(extra[6], int, "ttl")
+        extra = extra[:5]
     range_end, limit, keys_only, count_only, txn = _fields(extra, 5, name + " range fields")
     return (
         _check(range_end, (bytes, type(None)), "range_end"),
@@ -582,6 +653,8 @@ def _range_fields(extra: Any, name: str) -> tuple[bytes | None, int, bool, bool,
         _check(keys_only, bool, "keys_only"),
         _check(count_only, bool, "count_only"),
         _check(txn, (list, type(None)), "txn"),
+        lease,
+        ttl,
     )
 
 
@@ -761,6 +834,28 @@ def decode_clock(command: bytes) -> tuple[int, int | None] | None:
     if len(command) == 1 + _OLD_CLOCK.size:
         return _OLD_CLOCK.unpack_from(command, 1)[0], None
     return None
+
+
+LEASE_EXPIRY_TAG = b"\xc3"
+_LEASE_ID = struct.Struct(">Q")
+
+
+def encode_lease_expiry(lease_ids: list[int]) -> bytes:
+    """The leader's lease expiry command: 0xc3 + each lease id as 8
+    big-endian bytes. The state machine deletes each lease that still
+    exists and whose deadline is at or before log time, with its keys at
+    one revision (a keep-alive ordered before it saves the lease). 0xc3 is
+    msgpack's `true`, never a request array, so no client frame is one."""
+    return LEASE_EXPIRY_TAG + b"".join(_LEASE_ID.pack(i) for i in lease_ids)
+
+
+def decode_lease_expiry(command: bytes) -> list[int] | None:
+    """The lease ids of an expiry command, or None when `command` is not one."""
+    if type(command) is not bytes or command[:1] != LEASE_EXPIRY_TAG:
+        return None
+    if (len(command) - 1) % _LEASE_ID.size:
+        return None
+    return [i for (i,) in _LEASE_ID.iter_unpack(command[1:])]
 
 
 def member_change(kind: int, replica_id: int, peer: str = "", client: str = "") -> bytes:

@@ -15,7 +15,10 @@ Key layout. The state machine owns these prefixes of the replica's single
 LevelDB (the others belong to replica/storage.py and are never touched here):
 
     d0|d1 + key                  -> msgpack [value, version,
-                                             create_revision]    KV data
+                                             create_revision(, lease)] KV data
+    l0|l1 + lease id (8 bytes)   -> msgpack [ttl_ms, deadline, keys]  leases
+    x0|x1 + deadline + lease id  -> b""            leases by deadline
+    k0|k1 + lease id + key       -> b""            the keys of a lease
     s0|s1 + client_id            -> msgpack [last_seq, digest, last_used,
                                              status, version]        sessions
     t0|t1 + last_used + client_id -> b""           sessions by last use
@@ -63,6 +66,20 @@ same transaction; everything depends on the state and the command only, so
 every replica computes the same outcome. A TXN whose comparisons do not all
 hold runs its failure operations and is answered CAS_FAILED; its session
 record keeps that status and the revision, like any write's, and no value.
+
+Leases. A lease is granted with a client-chosen id and a TTL; its
+deadline is log time + TTL, moved on by each keep-alive (both are writes
+in the log, with sessions). A PUT naming a lease attaches its key (the
+data record's fourth field; the `k` index lists a lease's keys, bounded by
+MAX_LEASE_KEYS), and a put without one, a delete or a transaction's put
+detaches it. Expiry is decided by the leader, not here: it proposes an
+expiry command (`encode_lease_expiry`) after its clock command, and
+applying it deletes each named lease that still exists and whose deadline
+is at or before log time, its keys at ONE revision, as a revoke does. A
+keep-alive ordered before it saves the lease, so what is deleted depends
+on the log alone. The leader's grace after an election (a full TTL) is the
+driver's (replica/driver.py). Snapshots carry leases as `l` items; the
+`x` and `k` indexes are derived on the receiving side.
 
 Sessions (exactly once, bounded). Per client id the record keeps the last
 applied seq, an 8-byte blake2b digest of that request's bytes, the log time
@@ -113,10 +130,10 @@ before generations is refused.
 
 Snapshots. `snapshot_reader()` is a LevelDB snapshot of the current
 generation at the applied index, exported in bounded chunks of (key, record)
-in key order, with keys that name no generation: `d` + key, `m` (applied
-index, revision, log time, forgot, session TTL, expired_before) and `s` +
-client_id; the `t` index is derived
-from the session records on the receiving side. `install_begin/chunk/finish`
+in key order, with keys that name no generation: `d` + key, `l` + lease
+id, `m` (applied index, revision, log time, forgot, session TTL,
+expired_before) and `s` + client_id; the `t`, `x` and `k` indexes are
+derived from the session, lease and data records on the receiving side. `install_begin/chunk/finish`
 stage a snapshot into the other generation as it arrives, the progress
 record riding in each chunk's batch, and `install_finish` flips the
 generation in one small synced batch. Nothing holds the whole state in
@@ -143,6 +160,7 @@ import plyvel
 
 from kvstore.limits import (
     MAX_DELETE_RANGE_KEYS,
+    MAX_LEASE_KEYS,
     MAX_RANGE_KEYS,
     MAX_RANGE_REPLY_BYTES,
     SESSION_EXPIRY_PER_CLOCK,
@@ -177,6 +195,7 @@ from kvstore.protocol import (
     TxnOpKind,
     TxnResult,
     decode_clock,
+    decode_lease_expiry,
     parse_request,
     prefix_end,
 )
@@ -191,13 +210,17 @@ _OLD_META_BYTES = 16  # applied_index, revision: the layout before generations
 _TIME = struct.Struct(">Q")
 _LENGTHS = struct.Struct(">II")  # key and record length, for the checksum
 _DIGEST_BYTES = 8
-_DATA_RECORD_TYPES = ([bytes, int, int], [bytes, int])  # the second: the previous release
+_DATA_RECORD_TYPES = ([bytes, int, int, int], [bytes, int, int], [bytes, int])
+# [value, version, create_revision, lease] for a key with a lease; without
+# one, the lease is left out; [value, version]: the record of a release before
+_LEASE_ID = struct.Struct(">Q")
 GC_BATCH_KEYS = 1000
 """Keys deleted per batch when a generation is discarded or collected."""
 
 SNAPSHOT_DATA = b"d"
 SNAPSHOT_META = b"m"
 SNAPSHOT_SESSION = b"s"
+SNAPSHOT_LEASE = b"l"
 # index, revision, log_time, forgot, session_ttl_ms, expired_before
 _SNAPSHOT_META = struct.Struct(">QQQBQQ")
 _SNAPSHOT_META_NO_TTL = struct.Struct(">QQQB")  # from a replica before the TTL was in the log
@@ -208,8 +231,8 @@ the command is a clock command or could not be decoded or validated (nobody
 to answer)."""
 
 _ABSENT: tuple[bytes | None, int] = (None, 0)
-_Record = tuple[bytes, int, int]
-"""A key's (value, version, create_revision)."""
+_Record = tuple[bytes, int, int, int]
+"""A key's (value, version, create_revision, lease); lease 0: none."""
 _STALE = Response(Status.BAD_REQUEST, error="stale sequence number")
 _CLOCK_DONE = Response(Status.OK)
 
@@ -227,11 +250,18 @@ _range_end = prefix_end  # of the state machine's own prefixes (never 0xff)
 
 def _record(raw: bytes) -> _Record:
     """A stored data record; the two-field form of the previous release has
-    no create_revision: its version stands in."""
+    no create_revision: its version stands in. Without a lease: lease 0."""
     fields = _unpack(raw)
     if len(fields) == 2:
-        return fields[0], fields[1], fields[1]
-    return fields[0], fields[1], fields[2]
+        return fields[0], fields[1], fields[1], 0
+    if len(fields) == 3:
+        return fields[0], fields[1], fields[2], 0
+    return fields[0], fields[1], fields[2], fields[3]
+
+
+def _pack_record(record: _Record) -> bytes:
+    """The stored form: a key without a lease keeps the three-field record."""
+    return _pack(record if record[3] else record[:3])
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,15 +272,57 @@ class _Gen:
     data: bytes
     sessions: bytes
     index: bytes
+    leases: bytes  # + lease id -> [ttl_ms, deadline, keys]
+    expiry: bytes  # + deadline + lease id -> b"": leases by deadline
+    attached: bytes  # + lease id + key -> b"": the keys of a lease
 
     def index_key(self, last_used: int, client_id: bytes) -> bytes:
         return self.index + _TIME.pack(last_used) + client_id
 
-    def prefixes(self) -> tuple[bytes, bytes, bytes]:
-        return self.data, self.sessions, self.index
+    def lease_key(self, lease_id: int) -> bytes:
+        return self.leases + _LEASE_ID.pack(lease_id)
+
+    def expiry_key(self, deadline: int, lease_id: int) -> bytes:
+        return self.expiry + _TIME.pack(deadline) + _LEASE_ID.pack(lease_id)
+
+    def attached_key(self, lease_id: int, key: bytes) -> bytes:
+        return self.attached + _LEASE_ID.pack(lease_id) + key
+
+    def prefixes(self) -> tuple[bytes, ...]:
+        """In key order (`_delete_other` walks them with one cursor)."""
+        every = (self.data, self.sessions, self.index, self.leases, self.expiry, self.attached)
+        return tuple(sorted(every))
 
 
-_GENS = (_Gen(0, b"d0", b"s0", b"t0"), _Gen(1, b"d1", b"s1", b"t1"))
+_GENS = (
+    _Gen(0, b"d0", b"s0", b"t0", b"l0", b"x0", b"k0"),
+    _Gen(1, b"d1", b"s1", b"t1", b"l1", b"x1", b"k1"),
+)
+
+
+class _Lease(NamedTuple):
+    """One lease record: its TTL, its deadline in log time (both ms) and
+    how many keys it holds. Small and of a fixed shape."""
+
+    ttl_ms: int
+    deadline: int
+    keys: int
+
+    def pack(self) -> bytes:
+        return _pack(list(self))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> _Lease:
+        """Decodes and type-checks a record (snapshots come from peers)."""
+        fields = _unpack(raw)
+        if (
+            not isinstance(fields, list)
+            or [type(f) for f in fields] != [int, int, int]
+            or min(fields) < 0
+            or fields[2] > MAX_LEASE_KEYS
+        ):
+            raise ValueError("malformed lease record")
+        return cls(*fields)
 
 
 class _Meta(NamedTuple):
@@ -478,15 +550,70 @@ class _Pending:
     """The effects of one `apply()` call not yet written: reads check these
     overlays before LevelDB, so a command sees the commands before it."""
 
-    __slots__ = ("data", "db", "gen", "revision", "sessions")
+    __slots__ = (
+        "_stored_leases",
+        "attached",
+        "data",
+        "db",
+        "gen",
+        "leases",
+        "revision",
+        "sessions",
+    )
 
     def __init__(self, db: plyvel.DB, meta: _Meta) -> None:
         self.db = db
         self.gen = _GENS[meta.generation]
         self.revision = meta.revision
-        # key -> (value, version), or None once deleted in this call
-        self.data: dict[bytes, tuple[bytes, int] | None] = {}
+        # key -> its record, or None once deleted in this call
+        self.data: dict[bytes, _Record | None] = {}
         self.sessions = _Sessions(db, self.gen, meta)
+        self.leases: dict[int, _Lease | None] = {}  # None: deleted in this call
+        self._stored_leases: dict[int, _Lease | None] = {}
+        self.attached: dict[tuple[int, bytes], bool] = {}  # (lease, key) -> attached
+
+    def lease(self, lease_id: int) -> _Lease | None:
+        if lease_id in self.leases:
+            return self.leases[lease_id]
+        return self._stored_lease(lease_id)
+
+    def _stored_lease(self, lease_id: int) -> _Lease | None:
+        if lease_id not in self._stored_leases:
+            raw = self.db.get(self.gen.lease_key(lease_id))
+            self._stored_leases[lease_id] = None if raw is None else _Lease.unpack(raw)
+        return self._stored_leases[lease_id]
+
+    def set_lease(self, lease_id: int, lease: _Lease | None) -> None:
+        self._stored_lease(lease_id)  # flush needs its old deadline
+        self.leases[lease_id] = lease
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to a lease, in key order, this call's changes included."""
+        prefix = self.gen.attached_key(lease_id, b"")
+        keys = {
+            db_key[len(prefix) :] for db_key in self.db.iterator(prefix=prefix, include_value=False)
+        }
+        for (lid, key), on in self.attached.items():
+            if lid == lease_id:
+                (keys.add if on else keys.discard)(key)
+        return sorted(keys)
+
+    def assign(self, key: bytes, entry: _Record | None) -> None:
+        """Sets a key's record (None: deleted), moving it between leases."""
+        old = self.record(key)
+        before, after = (0 if old is None else old[3]), (0 if entry is None else entry[3])
+        if before != after:
+            if before:
+                self._attach(before, key, False)
+            if after:
+                self._attach(after, key, True)
+        self.data[key] = entry
+
+    def _attach(self, lease_id: int, key: bytes, on: bool) -> None:
+        self.attached[(lease_id, key)] = on
+        lease = self.lease(lease_id)
+        if lease is not None:
+            self.leases[lease_id] = lease._replace(keys=lease.keys + (1 if on else -1))
 
     def read(self, key: bytes) -> tuple[bytes | None, int]:
         """(value, version) of `key`, or (None, 0) when absent."""
@@ -511,25 +638,39 @@ class _Pending:
         below = ((db_key[skip:], _record(raw)) for db_key, raw in stored)
         return _merged(self.data, start, end, below)
 
-    def write(self, key: bytes, value: bytes | None) -> int:
-        """Sets (or with None deletes) `key` at the next revision."""
+    def write(self, key: bytes, value: bytes | None, lease: int = 0) -> int:
+        """Sets (or with None deletes) `key` at the next revision, attached
+        to `lease` (0: none; a put without a lease detaches the key)."""
         self.revision += 1
-        self._set(key, value, self.revision)
+        if value is None:
+            self.assign(key, None)
+        else:
+            old = self.record(key)
+            create = self.revision if old is None else old[2]
+            self.assign(key, (value, self.revision, create, lease))
         return self.revision
 
-    def _set(self, key: bytes, value: bytes | None, revision: int) -> None:
-        if value is None:
-            self.data[key] = None
-            return
-        old = self.record(key)
-        self.data[key] = (value, revision, revision if old is None else old[2])
-
     def flush(self, batch: plyvel.WriteBatch) -> None:
+        gen = self.gen
         for key, entry in self.data.items():
             if entry is None:
-                batch.delete(self.gen.data + key)
+                batch.delete(gen.data + key)
             else:
-                batch.put(self.gen.data + key, _pack(entry))
+                batch.put(gen.data + key, _pack_record(entry))
+        for (lease_id, key), on in self.attached.items():
+            if on:
+                batch.put(gen.attached_key(lease_id, key), b"")
+            else:
+                batch.delete(gen.attached_key(lease_id, key))
+        for lease_id, lease in self.leases.items():
+            old = self._stored_leases[lease_id]
+            if old is not None and (lease is None or lease.deadline != old.deadline):
+                batch.delete(gen.expiry_key(old.deadline, lease_id))
+            if lease is None:
+                batch.delete(gen.lease_key(lease_id))
+            else:
+                batch.put(gen.lease_key(lease_id), lease.pack())
+                batch.put(gen.expiry_key(lease.deadline, lease_id), b"")
         self.sessions.flush(batch)
 
 
@@ -630,8 +771,9 @@ class _Layer:
         return _merged(self.data, start, end, self.pending.scan(start, end))
 
     def put(self, key: bytes, value: bytes) -> None:
+        """A transaction's put (no lease: it detaches the key from one)."""
         old = self.record(key)
-        self.data[key] = (value, self.revision, self.revision if old is None else old[2])
+        self.data[key] = (value, self.revision, self.revision if old is None else old[2], 0)
         self.wrote = True
 
     def delete_range(self, key: bytes, range_end: bytes | None) -> int | Response:
@@ -659,7 +801,7 @@ class _Layer:
             pending = self.pending
             pending.revision = self.revision
             for key, entry in self.data.items():
-                pending.data[key] = entry
+                pending.assign(key, entry)
         return self.pending.revision
 
 
@@ -733,11 +875,77 @@ def _parse(command: bytes) -> Request | Response:
     return parsed
 
 
+def _lease_not_found(lease_id: int) -> Response:
+    return Response(
+        Status.NOT_FOUND, error=f"lease {lease_id} not found (it expired, was revoked or never was)"
+    )
+
+
+def _put(req: Request, pending: _Pending) -> Response:
+    """A PUT, attached to its lease if it names one (which must exist and
+    have room for one more key)."""
+    if req.lease:
+        lease = pending.lease(req.lease)
+        if lease is None:
+            return _lease_not_found(req.lease)
+        old = pending.record(req.key)
+        if lease.keys >= MAX_LEASE_KEYS and (old is None or old[3] != req.lease):
+            return Response(
+                Status.TOO_LARGE,
+                error=f"lease {req.lease} holds {MAX_LEASE_KEYS} keys, the most one lease may hold",
+            )
+    return Response(Status.OK, version=pending.write(req.key, req.value, req.lease))
+
+
+def _drop_lease(lease_id: int, pending: _Pending) -> int:
+    """Deletes a lease and its keys, the keys at ONE revision (none when it
+    holds none); returns the revision after."""
+    layer = _Layer(pending)
+    for key in pending.lease_keys(lease_id):
+        layer.data[key] = None
+        layer.wrote = True
+    revision = layer.commit()
+    pending.set_lease(lease_id, None)
+    return revision
+
+
+def _execute_lease(req: Request, pending: _Pending) -> Response:
+    """LEASE_GRANT, LEASE_KEEPALIVE, LEASE_REVOKE; the deadline is log time
+    + TTL (log time: the clock command the leader put before it)."""
+    lease_id = req.lease
+    lease = pending.lease(lease_id)
+    now = pending.sessions.log_time
+    if req.op == Op.LEASE_GRANT:
+        if lease is not None:
+            return Response(Status.BAD_REQUEST, error=f"lease id {lease_id} is in use")
+        pending.set_lease(lease_id, _Lease(req.ttl * 1000, now + req.ttl * 1000, 0))
+        return Response(Status.OK, info={"id": lease_id, "ttl": req.ttl})
+    if lease is None:
+        return _lease_not_found(lease_id)
+    if req.op == Op.LEASE_KEEPALIVE:
+        pending.set_lease(lease_id, lease._replace(deadline=now + lease.ttl_ms))
+        return Response(Status.OK, info={"id": lease_id, "ttl": lease.ttl_ms // 1000})
+    return Response(Status.OK, version=_drop_lease(lease_id, pending))
+
+
+def _expire_leases(lease_ids: list[int], pending: _Pending) -> None:
+    """The leader's expiry command: each named lease that still exists and
+    whose deadline is at or before log time goes, with its keys (a
+    keep-alive applied before this command moved its deadline on)."""
+    now = pending.sessions.log_time
+    for lease_id in lease_ids:
+        lease = pending.lease(lease_id)
+        if lease is not None and lease.deadline <= now:
+            _drop_lease(lease_id, pending)
+
+
 def _execute(req: Request, pending: _Pending) -> Response:
     """Runs one validated write against the pending state."""
     key = req.key
     if req.op == Op.PUT:
-        return Response(Status.OK, version=pending.write(key, req.value))
+        return _put(req, pending)
+    if req.op in (Op.LEASE_GRANT, Op.LEASE_KEEPALIVE, Op.LEASE_REVOKE):
+        return _execute_lease(req, pending)
     if req.op == Op.TXN:
         assert req.txn is not None  # validate_request
         return _execute_txn(req.txn, pending)
@@ -969,6 +1177,10 @@ class KVStateMachine:
             sessions.advance(*clock)
             sessions.expire(SESSION_EXPIRY_PER_CLOCK)
             return b"", 0, _CLOCK_DONE
+        expired = decode_lease_expiry(command)
+        if expired is not None:
+            _expire_leases(expired, pending)
+            return b"", 0, _CLOCK_DONE
         parsed = _parse(command)
         if isinstance(parsed, Response):
             return b"", 0, parsed
@@ -981,7 +1193,7 @@ class KVStateMachine:
         raw = self._db.get(self._gen.data + key)
         if raw is None:
             return None
-        value, version, _ = _record(raw)
+        value, version, _, _ = _record(raw)
         return value, version
 
     def read_range(self, req: Request) -> Response:
@@ -1007,6 +1219,48 @@ class KVStateMachine:
             return
         for db_key, raw in self._db.iterator(start=data + start, stop=stop):
             yield db_key[skip:], _record(raw)
+
+    # -- leases -------------------------------------------------------------------
+
+    def lease(self, lease_id: int) -> tuple[int, int, int] | None:
+        """(ttl_ms, deadline in log time, keys) of a lease, or None."""
+        raw = self._db.get(self._gen.lease_key(lease_id))
+        return None if raw is None else tuple(_Lease.unpack(raw))
+
+    def lease_keys(self, lease_id: int, budget: int = MAX_RANGE_KEYS) -> RangeResult:
+        """The keys of a lease in key order, keys only: at most `budget`
+        (then `more`, and `next_key` the next one)."""
+        prefix = self._gen.attached_key(lease_id, b"")
+        keys = self._db.iterator(prefix=prefix, include_value=False)
+        found = [k[len(prefix) :] for k in itertools.islice(keys, budget + 1)]
+        kvs = tuple(KeyValue(k, None, 0, 0) for k in found[:budget])
+        more = len(found) > budget
+        return RangeResult(kvs, len(kvs), more, found[-1] if more else None)
+
+    def lease_ids(self, after: int, limit: int) -> tuple[list[int], bool]:
+        """Up to `limit` lease ids above `after` in order, and whether more remain."""
+        prefix = self._gen.leases
+        found = self._db.iterator(
+            start=self._gen.lease_key(after),
+            stop=_range_end(prefix),
+            include_start=False,
+            include_value=False,
+        )
+        ids = [_LEASE_ID.unpack_from(k, len(prefix))[0] for k in itertools.islice(found, limit + 1)]
+        return ids[:limit], len(ids) > limit
+
+    def leases_due(self, now_ms: int, limit: int) -> Iterator[tuple[int, int, int]]:
+        """(lease id, ttl_ms, keys) of the leases whose deadline is at or
+        before `now_ms`, earliest deadline first, at most `limit` looked at."""
+        gen = self._gen
+        stop = gen.expiry + _TIME.pack(min(now_ms + 1, 2**64 - 1))
+        entries = self._db.iterator(start=gen.expiry, stop=stop, include_value=False)
+        skip = len(gen.expiry) + _TIME.size
+        for db_key in itertools.islice(entries, limit):
+            lease_id = _LEASE_ID.unpack_from(db_key, skip)[0]
+            found = self.lease(lease_id)
+            if found is not None:
+                yield lease_id, found[0], found[2]
 
     def key_count(self) -> int:
         return sum(1 for _ in self._db.iterator(prefix=self._gen.data, include_value=False))
@@ -1207,6 +1461,15 @@ def _stage_item(
         if not isinstance(fields, list) or [type(f) for f in fields] not in _DATA_RECORD_TYPES:
             raise ValueError("malformed data record in snapshot")
         batch.put(target.data + rest, record)
+        if len(fields) == 4:  # the lease's index of its keys is derived here
+            if fields[3] < 1:
+                raise ValueError("malformed data record in snapshot")
+            batch.put(target.attached_key(fields[3], rest), b"")
+        return None
+    if kind == SNAPSHOT_LEASE and len(rest) == _LEASE_ID.size:
+        lease = _Lease.unpack(record)
+        batch.put(target.leases + rest, record)
+        batch.put(target.expiry + _TIME.pack(lease.deadline) + rest, b"")
         return None
     if kind == SNAPSHOT_SESSION and len(rest) == CLIENT_ID_BYTES:
         session = _Session.unpack(record)
@@ -1257,16 +1520,25 @@ class SnapshotReader:
         return items, None
 
     def _items_after(self, after: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        """The sections in key order (d, l, m, s), from the one `after` is in."""
         kind = b"" if after is None else after[:1]
-        if kind not in (b"", SNAPSHOT_DATA, SNAPSHOT_SESSION) and after != SNAPSHOT_META:
+        if kind not in (b"", SNAPSHOT_DATA, SNAPSHOT_LEASE, SNAPSHOT_SESSION) and (
+            after != SNAPSHOT_META
+        ):
             raise ValueError(f"not a snapshot key: {after[:24]!r}")
-        if kind in (b"", SNAPSHOT_DATA):
-            yield from self._range(SNAPSHOT_DATA, self._gen.data, after)
-        if kind != SNAPSHOT_SESSION:
-            if after != SNAPSHOT_META:
+        gen = self._gen
+        for section, prefix in (
+            (SNAPSHOT_DATA, gen.data),
+            (SNAPSHOT_LEASE, gen.leases),
+            (SNAPSHOT_META, None),
+            (SNAPSHOT_SESSION, gen.sessions),
+        ):
+            if section < kind:
+                continue  # wholly before `after`
+            if prefix is not None:
+                yield from self._range(section, prefix, after)
+            elif after != SNAPSHOT_META:
                 yield SNAPSHOT_META, self._meta.snapshot_item()
-            after = None
-        yield from self._range(SNAPSHOT_SESSION, self._gen.sessions, after)
 
     def _range(
         self, kind: bytes, prefix: bytes, after: bytes | None
