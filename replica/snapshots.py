@@ -87,7 +87,25 @@ class _Export:
     idle: int = 0
 
 
-class Exporter:
+class _Exports:
+    """Open snapshot readers by key; one idle for `idle_ticks` is closed."""
+
+    _exports: dict
+    _idle_ticks: int
+
+    def tick(self) -> None:
+        for key in [k for k, e in self._exports.items() if e.idle >= self._idle_ticks]:
+            self._exports.pop(key).reader.close()
+        for export in self._exports.values():
+            export.idle += 1
+
+    def close(self) -> None:
+        for export in self._exports.values():
+            export.reader.close()
+        self._exports.clear()
+
+
+class Exporter(_Exports):
     """Serves this replica's snapshot to the peers that ask for it."""
 
     def __init__(
@@ -121,17 +139,6 @@ class Exporter:
         return SnapshotChunk(
             self.id, export.snapshot_id, reader.index, reader.revision, items, last, after
         )
-
-    def tick(self) -> None:
-        for peer in [p for p, e in self._exports.items() if e.idle >= self._idle_ticks]:
-            self._exports.pop(peer).reader.close()
-        for export in self._exports.values():
-            export.idle += 1
-
-    def close(self) -> None:
-        for export in self._exports.values():
-            export.reader.close()
-        self._exports.clear()
 
     @property
     def serving(self) -> list[int]:
@@ -227,7 +234,7 @@ class Installer:
         }
 
 
-class ClientExports:
+class ClientExports(_Exports):
     """Snapshots streamed to clients for backups (`kvctl snapshot save`):
     the same LevelDB-snapshot readers as `Exporter`, keyed by an id handed
     to the client with the first chunk. At most `limit` at once; one idle
@@ -276,17 +283,6 @@ class ClientExports:
         if last is None:  # the client has it all
             self._exports.pop(export_id).reader.close()
         return export.reader, items, last
-
-    def tick(self) -> None:
-        for key in [k for k, e in self._exports.items() if e.idle >= self._idle_ticks]:
-            self._exports.pop(key).reader.close()
-        for export in self._exports.values():
-            export.idle += 1
-
-    def close(self) -> None:
-        for export in self._exports.values():
-            export.reader.close()
-        self._exports.clear()
 
     def __len__(self) -> int:
         return len(self._exports)
