@@ -12,10 +12,18 @@ itself; every error it raises on purpose is a `KVError` (client/errors.py).
 """
 
 from client.client import CasResult, KeyValue, KVClient, RangePage, TxnResponse
-from client.errors import BadRequest, ClusterUnavailable, KVError, RequestTooLarge, SessionExpired
+from client.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ClusterUnavailable,
+    KVError,
+    RequestTooLarge,
+    SessionExpired,
+)
 from client.txn import cmp, op
 
 __all__ = [
+    "AuthenticationFailed",
     "BadRequest",
     "CasResult",
     "ClusterUnavailable",

@@ -33,6 +33,12 @@ Theory of operation:
 - UNAVAILABLE (no leader yet), an undecodable reply, or a redirect that
   cannot be followed usefully: a short backoff (5 ms doubling to 100 ms),
   then the next replica.
+- CURVE (README, Security): with a server key (`server_key`, or the file
+  named by KVSTORE_SERVER_KEY) every socket is a CURVE client presenting
+  `client_key` (KVSTORE_CLIENT_KEY; else a throwaway pair). A socket
+  monitor reports a failed handshake (key refused, wrong server key,
+  plaintext against CURVE or the reverse) at once; once every replica
+  failed it, `AuthenticationFailed` is raised, since no request reached one.
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn, Self
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from client.errors import (
+    AuthenticationFailed,
     BadRequest,
     ClusterUnavailable,
     KVError,
@@ -77,8 +85,10 @@ from kvstore.protocol import (
     member_change,
     validate_request,
 )
+from kvstore.security import client_keys
 
 __all__ = [
+    "AuthenticationFailed",
     "BadRequest",
     "CasResult",
     "ClusterUnavailable",
@@ -90,6 +100,33 @@ __all__ = [
     "SessionExpired",
     "TxnResponse",
 ]
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def _handshake_problem(event: int, value: int, curve: bool) -> str | None:
+    """What a failed handshake (a socket monitor event) tells the user."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"refused this client's CURVE key (ZAP {value}): it is not among the "
+            "cluster's allowed client keys (--client-key, $KVSTORE_CLIENT_KEY)"
+        )
+    if not curve:
+        return (
+            "refused a plaintext connection: the cluster requires CURVE (give --server-key "
+            "and --client-key, or $KVSTORE_SERVER_KEY and $KVSTORE_CLIENT_KEY)"
+        )
+    if (
+        event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    ):
+        return "does not use CURVE: drop --server-key and $KVSTORE_SERVER_KEY"
+    return "failed the CURVE handshake: wrong server key (--server-key, $KVSTORE_SERVER_KEY)?"
+
 
 _BACKOFF_MIN = 0.005
 _BACKOFF_MAX = 0.1
@@ -144,6 +181,7 @@ class _Call:
     backoff: float = _BACKOFF_MIN
     free_hops: int = 0  # redirects followed since the last backoff
     silent: set[int] = field(default_factory=set)  # indexes that timed out
+    refused: set[int] = field(default_factory=set)  # indexes that failed the handshake
     tried: int = 0  # replicas tried without a final answer
     last_problem: str = "no replica answered"
 
@@ -169,7 +207,10 @@ class KVClient:
     replica to ask first, as an index into the addresses (default: a random
     one, so that many clients spread their probes); useful for `stale`
     reads from a replica of your choice, since a stale read is answered by
-    whichever replica the client is talking to.
+    whichever replica the client is talking to. `client_key` (a secret key
+    file) and `server_key` (the cluster's public key file), default env
+    KVSTORE_CLIENT_KEY and KVSTORE_SERVER_KEY, reach a CURVE cluster;
+    without a server key the client speaks plaintext.
     """
 
     def __init__(
@@ -181,6 +222,8 @@ class KVClient:
         client_id: bytes | None = None,
         context: zmq.Context | None = None,
         first: int | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        server_key: str | os.PathLike[str] | None = None,
     ) -> None:
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeout and attempt_timeout must be > 0")
@@ -189,6 +232,8 @@ class KVClient:
         if client_id is not None and len(client_id) != CLIENT_ID_BYTES:
             raise ValueError(f"client_id must be {CLIENT_ID_BYTES} bytes")
         self.addresses: list[str] = parse_cluster_addresses(addresses)
+        self._curve = client_keys(client_key, server_key)
+        self._monitors: dict[int, zmq.Socket] = {}
         self.timeout = float(timeout)
         self.attempt_timeout = float(attempt_timeout)
         self.client_id: bytes = client_id if client_id is not None else os.urandom(16)
@@ -542,11 +587,14 @@ class KVClient:
             self._rcvtimeo[index] = wait_ms
         try:
             sock.send(frame, copy=len(frame) < 65536)
+            if self._curve is not None:
+                self._await_reply(index, sock, wait_ms)
             reply = sock.recv(copy=True)
         except zmq.Again:
+            call.last_problem = f"{display_address(self.addresses[index])} did not answer"
+            self._check_handshake(index, call)
             self._drop_socket(index)
             call.silent.add(index)
-            call.last_problem = f"{display_address(self.addresses[index])} did not answer"
             return None
         except BaseException:  # e.g. Ctrl-C between send and recv: REQ is stuck
             self._drop_socket(index)
@@ -592,6 +640,34 @@ class KVClient:
         call.backoff = min(call.backoff * 2, _BACKOFF_MAX)
         call.free_hops = 0
 
+    def _await_reply(self, index: int, sock: zmq.Socket, wait_ms: int) -> None:
+        """Waits for a reply on `sock` or a failed handshake (zmq.Again: the
+        caller then reads the monitor), whichever comes first."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._monitors[index], zmq.POLLIN)
+        ready = dict(poller.poll(wait_ms))
+        if sock not in ready:
+            raise zmq.Again()
+
+    def _check_handshake(self, index: int, call: _Call) -> None:
+        """After silence: did the replica refuse our handshake? Raises
+        AuthenticationFailed once every replica did (nothing was sent)."""
+        monitor = self._monitors.get(index)
+        if monitor is None or not monitor.poll(0):
+            return
+        problem = ""
+        while monitor.poll(0):
+            message = parse_monitor_message(monitor.recv_multipart())
+            curve = self._curve is not None
+            problem = _handshake_problem(message["event"], message["value"], curve) or problem
+        if not problem:
+            return
+        call.refused.add(index)
+        call.last_problem = f"{display_address(self.addresses[index])} {problem}"
+        if len(call.refused) == len(self.addresses):
+            raise AuthenticationFailed(f"every replica refused the handshake: {call.last_problem}")
+
     def _give_up(self, call: _Call) -> NoReturn:
         shown = ",".join(display_address(a) for a in self.addresses)
         unknown = "; the write may or may not have been applied" if call.write else ""
@@ -616,6 +692,9 @@ class KVClient:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.RCVTIMEO, self._attempt_ms)
+        if self._curve is not None:
+            self._curve.apply(sock)
+        self._monitors[index] = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         sock.connect(self.addresses[index])
         self._sockets[index] = sock
         self._rcvtimeo[index] = self._attempt_ms
@@ -624,8 +703,13 @@ class KVClient:
     def _drop_socket(self, index: int) -> None:
         sock = self._sockets.pop(index, None)
         self._rcvtimeo.pop(index, None)
+        monitor = self._monitors.pop(index, None)
         if sock is not None:
+            if monitor is not None:
+                sock.disable_monitor()
             sock.close(linger=0)
+        if monitor is not None:
+            monitor.close(linger=0)
 
     def _learn_member(self, current: int, leader: int, deadline: float) -> int | None:
         """Asks the replica that redirected us where replica `leader` is (the

@@ -15,6 +15,10 @@ a benchmark) can catch one type. The subclasses say what the caller can do:
   it refused the request rather than risk applying it twice: it was NOT
   applied. The client has already started a new session; sending the
   request again applies it once.
+- `AuthenticationFailed`: every replica refused this client's CURVE
+  handshake (a client key that is not allowed, a wrong server key, or
+  plaintext against a CURVE cluster, or the reverse): nothing was sent, so
+  nothing changed. Retrying with the same keys will not help.
 """
 
 from __future__ import annotations
@@ -39,3 +43,8 @@ class BadRequest(KVError):
 class SessionExpired(KVError):
     """The request was refused, not applied: the cluster forgot the client's
     session. The client starts a new session for its next request."""
+
+
+class AuthenticationFailed(KVError):
+    """Every replica refused the CURVE handshake: the request never reached
+    one, nothing changed (README, Security)."""

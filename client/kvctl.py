@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from client import backup
 from client.client import KVClient
 from client.errors import (
+    AuthenticationFailed,
     BadRequest,
     ClusterUnavailable,
     KVError,
@@ -31,6 +32,7 @@ from kvstore.backup import read as read_backup
 from kvstore.config import ENV_CLUSTER, ConfigError, display_address, normalize_address
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S
 from kvstore.protocol import DeleteResult, PutResult, RangeResult, TxnOp
+from kvstore.security import ENV_CLIENT_KEY, ENV_SERVER_KEY
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # key not found, CAS failed, other failure
@@ -49,7 +51,8 @@ exit codes:
        (the outcome of a write is then unknown: it may still be applied)
   4    rejected, nothing changed: key or value too large, a malformed
        request, or the client's session expired (sessions idle for over an
-       hour are forgotten; run the command again)
+       hour are forgotten; run the command again); or every replica refused
+       the CURVE handshake (client key not allowed, wrong server key)
   130  interrupted (Ctrl-C)
 """
 
@@ -126,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         default=5.0,
         help=f"give up after this long (default: 5, at most {MAX_CLIENT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help=f"CURVE: this client's secret key file (default: ${ENV_CLIENT_KEY}; "
+        "without one, a throwaway key pair)",
+    )
+    parser.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help=f"CURVE: the cluster's public key file, server.key (default: ${ENV_SERVER_KEY}; "
+        "without one: plaintext)",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print versions after writes"
@@ -650,7 +665,13 @@ def _execute(args: argparse.Namespace) -> int:
     if getattr(args, "offline", False):  # needs no cluster
         return run(None, args)  # type: ignore[arg-type]
     attempt = min(1.0, args.timeout)
-    with KVClient(args.cluster, timeout=args.timeout, attempt_timeout=attempt) as client:
+    with KVClient(
+        args.cluster,
+        timeout=args.timeout,
+        attempt_timeout=attempt,
+        client_key=args.client_key,
+        server_key=args.server_key,
+    ) as client:
         return run(client, args)
 
 
@@ -673,6 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_UNAVAILABLE, str(exc))
     except (RequestTooLarge, BadRequest, SessionExpired) as exc:
         return _fail(EXIT_REJECTED, f"rejected: {exc}")
+    except AuthenticationFailed as exc:
+        return _fail(EXIT_REJECTED, f"refused: {exc}")
     except (KVError, BackupError) as exc:
         return _fail(EXIT_FAILED, str(exc))
     except OSError as exc:

@@ -43,6 +43,7 @@ import zmq
 
 from kvstore.config import normalize_address
 from kvstore.protocol import Op, ProtocolError, Request, decode_response, encode_request
+from kvstore.security import ClientKeys
 
 REPLICA_MODULE = "replica.server"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -135,9 +136,12 @@ def start_replica(
 # -- is it up? ----------------------------------------------------------------
 
 
-def statuses(addresses: Sequence[str], timeout: float = 0.5) -> list[dict[str, Any] | None]:
+def statuses(
+    addresses: Sequence[str], timeout: float = 0.5, *, curve: ClientKeys | None = None
+) -> list[dict[str, Any] | None]:
     """One STATUS request to each client address ("host:port" or tcp://), all
-    at once: each replica's report, or None where none came within `timeout`."""
+    at once: each replica's report, or None where none came within `timeout`.
+    `curve`: the client keys of a CURVE cluster (kvstore/security.py)."""
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     pending: dict[zmq.Socket, int] = {}
@@ -147,6 +151,8 @@ def statuses(addresses: Sequence[str], timeout: float = 0.5) -> list[dict[str, A
         for index, address in enumerate(addresses):
             sock = ctx.socket(zmq.DEALER)
             socks.append(sock)
+            if curve is not None:
+                curve.apply(sock)
             pending[sock] = index
             sock.connect(normalize_address(address))
             sock.send_multipart([b"", encode_request(Request(Op.STATUS))])
@@ -205,6 +211,7 @@ def wait_ready(
     address: str,
     timeout: float = 20.0,
     log_path: Path | None = None,
+    curve: ClientKeys | None = None,
 ) -> dict[str, Any]:
     """The liveness check: waits until `proc` is alive and its client port
     `address` answers STATUS; returns the report. LaunchError if it exits,
@@ -213,7 +220,8 @@ def wait_ready(
     logs = {replica_id: log_path} if log_path else {}
     while True:
         _raise_if_exited({replica_id: proc}, logs)
-        info = statuses([address], max(0.05, min(0.5, deadline - time.monotonic())))[0]
+        wait = max(0.05, min(0.5, deadline - time.monotonic()))
+        info = statuses([address], wait, curve=curve)[0]
         if info is not None and proc.poll() is None:
             return info
         if time.monotonic() >= deadline:
@@ -227,6 +235,7 @@ def wait_for_leader(
     exclude: Collection[int] = (),
     watch: Mapping[int, subprocess.Popen[bytes]] | None = None,
     logs: Mapping[int, Path] | None = None,
+    curve: ClientKeys | None = None,
 ) -> int:
     """Polls STATUS at `addresses` until a replica not in `exclude` says it
     leads; returns its id. LaunchError as soon as a process in `watch` (by
@@ -236,7 +245,7 @@ def wait_for_leader(
     deadline = time.monotonic() + timeout
     while True:
         _raise_if_exited(watch or {}, logs)
-        leader = find_leader(statuses(addresses))
+        leader = find_leader(statuses(addresses, curve=curve))
         if leader is not None and leader not in exclude:
             return leader
         if time.monotonic() >= deadline:

@@ -47,9 +47,11 @@ from kvstore.config import (
 )
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.membership import bootstrap
+from kvstore.security import ClientKeys, CurveConfig, load_curve_config, public_of
 from kvstore.statemachine import KVStateMachine
 from replica import datadir, launch, logfmt
 from replica.badinput import BadFrames
+from replica.curve import CurveGuard, PeerKeys
 from replica.driver import ReplicaDriver
 from replica.messages import Message
 from replica.metrics import MetricsServer, ReplicaMetrics, probe_db
@@ -83,13 +85,24 @@ class Replica:
         compaction: CompactionSettings | None = None,
         session_ttl_ms: int = SESSION_TTL_MS,
         joining: bool = False,
+        curve: CurveConfig | None = None,
     ) -> None:
         """`joining`: started on an empty directory to join a running
-        cluster (replica/paxos.py, "Joining")."""
+        cluster (replica/paxos.py, "Joining"). `curve`: the `[curve]` table
+        (kvstore/security.py), None for plaintext."""
         self.id = me.id
+        self.curve_config = curve
+        self._peer_keys: PeerKeys | None = None
+        self._client_keys: ClientKeys | None = None
+        if curve is not None:
+            secret = curve.replica_secret(me.id)
+            self._peer_keys = PeerKeys(secret, public_of(secret), dict(curve.replica_keys))
+            server_key = public_of(curve.server_secret)
+            self._client_keys = ClientKeys(server_key, self._peer_keys.public, secret)
         self._toml_peers = {r.id: r.peer for r in cluster if r.id != me.id}
         if joining:
-            self._toml_peers = _current_peers(me.id, cluster) or self._toml_peers
+            found = _current_peers(me.id, cluster, self._client_keys)
+            self._toml_peers = found or self._toml_peers
         self.me = me
         self.data_dir = Path(data_dir)
         self.metrics: ReplicaMetrics | None = None  # see serve_metrics
@@ -136,19 +149,34 @@ class Replica:
         self.ctx = zmq.Context()
         self.bad = BadFrames()
         peers = dict(self._toml_peers)
+        curve = self.curve_config
+        # The ZAP handler first: libzmq lets every key in while none is bound.
+        self.guard = CurveGuard(self.ctx, curve, self.bad) if curve is not None else None
+        server_secret = curve.server_secret if curve is not None else None
         try:
-            self.peers = PeerTransport(self.ctx, self.me.peer_bind, peers, self.bad)
+            self.peers = PeerTransport(
+                self.ctx, self.me.peer_bind, peers, self.bad, self._peer_keys
+            )
             try:
-                self.clients = ClientTransport(self.ctx, self.me.client_bind, self.bad)
+                self.clients = ClientTransport(
+                    self.ctx, self.me.client_bind, self.bad, server_secret
+                )
             except BaseException:
                 self.peers.close()
                 raise
         except BaseException:
+            if self.guard is not None:
+                self.guard.close()
             self.ctx.term()
             raise
         self.poller = zmq.Poller()
         self.poller.register(self.peers.inbox, zmq.POLLIN)
         self.poller.register(self.clients.router, zmq.POLLIN)
+        if self.guard is not None:
+            self.guard.watch(self.peers.inbox, "peer")
+            self.guard.watch(self.clients.router, "client")
+            for sock in self.guard.sockets():
+                self.poller.register(sock, zmq.POLLIN)
 
     def serve_metrics(self, host: str, port: int, max_lag: int) -> MetricsServer:
         """Counts for Prometheus and serves /metrics, /health and /ready on
@@ -176,10 +204,11 @@ class Replica:
             "replicas": len(self.driver.status().peers) + 1,
             "applied_index": self.sm.applied_index,
             "metrics": metrics,
+            "curve": self.curve_config is not None,
         }
         log.info(
             "replica %d up: peers on %s, clients on %s, %d replicas, applied index %d, "
-            "session TTL %g s when leading (in force: %g s), metrics %s",
+            "session TTL %g s when leading (in force: %g s), metrics %s, CURVE %s",
             self.id,
             self.me.peer_bind,
             self.me.client_bind,
@@ -188,6 +217,7 @@ class Replica:
             self.session_ttl_ms / 1000,
             self.sm.session_ttl_ms / 1000,
             metrics or "off",
+            "on" if self.curve_config is not None else "off",
             extra=logfmt.event("replica_started", **figures),
         )
         more = False
@@ -207,6 +237,8 @@ class Replica:
             more = self.peers.recv(DRAIN_LIMIT, inbox)
         if self.clients.router in events:
             more = self.clients.recv(DRAIN_LIMIT, requests) or more
+        if self.guard is not None:
+            self.guard.handle(events)  # ZAP requests and refused handshakes
         if self.metrics is not None:
             self.metrics.on_input(inbox, requests)
         self.driver.iterate(inbox, requests)
@@ -231,8 +263,25 @@ class Replica:
             address = found[0] if found else self._toml_peers.get(pid)
             if address:
                 peers[pid] = address
+        self._reload_keys(peers)
         self.peers.set_peers(peers)
         log.info("replica %d: peers now %s", self.id, sorted(peers))
+
+    def _reload_keys(self, peers: dict[int, str]) -> None:
+        """With CURVE: re-reads the key book of the config file when the
+        membership names a member whose key it lacks (kvstore/security.py)."""
+        keys, curve = self._peer_keys, self.curve_config
+        if keys is None or curve is None or all(pid in keys.book for pid in peers):
+            return
+        try:
+            fresh = load_curve_config(curve.path)
+        except ConfigError as exc:
+            log.error("replica %d: cannot re-read the CURVE keys: %s", self.id, exc)
+            return
+        if fresh is not None:
+            keys.book.update(fresh.replica_keys)
+            if self.guard is not None:
+                self.guard.set_replica_keys(keys.book)
 
     def status_info(self) -> dict:
         """The STATUS report (docs/CONTRACTS.md)."""
@@ -241,6 +290,8 @@ class Replica:
     # ---------------------------------------------------------------- close
 
     def _close_sockets(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
         self.peers.close()
         self.clients.close()
         self.ctx.term()
@@ -255,11 +306,14 @@ class Replica:
         log.info("replica %d stopped", self.id)
 
 
-def _current_peers(me: int, cluster: list[ReplicaAddress]) -> dict[int, str]:
+def _current_peers(
+    me: int, cluster: list[ReplicaAddress], keys: ClientKeys | None = None
+) -> dict[int, str]:
     """For a replica joining a running cluster: the members the cluster
     itself names (the highest membership epoch any configured replica
     reports in STATUS), since the config file may predate changes."""
-    reports = launch.statuses([r.client for r in cluster if r.id != me], timeout=1.0)
+    others = [r.client for r in cluster if r.id != me]
+    reports = launch.statuses(others, timeout=1.0, curve=keys)
     best: dict | None = None
     for report in reports:
         membership = (report or {}).get("membership")
@@ -331,6 +385,7 @@ def _build(args: argparse.Namespace) -> Replica:
         sessions = load_session_settings(args.config)
         timing = load_timing_settings(args.config)
         monitoring = load_metrics_settings(args.config)
+        curve = load_curve_config(args.config)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     tick_ms = args.tick_ms or timing.tick_ms or 10.0
@@ -348,6 +403,11 @@ def _build(args: argparse.Namespace) -> Replica:
     if me is None:
         ids = ", ".join(str(r.id) for r in cluster)
         raise StartupError(f"replica id {args.id} is not in {args.config} (ids: {ids})")
+    if curve is not None:
+        try:  # before the data directory is touched
+            curve.replica_secret(me.id)
+        except ConfigError as exc:
+            raise StartupError(f"CURVE: {exc}") from None
     metrics_addr = args.metrics_addr or me.metrics
     try:
         metrics_at = parse_http_address(metrics_addr) if metrics_addr else None
@@ -373,8 +433,9 @@ def _build(args: argparse.Namespace) -> Replica:
             compaction=compaction,
             session_ttl_ms=sessions.ttl_ms,
             joining=identity.joining,
+            curve=curve,
         )
-    except BindError as exc:
+    except (BindError, ConfigError) as exc:
         raise StartupError(str(exc)) from None
     except (plyvel.Error, OSError) as exc:
         raise StartupError(f"cannot open the data directory {data_dir}: {exc}") from None

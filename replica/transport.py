@@ -5,7 +5,11 @@ for every other replica, connects one PUSH socket to that replica's `peer`
 address. A frame is `replica.codec.encode(msg)`; the message names its
 sender, and a message whose sender is not a configured peer is dropped.
 Without CURVE nothing on a peer port is authenticated: anything that reaches
-it can claim to be a replica (keep peer ports on a private network).
+it can claim to be a replica (keep peer ports on a private network). With
+CURVE (`PeerKeys`, replica/curve.py) the PULL is a CURVE server with this
+replica's key, each PUSH a CURVE client that knows its peer's public key,
+the ZAP handler lets in only the replicas' keys, and a message is dropped
+(`peer_impostor`) unless its sender is the replica whose key connected.
 
 Why not ROUTER/DEALER, which would tag every frame with the connection's
 routing id: a routing id is chosen by whoever connects, so it authenticates
@@ -40,7 +44,8 @@ stranger, or this replica's own id).
 Clients. One ROUTER bound on `client_bind`. A REQ client's request arrives as
 [identity, b"", payload] (a DEALER client sends [b"", payload] and arrives the
 same way); the reply goes back with the same envelope. Anything else is a
-malformed envelope: counted and dropped. Its receive queue is unbounded too:
+malformed envelope: counted and dropped. With CURVE the ROUTER is a CURVE
+server with the cluster's client-port key (kvstore/security.py). Its receive queue is unbounded too:
 with a limit, a client that sends ZMTP heartbeats, floods requests and
 vanishes can make libzmq 4.3.5 abort the replica the same way. The price: a
 client that sends faster than the replica serves is buffered in memory
@@ -58,8 +63,10 @@ from collections.abc import Iterable, Mapping
 import zmq
 
 from kvstore.limits import MAX_FRAME_BYTES
+from kvstore.security import ZAP_DOMAIN_CLIENT, ZAP_DOMAIN_PEER
 from replica import codec
 from replica.badinput import BadFrames
+from replica.curve import PeerKeys
 from replica.driver import Envelope
 from replica.messages import Message
 
@@ -90,6 +97,12 @@ def _heartbeats(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
 
 
+def _curve_server(sock: zmq.Socket, secret: bytes, domain: bytes) -> None:
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
+
+
 def _bind(sock: zmq.Socket, address: str, what: str) -> None:
     try:
         sock.bind(address)
@@ -107,10 +120,15 @@ class PeerTransport:
         bind: str,
         peers: Mapping[int, str],
         bad: BadFrames,
+        curve: PeerKeys | None = None,
     ) -> None:
+        """`curve`: this replica's key pair and the key book (CURVE on)."""
         self.bad = bad
+        self.curve = curve
         self.inbox = ctx.socket(zmq.PULL)
         _base_options(self.inbox)
+        if curve is not None:
+            _curve_server(self.inbox, curve.secret, ZAP_DOMAIN_PEER)
         # Unbounded: a full receive queue stops a connection's input, which
         # with heartbeats on can abort libzmq 4.3.5 (see the module
         # docstring). What peers may have in flight is bounded by their
@@ -133,8 +151,23 @@ class PeerTransport:
             self._connect(pid, address)
 
     def _connect(self, pid: int, address: str) -> None:
+        for counts in (self.sent_messages, self.sent_bytes, self.send_dropped,
+                       self.received_messages, self.received_bytes):  # fmt: skip
+            counts.setdefault(pid, 0)
+        curve = self.curve
+        if curve is not None and pid not in curve.book:
+            log.error(
+                "no CURVE public key for replica %d in [curve.replica_keys]: not connecting "
+                "to it (add its key to every replica's config file)",
+                pid,
+            )
+            return
         sock = self._ctx.socket(zmq.PUSH)
         _base_options(sock)
+        if curve is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, curve.book[pid])
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
         sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
@@ -143,9 +176,6 @@ class PeerTransport:
         sock.connect(address)
         self._outboxes[pid] = sock
         self._addresses[pid] = address
-        for counts in (self.sent_messages, self.sent_bytes, self.send_dropped,
-                       self.received_messages, self.received_bytes):  # fmt: skip
-            counts.setdefault(pid, 0)
 
     def set_peers(self, peers: Mapping[int, str]) -> None:
         """The membership changed (kvstore/membership.py): connect to the new
@@ -154,7 +184,7 @@ class PeerTransport:
             self._outboxes.pop(pid).close(linger=0)
             self._addresses.pop(pid, None)
         for pid, address in peers.items():
-            if self._addresses.get(pid) != address:
+            if self._addresses.get(pid) != address or pid not in self._outboxes:
                 old = self._outboxes.pop(pid, None)
                 if old is not None:
                     old.close(linger=0)
@@ -187,6 +217,8 @@ class PeerTransport:
     def recv(self, limit: int, out: list[Message]) -> bool:
         """Appends up to `limit` well-formed messages from peers to `out`;
         returns True if the limit was reached (more may be waiting)."""
+        if self.curve is not None:
+            return self._recv_curve(limit, out)
         inbox = self.inbox
         peer_ids = self._peer_ids
         for _ in range(limit):
@@ -210,6 +242,38 @@ class PeerTransport:
             out.append(msg)
         return True
 
+    def _recv_curve(self, limit: int, out: list[Message]) -> bool:
+        """`recv` with CURVE: also drops a message whose sender is not the
+        replica whose key the connection presented (the ZAP user id)."""
+        inbox = self.inbox
+        peer_ids = self._peer_ids
+        for _ in range(limit):
+            try:
+                frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            if len(frames) != 1:
+                self.bad.note("peer_envelope", f"{len(frames)} frames instead of 1")
+                continue
+            data = frames[0].bytes
+            try:
+                msg = codec.decode(data)
+            except codec.CodecError as exc:
+                self.bad.note("peer_undecodable", str(exc))
+                continue
+            if msg.sender not in peer_ids:
+                self.bad.note("peer_unknown", f"a message from replica {msg.sender}, not a peer")
+                continue
+            key_of = frames[0].get("User-Id")
+            if key_of != str(msg.sender):
+                detail = f"a message from replica {msg.sender} over replica {key_of}'s key"
+                self.bad.note("peer_impostor", detail)
+                continue
+            self.received_messages[msg.sender] += 1
+            self.received_bytes[msg.sender] += len(data)
+            out.append(msg)
+        return True
+
     def close(self) -> None:
         self.inbox.close(linger=0)
         for sock in self._outboxes.values():
@@ -219,10 +283,15 @@ class PeerTransport:
 class ClientTransport:
     """The ROUTER clients (REQ or DEALER with an empty delimiter) talk to."""
 
-    def __init__(self, ctx: zmq.Context, bind: str, bad: BadFrames) -> None:
+    def __init__(
+        self, ctx: zmq.Context, bind: str, bad: BadFrames, server_secret: bytes | None = None
+    ) -> None:
+        """`server_secret`: the cluster's client-port secret key (CURVE on)."""
         self.bad = bad
         self.router = ctx.socket(zmq.ROUTER)
         _base_options(self.router)
+        if server_secret is not None:
+            _curve_server(self.router, server_secret, ZAP_DOMAIN_CLIENT)
         self.router.setsockopt(zmq.SNDHWM, 100_000)
         # Unbounded, as on the peer socket (see the module docstring).
         self.router.setsockopt(zmq.RCVHWM, 0)

@@ -33,6 +33,7 @@ from kvstore.config import (
     local_cluster_config,
     write_cluster_config,
 )
+from kvstore.security import ClientKeys, client_keys, cluster_keys
 from kvstore.statemachine import KVStateMachine
 from replica import launch
 
@@ -76,8 +77,16 @@ class Cluster:
     """N replica processes on 127.0.0.1 with their files under `root`."""
 
     def __init__(
-        self, root: Path, replicas: int = 3, *, tick_ms: int = 10, metrics: bool = False
+        self,
+        root: Path,
+        replicas: int = 3,
+        *,
+        tick_ms: int = 10,
+        metrics: bool = False,
+        curve: bool = False,
     ) -> None:
+        """`curve`: CURVE on (kvstore/security.py), keys made in root/keys:
+        replicaN, server and clients/client (allowed)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tick_ms = tick_ms
@@ -92,6 +101,13 @@ class Cluster:
             ]
         self.config_path = self.root / "cluster.toml"
         write_cluster_config(self.config_path, self.replicas)
+        self.keys_dir = self.root / "keys"
+        self.curve: ClientKeys | None = None
+        if curve:
+            table = cluster_keys(self.keys_dir, self.ids)
+            with open(self.config_path, "a", encoding="utf-8") as fh:
+                fh.write("\n" + table)
+            self.curve = client_keys(*self.client_key_files(), env={})
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self._clients: list[KVClient] = []
 
@@ -120,6 +136,14 @@ class Cluster:
         if address is None:
             raise ValueError("this cluster was made without metrics=True")
         return address
+
+    def client_key_files(self) -> tuple[str, str]:
+        """(client secret key file, server public key file) with curve=True,
+        for KVClient(client_key=, server_key=) and kvctl."""
+        return (
+            str(self.keys_dir / "clients" / "client.key_secret"),
+            str(self.keys_dir / "server.key"),
+        )
 
     def data_dir(self, rid: int) -> Path:
         return self.root / f"data{rid}"
@@ -167,7 +191,7 @@ class Cluster:
     def wait_ready(self, rid: int, timeout: float = 20.0) -> dict[str, Any]:
         """Waits until replica `rid` runs and answers STATUS; returns its report."""
         return launch.wait_ready(
-            rid, self.procs[rid], self.address(rid), timeout, self.log_path(rid)
+            rid, self.procs[rid], self.address(rid), timeout, self.log_path(rid), self.curve
         )
 
     def is_running(self, rid: int) -> bool:
@@ -222,13 +246,18 @@ class Cluster:
         KVClient (timeout, attempt_timeout, client_id, ...)."""
         kwargs.setdefault("timeout", 10.0)
         kwargs.setdefault("attempt_timeout", 0.5)
+        if self.curve is not None:
+            kwargs.setdefault("client_key", self.client_key_files()[0])
+            kwargs.setdefault("server_key", self.client_key_files()[1])
         c = KVClient(self.addresses, **kwargs)
         self._clients.append(c)
         return c
 
     def status(self, timeout: float = 0.5) -> list[dict[str, Any]]:
         """One STATUS round to every replica (see KVClient.status)."""
-        with KVClient(self.addresses, timeout=timeout, attempt_timeout=timeout) as c:
+        keys = dict(zip(("client_key", "server_key"), self.client_key_files(), strict=True))
+        extra = keys if self.curve is not None else {}
+        with KVClient(self.addresses, timeout=timeout, attempt_timeout=timeout, **extra) as c:
             return c.status()
 
     def leader_id(self) -> int | None:
@@ -246,7 +275,7 @@ class Cluster:
         }
         logs = {rid: self.log_path(rid) for rid in self.ids}
         return launch.wait_for_leader(
-            self.addresses, timeout, exclude=exclude, watch=watch, logs=logs
+            self.addresses, timeout, exclude=exclude, watch=watch, logs=logs, curve=self.curve
         )
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 Fixtures:
     cluster          a started 3-replica cluster (leader elected)
-    cluster_factory  make(replicas=3, start=True, tick_ms=10, metrics=False) -> Cluster
+    cluster_factory  make(replicas=3, start=True, tick_ms=10, metrics=False,
+                     curve=False) -> Cluster
 
 On teardown every process is stopped (SIGKILL after a grace period) by pid,
 and the cluster directory is removed unless the test failed (then its path
@@ -41,16 +42,22 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 def cluster_factory(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Cluster]]:
-    """make(replicas=3, *, start=True, tick_ms=10, metrics=False) -> Cluster;
-    everything it made is stopped at teardown."""
+    """make(replicas=3, *, start=True, tick_ms=10, metrics=False, curve=False)
+    -> Cluster; everything it made is stopped at teardown."""
     if SERVER_MISSING:
         pytest.skip("replica/server.py is not there yet")
     made: list[Cluster] = []
 
     def make(
-        replicas: int = 3, *, start: bool = True, tick_ms: int = 10, metrics: bool = False
+        replicas: int = 3,
+        *,
+        start: bool = True,
+        tick_ms: int = 10,
+        metrics: bool = False,
+        curve: bool = False,
     ) -> Cluster:
-        c = Cluster(tmp_path / f"cluster{len(made)}", replicas, tick_ms=tick_ms, metrics=metrics)
+        root = tmp_path / f"cluster{len(made)}"
+        c = Cluster(root, replicas, tick_ms=tick_ms, metrics=metrics, curve=curve)
         made.append(c)
         if start:
             c.start()

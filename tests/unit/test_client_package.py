@@ -19,6 +19,7 @@ def test_from_client_import_kvclient() -> None:
 
 def test_the_public_surface_is_short() -> None:
     assert sorted(client.__all__) == [
+        "AuthenticationFailed",
         "BadRequest",
         "CasResult",
         "ClusterUnavailable",
