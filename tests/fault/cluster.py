@@ -18,6 +18,10 @@ replica/launch.py) with these additions, made through `launch_options`:
   deliberately broken wrapper (`tests.fault.broken_replica`).
 - `wait_settled` (and the harness's `state_checksums`): the end-of-run checks that every
   replica applied the same log and holds the same data.
+- `replace`: a new replica id takes over the SLOT (addresses, namespace or
+  gid, nothing else) of one that left the membership: the wipe nemesis
+  replaces a replica whose disk it wiped. Faults and cuts name replica ids;
+  `slot(rid)` maps them to the slot whose network they use.
 """
 
 from __future__ import annotations
@@ -58,13 +62,13 @@ class FaultCluster(Cluster):
         super().__init__(root, replicas, tick_ms=tick_ms)
         self.module = module
         self.net = net
+        self.compaction = dict(compaction or {})
+        self._slot: dict[int, int] = {}  # replica id -> the slot it took over (replace)
+        self._next_id = replicas + 1
         if net is not None:
             self.replicas = [_netns_address(net, rid) for rid in self.ids]
             write_cluster_config(self.config_path, self.replicas)
-        if compaction:
-            with open(self.config_path, "a", encoding="utf-8") as fh:
-                fh.write("\n[compaction]\n")
-                fh.writelines(f"{name} = {value}\n" for name, value in compaction.items())
+        self._write_config()
         # Changing the group id needs root; without it kill and pause work,
         # loopback partitions do not. A namespace network needs no gids.
         if net is not None:
@@ -75,31 +79,58 @@ class FaultCluster(Cluster):
         self.exits: list[tuple[int, int]] = []  # (rid, returncode) seen by reap()
         self._reaped: set[int] = set()
 
+    def _write_config(self) -> None:
+        write_cluster_config(self.config_path, self.replicas)
+        if self.compaction:
+            with open(self.config_path, "a", encoding="utf-8") as fh:
+                fh.write("\n[compaction]\n")
+                fh.writelines(f"{name} = {value}\n" for name, value in self.compaction.items())
+
+    def slot(self, rid: int) -> int:
+        """The slot (the first replica id of those addresses) replica rid runs in."""
+        return self._slot.get(rid, rid)
+
+    def replace(self, old: int) -> int:
+        """A new replica id for `old`'s slot (its addresses, namespace, gid):
+        the config file names it in old's place. Returns the new id; start
+        it with cluster_state="existing" once the cluster added it."""
+        new = self._next_id
+        self._next_id += 1
+        index = self.ids.index(old)
+        r = self.replicas[index]
+        self.replicas[index] = ReplicaAddress(new, r.peer, r.client, r.peer_bind, r.client_bind)
+        self._slot[new] = self.slot(old)
+        self.starts[new] = 0
+        self._write_config()
+        return new
+
     def gid(self, rid: int) -> int:
-        """The group id replica `rid` runs with."""
-        self._replica(rid)
+        """The group id replica `rid` runs with (its slot's)."""
         if not self.own_gids:
             raise RuntimeError("replicas run without their own gids (not root)")
-        return self._gid0 + rid
+        return self._gid0 + self.slot(rid)
 
     def peer_port(self, rid: int) -> int:
-        return int(self._replica(rid).peer.rsplit(":", 1)[1])
+        for r in self.replicas:
+            if self.slot(r.id) == self.slot(rid):
+                return int(r.peer.rsplit(":", 1)[1])
+        raise KeyError(f"no replica in the slot of {rid}")
 
     def launch_options(self, rid: int) -> dict[str, Any]:
         """`self.module` as the program, in the replica's namespace (or under
         its own gid on loopback)."""
         return {
             "module": self.module,
-            "prefix": self.net.prefix(rid) if self.net is not None else (),
+            "prefix": self.net.prefix(self.slot(rid)) if self.net is not None else (),
             "group": self.gid(rid) if self.own_gids else None,
         }
 
-    def start_replica(self, rid: int) -> None:
+    def start_replica(self, rid: int, *, cluster_state: str | None = "new") -> None:
         """As `Cluster.start_replica`; the log says which start this is."""
         if not self.is_running(rid):  # else super() refuses
             with open(self.log_path(rid), "ab") as log:
                 log.write(f"=== start #{self.starts[rid] + 1} of replica {rid} ===\n".encode())
-        super().start_replica(rid)
+        super().start_replica(rid, cluster_state=cluster_state)
         self.starts[rid] += 1
 
     def is_paused(self, rid: int) -> bool:
@@ -112,6 +143,13 @@ class FaultCluster(Cluster):
                 return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
         except OSError:
             return False
+
+    def expect_exit(self, rid: int) -> None:
+        """Replica rid's process is meant to exit by itself (a refused join):
+        `reap` does not report it."""
+        proc = self.procs.get(rid)
+        if proc is not None:
+            self._reaped.add(proc.pid)
 
     def reap(self) -> list[tuple[int, int]]:
         """Replicas that exited on their own (not by a signal we sent), each

@@ -39,6 +39,12 @@ bounded time, heal it, and again, until stopped. Faults by family:
                partition-bridge (two sides that cannot talk, one replica
                talking to both), partition-oneway (the leader's messages
                out, or in, dropped; the other direction works)
+    wipe       wipe-follower, wipe-leader: kill -9, delete the data
+               directory, start it again with --initial-cluster-state
+               existing (it installs a snapshot, finds that its id ran
+               before and exits 2: checked), then replace it through the
+               membership: remove it, add a new id in its slot, start that
+               one joining, wait until the leader recorded it, promote it
 
 `--nemesis all` draws from every family: the kinds come in rounds, every
 kind once per round in a seeded random order, so even a short run sees each.
@@ -67,6 +73,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "kill": ("kill-leader", "kill-follower", "kill-minority", "kill-all"),
     "pause": ("pause-leader", "pause-follower", "pause-minority"),
     "partition": ("partition-leader", "partition-split", "partition-bridge", "partition-oneway"),
+    "wipe": ("wipe-follower", "wipe-leader"),
 }
 ALL_KINDS: tuple[str, ...] = tuple(k for kinds in FAMILIES.values() for k in kinds)
 
@@ -237,9 +244,10 @@ class Cutter(Protocol):
 
 
 def cut_links(cluster: FaultCluster, fw: Cutter, links: Iterable[tuple[int, int]]) -> None:
-    """Cuts every directed link (src, dst): src's messages to dst are lost."""
+    """Cuts every directed link (src, dst): src's messages to dst are lost
+    (named by replica id; the cut is made between their slots)."""
     for src, dst in links:
-        fw.cut_link(cluster, src, dst)
+        fw.cut_link(cluster, cluster.slot(src), cluster.slot(dst))
 
 
 def partition_links(sides: Iterable[Iterable[int]]) -> list[tuple[int, int]]:
@@ -384,6 +392,16 @@ class Nemesis:
         pick_leader = leader if leader is not None else self.rng.choice(ids)
         heal: Callable[[], None]
         detail = ""
+        if kind.startswith("wipe"):
+            victim = pick_leader if kind == "wipe-leader" else self.rng.choice(followers)
+            event = FaultEvent(kind, (victim,), "", time.monotonic_ns())
+            self.events.append(event)
+            self.log(f"nemesis: {kind} [{victim}] (leader was {leader})")
+            try:
+                self._wipe_and_replace(victim)
+            finally:
+                event.end_ns = time.monotonic_ns()
+            return event
         if kind.startswith(("kill", "pause")):
             if kind.endswith("-leader"):
                 targets = [pick_leader]
@@ -441,6 +459,45 @@ class Nemesis:
                 return [leader], [(leader, r) for r in others], f"{leader} -> {others} dropped"
             return [leader], [(r, leader) for r in others], f"{others} -> {leader} dropped"
         raise ValueError(f"unknown fault {kind!r}")
+
+    def _wipe_and_replace(self, victim: int) -> None:
+        """See the module docstring, family `wipe`. A step that does not
+        finish in its time is a problem of the run, reported."""
+        from client import KVClient  # the nemesis is the operator here
+
+        cluster = self.cluster
+        self._down.add(victim)
+        cluster.kill(victim)
+        shutil.rmtree(cluster.data_dir(victim), ignore_errors=True)
+        cluster.start_replica(victim, cluster_state="existing")
+        proc = cluster.procs[victim]
+        cluster.expect_exit(victim)
+        end = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)
+        if proc.poll() is None:
+            cluster.kill(victim)
+            self.problems.append(f"wiped replica {victim} was not refused within 20 s")
+        elif proc.returncode != 2 or "has run in this cluster before" not in (
+            cluster.log_tail(victim, 20)
+        ):
+            self.problems.append(f"wiped replica {victim} exited {proc.returncode}, not refused")
+        with KVClient(cluster.addresses, timeout=20.0) as admin:
+            admin.member_remove(victim)
+            new = cluster.replace(victim)
+            address = cluster._replica(new)
+            admin.member_add(new, address.peer, address.client)
+            cluster.start_replica(new, cluster_state="existing")
+            end = time.monotonic() + 30
+            while new not in admin.member_list()["started"]:
+                if time.monotonic() > end:
+                    self.problems.append(f"replica {new} did not catch up within 30 s")
+                    break
+                time.sleep(0.2)
+            else:
+                admin.member_promote(new)
+        self._down.discard(victim)
+        self.log(f"nemesis: replica {victim} replaced by {new}")
 
     def _restart(self, rids: list[int]) -> None:
         for rid in rids:

@@ -42,8 +42,12 @@ connections and the messages queued on them, so it comes back far behind
 the others' compaction points and installs a snapshot."""
 
 FAMILY_SHORT = {
-    family: {**SHORT, **LONGER_THAN_HEARTBEAT, "duration_s": 16.0}
-    for family in ("pause", "partition")
+    **{
+        family: {**SHORT, **LONGER_THAN_HEARTBEAT, "duration_s": 16.0}
+        for family in ("pause", "partition")
+    },
+    # A wipe takes its own time (the refusal, then the replacement: 4-5 s).
+    "wipe": {**SHORT, "duration_s": 18.0},
 }
 
 
