@@ -71,18 +71,26 @@ from typing import Any, Protocol
 
 from kvstore.backup import Chunk
 from kvstore.config import CompactionSettings
-from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
+from kvstore.limits import (
+    LEASE_EXPIRY_LEASES,
+    MAX_BATCH_BYTES,
+    MAX_DELETE_RANGE_KEYS,
+    MAX_LEASE_LIST,
+    SESSION_TTL_MS,
+)
 from kvstore.membership import CONFIG_TAG, Change, ChangeKind, Membership, encode_change
 from kvstore.membership import check as check_change
 from kvstore.protocol import (
     READ_OPS,
     WRITE_OPS,
     Op,
+    RangeResult,
     Request,
     Response,
     Status,
     decode_member_change,
     encode_clock,
+    encode_lease_expiry,
     encode_response,
     parse_request,
 )
@@ -113,6 +121,13 @@ BACKUP_CHUNK_BYTES = 1 << 20
 """A backup chunk holds at most about this many bytes of records."""
 BACKUP_EXPORTS = 4
 """Backups streamed from one replica at once; more are answered UNAVAILABLE."""
+LEASE_CHECK_TICKS = 5
+"""The leader looks for leases past their deadline every this many ticks."""
+LEASE_SCAN = 1024
+"""... looking at most at this many of the earliest deadlines each time."""
+LEASE_RETRY_S = 1.0
+"""A lease named in an expiry command is not named again for this long (the
+command is applied meanwhile, normally: a repeat would be a no-op)."""
 PROMOTE_MAX_BEHIND = 64
 """A learner more slots than this behind the leader is not promoted yet."""
 _CHANGE_PENDING = "a membership change is in progress (it takes effect in a few slots): retry"
@@ -165,6 +180,27 @@ class StateMachine(SnapshotSource, SnapshotTarget, Protocol):
 
     def session_count(self) -> int:
         """Client sessions held (for STATUS)."""
+        ...
+
+    @property
+    def log_time(self) -> int:
+        """The latest leader time (unix ms) applied from the log."""
+        ...
+
+    def lease(self, lease_id: int) -> tuple[int, int, int] | None:
+        """(ttl_ms, deadline in log time, keys) of a lease, or None."""
+        ...
+
+    def lease_keys(self, lease_id: int) -> RangeResult:
+        """A bounded page of the keys of a lease."""
+        ...
+
+    def lease_ids(self, after: int, limit: int) -> tuple[list[int], bool]:
+        """Lease ids above `after`, and whether more remain."""
+        ...
+
+    def leases_due(self, now_ms: int, limit: int) -> Iterable[tuple[int, int, int]]:
+        """(id, ttl_ms, keys) of leases whose deadline is at or before now_ms."""
         ...
 
 
@@ -265,6 +301,9 @@ class ReplicaDriver:
         self._read_seq = 0
         self._writes: list[bytes] = []  # this iteration's new write commands
         self._new_reads: list[Hashable] = []  # this iteration's new read ids
+        self._leader_since_ms: int | None = None  # wall clock when this leadership began
+        self._next_lease_check = 0.0
+        self._expiring: dict[int, float] = {}  # lease id -> when named in an expiry command
         status = self.core.status()
         self._leadership = _leadership_key(status)
         self._last_seen = (status.role, status.leader_id)
@@ -292,6 +331,7 @@ class ReplicaDriver:
                 acc.merge(step(msg))
         for envelope, payload in requests:
             self._on_request(envelope, payload)
+        self._propose_lease_expiry()
         self._submit(acc)
         self._run_ticks(acc)
         self._start_install(acc)
@@ -316,6 +356,59 @@ class ReplicaDriver:
         if self._new_reads:
             reads, self._new_reads = self._new_reads, []
             acc.merge(self.core.read_index(reads))
+
+    def _propose_lease_expiry(self) -> None:
+        """On the leader, every LEASE_CHECK_TICKS: an expiry command for the
+        leases past their deadline (the state machine checks it again by log
+        time when it applies it), sent with a clock command like any write.
+        etcd's rule on a leader change: a new leader gives every lease a
+        full TTL from its takeover before it expires it, so a lease whose
+        keep-alives were lost in the failover is not expired for it."""
+        since = self._leader_since_ms
+        if self._wall_clock is None or since is None or not self.core.is_leader:
+            return
+        now = self._clock()
+        if now < self._next_lease_check:
+            return
+        self._next_lease_check = now + LEASE_CHECK_TICKS * self._tick_s
+        self._expiring = {i: t for i, t in self._expiring.items() if now - t < LEASE_RETRY_S}
+        now_ms = int(self._wall_clock() * 1000)
+        due: list[int] = []
+        keys = 0
+        for lease_id, ttl_ms, held in self.sm.leases_due(now_ms, LEASE_SCAN):
+            if now_ms < since + ttl_ms or lease_id in self._expiring:
+                continue  # within the new leader's grace, or named already
+            if due and (len(due) == LEASE_EXPIRY_LEASES or keys + held > MAX_DELETE_RANGE_KEYS):
+                break
+            due.append(lease_id)
+            keys += held
+            self._expiring[lease_id] = now
+        if due:
+            self._writes.append(encode_lease_expiry(due))
+
+    def _lease_read(self, req: Request) -> Response:
+        """LEASE_TTL (with the keys when keys_only) or LEASE_LIST. On the
+        leader the remaining TTL counts the grace it gives after its
+        election and its wall clock; elsewhere (stale) log time."""
+        if req.op is Op.LEASE_LIST:
+            ids, more = self.sm.lease_ids(req.lease, MAX_LEASE_LIST)
+            return Response(Status.OK, info={"leases": ids, "more": more})
+        found = self.sm.lease(req.lease)
+        if found is None:
+            return Response(Status.NOT_FOUND, error=f"lease {req.lease} not found")
+        ttl_ms, deadline, held = found
+        now_ms = self.sm.log_time
+        if self._leader_since_ms is not None and self._wall_clock is not None:
+            deadline = max(deadline, self._leader_since_ms + ttl_ms)
+            now_ms = int(self._wall_clock() * 1000)
+        info = {
+            "id": req.lease,
+            "granted_ttl": ttl_ms // 1000,
+            "ttl": max(0, deadline - now_ms) // 1000,
+            "keys": held,
+        }
+        keys = self.sm.lease_keys(req.lease) if req.keys_only else None
+        return Response(Status.OK, info=info, result=keys)
 
     def _run_ticks(self, acc: Ready) -> None:
         now = self._clock()
@@ -408,6 +501,10 @@ class ReplicaDriver:
         key = _leadership_key(status)
         if key != self._leadership:
             self._leadership = key
+            self._leader_since_ms = None
+            self._expiring.clear()
+            if key is not None and self._wall_clock is not None:
+                self._leader_since_ms = int(self._wall_clock() * 1000)
             if self._waiting or self._reads:
                 reply = self._not_leader_reply(_UNAVAILABLE_LOST)
                 for envelope in self._waiting.values():
@@ -553,7 +650,7 @@ class ReplicaDriver:
         op = req.op
         if op in WRITE_OPS:
             self._on_write(envelope, req, payload)
-        elif op in READ_OPS:  # GET, RANGE
+        elif op in READ_OPS:  # GET, RANGE, LEASE_TTL, LEASE_LIST
             if req.stale:
                 self._reply(envelope, self._read_local(req))
             else:
@@ -683,6 +780,8 @@ class ReplicaDriver:
             return self._member_info()
         if req.op is Op.RANGE:
             return self.sm.read_range(req)
+        if req.op in (Op.LEASE_TTL, Op.LEASE_LIST):
+            return self._lease_read(req)
         found = self.sm.get(req.key)
         if found is None:
             return Response(Status.NOT_FOUND)
