@@ -330,6 +330,29 @@ def _current_peers(
     return peers
 
 
+def _refuse_bootstrap_into_history(me: int, cluster: list[ReplicaAddress], data_dir: Path) -> None:
+    """`--initial-cluster-state new` on an empty directory while a configured
+    replica already applied slots: this is no new cluster, and this replica
+    (perhaps one that lost its disk, restarted by a script or a compose file
+    that always says `new`) must not vote as if nothing had happened. The
+    identity just written is taken back, so the directory stays empty. (A
+    cluster takes no slot before its first write, so the replicas of a new
+    cluster, started together, never see history here.)"""
+    reports = launch.statuses([r.client for r in cluster if r.id != me], timeout=1.0)
+    history = [
+        (r["id"], r.get("applied_index", 0)) for r in reports if r and r.get("applied_index")
+    ]
+    if not history:
+        return
+    (data_dir / datadir.IDENTITY_FILE).unlink(missing_ok=True)
+    rid, index = history[0]
+    raise datadir.DataDirError(
+        f"--initial-cluster-state new, but replica {rid} already applied {index} slots: this "
+        f"is no new cluster. If replica {me} lost its disk, replace it (docs/OPERATIONS.md); "
+        "to join as an added member, use --initial-cluster-state existing"
+    )
+
+
 # ------------------------------------------------------------------ command
 
 
@@ -416,9 +439,12 @@ def _build(args: argparse.Namespace) -> Replica:
     data_dir = Path(args.data_dir)
     try:
         name = datadir.load_cluster_name(args.config)
+        fresh = datadir.read_identity(data_dir) is None
         identity = datadir.prepare(
             data_dir, name=name, replica_id=me.id, state=args.initial_cluster_state
         )
+        if fresh and not identity.joining:
+            _refuse_bootstrap_into_history(me.id, cluster, data_dir)
     except (ConfigError, datadir.DataDirError) as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:

@@ -58,6 +58,15 @@ def test_wiped_replica_is_refused_and_the_cluster_serves_on(
         # The two others still make a majority.
         kv.put(b"k", b"after")
         assert kv.get(b"k") == b"after"
+        # Restarted by a script that always says `new` (a compose file, say):
+        # the others have history, so this is no new cluster; refused, and
+        # the directory stays empty.
+        shutil.rmtree(c.data_dir(victim))
+        line = _one_line_error(
+            _run(c.config_path, victim, c.data_dir(victim), "new"), "this is no new cluster"
+        )
+        assert "replace it" in line
+        assert not (c.data_dir(victim) / "IDENTITY").exists()
 
 
 def test_another_replicas_directory_is_refused(cluster_factory: Callable[..., Cluster]) -> None:
