@@ -17,9 +17,11 @@ from client.errors import (
     BadRequest,
     ClusterUnavailable,
     KVError,
+    LeaseNotFound,
     RequestTooLarge,
     SessionExpired,
 )
+from client.lease import Lease, LeaseInfo
 from client.txn import cmp, op
 
 __all__ = [
@@ -30,6 +32,9 @@ __all__ = [
     "KVClient",
     "KVError",
     "KeyValue",
+    "Lease",
+    "LeaseInfo",
+    "LeaseNotFound",
     "RangePage",
     "RequestTooLarge",
     "SessionExpired",

@@ -2,7 +2,9 @@
 
 `KVClient` holds the client addresses of all replicas and hides leader
 discovery, retries and timeouts behind put/get/delete/cas/status, ranges
-(range, iter_range, get_prefix, count, delete_range) and txn.
+(range, iter_range, get_prefix, count, delete_range), txn and leases
+(lease, lease_grant, lease_keep_alive, lease_revoke, lease_ttl, lease_list;
+client/lease.py).
 
 Theory of operation:
 
@@ -58,14 +60,17 @@ from client.errors import (
     BadRequest,
     ClusterUnavailable,
     KVError,
+    LeaseNotFound,
     RequestTooLarge,
     SessionExpired,
 )
+from client.lease import Lease, LeaseInfo
 from client.txn import range_args
 from kvstore.config import ConfigError, display_address, normalize_address, parse_cluster_addresses
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S, MAX_FRAME_BYTES
 from kvstore.protocol import (
     CLIENT_ID_BYTES,
+    MAX_LEASE_ID,
     WRITE_OPS,
     Compare,
     DeleteResult,
@@ -251,9 +256,14 @@ class KVClient:
 
     # -- public API ---------------------------------------------------------
 
-    def put(self, key: bytes | str, value: bytes | str) -> int:
-        """Sets key to value; returns the key's new version."""
-        return self._request(Op.PUT, key, value=_to_bytes(value, "value")).version
+    def put(self, key: bytes | str, value: bytes | str, *, lease: int = 0) -> int:
+        """Sets key to value; returns the key's new version. With a `lease`
+        (an id from `lease_grant` or `lease`), the key is deleted when the
+        lease expires or is revoked (a put without one detaches it)."""
+        resp = self._request(Op.PUT, key, value=_to_bytes(value, "value"), lease=lease)
+        if resp.status is Status.NOT_FOUND:
+            raise LeaseNotFound(resp.error or f"lease {lease} not found")
+        return resp.version
 
     def get(self, key: bytes | str, *, stale: bool = False) -> bytes | None:
         """The value of key, or None if absent. `stale=True` reads whichever
@@ -414,6 +424,70 @@ class KVClient:
         responses = result.responses if isinstance(result, TxnResult) else None
         return TxnResponse(resp.status is Status.OK, resp.version, responses)
 
+    # -- leases (client/lease.py) ----------------------------------------------
+
+    def lease(self, ttl: int) -> Lease:
+        """A lease of `ttl` seconds, kept alive from a background thread
+        while the `with` block runs, then revoked: `with kv.lease(10) as
+        lease: kv.put(key, value, lease=lease.id)`."""
+        return Lease(self, ttl)
+
+    def lease_grant(self, ttl: int, lease_id: int | None = None) -> int:
+        """Grants a lease of `ttl` seconds (a random id unless given); returns its id."""
+        lease_id = random.randrange(1, MAX_LEASE_ID + 1) if lease_id is None else lease_id
+        self._request(Op.LEASE_GRANT, b"", lease=lease_id, ttl=ttl)
+        return lease_id
+
+    def lease_keep_alive(self, lease_id: int) -> int | None:
+        """One keep-alive: the lease's deadline becomes now + its TTL.
+        Returns the TTL (seconds; 0 when answered from the session of a
+        retry), or None when the lease is gone (expired or revoked)."""
+        resp = self._request(Op.LEASE_KEEPALIVE, b"", lease=lease_id)
+        if resp.status is Status.NOT_FOUND:
+            return None
+        return int((resp.info or {}).get("ttl", 0))
+
+    def lease_revoke(self, lease_id: int) -> bool:
+        """Revokes a lease: its keys are deleted at one revision. Returns
+        whether it existed."""
+        return self._request(Op.LEASE_REVOKE, b"", lease=lease_id).status is Status.OK
+
+    def lease_ttl(self, lease_id: int, *, keys: bool = False) -> LeaseInfo | None:
+        """The lease's TTL and time left (and its keys), or None when it is gone."""
+        resp = self._request(Op.LEASE_TTL, b"", lease=lease_id, keys_only=keys)
+        if resp.status is Status.NOT_FOUND:
+            return None
+        info = resp.info or {}
+        found = resp.result if isinstance(resp.result, RangeResult) else None
+        return LeaseInfo(
+            lease_id,
+            int(info.get("granted_ttl", 0)),
+            int(info.get("ttl", 0)),
+            int(info.get("keys", 0)),
+            None if found is None else tuple(kv.key for kv in found.kvs),
+        )
+
+    def lease_list(self) -> list[int]:
+        """Every lease id, in order (page after page)."""
+        ids: list[int] = []
+        while True:
+            info = self._request(Op.LEASE_LIST, b"", lease=ids[-1] if ids else 0).info or {}
+            ids += [int(i) for i in info.get("leases", ())]
+            if not info.get("more") or not info.get("leases"):
+                return ids
+
+    def _sibling(self, timeout: float) -> KVClient:
+        """Another client of the same cluster with the same keys (its own
+        session and sockets): for a background thread."""
+        other = KVClient(
+            self.addresses,
+            timeout=timeout,
+            attempt_timeout=min(self.attempt_timeout, timeout),
+            context=self._ctx,
+        )
+        other._curve = self._curve
+        return other
+
     # -- membership (kvctl member; kvstore/membership.py) ---------------------
 
     def member_list(self) -> dict[str, Any]:
@@ -503,7 +577,7 @@ class KVClient:
             expected_value,
             expected_version,
             stale,
-            **extra,  # range_end, limit, keys_only, count_only, txn
+            **extra,  # range_end, limit, keys_only, count_only, txn, lease, ttl
         )
         problem = validate_request(req)
         if problem is not None:

@@ -40,6 +40,11 @@ class BadRequest(KVError):
     """The request is malformed; the cluster (or the client) refused it."""
 
 
+class LeaseNotFound(KVError):
+    """A put named a lease the cluster does not hold (it expired, was
+    revoked or never was): nothing changed."""
+
+
 class SessionExpired(KVError):
     """The request was refused, not applied: the cluster forgot the client's
     session. The client starts a new session for its next request."""

@@ -26,6 +26,7 @@ from client.errors import (
     RequestTooLarge,
     SessionExpired,
 )
+from client.kvctl_lease import add_lease, lease_id
 from client.txn import TXN_HELP, TxnSyntaxError, parse_txn
 from kvstore.backup import BackupError
 from kvstore.backup import read as read_backup
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub, fmt)
     _add_snapshot(sub, fmt)
     _add_member(sub, fmt)
+    add_lease(sub, fmt, EXIT_CODES_HELP)
     return parser
 
 
@@ -170,6 +172,13 @@ def _add_put(sub: Any, fmt: type) -> None:
     )
     p.add_argument("key", metavar="KEY")
     p.add_argument("value", metavar="VALUE", help="the value, or '-' to read it from stdin")
+    p.add_argument(
+        "--lease",
+        type=lease_id,
+        default=0,
+        metavar="ID",
+        help="attach the key to this lease (hex id, from 'kvctl lease grant')",
+    )
     p.set_defaults(run=_run_put)
 
 
@@ -460,7 +469,7 @@ def _out(data: bytes) -> None:
 
 def _run_put(client: KVClient, args: argparse.Namespace) -> int:
     value = _arg_bytes(args.value, [False])
-    version = client.put(os.fsencode(args.key), value)
+    version = client.put(os.fsencode(args.key), value, lease=args.lease)
     _out(f"OK version {version}\n".encode() if args.verbose else b"OK\n")
     return EXIT_OK
 
