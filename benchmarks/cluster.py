@@ -21,6 +21,7 @@ from typing import Any
 from client.client import KVClient
 from client.errors import ClusterUnavailable
 from kvstore.config import local_cluster_config, write_cluster_config
+from kvstore.security import ClientKeys, client_keys, cluster_keys
 from replica.launch import (
     alive,
     find_leader,
@@ -65,6 +66,9 @@ class KVCluster:
     n: int = 3
     base_dir: Path | None = None
     tick_ms: int | None = None
+    curve: bool = False  # CURVE on (README, Security): keys made in base_dir/keys
+    client_keys: ClientKeys | None = None
+    client_key_args: dict[str, str] = field(default_factory=dict)  # for KVClient
     replicas: list[Replica] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
     _marker: KVClient | None = None
@@ -90,6 +94,8 @@ class KVCluster:
         addrs = local_cluster_config(self.n, base_port=ports[0], peer_base_port=ports[self.n])
         self.config_path = self.base_dir / "cluster.toml"
         write_cluster_config(self.config_path, addrs)
+        if self.curve:
+            self._make_keys([a.id for a in addrs])
         base = self.base_dir
         self.replicas = [
             Replica(a.id, a.client, base / f"r{a.id}", base / f"replica-{a.id}.log") for a in addrs
@@ -97,6 +103,16 @@ class KVCluster:
         for r in self.replicas:
             self._spawn(r)
         self.wait_leader(timeout)
+
+    def _make_keys(self, ids: list[int]) -> None:
+        keys = self.base_dir / "keys"
+        with open(self.config_path, "a", encoding="utf-8") as fh:
+            fh.write("\n" + cluster_keys(keys, ids))
+        self.client_key_args = {
+            "client_key": str(keys / "clients" / "client.key_secret"),
+            "server_key": str(keys / "server.key"),
+        }
+        self.client_keys = client_keys(**self.client_key_args, env={})
 
     def _spawn(self, r: Replica) -> None:
         r.proc = start_replica(
@@ -116,11 +132,11 @@ class KVCluster:
     def status(self, rid: int, timeout: float = 0.5) -> dict[str, Any] | None:
         if not self.alive(rid):
             return None
-        return statuses([self.replicas[rid - 1].client], timeout)[0]
+        return statuses([self.replicas[rid - 1].client], timeout, curve=self.client_keys)[0]
 
     def leader(self, timeout: float = 0.5) -> int | None:
         up = [r.client for r in self.replicas if alive(r.proc)]
-        return find_leader(statuses(up, timeout))
+        return find_leader(statuses(up, timeout, curve=self.client_keys))
 
     def wait_leader(self, timeout: float = 30.0) -> int:
         """Waits until a replica leads and a write through the cluster
@@ -130,10 +146,11 @@ class KVCluster:
         leader = wait_for_leader(
             addresses, timeout,
             watch={r.id: r.proc for r in self.replicas if r.proc and alive(r.proc)},
-            logs={r.id: r.log_path for r in self.replicas},
+            logs={r.id: r.log_path for r in self.replicas}, curve=self.client_keys,
         )  # fmt: skip
         try:
-            with KVClient(addresses, timeout=max(1.0, deadline - time.monotonic())) as kv:
+            wait = max(1.0, deadline - time.monotonic())
+            with KVClient(addresses, timeout=wait, **self.client_key_args) as kv:
                 kv.put(b"__bench_ready", b"1")
         except ClusterUnavailable as exc:
             raise TimeoutError(
@@ -157,7 +174,9 @@ class KVCluster:
             if self._marker is not None:
                 self._marker.close()
             addrs = [r.client for r in self.replicas]
-            self._marker = KVClient(addrs, timeout=2.0, attempt_timeout=0.25, first=leader - 1)
+            self._marker = KVClient(
+                addrs, timeout=2.0, attempt_timeout=0.25, first=leader - 1, **self.client_key_args
+            )
             self._marker_leader = leader
         self._marker.put(key, value)
         index = self.commit_index(leader)

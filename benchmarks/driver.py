@@ -70,6 +70,7 @@ class RunSpec:
     attempt_timeout: float = 1.0
     timeline: bool = False  # keep every completion time (failover scenario)
     client_base: int = 0  # logical client numbers start here (distinct streams per run)
+    curve: list[str] | None = None  # CURVE: [server key, public, secret] (Z85); None: plaintext
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -273,6 +274,11 @@ def run_paxoskv(
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
+        if spec.curve:
+            server, public, secret = (k.encode() for k in spec.curve)
+            s.setsockopt(zmq.CURVE_SERVERKEY, server)
+            s.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            s.setsockopt(zmq.CURVE_SECRETKEY, secret)
         s.connect(spec.endpoints[rid])
         socks[rid] = s
         poller.register(s, zmq.POLLIN)

@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="py-spy the paxoskv leader during the largest sweep point; summary in the report",
     )
+    ap.add_argument(
+        "--curve",
+        action="store_true",
+        help="CURVE on every socket of our cluster, load generators included (README, "
+        "Security; etcd stays plaintext): compare with a run without it",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     ap.add_argument(
         "--report",
@@ -262,6 +268,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
     if args.profile:
         cfg.profile = True
         cfg.profile_dir = str(args.out)
+    cfg.curve = args.curve
     return cfg
 
 

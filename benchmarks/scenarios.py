@@ -124,6 +124,8 @@ class SuiteConfig:
     # py-spy on the leader during the largest sweep point (paxoskv only)
     profile: bool = False
     profile_dir: str | None = None
+    # CURVE on every socket of our cluster (README, Security); etcd unchanged
+    curve: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,7 +135,7 @@ def make_cluster(system: str, replicas: int, cfg: SuiteConfig | None = None) -> 
     if system == "paxoskv":
         from benchmarks.cluster import KVCluster
 
-        return KVCluster(replicas)
+        return KVCluster(replicas, curve=cfg.curve if cfg is not None else False)
     from benchmarks.etcd import EtcdCluster
 
     extra: list[str] = []
@@ -141,6 +143,14 @@ def make_cluster(system: str, replicas: int, cfg: SuiteConfig | None = None) -> 
         mode, retention = etcd_compaction(cfg.etcd_auto_compaction)
         extra = ["--auto-compaction-mode", mode, "--auto-compaction-retention", retention]
     return EtcdCluster(replicas, extra_args=extra)
+
+
+def _curve_of(cluster: Any) -> list[str] | None:
+    """The load generators' CURVE keys for our cluster (None: plaintext, etcd)."""
+    keys = getattr(cluster, "client_keys", None)
+    return (
+        None if keys is None else [k.decode() for k in (keys.server_key, keys.public, keys.secret)]
+    )
 
 
 def etcd_compaction(text: str) -> tuple[str, str]:
@@ -188,6 +198,7 @@ class SystemRunner:
         spec = RunSpec(
             system=self.system,
             endpoints=cluster.endpoints(),
+            curve=_curve_of(cluster),
             leader=leader,
             clients=clients,
             workload=workload,
@@ -351,7 +362,7 @@ class SystemRunner:
         rng = random.Random(cfg.seed)
         out: dict[str, Any] = {"duration_s": cfg.kvclient_duration}
         addrs = [cluster.endpoints()[rid] for rid in sorted(cluster.endpoints())]
-        with KVClient(addrs, timeout=10.0) as kv:
+        with KVClient(addrs, timeout=10.0, **getattr(cluster, "client_key_args", {})) as kv:
             for op in ("put", "get"):
                 hist = Histogram()
                 t_end = time.monotonic() + cfg.kvclient_duration
@@ -757,6 +768,7 @@ class SystemRunner:
             spec = RunSpec(
                 system=self.system,
                 endpoints=cluster.endpoints(),
+                curve=_curve_of(cluster),
                 leader=leader,
                 clients=cfg.failover_clients,
                 workload=wl,
