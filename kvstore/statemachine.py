@@ -158,6 +158,7 @@ from typing import Any, NamedTuple
 import msgpack
 import plyvel
 
+from kvstore.events import DELETE, PUT, Event, EventLog
 from kvstore.limits import (
     MAX_DELETE_RANGE_KEYS,
     MAX_LEASE_KEYS,
@@ -555,6 +556,7 @@ class _Pending:
         "attached",
         "data",
         "db",
+        "events",
         "gen",
         "leases",
         "revision",
@@ -571,6 +573,7 @@ class _Pending:
         self.leases: dict[int, _Lease | None] = {}  # None: deleted in this call
         self._stored_leases: dict[int, _Lease | None] = {}
         self.attached: dict[tuple[int, bytes], bool] = {}  # (lease, key) -> attached
+        self.events: list[tuple[int, int, bytes, bytes | None, int, int]] = []  # for watchers
 
     def lease(self, lease_id: int) -> _Lease | None:
         if lease_id in self.leases:
@@ -601,6 +604,10 @@ class _Pending:
     def assign(self, key: bytes, entry: _Record | None) -> None:
         """Sets a key's record (None: deleted), moving it between leases."""
         old = self.record(key)
+        if entry is not None:
+            self.events.append((self.revision, PUT, key, entry[0], entry[1], entry[2]))
+        elif old is not None:
+            self.events.append((self.revision, DELETE, key, None, self.revision, old[2]))
         before, after = (0 if old is None else old[3]), (0 if entry is None else entry[3])
         if before != after:
             if before:
@@ -1033,7 +1040,9 @@ class KVStateMachine:
     """The KV data, client sessions, applied index and log time of one
     replica, kept in the `d`, `s`, `t` and `m` prefixes of its LevelDB."""
 
-    def __init__(self, db: plyvel.DB) -> None:
+    def __init__(self, db: plyvel.DB, watch_retention: tuple[int, int] | None = None) -> None:
+        """`watch_retention`: (events, bytes) the event log keeps
+        (kvstore/events.py; defaults there)."""
         self._db = db
         raw = db.get(_META_KEY)
         if raw is not None and len(raw) == _OLD_META_BYTES:
@@ -1051,6 +1060,7 @@ class KVStateMachine:
         schedule = self._meta.schedule
         self._schedule: Schedule | None = Schedule.unpack(schedule) if schedule else None
         self._schedule_changed = False
+        self.events = EventLog(db, self._meta.revision, *(watch_retention or ()))
 
     @property
     def applied_index(self) -> int:
@@ -1118,6 +1128,7 @@ class KVStateMachine:
         )
         batch = self._db.write_batch()
         pending.flush(batch)
+        self.events.append(batch, pending.events)
         batch.put(_META_KEY, meta.pack())
         batch.write()
         self._meta = meta
@@ -1219,6 +1230,19 @@ class KVStateMachine:
             return
         for db_key, raw in self._db.iterator(start=data + start, stop=stop):
             yield db_key[skip:], _record(raw)
+
+    # -- watch (kvstore/events.py) ------------------------------------------------
+
+    def watch_events(
+        self, start: int, key: bytes, range_end: bytes | None
+    ) -> tuple[list[Event], int] | None:
+        """The changes to the range from revision `start` on (a bounded
+        batch of whole revisions) and the revision to go on from; None when
+        `start` is below `events.floor` (compacted here)."""
+        bounds = _bounds(key, range_end)
+        if bounds is None:
+            return ([], self.revision + 1) if start >= self.events.floor else None
+        return self.events.read(start, *bounds, self.revision)
 
     # -- leases -------------------------------------------------------------------
 
@@ -1380,6 +1404,7 @@ class KVStateMachine:
         batch = self._db.write_batch(sync=True)
         batch.put(_META_KEY, meta.pack())
         batch.delete(_INSTALL_KEY)
+        self.events.raise_floor(batch, revision)
         batch.write()
         self._meta, self._gen, self._install = meta, new, None
         if schedule:

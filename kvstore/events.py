@@ -1,0 +1,196 @@
+"""The watch event log: what each revision changed, kept per replica in its
+LevelDB for a bounded retention, so that a watcher can resume from a
+revision (kvctl watch --rev N).
+
+Theory of operation
+-------------------
+Applying a command that changes keys (kvstore/statemachine.py) records one
+event per key it changed, at the command's revision, in the same batch as
+the change itself: PUT (key, value, version = mod revision, create
+revision) or DELETE (key). Keys:
+
+    w + revision (8 bytes BE) + index in the revision (4 bytes BE) -> msgpack
+        [kind (0 put, 1 delete), key, value (None for a delete), version,
+         create_revision]
+    m + b"watch" -> 24 bytes: floor, count, bytes (three big-endian u64)
+
+`floor` is the oldest revision whose events are all here: every revision
+from the floor up to the state machine's revision is complete, so a
+watcher may start anywhere in [floor, revision + 1]; below it the answer
+is "compacted, the oldest available is <floor>". Retention is bounded by
+count and bytes (`retain_events`, `retain_bytes`): each apply that adds
+events deletes the oldest whole revisions while the log is over either
+bound (at most twice as many events as it added, plus a few, so one apply
+stays cheap and the log converges), raising the floor. Events are not part
+of the replicated state: two replicas may keep different spans, but the
+events of a revision are the same everywhere (they come from the same
+command applied to the same state). They are independent of log
+compaction (which deletes Paxos slots, not these), and a snapshot install,
+which jumps the state forward without the revisions in between, raises
+the floor to the snapshot's revision + 1 in its flip batch; the events
+below it are deleted by the trimming that follows.
+
+Reads scan from a revision in key order of the log (revision order),
+filter by [key, range_end), and stop at a revision boundary once the
+batch holds enough (a revision is never split: the watcher's cursor is a
+revision), or once `MAX_WATCH_SCAN` events were looked at, so a watcher of
+a rare key never makes one read long.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import msgpack
+import plyvel
+
+EVENT_PREFIX = b"w"
+WATCH_META_KEY = b"mwatch"
+_EVENT_KEY = struct.Struct(">QI")
+_WATCH_META = struct.Struct(">QQQ")
+
+PUT, DELETE = 0, 1
+
+WATCH_RETAIN_EVENTS = 100_000
+"""Events kept by default (each replica for itself)."""
+WATCH_RETAIN_BYTES = 64 * 1024 * 1024
+"""... and at most about this many bytes of them."""
+MAX_WATCH_EVENTS = 1_000
+"""Events one watch reply carries, about (a revision is never split)."""
+MAX_WATCH_BYTES = 1024 * 1024
+"""... and about this many bytes of keys and values."""
+MAX_WATCH_SCAN = 10_000
+"""Events looked at for one reply (a filtered watcher moves on anyway)."""
+_TRIM_SLACK = 64
+_EVENT_END = b"x"  # EVENT_PREFIX + 1
+
+
+class Event(NamedTuple):
+    """One change: at `revision`, `key` was PUT (with `value`, `version`
+    = the revision, and `create_revision`) or DELETEd."""
+
+    revision: int
+    kind: int
+    key: bytes
+    value: bytes | None
+    version: int
+    create_revision: int
+
+
+class _Span(NamedTuple):
+    floor: int
+    count: int
+    bytes: int
+
+
+def _in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
+    return start <= key and (end is None or key < end)
+
+
+class EventLog:
+    """The event log of one replica's state machine (see the module doc)."""
+
+    def __init__(
+        self,
+        db: plyvel.DB,
+        revision: int,
+        retain_events: int = WATCH_RETAIN_EVENTS,
+        retain_bytes: int = WATCH_RETAIN_BYTES,
+    ) -> None:
+        if retain_events < 1 or retain_bytes < 1:
+            raise ValueError("the watch retention must keep at least one event and byte")
+        self._db = db
+        self.retain_events = retain_events
+        self.retain_bytes = retain_bytes
+        raw = db.get(WATCH_META_KEY)
+        # A data directory from before watch: events from the next revision on.
+        self._span = _Span(revision + 1, 0, 0) if raw is None else _Span(*_WATCH_META.unpack(raw))
+
+    @property
+    def floor(self) -> int:
+        """The oldest revision a watcher can start from."""
+        return self._span.floor
+
+    @property
+    def count(self) -> int:
+        return self._span.count
+
+    def append(self, batch: plyvel.WriteBatch, events: Iterable[tuple[Any, ...]]) -> None:
+        """Adds `events` ((revision, kind, key, value, version, create), in
+        order) to `batch`, then trims the oldest revisions over retention."""
+        floor, count, size = self._span
+        added = 0
+        last, index = -1, 0
+        for revision, *fields in events:
+            index = index + 1 if revision == last else 0
+            last = revision
+            raw = msgpack.packb(fields, use_bin_type=True)
+            batch.put(EVENT_PREFIX + _EVENT_KEY.pack(revision, index), raw)
+            count += 1
+            size += len(raw) + _EVENT_KEY.size
+            added += 1
+        if not added:
+            return
+        self._span = self._trim(batch, _Span(floor, count, size), 2 * added + _TRIM_SLACK)
+        batch.put(WATCH_META_KEY, _WATCH_META.pack(*self._span))
+
+    def _trim(self, batch: plyvel.WriteBatch, span: _Span, budget: int) -> _Span:
+        """Deletes whole revisions, oldest first, while over retention (or
+        below the floor), within `budget` events (a revision is finished)."""
+        floor, count, size = span
+        current = None
+        for db_key, raw in self._db.iterator(start=EVENT_PREFIX, stop=_EVENT_END):
+            revision = _EVENT_KEY.unpack_from(db_key, 1)[0]
+            if revision != current:
+                if current is not None:
+                    floor = max(floor, current + 1)
+                over = count > self.retain_events or size > self.retain_bytes
+                if budget <= 0 or (revision >= floor and not over):
+                    break
+                current = revision
+            batch.delete(db_key)
+            count -= 1
+            size -= len(raw) + _EVENT_KEY.size
+            budget -= 1
+        else:
+            if current is not None:
+                floor = max(floor, current + 1)
+        return _Span(floor, count, size)
+
+    def raise_floor(self, batch: plyvel.WriteBatch, revision: int) -> None:
+        """A snapshot install jumps to `revision` with `batch`: events start after it."""
+        self._span = self._span._replace(floor=max(self._span.floor, revision + 1))
+        batch.put(WATCH_META_KEY, _WATCH_META.pack(*self._span))
+
+    def read(
+        self,
+        start: int,
+        key: bytes,
+        end: bytes | None,
+        revision: int,
+        max_events: int = MAX_WATCH_EVENTS,
+        max_bytes: int = MAX_WATCH_BYTES,
+    ) -> tuple[list[Event], int] | None:
+        """The events in [key, end) (end None: no end) from revision
+        `start` on, and the revision to ask from next; None when `start`
+        is below the floor (compacted). `revision`: the state machine's."""
+        if start < self.floor:
+            return None
+        found: list[Event] = []
+        size = 0
+        current = None
+        entries = self._db.iterator(start=EVENT_PREFIX + _EVENT_KEY.pack(start, 0), stop=_EVENT_END)
+        for scanned, (db_key, raw) in enumerate(entries):
+            rev = _EVENT_KEY.unpack_from(db_key, 1)[0]
+            if rev != current:
+                full = len(found) >= max_events or size >= max_bytes
+                if current is not None and (full or scanned >= MAX_WATCH_SCAN):
+                    return found, current + 1
+                current = rev
+            kind, k, value, version, create = msgpack.unpackb(raw, raw=False)
+            if _in_range(k, key, end):
+                found.append(Event(rev, kind, k, value, version, create))
+                size += len(k) + len(value or b"")
+        return found, revision + 1
