@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvstore.events import WATCH_RETAIN_BYTES, WATCH_RETAIN_EVENTS
 from kvstore.limits import SESSION_TTL_MS
 
 ENV_CLUSTER = "KVSTORE_CLUSTER"
@@ -309,6 +310,22 @@ class MetricsSettings:
 def load_metrics_settings(path: str | os.PathLike[str]) -> MetricsSettings:
     """The `[metrics]` table of a cluster config file (defaults for what it omits)."""
     return MetricsSettings(**_int_table(path, "metrics", {"ready_max_lag": 0}))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """The optional `[watch]` table: how much of its event log each replica
+    keeps for watchers resuming from a revision (kvstore/events.py); each
+    replica reads it for itself."""
+
+    retain_events: int = WATCH_RETAIN_EVENTS
+    retain_bytes: int = WATCH_RETAIN_BYTES
+
+
+def load_watch_settings(path: str | os.PathLike[str]) -> WatchSettings:
+    """The `[watch]` table of a cluster config file (defaults for what it omits)."""
+    fields = {"retain_events": 1, "retain_bytes": 1}
+    return WatchSettings(**_int_table(path, "watch", fields))
 
 
 ELECTION_HEARTBEAT_RATIO = 5

@@ -38,11 +38,13 @@ from kvstore.config import (
     CompactionSettings,
     ConfigError,
     ReplicaAddress,
+    WatchSettings,
     load_cluster_config,
     load_compaction_settings,
     load_metrics_settings,
     load_session_settings,
     load_timing_settings,
+    load_watch_settings,
     parse_http_address,
 )
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
@@ -86,10 +88,12 @@ class Replica:
         session_ttl_ms: int = SESSION_TTL_MS,
         joining: bool = False,
         curve: CurveConfig | None = None,
+        watch: WatchSettings | None = None,
     ) -> None:
         """`joining`: started on an empty directory to join a running
         cluster (replica/paxos.py, "Joining"). `curve`: the `[curve]` table
-        (kvstore/security.py), None for plaintext."""
+        (kvstore/security.py), None for plaintext. `watch`: the event log's
+        retention (the `[watch]` table)."""
         self.id = me.id
         self.curve_config = curve
         self._peer_keys: PeerKeys | None = None
@@ -113,7 +117,8 @@ class Replica:
         )
         self.reclaimer = Reclaimer(self.db, LOG_PREFIXES, slot_key)
         try:
-            self.sm = KVStateMachine(self.db)
+            watch = watch or WatchSettings()
+            self.sm = KVStateMachine(self.db, (watch.retain_events, watch.retain_bytes))
             self._open_sockets(cluster)
             try:
                 self.driver = driver_class(
@@ -409,6 +414,7 @@ def _build(args: argparse.Namespace) -> Replica:
         timing = load_timing_settings(args.config)
         monitoring = load_metrics_settings(args.config)
         curve = load_curve_config(args.config)
+        watch = load_watch_settings(args.config)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     tick_ms = args.tick_ms or timing.tick_ms or 10.0
@@ -460,6 +466,7 @@ def _build(args: argparse.Namespace) -> Replica:
             session_ttl_ms=sessions.ttl_ms,
             joining=identity.joining,
             curve=curve,
+            watch=watch,
         )
     except (BindError, ConfigError) as exc:
         raise StartupError(str(exc)) from None

@@ -9,7 +9,12 @@ kept across a restart and raised by a snapshot install."""
 
 from __future__ import annotations
 
-from kvstore.events import DELETE, PUT, Event
+from pathlib import Path
+
+import pytest
+
+from kvstore.config import ConfigError, WatchSettings, load_watch_settings
+from kvstore.events import DELETE, PUT, WATCH_RETAIN_BYTES, WATCH_RETAIN_EVENTS, Event
 from kvstore.protocol import FROM_KEY, Op, Txn, TxnOp, TxnOpKind, encode_lease_expiry
 from kvstore.statemachine import KVStateMachine
 from tests.unit.test_statemachine import (  # noqa: F401 - fixtures
@@ -110,3 +115,14 @@ def test_a_snapshot_install_raises_the_floor(new_db: NewDB) -> None:
     dst.apply(follow)
     assert everything(dst, dst.events.floor) == everything(src, dst.events.floor)
     assert dst.events.count == 1  # the stale event below the floor was trimmed
+
+
+def test_the_watch_table_of_the_cluster_config(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text("[watch]\nretain_events = 5\n")
+    assert load_watch_settings(path) == WatchSettings(5, WATCH_RETAIN_BYTES)
+    path.write_text("")
+    assert load_watch_settings(path) == WatchSettings(WATCH_RETAIN_EVENTS, WATCH_RETAIN_BYTES)
+    path.write_text("[watch]\nretain_bytes = 0\n")
+    with pytest.raises(ConfigError, match="retain_bytes must be an integer >= 1"):
+        load_watch_settings(path)
