@@ -509,6 +509,29 @@ class KVClient:
         """Removes a member for good (its id is never reused)."""
         return self._member(member_change(3, replica_id))
 
+    def move_leader(self, replica_id: int, wait: float | None = None) -> int:
+        """Hands leadership to voter `replica_id` (the leader stops taking
+        new slots, waits until it has caught up, then lets it start an
+        election at once; writes meanwhile wait and are retried, not lost).
+        Waits until a replica reports `replica_id` leading, at most `wait`
+        seconds (default: the client's timeout); returns the leader then."""
+        if self._closed:
+            self._check_open()
+        frame = encode_request(Request(Op.MOVE_LEADER, value=str(replica_id).encode()))
+        self._call(frame, False)
+        deadline = time.monotonic() + (self.timeout if wait is None else wait)
+        leader: int | None = None
+        while time.monotonic() < deadline:
+            rows = self.status()
+            leaders = {r.get("leader") for r in rows if "error" not in r}
+            if leaders == {replica_id}:
+                return replica_id
+            leader = next(iter(leaders)) if len(leaders) == 1 else None
+            time.sleep(0.05)
+        raise ClusterUnavailable(
+            f"replica {replica_id} did not take over within the timeout (leader: {leader})"
+        )
+
     def _member(self, change: bytes | None) -> dict[str, Any]:
         if self._closed:
             self._check_open()

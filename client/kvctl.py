@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub, fmt)
     _add_snapshot(sub, fmt)
     _add_member(sub, fmt)
+    _add_move_leader(sub, fmt)
     add_lease(sub, fmt, EXIT_CODES_HELP)
     return parser
 
@@ -390,6 +391,30 @@ def _add_member(sub: Any, fmt: type) -> None:
         q = what.add_parser(action, help=text)
         q.add_argument("id", type=_replica_id, metavar="ID")
         q.set_defaults(run=_run_member)
+
+
+def _add_move_leader(sub: Any, fmt: type) -> None:
+    p = sub.add_parser(
+        "move-leader",
+        help="hand leadership to another voter (before maintenance)",
+        description=_wrap(
+            "Hand leadership to voter ID: the leader stops starting new slots, waits "
+            "until ID has every slot it started, then lets ID start an election at once. "
+            "Writes meanwhile wait and are retried by their clients, none fails. Waits "
+            "(up to --timeout) until ID leads; exit 3 if it did not take over in time "
+            "(the old leader then goes on leading)."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=fmt,
+    )
+    p.add_argument("id", type=_replica_id, metavar="ID")
+    p.set_defaults(run=_run_move_leader)
+
+
+def _run_move_leader(client: KVClient, args: argparse.Namespace) -> int:
+    leader = client.move_leader(args.id)
+    print(f"replica {leader} leads")
+    return EXIT_OK
 
 
 def _replica_id(text: str) -> int:

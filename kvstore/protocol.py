@@ -121,6 +121,7 @@ class Op(IntEnum):
     LEASE_LIST = 13  # a read: the lease ids after `lease` (0: from the first)
     SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
     MEMBER = 17  # membership: value None lists it, else a packed change (member_change)
+    MOVE_LEADER = 18  # hand leadership to replica int(value) (kvctl move-leader)
 
 
 WRITE_OPS = frozenset(
@@ -291,6 +292,9 @@ class Request:
     (linearizable, on the leader), else `member_change(kind, id, peer,
     client)`, applied through the log once (asking again for a change that
     is in force answers OK); the answer's `info` is the membership.
+    MOVE_LEADER: no session; `value` = the target replica id in ASCII; the
+    leader starts handing over (OK) or says why not (BAD_REQUEST);
+    followers REDIRECT. The caller watches STATUS for the new leader.
     """
 
     op: Op
@@ -331,7 +335,7 @@ class Response:
 def validate_request(req: Request) -> tuple[Status, str] | None:
     """Checks the documented limits and per-op fields. Returns None when the
     request is acceptable, else (BAD_REQUEST or TOO_LARGE, message)."""
-    if req.op in (Op.STATUS, Op.SNAPSHOT, Op.MEMBER):
+    if req.op in (Op.STATUS, Op.SNAPSHOT, Op.MEMBER, Op.MOVE_LEADER):
         # No session (client_id, seq) and no key: see Request and parse_request.
         return None
     if len(req.client_id) != CLIENT_ID_BYTES:
@@ -726,6 +730,10 @@ def parse_request(frame: bytes) -> Request | Response:
         if req.value is not None and decode_member_change(req.value) is None:
             return Response(Status.BAD_REQUEST, error="malformed membership change")
         return req  # no session: a change is idempotent (see Request)
+    if req.op is Op.MOVE_LEADER:
+        if req.value is None or not req.value.isdigit() or len(req.value) > 9:
+            return Response(Status.BAD_REQUEST, error="move-leader needs a replica id")
+        return req  # no session: asking twice is harmless
     problem = validate_request(req)
     if problem is not None:
         return Response(problem[0], error=problem[1])

@@ -30,6 +30,7 @@ from replica.messages import (
     PreVoteReply,
     SnapshotChunk,
     SnapshotRequest,
+    TimeoutNow,
     Value,
     Vote,
 )
@@ -171,6 +172,7 @@ _REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
             (_ident, _opt_bytes),
         ],
     ),
+    14: (TimeoutNow, [(_ident, _int), (_as_list, _ballot)]),
 }
 _TAG_OF: dict[type, int] = {cls: tag for tag, (cls, _) in _REGISTRY.items()}
 

@@ -50,7 +50,11 @@ sending the Phase2a and syncing, its vote is lost, but it was never counted
 and never revealed: the followers' votes alone decide (the simulator crashes
 replicas exactly there: tests/sim, the early-Phase2a crash variant). A
 single-replica cluster, whose own vote is a quorum at once, has no peers to
-send to and answers only after the sync as usual. Every message that does
+send to and answers only after the sync as usual. A leader that is the only
+voter of a membership with learners (`PaxosCore.solo`) counts its own vote
+at once too, and its next Phase2a or heartbeat in the same Ready would
+carry the commit index that vote made: it sends nothing early (the
+simulator found this with membership changes). Every message that does
 reveal acceptor state (Phase1b, Phase2b, Nack, HeartbeatAck, a Phase1a with
 a fresh promise) waits for the sync. `early_phase2a=False` gives the textbook
 order (one fsync more on the commit path). The argument needs the sync to
@@ -280,6 +284,7 @@ class ReplicaDriver:
             joining=joining and state_machine.applied_index == 0,
         )
         self._member_requests = 0
+        self._move_to: int | None = None  # kvctl move-leader, for _submit
         self.compaction = compaction or CompactionSettings()
         self._exporter = Exporter(
             replica_id, state_machine, self.compaction.snapshot_chunk_bytes, SNAPSHOT_IDLE_TICKS
@@ -345,7 +350,15 @@ class ReplicaDriver:
         if not self.core.is_leader:
             self._writes.clear()
             self._new_reads.clear()
+            self._move_to = None
             return
+        if self._move_to is not None:
+            target, self._move_to = self._move_to, None
+            try:
+                acc.merge(self.core.transfer(target))
+                log.info("replica %d: handing leadership to replica %d", self.id, target)
+            except ValueError as exc:
+                log.info("replica %d: no hand-over: %s", self.id, exc)
         if self._writes:
             writes, self._writes = self._writes, []
             self.counters.proposed(len(writes))
@@ -431,7 +444,7 @@ class ReplicaDriver:
             self._compact_to = None
         messages = acc.messages
         if acc.must_persist():
-            if self.early_phase2a and messages:
+            if self.early_phase2a and messages and not self.core.solo:
                 messages = self._send_early(messages)
             self._persist(acc)
         if messages:
@@ -659,6 +672,8 @@ class ReplicaDriver:
             self._on_backup(envelope, req)
         elif op is Op.MEMBER:
             self._on_member(envelope, req)
+        elif op is Op.MOVE_LEADER:
+            self._on_move_leader(envelope, req)
         else:  # Op.STATUS: answered by every replica itself
             self._reply(envelope, Response(Status.OK, info=self.status_info()))
 
@@ -738,6 +753,29 @@ class ReplicaDriver:
         change = Change(kind, rid, latest.epoch, peer, client, request_id)
         self._writes.append(encode_change(change))
         self._waiting[(CONFIG_TAG + request_id, 0)] = envelope
+
+    def _on_move_leader(self, envelope: Envelope, req: Request) -> None:
+        """kvctl move-leader: the core hands over (PaxosCore.transfer) in
+        this iteration; the answer says it started, or why not."""
+        if not self.core.is_leader:
+            self.clients.reply(envelope, self._not_leader_reply())
+            return
+        target = int(req.value or b"0")
+        if target == self.id:
+            self._reply(envelope, Response(Status.OK, leader=self.id))
+            return
+        status = self.core.status()
+        latest = status.membership
+        if latest is None or target not in latest.voters or status.change_pending:
+            problem = (
+                f"replica {target} is not a voter (see kvctl member list)"
+                if latest is None or target not in latest.voters
+                else "a membership change is in progress: retry in a moment"
+            )
+            self._reply(envelope, Response(Status.BAD_REQUEST, error=problem))
+            return
+        self._move_to = target  # started in _submit, with this iteration's Ready
+        self._reply(envelope, Response(Status.OK, leader=self.id))
 
     def _unsafe_change(self, change: Change, status: CoreStatus) -> str | None:
         """What would make a valid change unwise now: promoting a learner

@@ -49,6 +49,10 @@ SnapshotRequest(snapshot_id, after)
     fell below the sender's compaction point) asks for the next chunk of
     snapshot `snapshot_id` after key `after` (b"" and None: a new snapshot
     from the start). Handled by the driver, not the core.
+TimeoutNow(ballot)
+    The leader of `ballot` hands leadership to the receiver (kvctl
+    move-leader): having stopped proposing and seen the receiver caught up,
+    it asks it to start Phase 1 at once, without a pre-vote.
 SnapshotChunk(snapshot_id, index, revision, items, last, after)
     One bounded chunk of the snapshot `snapshot_id` (the state machine at
     applied index `index`): (key, record) pairs in key order; `last` is the
@@ -192,6 +196,12 @@ class SnapshotChunk:
     an installer stages a chunk only where it continues what it staged."""
 
 
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    sender: int
+    ballot: Ballot
+
+
 Message = (
     Phase1a
     | Phase1b
@@ -206,4 +216,5 @@ Message = (
     | PreVoteReply
     | SnapshotRequest
     | SnapshotChunk
+    | TimeoutNow
 )

@@ -115,6 +115,21 @@ as a new member under a new id: an id once removed is never reused
 (docs/OPERATIONS.md). tests/sim changes the membership at random in every
 fifth seed, and catches a leader that counts learners' acknowledgements.
 
+Leadership transfer
+-------------------
+`transfer(target)` (kvctl move-leader) hands leadership to another voter
+without waiting for an election timeout: the leader stops starting slots
+(commands queue and are dropped with its leadership; clients retry them at
+the new leader, exactly once by their sessions), waits until the target
+reports a commit index past every slot it started, and sends it
+`TimeoutNow(ballot)`. The target, if it still follows that ballot, starts
+Phase 1 at once (no pre-vote) with a ballot above any it has seen; the old
+leader steps down on seeing it. Nothing here touches safety: Phase 1 is the
+ordinary one, with its majority of promises (the simulator's broken
+variant, a target that leads with the OLD ballot and no Phase 1, is caught
+as two values in one ballot). If the target does not take over within an
+election timeout, the leader goes on leading.
+
 Joining
 -------
 A replica started on an empty directory to join a running cluster
@@ -161,6 +176,7 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    TimeoutNow,
     Value,
     Vote,
 )
@@ -406,6 +422,8 @@ class PaxosCore:
         self._heard_from: set[int] = set()
         self._progress: dict[int, int] = {}  # leader: each peer's last reported commit index
         self._joined_proposed: set[int] = set()
+        self._transfer: int | None = None  # leader: handing over to this replica
+        self._transfer_age = 0
         self._quorum_ticks = 0
         self._catchup_age: int | None = None
 
@@ -417,6 +435,13 @@ class PaxosCore:
     def is_leader(self) -> bool:
         """True while this replica is the serving leader (cheap: per request)."""
         return self._role is Role.LEADER
+
+    @property
+    def solo(self) -> bool:
+        """True if our own vote alone is a majority in some membership from
+        the commit index on (we are its only voter): see the driver's early
+        Phase2a rule."""
+        return any(m.voters == {self.id} for m in self._memberships)
 
     @property
     def refused(self) -> str | None:
@@ -493,6 +518,31 @@ class PaxosCore:
         self._reads_unsent.extend((rid, index) for rid in read_ids)
         self._send_heartbeats()
         return self._take_ready()
+
+    def transfer(self, target: int) -> Ready:
+        """Hands leadership to `target` (kvctl move-leader): stop starting
+        slots (commands queue), wait until it has caught up with every slot
+        we started, then tell it to start Phase 1 at once (TimeoutNow);
+        its higher ballot makes us step down. Abandoned, and proposing
+        resumes, after an election timeout. Raises NotLeader elsewhere;
+        ValueError if `target` is not a voter that could lead."""
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader_id)
+        if target == self.id or not all(target in m.voters for m in self._memberships):
+            raise ValueError(f"replica {target} is not another voter of the membership")
+        self._transfer, self._transfer_age = target, 0
+        self._try_transfer()
+        return self._take_ready()
+
+    def _try_transfer(self, now: bool = False) -> None:
+        """TimeoutNow to the target once it has every slot we started (then
+        again every retransmit period, or at once on its heartbeat ack)."""
+        target = self._transfer
+        if target is None:
+            return
+        caught_up = not self._in_flight and self._progress.get(target, -1) >= self._next_slot
+        if caught_up and (now or self._transfer_age % self.config.retransmit_ticks == 0):
+            self._send(target, TimeoutNow(self.id, self._ballot))
 
     def compact(self, point: int) -> Ready:
         """Forgets the log and the votes below `point` (capped at what was
@@ -739,6 +789,17 @@ class PaxosCore:
         self._broadcast(PreVote(self.id, self._prevote_round, self._commit_index))
         self._check_prevote()
 
+    def _on_timeout_now(self, msg: TimeoutNow) -> None:
+        """Our leader hands over to us: start Phase 1 now, no pre-vote (a
+        higher ballot, and a majority of promises, as for any election)."""
+        if (
+            msg.ballot == self._leader_ballot
+            and self._role is Role.FOLLOWER
+            and self._voter
+            and not self._joining
+        ):
+            self._start_phase1()
+
     def _on_prevote(self, msg: PreVote) -> None:
         """Grants if we have not heard from a leader for a full minimum election
         timeout and the candidate knows at least as much of the log as we do."""
@@ -901,6 +962,8 @@ class PaxosCore:
         """Re-proposes what Phase 1 recovered, then drains waiting commands
         into new slots, one batch per slot; never a slot at or past the
         commit index + ALPHA, whose membership may not be known yet."""
+        if self._transfer is not None:
+            return  # handing over: commands wait for the next leader (see transfer)
         while self._next_slot < self._recovery_end:
             if self._next_slot >= self._commit_index + ALPHA or self._role is not Role.LEADER:
                 return
@@ -936,6 +999,13 @@ class PaxosCore:
             self._fill_window()
 
     def _leader_tick(self) -> None:
+        if self._transfer is not None:
+            self._transfer_age += 1
+            if self._transfer_age > self.config.election_ticks:
+                self._transfer = None  # the target did not take over: go on
+                self._fill_window()
+            else:
+                self._try_transfer()
         self._hb_ticks += 1
         if self._hb_ticks >= self.config.heartbeat_ticks:
             self._send_heartbeats()
@@ -992,6 +1062,8 @@ class PaxosCore:
             return
         self._heard_from.add(msg.sender)
         self._progress[msg.sender] = msg.first_unchosen
+        if msg.sender == self._transfer:
+            self._try_transfer(now=True)
         acks = self._hb_acks.get(msg.round)
         if acks is not None:
             acks.add(msg.sender)
@@ -1028,5 +1100,6 @@ _HANDLERS = {
     CatchupRequest: PaxosCore._on_catchup_request,
     CatchupReply: PaxosCore._on_catchup_reply,
     PreVote: PaxosCore._on_prevote,
+    TimeoutNow: PaxosCore._on_timeout_now,
     PreVoteReply: PaxosCore._on_prevote_reply,
 }

@@ -265,3 +265,29 @@ def test_rolling_onto_three_new_replicas_under_load(
                 return all(kv.get(k, stale=True) == v for k, v in expected.items())
 
             wait_for(f"replica {j.id} to hold every acknowledged write", holds_all, 30)
+
+
+def test_move_leader_under_load_fails_no_request(
+    cluster_factory: Callable[..., Cluster], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: `kvctl move-leader` during a 16-client write load moves
+    leadership with no failed request (writes wait for the new leader and
+    are retried by their clients)."""
+    c = cluster_factory(3)
+    load = Load(c.addresses, 16).start()
+    try:
+        wait_for("some writes", lambda: len(load.acked) >= 200, 30)
+        for _ in range(2):
+            leader = c.wait_for_leader()
+            target = next(r for r in c.ids if r != leader)
+            before = len(load.acked)
+            code = kvctl.main(["--cluster", ",".join(c.addresses), "--timeout", "10",
+                               "move-leader", str(target)])  # fmt: skip
+            assert code == 0
+            assert f"replica {target} leads" in capsys.readouterr().out
+            assert c.wait_for_leader() == target
+            wait_for("writes under the new leader", lambda n=before: len(load.acked) >= n + 200, 30)
+    finally:
+        load.stop()
+    assert load.errors == []
+    assert load.longest < 5.0, f"a request took {load.longest:.1f} s"

@@ -105,7 +105,7 @@ from kvstore.statemachine import KVStateMachine
 from replica.driver import Envelope, ReplicaDriver, Result
 from replica.inmem import MemoryDB
 from replica.messages import Ballot, Message, Nack, Phase1b, Phase2a, Phase2b, Value, Vote
-from replica.paxos import CoreConfig, PaxosCore, Ready
+from replica.paxos import CoreConfig, PaxosCore, Ready, Role
 from replica.storage import LevelDBStorage
 from tests.fault.history import History, Kind
 from tests.fault.linearizability import check
@@ -187,6 +187,23 @@ class _CoreCountingLearners(PaxosCore):
             self._log[slot] = entry.value
             self._advance_commit()
             self._fill_window()
+
+
+class _CoreHandingOverItsBallot(PaxosCore):
+    def _on_timeout_now(self, msg) -> None:  # noqa: ANN001
+        if msg.ballot == self._leader_ballot and self._role is Role.FOLLOWER:
+            self._ballot = msg.ballot  # "you lead now": no Phase 1, the old ballot
+            own = self._votes_from(self._commit_index)
+            self._phase1b = {self.id: Phase1b(self.id, msg.ballot, self._commit_index, own, 0)}
+            self._become_leader(self._best_votes())
+
+
+class HandsOverItsBallot(ReplicaDriver):
+    """BROKEN: move-leader hands the leader's ballot to the target, which
+    leads at once without a Phase 1 of its own (the old leader never sees a
+    higher ballot)."""
+
+    core_class = _CoreHandingOverItsBallot
 
 
 class CountsLearners(ReplicaDriver):
@@ -310,6 +327,7 @@ class Stats:
     wipes: int = 0
     refusals: int = 0
     member_changes: int = 0
+    moves: int = 0
     sync_crashes: int = 0
     early_phase2a_crashes: int = 0
     elections: int = 0
@@ -485,7 +503,7 @@ class Simulation:
             self._start(node)
         self.clients = [SimClient(self, i) for i in range(CLIENTS)]
         weights = self.WEIGHTS + ((("wipe", 1),) if self.wipes else ())
-        weights += (("member", 2),) if self.members else ()
+        weights += (("member", 2), ("move", 2)) if self.members else ()
         self._names, self._weights = zip(*weights, strict=True)
 
     def _now(self) -> int:
@@ -791,10 +809,21 @@ class Simulation:
         req = Request(Op.MEMBER, value=member_change(int(kind), rid, addr, addr))
         target.requests.append(((ADMIN, 0), encode_request(req)))
 
+    def _ev_move(self) -> None:
+        """The admin asks the leader to hand over to another voter."""
+        leaders = [n for n in self._live() if n.driver.core.is_leader]
+        voters = sorted(self.obs_schedule.latest.voters - {n.id for n in leaders})
+        if not leaders or not voters:
+            return
+        req = Request(Op.MOVE_LEADER, value=b"%d" % self.rng.choice(voters))
+        leaders[0].requests.append(((ADMIN, 0), encode_request(req)))
+
     def on_admin_reply(self, payload: bytes) -> None:
         resp = decode_response(payload)
         if resp.status is Status.OK and resp.info is not None:
             self.stats.member_changes += 1
+        elif resp.status is Status.OK and resp.leader is not None:
+            self.stats.moves += 1
 
     def members_live(self) -> list[Node]:
         """The live replicas that are members (voters or learners) of the

@@ -17,6 +17,7 @@ from replica.storage import LevelDBStorage
 from tests.sim.simulator import (
     AnswerBeforeSync,
     CountsLearners,
+    HandsOverItsBallot,
     IgnoresCompaction,
     InvariantViolation,
     SendBeforeSync,
@@ -224,3 +225,15 @@ def test_counting_learners_towards_a_majority_is_caught(replicas):
     else:
         pytest.fail("counting learners was not caught")
     Simulation(seed, replicas, members=True).run(2000)
+
+
+def test_leadership_moves_happen_and_handing_over_the_ballot_is_caught():
+    """kvctl move-leader in the membership seeds hands leadership over often
+    (a TimeoutNow, then an ordinary Phase 1 with a higher ballot); a
+    hand-over that gives the target the old leader's ballot, with no Phase 1
+    of its own, leaves two leaders of one ballot and is caught."""
+    moves = sum(Simulation(seed, 3, members=True).run(2000).moves for seed in range(10))
+    assert moves >= 20, moves
+    seed, what = _first_violation(range(300), 3, members=True, driver_class=HandsOverItsBallot)
+    assert seed is not None, "handing over the ballot was not caught"
+    Simulation(seed, 3, members=True).run(2000)

@@ -24,6 +24,7 @@ from replica.messages import (
     PreVoteReply,
     SnapshotChunk,
     SnapshotRequest,
+    TimeoutNow,
     Vote,
 )
 
@@ -44,6 +45,8 @@ SAMPLES = [
     SnapshotRequest(2, b"\x00" * 8, b"dkey"),
     SnapshotChunk(1, b"\x00" * 8, 9, 4, [(b"dk", b"rec"), (b"s" * 17, b"")], b"s" * 17),
     SnapshotChunk(1, b"\x00" * 8, 9, 4, [], None),
+    SnapshotChunk(1, b"\x00" * 8, 9, 4, [(b"dk", b"rec")], None, b"dj"),
+    TimeoutNow(1, Ballot(4, 1)),
 ]
 
 

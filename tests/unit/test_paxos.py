@@ -462,3 +462,44 @@ def test_no_vote_below_the_compaction_point():
     f.compact(8)
     r = f.step(Phase2a(1, Ballot(2, 1), 3, (b"old",), 10))
     assert r.votes == {} and not sent(r, Phase2b)
+
+
+# --------------------------------------------------------- move-leader
+
+
+def test_transfer_hands_over_to_a_caught_up_voter_with_a_higher_ballot():
+    n = Net(3)
+    leader = n.elect()
+    n.handle(leader.id, leader.propose([b"a"]))
+    target = next(i for i in (1, 2, 3) if i != leader.id)
+    old_ballot = leader.status().ballot
+    n.handle(leader.id, leader.transfer(target))
+    # While handing over, new commands wait (no slot is started for them).
+    r = leader.propose([b"b"])
+    assert not sent(r, Phase2a)
+    n.handle(leader.id, r)
+    for _ in range(30):
+        n.tick()
+        if n.cores[target].is_leader:
+            break
+    assert n.cores[target].is_leader and not leader.is_leader
+    assert n.cores[target].status().ballot > old_ballot
+    # The new leader serves; the old one follows it.
+    n.handle(target, n.cores[target].propose([b"c"]))
+    n.tick(5)
+    values = [v for _, v in n.applied[leader.id]]
+    assert (b"a",) in values and (b"c",) in values
+
+
+def test_transfer_refuses_a_non_voter_and_is_abandoned_if_the_target_is_silent():
+    n = Net(3)
+    leader = n.elect()
+    with pytest.raises(ValueError):
+        leader.transfer(9)
+    target = next(i for i in (1, 2, 3) if i != leader.id)
+    n.down.add(target)
+    n.handle(leader.id, leader.transfer(target))
+    n.tick(CFG.election_ticks + 2)
+    assert leader.is_leader  # still leading: the hand-over was abandoned
+    r = leader.propose([b"after"])
+    assert sent(r, Phase2a)  # and proposing again

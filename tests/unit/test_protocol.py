@@ -74,6 +74,7 @@ REQUESTS = [
     Request(Op.SNAPSHOT),  # a backup export starts
     Request(Op.SNAPSHOT, key=b"dk", value=b"\x00" * 16),  # its next chunk
     Request(Op.MEMBER),  # list the membership
+    Request(Op.MOVE_LEADER, value=b"2"),  # hand leadership to replica 2
     Request(Op.MEMBER, value=member_change(1, 4, "tcp://h:7004", "tcp://h:7104")),
     Request(Op.PUT, CID, 1, b"k", b"v"),
     Request(Op.PUT, CID, 2**63, b"\x00\xff", b""),
