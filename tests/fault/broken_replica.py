@@ -31,7 +31,7 @@ def _read_local_if_leader(self: ReplicaDriver, envelope: Envelope, req: Request)
     if not self.core.is_leader:
         self.clients.reply(envelope, self._not_leader_reply())
         return
-    self._reply(envelope, self._read_local(req.key))
+    self._reply(envelope, self._read_local(req))
 
 
 def main(argv: list[str] | None = None) -> int:
