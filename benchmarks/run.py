@@ -314,6 +314,13 @@ def headline(sc: dict[str, Any]) -> dict[str, float | None]:
     fo = sc.get("failover") if isinstance(sc.get("failover"), dict) else {}
     out["failover_s"] = fo.get("unavailable_s")
     out["elected_s"] = fo.get("leader_elected_s")
+    mv = fo.get("move_leader") if isinstance(fo.get("move_leader"), dict) else {}
+    # Writes never stop during a hand-over: the figure is the longest pause
+    # between two completed writes in the run (for kill -9, the time from the
+    # kill to the end of the pause it caused).
+    out["move_s"] = mv.get("longest_gap_s")
+    errs = mv.get("errors")
+    out["move_errors"] = sum(errs.values()) if isinstance(errs, dict) else None
     cu = sc.get("catchup") if isinstance(sc.get("catchup"), dict) else {}
     out["catchup_s"] = cu.get("restart_to_caught_up_s")
     cs = sc.get("catchup_store") if isinstance(sc.get("catchup_store"), dict) else {}
@@ -426,6 +433,8 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ("mixed_p99", "mixed p99", "ms", "low"),
         ("failover_s", "failover: unavailable after kill -9", "s", "low"),
         ("elected_s", "failover: new leader seen in STATUS", "s", "low"),
+        ("move_s", "failover: longest write pause, move-leader", "s", "low"),
+        ("move_errors", "failover: failed requests, move-leader", "", "low"),
         ("catchup_s", f"catch-up after {cfg.get('catchup_writes', 0):,} writes", "s", "low"),
     ]
     spec += footprint_rows(cfg)

@@ -80,13 +80,15 @@ class Cluster:
         self.proc_env.pop("KVSTORE_CLUSTER", None)
         self.kvctl_cmd = _kvctl_command()
         self.timings: dict[str, float] = {}
+        self.extra_files: list[Path] = []  # compose override files (-f ... -f ...)
 
     # -- commands -------------------------------------------------------------
 
     def compose(
         self, *args: str, timeout: float = 180, check: bool = True
     ) -> subprocess.CompletedProcess:
-        cmd = [*self.env.compose, "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        files = [arg for f in (COMPOSE_FILE, *self.extra_files) for arg in ("-f", str(f))]
+        cmd = [*self.env.compose, *files, "-p", self.project, *args]
         proc = subprocess.run(
             cmd,
             capture_output=True,
@@ -345,3 +347,97 @@ def test_cluster_survives_leader_loss_and_full_restart(cluster: Cluster) -> None
     assert c.leftovers() == []
     assert c.docker("image", "inspect", c.env.image).returncode == 0  # kept for later runs
     c.timings["scenario total"] = time.monotonic() - t_start
+
+
+REPLACEMENT_REPLICA = """
+[[replica]]
+id = 4
+peer = "tcp://replica4:7104"
+client = "tcp://replica4:7004"
+peer_bind = "tcp://*:7104"
+client_bind = "tcp://*:7004"
+"""
+
+REPLACEMENT_SERVICE = """
+services:
+  replica4:
+    image: ${{PAXOSKV_IMAGE:-paxoskv:latest}}
+    hostname: replica4
+    networks:
+      - kvnet
+    command: ["--config", "/etc/paxoskv/cluster4.toml", "--id", "4", "--data-dir", "/data",
+              "--initial-cluster-state", "existing"]
+    volumes:
+      - replica4-data:/data
+      - {config}:/etc/paxoskv/cluster4.toml:ro
+    ports:
+      - "127.0.0.1:{port}:7004"
+volumes:
+  replica4-data:
+"""
+
+
+def test_a_replica_whose_volume_was_deleted_is_refused_and_replaced(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Issue 12: a follower's volume is deleted; the compose file restarts it
+    with `--initial-cluster-state new`, which it refuses (the others have
+    history); the cluster stays available; the documented replacement
+    (README, Membership: remove it, add a new id, start that one with
+    `existing`, promote it once it caught up) brings the cluster back to
+    three voters with every key."""
+    c = cluster
+    _timed(c, "compose up -d", lambda: c.compose("up", "-d", timeout=300))
+    leader = wait_for("an agreed leader", c.agreed_leader, 120)
+    for i in range(20):
+        c.put(f"k{i}", f"v{i}")
+    lost = next(i for i in range(1, N + 1) if i != leader)
+
+    # The volume goes; compose starts the replica again, with `new`.
+    c.compose("rm", "-s", "-f", f"replica{lost}", timeout=120)
+    volume = f"{c.project}_replica{lost}-data"
+    assert c.docker("volume", "rm", volume).returncode == 0
+    c.compose("up", "-d", f"replica{lost}", timeout=120)
+
+    def refused() -> bool:
+        logs = c.compose("logs", "--no-color", f"replica{lost}", timeout=60, check=False)
+        return "this is no new cluster" in logs.stdout + logs.stderr
+
+    _timed(c, "the emptied replica refuses", lambda: wait_for("a refusal", refused, 60))
+    c.put("while-refused", "yes")  # two replicas still serve
+    assert c.get("while-refused") == "yes"
+    c.compose("stop", "-t", "5", f"replica{lost}", timeout=60)
+
+    # The documented replacement, with a new id.
+    assert c.kvctl("member", "remove", str(lost), timeout=10).returncode == 0
+    add = c.kvctl("member", "add", "4", "--peer-url", "replica4:7104",
+                  "--client-url", "replica4:7004", timeout=10)  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    config = tmp_path / "cluster4.toml"
+    config.write_text((ROOT / "docker" / "cluster.toml").read_text() + REPLACEMENT_REPLICA)
+    config.chmod(0o644)
+    port = free_ports(1)[0]
+    override = tmp_path / "replica4.yml"
+    override.write_text(REPLACEMENT_SERVICE.format(config=config, port=port))
+    c.extra_files.append(override)
+    _timed(c, "compose up replica4", lambda: c.compose("up", "-d", "replica4", timeout=180))
+
+    def started() -> bool:
+        out = c.kvctl("member", "list", timeout=5).stdout
+        return any(line.split()[:3] == ["4", "learner", "yes"] for line in out.splitlines())
+
+    _timed(c, "replica4 caught up", lambda: wait_for("replica 4 started", started, 120))
+    promote = c.kvctl("member", "promote", "4", timeout=10)
+    assert promote.returncode == 0, promote.stderr
+    members = c.kvctl("member", "list", timeout=5).stdout
+    voters = {line.split()[0] for line in members.splitlines() if " voter " in line}
+    assert voters == {str(i) for i in (1, 2, 3, 4) if i != lost}, members
+    c.put("after-replace", "ok")
+    four = f"127.0.0.1:{port}"
+    for i in range(20):
+        assert c.get(f"k{i}", "--stale", cluster=four) == f"v{i}"
+    assert wait_for(
+        "the write on replica 4",
+        lambda: c.get("after-replace", "--stale", cluster=four) == "ok",
+        30,
+    )
