@@ -51,10 +51,11 @@ and never revealed: the followers' votes alone decide (the simulator crashes
 replicas exactly there: tests/sim, the early-Phase2a crash variant). A
 single-replica cluster, whose own vote is a quorum at once, has no peers to
 send to and answers only after the sync as usual. A leader that is the only
-voter of a membership with learners (`PaxosCore.solo`) counts its own vote
-at once too, and its next Phase2a or heartbeat in the same Ready would
-carry the commit index that vote made: it sends nothing early (the
-simulator found this with membership changes). Every message that does
+voter of a membership with learners counts its own vote at once too, and
+its next Phase2a or heartbeat in the same Ready would carry the commit
+index that vote made: a Ready in which a slot was chosen by the own vote
+alone (`Ready.own_quorum`) sends nothing early (the simulator found this
+with membership changes). Every message that does
 reveal acceptor state (Phase1b, Phase2b, Nack, HeartbeatAck, a Phase1a with
 a fresh promise) waits for the sync. `early_phase2a=False` gives the textbook
 order (one fsync more on the commit path). The argument needs the sync to
@@ -444,7 +445,7 @@ class ReplicaDriver:
             self._compact_to = None
         messages = acc.messages
         if acc.must_persist():
-            if self.early_phase2a and messages and not self.core.solo:
+            if self.early_phase2a and messages and not acc.own_quorum:
                 messages = self._send_early(messages)
             self._persist(acc)
         if messages:

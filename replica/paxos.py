@@ -241,6 +241,9 @@ class Ready:
     install_from: int | None = None
     """Our next needed slot is below this peer's compaction point: install
     its state machine snapshot (the driver's job), then `installed()`."""
+    own_quorum: bool = False
+    """A slot was chosen by our own (not yet synced) vote alone: nothing of
+    this Ready may be sent before the sync (the driver's early Phase2a)."""
 
     def must_persist(self) -> bool:
         return (
@@ -274,6 +277,8 @@ class Ready:
             self.compacted = later.compacted  # compaction points only grow
         if later.install_from is not None:
             self.install_from = later.install_from
+        if later.own_quorum:
+            self.own_quorum = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,13 +440,6 @@ class PaxosCore:
     def is_leader(self) -> bool:
         """True while this replica is the serving leader (cheap: per request)."""
         return self._role is Role.LEADER
-
-    @property
-    def solo(self) -> bool:
-        """True if our own vote alone is a majority in some membership from
-        the commit index on (we are its only voter): see the driver's early
-        Phase2a rule."""
-        return any(m.voters == {self.id} for m in self._memberships)
 
     @property
     def refused(self) -> str | None:
@@ -993,6 +991,8 @@ class PaxosCore:
     def _check_chosen(self, slot: int) -> None:
         entry = self._in_flight.get(slot)
         if entry is not None and self._schedule.at(slot).is_quorum(entry.acks):
+            if entry.acks == {self.id}:
+                self._ready.own_quorum = True
             del self._in_flight[slot]
             self._log[slot] = entry.value
             self._advance_commit()

@@ -104,7 +104,17 @@ from kvstore.protocol import (
 from kvstore.statemachine import KVStateMachine
 from replica.driver import Envelope, ReplicaDriver, Result
 from replica.inmem import MemoryDB
-from replica.messages import Ballot, Message, Nack, Phase1b, Phase2a, Phase2b, Value, Vote
+from replica.messages import (
+    Ballot,
+    Message,
+    Nack,
+    Phase1b,
+    Phase2a,
+    Phase2b,
+    TimeoutNow,
+    Value,
+    Vote,
+)
 from replica.paxos import CoreConfig, PaxosCore, Ready, Role
 from replica.storage import LevelDBStorage
 from tests.fault.history import History, Kind
@@ -190,6 +200,12 @@ class _CoreCountingLearners(PaxosCore):
 
 
 class _CoreHandingOverItsBallot(PaxosCore):
+    def transfer(self, target: int) -> Ready:
+        """Tells the target at once, and goes on proposing."""
+        if self._role is Role.LEADER and target != self.id:
+            self._send(target, TimeoutNow(self.id, self._ballot))
+        return self._take_ready()
+
     def _on_timeout_now(self, msg) -> None:  # noqa: ANN001
         if msg.ballot == self._leader_ballot and self._role is Role.FOLLOWER:
             self._ballot = msg.ballot  # "you lead now": no Phase 1, the old ballot
@@ -200,8 +216,8 @@ class _CoreHandingOverItsBallot(PaxosCore):
 
 class HandsOverItsBallot(ReplicaDriver):
     """BROKEN: move-leader hands the leader's ballot to the target, which
-    leads at once without a Phase 1 of its own (the old leader never sees a
-    higher ballot)."""
+    leads at once without a Phase 1 of its own, while the old leader, which
+    never sees a higher ballot, goes on leading: two leaders of one ballot."""
 
     core_class = _CoreHandingOverItsBallot
 

@@ -231,7 +231,9 @@ def test_leadership_moves_happen_and_handing_over_the_ballot_is_caught():
     """kvctl move-leader in the membership seeds hands leadership over often
     (a TimeoutNow, then an ordinary Phase 1 with a higher ballot); a
     hand-over that gives the target the old leader's ballot, with no Phase 1
-    of its own, leaves two leaders of one ballot and is caught."""
+    of its own, leaves two leaders of one ballot and is caught (so far as a
+    cluster that stops making progress: their votes overwrite each other
+    under one ballot)."""
     moves = sum(Simulation(seed, 3, members=True).run(2000).moves for seed in range(10))
     assert moves >= 20, moves
     seed, what = _first_violation(range(300), 3, members=True, driver_class=HandsOverItsBallot)
