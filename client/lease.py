@@ -8,12 +8,13 @@ the log, which moves its deadline to log time + TTL), and expired by the
 leader through the log when no keep-alive came for a TTL, with every key
 put under it. The keep-alive thread sends one every third of the TTL on a
 client of its own (a `KVClient` is not thread-safe); a keep-alive that
-finds no replica (a failover in progress) is retried a second later, and
+finds no replica (a failover in progress) is retried at once, and
 the new leader gives every lease a full TTL after it takes over, so a
 failover shorter than about two thirds of the TTL loses nothing. Once a
 keep-alive answers that the lease is gone (it expired or was revoked),
 the thread stops and `alive` is False. Leaving the `with` block revokes
-the lease, deleting its keys.
+the lease, deleting its keys. Each keep-alive may spend two thirds of the
+TTL (at least 2 s) finding the leader, retrying across the replicas.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Lease", "LeaseInfo"]
 
-RETRY_S = 1.0
+RETRY_S = 0.2
 """A keep-alive that failed (no replica answered) is tried again this soon."""
 
 
@@ -58,9 +59,11 @@ class Lease:
         self._gone = threading.Event()
         self.error: BaseException | None = None  # the last keep-alive failure
         self.keep_alives = 0  # answered keep-alives (for tests and monitoring)
-        self._thread = threading.Thread(
-            target=self._run, args=(owner._sibling(max(1.0, ttl / 3)),), daemon=True
-        )
+        # Each keep-alive may take two thirds of the TTL to find the leader (a
+        # failover: silent replicas, redirects, a STATUS round to learn ids).
+        patience = max(2.0, 2 * ttl / 3)
+        self._thread = threading.Thread(target=self._run, args=(owner._sibling(patience),))
+        self._thread.daemon = True
         self._thread.start()
 
     @property
