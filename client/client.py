@@ -66,6 +66,7 @@ from client.errors import (
 )
 from client.lease import Lease, LeaseInfo
 from client.txn import range_args
+from client.watch import WatchEvent, watch
 from kvstore.config import ConfigError, display_address, normalize_address, parse_cluster_addresses
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S, MAX_FRAME_BYTES
 from kvstore.protocol import (
@@ -136,7 +137,7 @@ def _handshake_problem(event: int, value: int, curve: bool) -> str | None:
 _BACKOFF_MIN = 0.005
 _BACKOFF_MAX = 0.1
 # Statuses that end a request with an answer (the replica that gave it leads).
-_FINAL = (Status.OK, Status.NOT_FOUND, Status.CAS_FAILED)
+_FINAL = (Status.OK, Status.NOT_FOUND, Status.CAS_FAILED, Status.COMPACTED)
 
 
 class CasResult(NamedTuple):
@@ -476,13 +477,31 @@ class KVClient:
             if not info.get("more") or not info.get("leases"):
                 return ids
 
-    def _sibling(self, timeout: float) -> KVClient:
+    def watch(
+        self,
+        key: bytes | str,
+        range_end: bytes | str | None = None,
+        *,
+        prefix: bool = False,
+        from_key: bool = False,
+        start_revision: int | None = None,
+    ) -> Iterator[WatchEvent]:
+        """The changes (WatchEvent: revision, kind PUT 0 / DELETE 1, key,
+        value, version, create_revision) to a key or range, in revision
+        order, forever; resumes across leader changes from the last
+        revision seen (client/watch.py). From `start_revision`, or from
+        just after now."""
+        return watch(
+            self, key, range_end, prefix=prefix, from_key=from_key, start_revision=start_revision
+        )
+
+    def _sibling(self, timeout: float, attempt_timeout: float | None = None) -> KVClient:
         """Another client of the same cluster with the same keys (its own
-        session and sockets): for a background thread."""
+        session and sockets): for a background thread or a watch."""
         other = KVClient(
             self.addresses,
             timeout=timeout,
-            attempt_timeout=min(self.attempt_timeout, timeout),
+            attempt_timeout=attempt_timeout or min(self.attempt_timeout, timeout),
             context=self._ctx,
         )
         other._curve = self._curve

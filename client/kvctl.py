@@ -27,6 +27,7 @@ from client.errors import (
     SessionExpired,
 )
 from client.kvctl_lease import add_lease, lease_id
+from client.kvctl_watch import add_watch
 from client.txn import TXN_HELP, TxnSyntaxError, parse_txn
 from kvstore.backup import BackupError
 from kvstore.backup import read as read_backup
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_member(sub, fmt)
     _add_move_leader(sub, fmt)
     add_lease(sub, fmt, EXIT_CODES_HELP)
+    add_watch(sub, fmt, EXIT_CODES_HELP)
     return parser
 
 

@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
-import plyvel
+
+if TYPE_CHECKING:  # the driver imports this module and must not import plyvel
+    import plyvel
 
 EVENT_PREFIX = b"w"
 WATCH_META_KEY = b"mwatch"

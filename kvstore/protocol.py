@@ -119,6 +119,7 @@ class Op(IntEnum):
     LEASE_KEEPALIVE = 11  # lease: its deadline becomes log time + its TTL
     LEASE_TTL = 12  # lease (a read); keys_only: with its keys
     LEASE_LIST = 13  # a read: the lease ids after `lease` (0: from the first)
+    WATCH = 14  # key, range_end; expected_version: from revision; limit: hold (ms)
     SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
     MEMBER = 17  # membership: value None lists it, else a packed change (member_change)
     MOVE_LEADER = 18  # hand leadership to replica int(value) (kvctl move-leader)
@@ -238,6 +239,29 @@ class PutResult:
     version: int
 
 
+class WatchEvent(NamedTuple):
+    """One change a watcher is told: at `revision`, `key` was PUT (kind 0,
+    with `value`, `version` = revision, `create_revision`) or DELETEd
+    (kind 1, value None)."""
+
+    revision: int
+    kind: int
+    key: bytes
+    value: bytes | None
+    version: int
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchResult:
+    """One WATCH reply: the events of whole revisions in order, and the
+    revision to ask from next (the replica's revision + 1 when it has no
+    more)."""
+
+    events: tuple[WatchEvent, ...]
+    next_revision: int
+
+
 @dataclass(frozen=True, slots=True)
 class TxnResult:
     """One result per operation of the branch that ran, in order."""
@@ -245,7 +269,7 @@ class TxnResult:
     responses: tuple[RangeResult | DeleteResult | PutResult, ...]
 
 
-OpResult = RangeResult | DeleteResult | PutResult | TxnResult
+OpResult = RangeResult | DeleteResult | PutResult | TxnResult | WatchResult
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -269,6 +293,7 @@ class Status(IntEnum):
     BAD_REQUEST = 5  # malformed request; `error` says why; nothing changed
     TOO_LARGE = 6  # key or value over the documented limits; nothing changed
     SESSION_EXPIRED = 7  # seq > 1 from a client id without a session: nothing changed
+    COMPACTED = 8  # WATCH from a revision this replica no longer keeps; info {"oldest": R}
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +370,8 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
     problem = _check_lease_fields(req)
     if problem is not None or req.op in LEASE_OPS:
         return problem
+    if req.op is Op.WATCH:
+        return _check_watch(req)
     problem = _check_range_fields(req)
     if problem is not None or req.op == Op.TXN:
         return problem or _check_txn(req)
@@ -401,6 +428,28 @@ def _check_lease_fields(req: Request) -> tuple[Status, str] | None:
     ):
         return Status.BAD_REQUEST, f"{op.name} takes a lease id only"
     return None
+
+
+MAX_WATCH_HOLD_MS = 10_000
+
+
+def _check_watch(req: Request) -> tuple[Status, str] | None:
+    """WATCH: a key (and a range_end), the revision to start from
+    (`expected_version`, >= 1) and how long the replica may hold the
+    request waiting for an event (`limit`, ms); nothing else."""
+    if (
+        req.value is not None
+        or req.expected_value is not None
+        or req.keys_only
+        or req.count_only
+        or req.txn is not None
+    ):
+        return Status.BAD_REQUEST, "WATCH takes a key, a range end, a revision and a hold time"
+    if req.expected_version is None or req.expected_version < 1:
+        return Status.BAD_REQUEST, "WATCH needs the revision to start from (>= 1)"
+    if not 0 <= req.limit <= MAX_WATCH_HOLD_MS:
+        return Status.BAD_REQUEST, f"a WATCH is held 0 to {MAX_WATCH_HOLD_MS} ms"
+    return _check_key(req.key, "key") or _check_range(req.range_end, 0, False, False)
 
 
 def _check_key(key: bytes, name: str) -> tuple[Status, str] | None:
@@ -740,7 +789,7 @@ def parse_request(frame: bytes) -> Request | Response:
     return req
 
 
-_RANGE_TAG, _DELETE_TAG, _PUT_TAG, _TXN_TAG = 1, 2, 3, 4
+_RANGE_TAG, _DELETE_TAG, _PUT_TAG, _TXN_TAG, _WATCH_TAG = 1, 2, 3, 4, 5
 
 
 def _encode_result(result: OpResult) -> list:
@@ -751,6 +800,8 @@ def _encode_result(result: OpResult) -> list:
         return [_DELETE_TAG, result.deleted]
     if isinstance(result, PutResult):
         return [_PUT_TAG, result.version]
+    if isinstance(result, WatchResult):
+        return [_WATCH_TAG, [list(e) for e in result.events], result.next_revision]
     return [_TXN_TAG, [_encode_result(r) for r in result.responses]]
 
 
@@ -770,10 +821,28 @@ def _decode_result(raw: Any, nested: bool = False) -> OpResult:
         return DeleteResult(_check(_fields(raw, 2, "a delete result")[1], int, "deleted"))
     if tag == _PUT_TAG:
         return PutResult(_check(_fields(raw, 2, "a put result")[1], int, "version"))
+    if tag == _WATCH_TAG and not nested:
+        _, events, next_revision = _fields(raw, 3, "a watch result")
+        return WatchResult(
+            tuple(_decode_event(e) for e in _check(events, list, "events")),
+            _check(next_revision, int, "next_revision"),
+        )
     if tag == _TXN_TAG and not nested:
         responses = _check(_fields(raw, 2, "a txn result")[1], list, "responses")
         return TxnResult(tuple(_decode_result(r, nested=True) for r in responses))
     raise ProtocolError(f"unknown result tag {tag!r}")
+
+
+def _decode_event(raw: Any) -> WatchEvent:
+    revision, kind, key, value, version, create = _fields(raw, 6, "an event")
+    return WatchEvent(
+        _check(revision, int, "event revision"),
+        _check(kind, int, "event kind"),
+        _check(key, bytes, "event key"),
+        _check(value, (bytes, type(None)), "event value"),
+        _check(version, int, "event version"),
+        _check(create, int, "event create_revision"),
+    )
 
 
 def _decode_kv(raw: Any) -> KeyValue:

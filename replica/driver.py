@@ -112,6 +112,7 @@ from replica.snapshots import (
     SnapshotTarget,
 )
 from replica.storage import AcceptorStorage
+from replica.watch import EventSource, Watches
 
 log = logging.getLogger("replica.driver")
 
@@ -151,9 +152,10 @@ Clock = Callable[[], float]
 """Monotonic seconds (time.monotonic in a process, a counter in a simulation)."""
 
 
-class StateMachine(SnapshotSource, SnapshotTarget, Protocol):
+class StateMachine(SnapshotSource, SnapshotTarget, EventSource, Protocol):
     """The replicated state machine (kvstore.statemachine.KVStateMachine),
-    with its snapshot export and staged install (replica/snapshots.py)."""
+    with its snapshot export and staged install (replica/snapshots.py) and
+    its watch events (replica/watch.py)."""
 
     @property
     def applied_index(self) -> int:
@@ -310,6 +312,7 @@ class ReplicaDriver:
         self._leader_since_ms: int | None = None  # wall clock when this leadership began
         self._next_lease_check = 0.0
         self._expiring: dict[int, float] = {}  # lease id -> when named in an expiry command
+        self._watches = Watches(state_machine, self._reply)  # held WATCH long polls
         status = self.core.status()
         self._leadership = _leadership_key(status)
         self._last_seen = (status.role, status.leader_id)
@@ -451,6 +454,7 @@ class ReplicaDriver:
         if messages:
             self.peers.send(messages)
         self._apply_and_answer(acc)
+        self._watches.poll(self._clock())
 
     def _persist(self, acc: Ready) -> None:
         """Step (1): the acceptor writes of the iteration, one synced batch
@@ -673,6 +677,8 @@ class ReplicaDriver:
             self._on_backup(envelope, req)
         elif op is Op.MEMBER:
             self._on_member(envelope, req)
+        elif op is Op.WATCH:  # any replica, from what it applied (replica/watch.py)
+            self._watches.on_request(envelope, req, self._clock())
         elif op is Op.MOVE_LEADER:
             self._on_move_leader(envelope, req)
         else:  # Op.STATUS: answered by every replica itself

@@ -51,6 +51,20 @@ vanishes can make libzmq 4.3.5 abort the replica the same way. The price: a
 client that sends faster than the replica serves is buffered in memory
 rather than slowed down by TCP.
 
+Watch streams (kvctl watch) ride on the same client ROUTER as long polls:
+the client's REQ asks for the events after the last revision it has, and
+the replica answers with one bounded batch when it has applied a matching
+change, or with none after the hold time the client gave (replica/watch.py).
+Why not PUB/SUB: a publisher drops silently for a slow subscriber at its
+high-water mark and knows nothing of where each one is, so there is no
+resuming without a gap and no telling a watcher it fell behind. Why not a
+DEALER stream with credits: it pipelines more, but every stream is state
+the replica must keep and time out, and a ROUTER that sends unasked drops
+at its HWM too. With a long poll the request is the flow control (a slow
+watcher is never sent a batch it did not ask for, and the replica holds
+nothing for it but its one request), the lazy-pirate retries and the
+resumption from a revision come with REQ, and CURVE covers it unchanged.
+
 Every socket refuses frames above `kvstore.limits.MAX_FRAME_BYTES`
 (ZMQ_MAXMSGSIZE: the offending connection is dropped by libzmq).
 """

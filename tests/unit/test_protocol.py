@@ -39,6 +39,8 @@ from kvstore.protocol import (
     TxnOp,
     TxnOpKind,
     TxnResult,
+    WatchEvent,
+    WatchResult,
     decode_clock,
     decode_request,
     decode_response,
@@ -97,6 +99,7 @@ REQUESTS = [
     Request(Op.LEASE_REVOKE, CID, 16, lease=7),
     Request(Op.LEASE_TTL, CID, 17, lease=7, keys_only=True),
     Request(Op.LEASE_LIST, CID, 17, lease=3, stale=True),
+    Request(Op.WATCH, CID, 1, b"p/", range_end=b"p0", expected_version=5, limit=1000),
 ]
 
 RANGE_RESULT = RangeResult(
@@ -117,6 +120,14 @@ RESPONSES = [
     Response(Status.OK, version=9, result=RANGE_RESULT),
     Response(Status.OK, version=9, result=RangeResult()),
     Response(Status.OK, version=9, result=DeleteResult(3)),
+    Response(Status.COMPACTED, error="revision 3 is compacted", info={"oldest": 9}),
+    Response(
+        Status.OK,
+        version=9,
+        result=WatchResult(
+            (WatchEvent(8, 0, b"k", b"v", 8, 2), WatchEvent(9, 1, b"k", None, 9, 2)), 10
+        ),
+    ),
     Response(
         Status.CAS_FAILED,
         version=9,

@@ -1,0 +1,75 @@
+"""`kvctl watch KEY [RANGE_END] [--prefix | --from-key] [--rev N]` (client/kvctl.py
+adds it to its parser): prints each change as etcdctl does, the event type
+(PUT or DELETE), then the key, then for a PUT the value, one a line, until
+interrupted (exit 130). With -v a line `# revision R` comes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from client.client import KVClient
+from client.watch import PUT
+from kvstore.config import ConfigError
+
+WATCH_HELP = """\
+examples:
+  kvctl watch config/app                 changes to one key, from now on
+  kvctl watch config/ --prefix           every key under config/
+  kvctl watch config/ --prefix --rev 42  from revision 42 on (if still kept:
+                                         else one error line naming the oldest)
+"""
+
+
+def _revision(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a revision: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("revisions start at 1")
+    return value
+
+
+def add_watch(sub: Any, fmt: type, epilog: str) -> None:
+    p = sub.add_parser(
+        "watch",
+        help="print the changes to a key or range as they happen",
+        description="Print every change (PUT, DELETE) to KEY, or a range, in revision order, "
+        "until interrupted; it follows leader changes and resumes where it was.",
+        epilog=WATCH_HELP + "\n" + epilog,
+        formatter_class=fmt,
+    )
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("range_end", metavar="RANGE_END", nargs="?", help="watch [KEY, RANGE_END)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--prefix", action="store_true", help="every key starting with KEY")
+    how.add_argument("--from-key", action="store_true", help="every key from KEY on")
+    p.add_argument("--rev", type=_revision, metavar="N", help="start from revision N")
+    p.set_defaults(run=_run_watch)
+
+
+def _run_watch(client: KVClient, args: argparse.Namespace) -> int:
+    if args.range_end is not None and (args.prefix or args.from_key):
+        raise ConfigError("give RANGE_END, --prefix or --from-key, not two")
+    out = sys.stdout.buffer
+    end = None if args.range_end is None else os.fsencode(args.range_end)
+    events = client.watch(
+        os.fsencode(args.key),
+        end,
+        prefix=args.prefix,
+        from_key=args.from_key,
+        start_revision=args.rev,
+    )
+    for event in events:
+        if args.verbose:
+            out.write(b"# revision %d\n" % event.revision)
+        if event.kind == PUT:
+            out.write(b"PUT\n" + event.key + b"\n" + (event.value or b"") + b"\n")
+        else:
+            out.write(b"DELETE\n" + event.key + b"\n")
+        out.flush()
+    return 0
