@@ -383,7 +383,7 @@ def test_a_replica_whose_volume_was_deleted_is_refused_and_replaced(
     """Issue 12: a follower's volume is deleted; the compose file restarts it
     with `--initial-cluster-state new`, which it refuses (the others have
     history); the cluster stays available; the documented replacement
-    (README, Membership: remove it, add a new id, start that one with
+    (README, Operations: remove it, add a new id, start that one with
     `existing`, promote it once it caught up) brings the cluster back to
     three voters with every key."""
     c = cluster
