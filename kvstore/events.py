@@ -55,10 +55,12 @@ _WATCH_META = struct.Struct(">QQQ")
 
 PUT, DELETE = 0, 1
 
-WATCH_RETAIN_EVENTS = 100_000
-"""Events kept by default (each replica for itself)."""
-WATCH_RETAIN_BYTES = 64 * 1024 * 1024
-"""... and at most about this many bytes of them."""
+WATCH_RETAIN_EVENTS = 50_000
+"""Events kept by default (each replica for itself): a retained tail of
+history, like the log's (`[compaction]` `retained_slots`), so a replica's
+disk stays bounded by its live data plus these tails (issue 11)."""
+WATCH_RETAIN_BYTES = 4 * 1024 * 1024
+"""... and at most about this many bytes of them (keys, values, framing)."""
 MAX_WATCH_EVENTS = 1_000
 """Events one watch reply carries, about (a revision is never split)."""
 MAX_WATCH_BYTES = 1024 * 1024
@@ -67,6 +69,11 @@ MAX_WATCH_SCAN = 10_000
 """Events looked at for one reply (a filtered watcher moves on anyway)."""
 _TRIM_SLACK = 64
 _EVENT_END = b"x"  # EVENT_PREFIX + 1
+
+
+def event_key(revision: int) -> bytes:
+    """The key of the first event of `revision` (and the end of those before)."""
+    return EVENT_PREFIX + _EVENT_KEY.pack(revision, 0)
 
 
 class Event(NamedTuple):
@@ -109,11 +116,24 @@ class EventLog:
         raw = db.get(WATCH_META_KEY)
         # A data directory from before watch: events from the next revision on.
         self._span = _Span(revision + 1, 0, 0) if raw is None else _Span(*_WATCH_META.unpack(raw))
+        # The oldest revision that may still have events here: trimming
+        # seeks to it instead of walking the tombstones of every event it
+        # deleted before (LevelDB keeps them until its compactions run).
+        self._oldest = 0
+        for db_key in db.iterator(start=EVENT_PREFIX, stop=_EVENT_END, include_value=False):
+            self._oldest = _EVENT_KEY.unpack_from(db_key, 1)[0]
+            break
 
     @property
     def floor(self) -> int:
         """The oldest revision a watcher can start from."""
         return self._span.floor
+
+    @property
+    def oldest(self) -> int:
+        """No event below this revision is left (they may still hold disk
+        until LevelDB compacts their range: replica/server.py)."""
+        return self._oldest
 
     @property
     def count(self) -> int:
@@ -143,13 +163,16 @@ class EventLog:
         below the floor), within `budget` events (a revision is finished)."""
         floor, count, size = span
         current = None
-        for db_key, raw in self._db.iterator(start=EVENT_PREFIX, stop=_EVENT_END):
+        oldest = None  # the oldest revision left, once the scan stops in one
+        entries = self._db.iterator(start=event_key(self._oldest), stop=_EVENT_END)
+        for db_key, raw in entries:
             revision = _EVENT_KEY.unpack_from(db_key, 1)[0]
             if revision != current:
                 if current is not None:
                     floor = max(floor, current + 1)
                 over = count > self.retain_events or size > self.retain_bytes
                 if budget <= 0 or (revision >= floor and not over):
+                    oldest = revision
                     break
                 current = revision
             batch.delete(db_key)
@@ -159,6 +182,9 @@ class EventLog:
         else:
             if current is not None:
                 floor = max(floor, current + 1)
+                oldest = current + 1
+        if oldest is not None:
+            self._oldest = oldest
         return _Span(floor, count, size)
 
     def raise_floor(self, batch: plyvel.WriteBatch, revision: int) -> None:
@@ -183,7 +209,7 @@ class EventLog:
         found: list[Event] = []
         size = 0
         current = None
-        entries = self._db.iterator(start=EVENT_PREFIX + _EVENT_KEY.pack(start, 0), stop=_EVENT_END)
+        entries = self._db.iterator(start=event_key(start), stop=_EVENT_END)
         for scanned, (db_key, raw) in enumerate(entries):
             rev = _EVENT_KEY.unpack_from(db_key, 1)[0]
             if rev != current:

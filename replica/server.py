@@ -47,6 +47,7 @@ from kvstore.config import (
     load_watch_settings,
     parse_http_address,
 )
+from kvstore.events import EVENT_PREFIX, event_key
 from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.membership import bootstrap
 from kvstore.security import ClientKeys, CurveConfig, load_curve_config, public_of
@@ -116,6 +117,9 @@ class Replica:
             str(data_dir), create_if_missing=True, write_buffer_size=WRITE_BUFFER_BYTES
         )
         self.reclaimer = Reclaimer(self.db, LOG_PREFIXES, slot_key)
+        # The watch event log's trimmed revisions, reclaimed the same way
+        # each time the log compacts (kvstore/events.py).
+        self.event_reclaimer = Reclaimer(self.db, (EVENT_PREFIX,), _event_key)
         try:
             watch = watch or WatchSettings()
             self.sm = KVStateMachine(self.db, (watch.retain_events, watch.retain_bytes))
@@ -124,7 +128,7 @@ class Replica:
                 self.driver = driver_class(
                     me.id,
                     [r.id for r in cluster],
-                    LevelDBStorage(self.db, on_compacted=self.reclaimer.request),
+                    LevelDBStorage(self.db, on_compacted=self._compacted),
                     self.sm,
                     self.peers,
                     self.clients,
@@ -143,7 +147,7 @@ class Replica:
                 self._close_sockets()
                 raise
         except BaseException:
-            self.reclaimer.close()
+            self._close_reclaimers()
             self.db.close()
             raise
         self._known_peers = self.driver.core.peers
@@ -301,14 +305,28 @@ class Replica:
         self.clients.close()
         self.ctx.term()
 
+    def _compacted(self, point: int) -> None:
+        """After a log compaction to `point`: give back the disk of the log
+        below it and of the watch events trimmed since the last one."""
+        self.reclaimer.request(point)
+        self.event_reclaimer.request(self.sm.events.oldest)
+
+    def _close_reclaimers(self) -> None:
+        self.reclaimer.close()
+        self.event_reclaimer.close()
+
     def close(self) -> None:
         """Closes the sockets (linger 0) and the DB."""
         if self.metrics_server is not None:
             self.metrics_server.close()
         self._close_sockets()
-        self.reclaimer.close()
+        self._close_reclaimers()
         self.db.close()
         log.info("replica %d stopped", self.id)
+
+
+def _event_key(prefix: bytes, revision: int) -> bytes:
+    return event_key(revision)
 
 
 def _current_peers(

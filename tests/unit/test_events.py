@@ -93,8 +93,19 @@ def test_retention_raises_the_floor_and_refuses_older_starts(new_db: NewDB) -> N
     assert sm.watch_events(floor - 1, b"\0", FROM_KEY) is None
     kept = everything(sm, floor)
     assert [e.revision for e in kept] == list(range(floor, 31))  # complete from the floor
+    # Trimming seeks to the oldest revision left (not over the tombstones
+    # of those it deleted), which a restart finds again.
+    assert sm.events.oldest == floor
     again = KVStateMachine(db, watch_retention=(10, 1 << 20))  # a restart keeps it
     assert (again.events.floor, again.events.count) == (floor, sm.events.count)
+    assert again.events.oldest == floor
+    for i in range(30, 60):
+        run_one(again, c.put(b"k%d" % i, b"v"))
+    assert again.events.oldest == again.events.floor > floor
+    assert [e.revision for e in everything(again, again.events.floor)] == list(
+        range(again.events.floor, 61)
+    )
+    assert again.events.count == 61 - again.events.floor
     small = KVStateMachine(new_db(), watch_retention=(1000, 200))
     for i in range(30):
         run_one(small, c.put(b"big%d" % i, b"x" * 50))
