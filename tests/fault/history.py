@@ -30,6 +30,17 @@ absent") for histories that should be checked strictly. Version-CAS may be
 recorded with `expected_version=`; see `tests.fault.linearizability` for how
 conservatively it is treated.
 
+Multi-key operations (issue 14). A range read is `Kind.RANGE` over
+[`key`, `range_end`) as on the wire (`client.txn.range_args` turns a prefix
+into one; `range_end` b"\\0" means "every key from `key` on"), its result
+the (key, value) pairs it returned, in key order. A transaction is
+`Kind.TXN` with `txn` a `TxnSpec` (its comparisons and both branches, from
+`txn_spec`), `key` its first key (for display and summaries only), and its
+result a `TxnOutcome` (`txn_outcome`): which branch ran and what the branch's
+gets read, or None for the reads when the answer came from the session
+record of a retried request (which keeps no results: the reads are then
+not checked).
+
 Storage: JSON lines, one completed (or pending) operation per line, see
 `Operation.to_json`. Bytes are written as {"utf8": text} when they decode as
 UTF-8, else {"b64": base64}; str values are plain JSON strings.
@@ -46,7 +57,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kvstore.protocol import (
+    FROM_KEY,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    RangeResult,
+    TxnOp,
+    TxnOpKind,
+)
+
+if TYPE_CHECKING:
+    from client.client import TxnResponse
 
 Value = bytes | str
 """A key or a value. Bytes from the real store; str is handy in tests."""
@@ -57,6 +81,125 @@ class Kind(StrEnum):
     GET = "get"
     DELETE = "delete"
     CAS = "cas"
+    RANGE = "range"
+    TXN = "txn"
+
+
+SINGLE_KEY = frozenset({Kind.PUT, Kind.GET, Kind.DELETE, Kind.CAS})
+
+
+class TxnCompare(NamedTuple):
+    """One comparison: `target` "value", "version", "create" or "exists";
+    `op` "=", "!=", "<" or ">"; `operand` bytes (value), an int (version,
+    create) or a bool (exists). As the store evaluates it (kvstore/protocol.py,
+    CompareTarget): a value comparison is false when the key is absent."""
+
+    target: str
+    op: str
+    key: Value
+    operand: Any
+
+
+class TxnStep(NamedTuple):
+    """One operation of a branch: "put" `key` `value`; "delete" `key` (or
+    [key, range_end)); "get" `key` (or [key, range_end), every key in it)."""
+
+    kind: str
+    key: Value
+    value: Value | None = None
+    range_end: Value | None = None
+
+
+class TxnSpec(NamedTuple):
+    """A transaction: if every comparison holds the success steps run, else
+    the failure ones, atomically."""
+
+    compares: tuple[TxnCompare, ...] = ()
+    success: tuple[TxnStep, ...] = ()
+    failure: tuple[TxnStep, ...] = ()
+
+    def keys(self) -> list[Value]:
+        """The keys it names, in order (range starts included)."""
+        named = [c.key for c in self.compares] + [s.key for s in self.success + self.failure]
+        return list(dict.fromkeys(named))
+
+
+Pairs = tuple[tuple[Value, Value | None], ...]
+"""What a range read returned: (key, value) in key order."""
+
+
+class TxnOutcome(NamedTuple):
+    """The result of an acknowledged transaction: whether the comparisons
+    held (the success branch ran), and per get of the branch that ran the
+    pairs it read (None: not known, nothing is checked)."""
+
+    succeeded: bool
+    reads: tuple[Pairs, ...] | None = None
+
+
+_TARGETS = {
+    CompareTarget.VALUE: "value",
+    CompareTarget.VERSION: "version",
+    CompareTarget.CREATE: "create",
+    CompareTarget.EXISTS: "exists",
+}
+_OPS = {
+    CompareOp.EQUAL: "=",
+    CompareOp.NOT_EQUAL: "!=",
+    CompareOp.LESS: "<",
+    CompareOp.GREATER: ">",
+}
+
+
+def txn_spec(
+    compare: Iterable[Compare], success: Iterable[TxnOp], failure: Iterable[TxnOp] = ()
+) -> TxnSpec:
+    """The `TxnSpec` of what `KVClient.txn(compare, success, failure)` sends
+    (`client.txn.cmp` and `op` build those). Gets with a limit, keys only or
+    count only are refused: a checked read must return every key's value."""
+
+    def step(o: TxnOp) -> TxnStep:
+        if o.kind is TxnOpKind.PUT:
+            return TxnStep("put", o.key, o.value)
+        if o.kind is TxnOpKind.DELETE:
+            return TxnStep("delete", o.key, None, o.range_end)
+        if o.limit or o.keys_only or o.count_only:
+            raise ValueError("a recorded get reads whole values: no limit, keys_only, count_only")
+        return TxnStep("get", o.key, None, o.range_end)
+
+    return TxnSpec(
+        tuple(TxnCompare(_TARGETS[c.target], _OPS[c.op], c.key, c.operand) for c in compare),
+        tuple(map(step, success)),
+        tuple(map(step, failure)),
+    )
+
+
+def range_pairs(result: RangeResult) -> Pairs | None:
+    """The pairs of a whole range reply; None if it was cut short (`more`):
+    a partial read is not checked."""
+    if result.more:
+        return None
+    return tuple((kv.key, kv.value) for kv in result.kvs)
+
+
+def txn_outcome(response: TxnResponse) -> TxnOutcome:
+    """The `TxnOutcome` of a `KVClient.txn` answer."""
+    if response.responses is None:
+        return TxnOutcome(response.succeeded, None)
+    reads = [range_pairs(r) for r in response.responses if isinstance(r, RangeResult)]
+    if any(r is None for r in reads):
+        return TxnOutcome(response.succeeded, None)
+    return TxnOutcome(response.succeeded, tuple(r for r in reads if r is not None))
+
+
+def in_range(key: Value, start: Value, end: Value | None) -> bool:
+    """Whether `key` is in [start, end) as the store reads a range: end None
+    is the one key `start`, end FROM_KEY (b"\\0") every key from `start` on."""
+    if end is None:
+        return key == start
+    if end == FROM_KEY:
+        return key >= start
+    return start <= key < end
 
 
 class Outcome(StrEnum):
@@ -74,10 +217,13 @@ class Operation:
     the new value and exactly one of `expected` (the value the key must hold;
     None = must be absent) or `expected_version` (0 = must be absent).
 
+    range: `range_end` (see the module docstring). txn: `txn`.
+
     `result` when `outcome` is OK: put: None (ignored). get: the value read,
     None for absent. delete: None (not checked), or a bool saying whether the
     key existed (False for a NOT_FOUND reply). cas: True if it swapped, False
-    for CAS_FAILED. For other outcomes `result` is None.
+    for CAS_FAILED. range: the `Pairs` read. txn: a `TxnOutcome`. For other
+    outcomes `result` is None.
 
     `complete_ns` is None for PENDING and may be None for UNKNOWN (the
     checker treats an unknown completion as +infinity either way).
@@ -93,11 +239,21 @@ class Operation:
     value: Value | None = None
     expected: Value | None = None
     expected_version: int | None = None
+    range_end: Value | None = None
+    txn: TxnSpec | None = None
     id: int = -1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
         object.__setattr__(self, "outcome", Outcome(self.outcome))
+        if self.kind is Kind.TXN and self.txn is None:
+            raise ValueError("txn needs its TxnSpec")
+        if (
+            self.kind is Kind.TXN
+            and self.outcome is Outcome.OK
+            and not isinstance(self.result, TxnOutcome)
+        ):
+            raise TypeError(f"an ok txn's result is a TxnOutcome, not {self.result!r}")
         if self.kind is Kind.PUT and self.value is None:
             raise ValueError("put needs a value")
         if self.kind is Kind.CAS:
@@ -122,11 +278,16 @@ class Operation:
                 else repr(self.expected)
             )
             call = f"cas({self.key!r}, {exp} -> {self.value!r})"
+        elif self.kind is Kind.RANGE:
+            call = f"range({self.key!r}, {self.range_end!r})"
+        elif self.kind is Kind.TXN:
+            assert self.txn is not None
+            call = _describe_txn(self.txn)
         else:
             call = f"{self.kind.value}({self.key!r})"
         if self.outcome is Outcome.OK:
             quiet = self.kind is Kind.PUT or (self.kind is Kind.DELETE and self.result is None)
-            tail = " ok" if quiet else f" = {self.result!r}"
+            tail = " ok" if quiet else f" = {_describe_result(self.result)}"
         else:
             tail = f" {self.outcome.value}"
         return f"p{self.process} {call}{tail}"
@@ -144,14 +305,28 @@ class Operation:
             "complete_ns": self.complete_ns,
             "outcome": self.outcome.value,
             "result": _enc(self.result),
+            **({"range_end": _enc(self.range_end)} if self.range_end is not None else {}),
+            **({"txn": _enc(self.txn)} if self.txn is not None else {}),
         }
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Operation:
+        kind = Kind(obj["kind"])
+        result = _dec(obj["result"])
+        if kind is Kind.TXN and result is not None:
+            result = TxnOutcome(*result)
+        spec = None
+        if obj.get("txn") is not None:
+            compares, success, failure = _dec(obj["txn"])
+            spec = TxnSpec(
+                tuple(TxnCompare(*c) for c in compares),
+                tuple(TxnStep(*t) for t in success),
+                tuple(TxnStep(*t) for t in failure),
+            )
         return cls(
             id=obj["id"],
             process=obj["process"],
-            kind=Kind(obj["kind"]),
+            kind=kind,
             key=_dec(obj["key"]),
             value=_dec(obj["value"]),
             expected=_dec(obj["expected"]),
@@ -159,7 +334,9 @@ class Operation:
             invoke_ns=obj["invoke_ns"],
             complete_ns=obj["complete_ns"],
             outcome=Outcome(obj["outcome"]),
-            result=_dec(obj["result"]),
+            result=result,
+            range_end=_dec(obj.get("range_end")),
+            txn=spec,
         )
 
 
@@ -191,6 +368,8 @@ class History:
         *,
         expected: Value | None = None,
         expected_version: int | None = None,
+        range_end: Value | None = None,
+        txn: TxnSpec | None = None,
     ) -> int:
         """Records the start of an operation; returns its handle."""
         now = self._clock()
@@ -204,6 +383,8 @@ class History:
                 value=value,
                 expected=expected,
                 expected_version=expected_version,
+                range_end=range_end,
+                txn=txn,
                 invoke_ns=now,
                 id=handle,
             )
@@ -310,18 +491,46 @@ class History:
         return hist
 
 
+def _describe_txn(spec: TxnSpec) -> str:
+    """'txn(if value(a) = b'1' then put(a, b'2') else get(a))'."""
+
+    def step(t: TxnStep) -> str:
+        if t.kind == "put":
+            return f"put({t.key!r}, {t.value!r})"
+        return f"{t.kind}({t.key!r}" + ("" if t.range_end is None else f", {t.range_end!r}") + ")"
+
+    conds = " and ".join(f"{c.target}({c.key!r}) {c.op} {c.operand!r}" for c in spec.compares)
+    then = ", ".join(map(step, spec.success)) or "nothing"
+    other = ", ".join(map(step, spec.failure)) or "nothing"
+    return f"txn(if {conds or 'true'} then {then} else {other})"
+
+
+def _describe_result(result: Any) -> str:
+    if isinstance(result, TxnOutcome):
+        branch = "success" if result.succeeded else "failure"
+        return branch if not result.reads else f"{branch}, read {list(result.reads)!r}"
+    return repr(result)
+
+
 def _enc(v: Any) -> Any:
+    """JSON for a value: bytes as {"utf8"} or {"b64"}, tuples (and named
+    tuples) as lists, recursively."""
     if isinstance(v, bytes):
         try:
             return {"utf8": v.decode("utf-8")}
         except UnicodeDecodeError:
             return {"b64": base64.b64encode(v).decode("ascii")}
+    if isinstance(v, (tuple, list)):
+        return [_enc(x) for x in v]
     return v
 
 
 def _dec(v: Any) -> Any:
+    """The inverse of `_enc`; lists come back as tuples."""
     if isinstance(v, dict):
         if "utf8" in v:
             return v["utf8"].encode("utf-8")
         return base64.b64decode(v["b64"])
+    if isinstance(v, list):
+        return tuple(_dec(x) for x in v)
     return v

@@ -67,12 +67,20 @@ search below is fast because histories are mostly sequential.
      once invoked, so the cache records how many of each class were placed,
      not which (`_number`).
 
-4. Diagnostics. Whenever the search backtracks from a deeper point than ever
+4. Multi-key operations (ranges, transactions: issue 14). Keys that one
+   operation touches together are checked together, as one GROUP whose
+   state is a tuple of register values (tests/fault/txnmodel.py: the
+   groups, each operation as a conditional atomic step on that tuple, the
+   same treatment of unknown outcomes). The search is the same, with that
+   state in place of the register's value (`_Joint`); keys no multi-key
+   operation touches keep the register check.
+
+5. Diagnostics. Whenever the search backtracks from a deeper point than ever
    before, it notes that prefix, the operation whose completion blocked it
    and the candidates it could not place. On failure that deepest point is
    reported with a reason per candidate and the surrounding subhistory.
 
-A per-key step and time budget turns a search that runs too long into an
+A per-key (per-group) step and time budget turns a search that runs too long into an
 UNKNOWN verdict, which is not a pass.
 
 Usage from the command line: `python -m tests.fault.linearizability H.jsonl
@@ -91,7 +99,10 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import Any
 
+from tests.fault import txnmodel
 from tests.fault.history import History, Kind, Operation, Outcome, Value
+from tests.fault.txnmodel import INVALID as _INVALID
+from tests.fault.txnmodel import UNREAD as _UNREAD
 
 DEFAULT_MAX_STEPS = 10_000_000
 DEFAULT_MAX_SECONDS = 60.0
@@ -115,21 +126,7 @@ class _Code(IntEnum):
     CAS_MAYBE = 4  # unknown outcome: if state == a then state := b
     DELETE_PRESENT = 5  # requires state is not None; state := None
     DELETE_ABSENT = 6  # requires state is None
-
-
-_INVALID = object()
-
-
-class _Unread:
-    """The register value standing for every written value that no operation
-    reads or compares against: such values are indistinguishable to the
-    model, and merging them lets the cache merge configurations."""
-
-    def __repr__(self) -> str:
-        return "<a value nothing reads>"
-
-
-_UNREAD = _Unread()
+    JOINT = 7  # a txnmodel.Program `a` on a group's joint state
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,22 +248,64 @@ def _number(steps: list[_Step]) -> list[_Step]:
     return out
 
 
+class _Register:
+    """The model of one key: a register, the steps of `_normalise`."""
+
+    initial: Any = None
+    apply = staticmethod(_apply)
+
+    def explain(self, step: _Step, state: Any) -> str:
+        return _explain(step, state)
+
+    def real(self, steps: list[_Step]) -> list[_Step]:
+        """The steps with the values `_anonymise` replaced, for diagnostics."""
+        return [_normalise(s.op) or s for s in steps]
+
+    def show(self, state: Any) -> Any:
+        return state
+
+
+class _Joint:
+    """The model of a group of keys: a tuple of registers, the programs of
+    `txnmodel.program` (`real`: before `txnmodel.anonymise`, in step order)."""
+
+    apply = staticmethod(txnmodel.apply)
+
+    def __init__(self, keys: tuple[Value, ...], real: list[txnmodel.Program]) -> None:
+        self.keys = keys
+        self.initial: Any = (None,) * len(keys)
+        self._real = real
+
+    def explain(self, step: _Step, state: Any) -> str:
+        return txnmodel.explain(step.a, state, self.keys)
+
+    def real(self, steps: list[_Step]) -> list[_Step]:
+        return [replace(s, a=p) for s, p in zip(steps, self._real, strict=True)]
+
+    def show(self, state: Any) -> Any:
+        return dict(zip(self.keys, state, strict=True))
+
+
+_Model = _Register | _Joint
+
+
 # -- results -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """Where the search for one key got stuck (its deepest point).
+    """Where the search for one key (or group) got stuck (its deepest point).
 
     `prefix`: the longest linearizable prefix found, in linearization order.
-    `state`: the register after it. `blocked`: the operation whose completion
-    came while none of the `candidates` could be placed (None if the search
-    ran out of operations). `candidates`: (operation, reason) for every
-    operation invoked before that completion and not in the prefix.
+    `state`: the register after it (for a group: {key: value}). `blocked`:
+    the operation whose completion came while none of the `candidates` could
+    be placed (None if the search ran out of operations). `candidates`:
+    (operation, reason) for every operation invoked before that completion
+    and not in the prefix.
     `window`: the subhistory around that point, by invocation time.
     """
 
-    key: Value
+    key: Value | tuple[Value, ...]
     prefix: list[Operation]
     state: Any
     blocked: Operation | None
@@ -281,7 +320,8 @@ class Diagnostic:
             + f"{shown}, in linearization order:"
         ]
         out += [f"    {_line(o, t0)}" for o in self.prefix[-_PREFIX_SHOWN:]]
-        out.append(f"  register after the prefix: {self.state!r}")
+        what = "state" if isinstance(self.key, tuple) else "register"
+        out.append(f"  {what} after the prefix: {self.state!r}")
         if self.blocked is not None:
             out.append(f"  stuck at the completion of  {_line(self.blocked, t0)}")
         out.append("  no pending operation can be placed next:")
@@ -307,10 +347,11 @@ def _line(op: Operation, t0: int) -> str:
 
 @dataclass(frozen=True)
 class KeyResult:
-    """The verdict for one key. `diagnostic` is set for VIOLATION and, as the
-    deepest point reached so far, for UNKNOWN."""
+    """The verdict for one key, or for a group of keys checked together
+    (`key` is then the tuple of its keys). `diagnostic` is set for VIOLATION
+    and, as the deepest point reached so far, for UNKNOWN."""
 
-    key: Value
+    key: Value | tuple[Value, ...]
     verdict: Verdict
     operations: int  # operations the search had to consider
     dropped: int  # 'fail' operations, unknown gets, failed version-CAS
@@ -320,8 +361,13 @@ class KeyResult:
     reason: str = ""
 
     def __str__(self) -> str:
+        name = (
+            "keys " + (", ".join(map(repr, self.key)) or "(none)")
+            if isinstance(self.key, tuple)
+            else f"key {self.key!r}"
+        )
         head = (
-            f"key {self.key!r}: {self.verdict.value} ({self.operations} operations, "
+            f"{name}: {self.verdict.value} ({self.operations} operations, "
             f"{self.dropped} dropped, {self.steps} steps, {self.seconds:.2f}s)"
         )
         if self.reason:
@@ -333,9 +379,10 @@ class KeyResult:
 
 @dataclass(frozen=True)
 class Result:
-    """The verdict for a whole history: one `KeyResult` per key."""
+    """The verdict for a whole history: one `KeyResult` per key, or per
+    group of keys checked together (keyed by the tuple of its keys)."""
 
-    keys: dict[Value, KeyResult] = field(default_factory=dict)
+    keys: dict[Value | tuple[Value, ...], KeyResult] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -359,8 +406,11 @@ class Result:
     def report(self) -> str:
         """The overall verdict, then every key that is not linearizable."""
         n_ops = sum(k.operations for k in self.keys.values())
+        joint = [k for k in self.keys if isinstance(k, tuple)]
+        n_keys = len(self.keys) - len(joint) + sum(map(len, joint))
+        together = f" ({len(joint)} group(s) of keys checked together)" if joint else ""
         lines = [
-            f"{self.verdict.value}: {len(self.keys)} keys, {n_ops} operations checked, "
+            f"{self.verdict.value}: {n_keys} keys{together}, {n_ops} operations checked, "
             + f"{len(self.violations())} violations, {len(self.undecided())} undecided"
         ]
         lines += [str(k) for k in self.violations() + self.undecided()]
@@ -373,9 +423,11 @@ class Result:
 
 
 class _Search:
-    """Wing & Gong's search with Lowe's cache over one key's register steps."""
+    """Wing & Gong's search with Lowe's cache over one key's register steps
+    (or a group's joint steps: `model`)."""
 
-    def __init__(self, steps: list[_Step]) -> None:
+    def __init__(self, steps: list[_Step], model: _Model | None = None) -> None:
+        self.model = model = _Register() if model is None else model
         self.steps = steps = _number(steps)
         ends = sorted(
             [(s.call, 0, i) for i, s in enumerate(steps) if s.required]
@@ -404,7 +456,7 @@ class _Search:
         self.steps_taken = 0
         self.known = 0  # bitset of linearized required steps
         self.unknown = 0  # bitset of linearized optional steps
-        self.cache: dict[tuple[int, Any], list[int]] = {(0, None): [0]}
+        self.cache: dict[tuple[int, Any], list[int]] = {(0, model.initial): [0]}
         self.used = [0] * len(steps)  # per class of optional steps: how many placed
 
     def _unlink(self, e: int) -> None:
@@ -455,7 +507,8 @@ class _Search:
         steps, nxt, is_call, op_of, when = self.steps, self.nxt, self.is_call, self.op, self.time
         remaining = total = sum(s.required for s in steps)
         stack: list[tuple[int, Any, int]] = []  # (call entry, state before, `at`)
-        state: Any = None
+        state: Any = self.model.initial
+        apply = self.model.apply
         e, at, n = nxt[0], -1, 0  # at == -1: first pass
         limit = math.inf if max_steps is None else max_steps
         while remaining:
@@ -465,7 +518,7 @@ class _Search:
                 return Verdict.UNKNOWN
             if is_call[e] and (at < 0 or when[e] <= when[at]):
                 s = steps[op_of[e]]
-                new = _apply(s.code, s.a, s.b, state)
+                new = apply(s.code, s.a, s.b, state)
                 if new is not _INVALID and self._fresh(s, new):
                     stack.append((e, state, at))
                     state = new
@@ -521,17 +574,18 @@ class _Search:
             self.used[s.cls] -= 1
             self.unknown ^= 1 << (s.index + self.used[s.cls])
 
-    def diagnostic(self, key: Value) -> Diagnostic | None:
+    def diagnostic(self, key: Value | tuple[Value, ...]) -> Diagnostic | None:
         if self.best is None:
             return None
         prefix_ix, blocked_ix, pending_ix = self.best
         # Replay with the real values (the search ran on anonymised ones).
-        steps = [_normalise(s.op) or s for s in self.steps]
-        state = None
+        model = self.model
+        steps = model.real(self.steps)
+        state = model.initial
         for i in prefix_ix:
-            state = _apply(steps[i].code, steps[i].a, steps[i].b, state)
+            state = model.apply(steps[i].code, steps[i].a, steps[i].b, state)
         blocked = steps[blocked_ix]
-        candidates = [(steps[i].op, _explain(steps[i], state)) for i in pending_ix]
+        candidates = [(steps[i].op, model.explain(steps[i], state)) for i in pending_ix]
         # The window: the required operations overlapping the stretch from the
         # last few placed ones to the blocking completion, the unknown ones
         # placed in that stretch, and the candidates.
@@ -544,7 +598,7 @@ class _Search:
         return Diagnostic(
             key,
             [steps[i].op for i in prefix_ix],
-            state,
+            model.show(state),
             blocked.op,
             candidates,
             [steps[i].op for i in sorted(window)],
@@ -564,9 +618,71 @@ def check_key(
     """Checks the operations on one key against a register."""
     ops = sorted(ops, key=lambda o: (o.invoke_ns, o.id))
     steps = _anonymise([s for s in map(_normalise, ops) if s is not None])
+    return _search(key, steps, _Register(), len(ops), max_steps, max_seconds)
+
+
+def check_group(
+    keys: Iterable[Value],
+    ops: Iterable[Operation],
+    *,
+    universe: Iterable[Value] | None = None,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+) -> KeyResult:
+    """Checks the operations on a group of keys against their joint state
+    (tests/fault/txnmodel.py). `keys` must hold every key the operations
+    touch; `universe` is every key of the whole history (default: those of
+    `ops`), which says which keys a range read."""
+    ops = sorted(ops, key=lambda o: (o.invoke_ns, o.id))
+    names = tuple(sorted(set(keys), key=lambda k: (isinstance(k, str), k)))
+    known_keys = txnmodel.universe(ops) if universe is None else list(universe)
+    ix = {k: i for i, k in enumerate(names)}
+    kept: list[tuple[Operation, txnmodel.Program]] = []
+    try:
+        for op in ops:
+            prog = txnmodel.program(op, ix, known_keys)
+            if prog is not None:
+                kept.append((op, prog))
+    except txnmodel.Unmodelable as exc:
+        return KeyResult(names, Verdict.UNKNOWN, len(ops), 0, 0, 0.0, None, f"{exc}: NOT a pass")
+    real = [p for _, p in kept]
+    if any(op.outcome is Outcome.OK and op.complete_ns is None for op, _ in kept):
+        raise ValueError("ok operation without a completion time")
+    steps = [
+        _Step(
+            op,
+            _Code.JOINT,
+            prog,
+            None,
+            op.outcome is Outcome.OK,
+            -1,
+            -1,
+            op.invoke_ns,
+            _ret(op),
+        )
+        for (op, _), prog in zip(kept, txnmodel.anonymise(real), strict=True)
+    ]
+    return _search(names, steps, _Joint(names, real), len(ops), max_steps, max_seconds)
+
+
+def _ret(op: Operation) -> float:
+    """The completion time the search uses: +infinity unless known."""
+    if op.outcome is not Outcome.OK or op.complete_ns is None:
+        return math.inf
+    return float(op.complete_ns)
+
+
+def _search(
+    key: Value | tuple[Value, ...],
+    steps: list[_Step],
+    model: _Model,
+    n_ops: int,
+    max_steps: int | None,
+    max_seconds: float | None,
+) -> KeyResult:
     started = time.monotonic()
     deadline = None if max_seconds is None else started + max_seconds
-    search = _Search(steps)
+    search = _Search(steps, model)
     verdict = search.run(max_steps, deadline)
     elapsed = time.monotonic() - started
     reason = ""
@@ -580,7 +696,7 @@ def check_key(
         key,
         verdict,
         len(steps),
-        len(ops) - len(steps),
+        n_ops - len(steps),
         search.steps_taken,
         elapsed,
         diagnostic,
@@ -594,16 +710,18 @@ def check(
     max_steps_per_key: int | None = DEFAULT_MAX_STEPS,
     max_seconds_per_key: float | None = DEFAULT_MAX_SECONDS,
 ) -> Result:
-    """Checks a whole history, key by key. `None` budgets mean unlimited."""
-    by_key: dict[Value, list[Operation]] = defaultdict(list)
-    for op in history:
-        by_key[op.key].append(op)
-    return Result(
-        {
-            key: check_key(key, ops, max_steps=max_steps_per_key, max_seconds=max_seconds_per_key)
-            for key, ops in by_key.items()
-        }
-    )
+    """Checks a whole history, key by key, and the keys that multi-key
+    operations tie together group by group. `None` budgets mean unlimited."""
+    ops = list(history)
+    universe = txnmodel.universe(ops)
+    results: dict[Value | tuple[Value, ...], KeyResult] = {}
+    budget = {"max_steps": max_steps_per_key, "max_seconds": max_seconds_per_key}
+    for keys, group, joint in txnmodel.groups(ops):
+        if joint:
+            results[keys] = check_group(keys, group, universe=universe, **budget)
+        else:
+            results[keys[0]] = check_key(keys[0], group, **budget)
+    return Result(results)
 
 
 def main(argv: list[str] | None = None) -> int:
