@@ -7,11 +7,15 @@ Theory of operation
 Applying a command that changes keys (kvstore/statemachine.py) records one
 event per key it changed, at the command's revision, in the same batch as
 the change itself: PUT (key, value, version = mod revision, create
-revision) or DELETE (key). Keys:
+revision) or DELETE (key), with the key's mod revision before the change
+(0: it did not exist). Keys:
 
     w + revision (8 bytes BE) + index in the revision (4 bytes BE) -> msgpack
         [kind (0 put, 1 delete), key, value (None for a delete), version,
-         create_revision]
+         create_revision, prev_revision]
+
+(an event of a release before previous values has no prev_revision: it
+reads as PREV_UNKNOWN).
     m + b"watch" -> 24 bytes: floor, count, bytes (three big-endian u64)
 
 `floor` is the oldest revision whose events are all here: every revision
@@ -35,6 +39,20 @@ filter by [key, range_end), and stop at a revision boundary once the
 batch holds enough (a revision is never split: the watcher's cursor is a
 revision), or once `MAX_WATCH_SCAN` events were looked at, so a watcher of
 a rare key never makes one read long.
+
+Previous values (a watcher's prev_kv) are found at read time, not kept
+twice: the write path only adds the previous mod revision P to each event
+(a few bytes; the apply already read the old record), and a read that asks
+for them looks up the event of the same key at revision P, which holds the
+value written then (a key has at most one event per revision). So an
+overwrite costs no second copy of its value in the byte-bounded log, and
+writers that nobody watches with prev_kv pay nothing more. The price: once
+revision P is trimmed from this replica's log, the previous value is gone
+(the event says `prev_revision` P with `prev_value` None, "no longer
+kept"), even while the event itself is still kept; a key rewritten rarely
+on a busy store loses it first. A read resolves each revision P once (the
+PUTs of P in a dict), and the events it looks at there count toward
+`MAX_WATCH_SCAN`, checked at revision boundaries as the rest.
 """
 
 from __future__ import annotations
@@ -44,6 +62,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
+
+from kvstore.protocol import PREV_UNKNOWN
 
 if TYPE_CHECKING:  # the driver imports this module and must not import plyvel
     import plyvel
@@ -78,7 +98,9 @@ def event_key(revision: int) -> bytes:
 
 class Event(NamedTuple):
     """One change: at `revision`, `key` was PUT (with `value`, `version`
-    = the revision, and `create_revision`) or DELETEd."""
+    = the revision, and `create_revision`) or DELETEd. `prev_revision` and
+    `prev_value` are filled when a read asks for previous values, as
+    `kvstore.protocol.WatchEvent` says; else PREV_UNKNOWN and None."""
 
     revision: int
     kind: int
@@ -86,6 +108,8 @@ class Event(NamedTuple):
     value: bytes | None
     version: int
     create_revision: int
+    prev_revision: int = PREV_UNKNOWN
+    prev_value: bytes | None = None
 
 
 class _Span(NamedTuple):
@@ -140,8 +164,9 @@ class EventLog:
         return self._span.count
 
     def append(self, batch: plyvel.WriteBatch, events: Iterable[tuple[Any, ...]]) -> None:
-        """Adds `events` ((revision, kind, key, value, version, create), in
-        order) to `batch`, then trims the oldest revisions over retention."""
+        """Adds `events` ((revision, kind, key, value, version, create,
+        prev_revision), in order) to `batch`, then trims the oldest
+        revisions over retention."""
         floor, count, size = self._span
         added = 0
         last, index = -1, 0
@@ -200,25 +225,66 @@ class EventLog:
         revision: int,
         max_events: int = MAX_WATCH_EVENTS,
         max_bytes: int = MAX_WATCH_BYTES,
+        prev_kv: bool = False,
     ) -> tuple[list[Event], int] | None:
         """The events in [key, end) (end None: no end) from revision
         `start` on, and the revision to ask from next; None when `start`
-        is below the floor (compacted). `revision`: the state machine's."""
+        is below the floor (compacted). `revision`: the state machine's.
+        `prev_kv`: with previous values (see the module doc)."""
         if start < self.floor:
             return None
         found: list[Event] = []
         size = 0
         current = None
+        prev = _PrevValues(self._db, self._oldest) if prev_kv else None
         entries = self._db.iterator(start=event_key(start), stop=_EVENT_END)
         for scanned, (db_key, raw) in enumerate(entries):
             rev = _EVENT_KEY.unpack_from(db_key, 1)[0]
             if rev != current:
                 full = len(found) >= max_events or size >= max_bytes
-                if current is not None and (full or scanned >= MAX_WATCH_SCAN):
+                looked = scanned + (0 if prev is None else prev.scanned)
+                if current is not None and (full or looked >= MAX_WATCH_SCAN):
                     return found, current + 1
                 current = rev
-            kind, k, value, version, create = msgpack.unpackb(raw, raw=False)
+            fields = msgpack.unpackb(raw, raw=False)
+            k = fields[1]
             if _in_range(k, key, end):
-                found.append(Event(rev, kind, k, value, version, create))
-                size += len(k) + len(value or b"")
+                event = Event(rev, *fields[:5])
+                if prev is not None:
+                    event = prev.fill(event, fields[5] if len(fields) > 5 else PREV_UNKNOWN)
+                    size += len(event.prev_value or b"")
+                found.append(event)
+                size += len(k) + len(event.value or b"")
         return found, revision + 1
+
+
+class _PrevValues:
+    """The previous values of one read: the value of a key at revision P
+    is the value of its event at P (a PUT: the key existed after P), found
+    by one scan of P's events, whose PUTs are kept for the rest of the read."""
+
+    def __init__(self, db: plyvel.DB, oldest: int) -> None:
+        self._db = db
+        self._oldest = oldest  # nothing below it is left
+        self._puts: dict[int, dict[bytes, bytes]] = {}
+        self.scanned = 0  # events looked at in the revisions resolved
+
+    def fill(self, event: Event, prev_revision: int) -> Event:
+        """`event` with its previous revision and value (see WatchEvent)."""
+        if prev_revision <= 0:  # a create (0), or an event without it
+            return event._replace(prev_revision=prev_revision)
+        value = self._at(prev_revision).get(event.key)
+        return event._replace(prev_revision=prev_revision, prev_value=value)
+
+    def _at(self, revision: int) -> dict[bytes, bytes]:
+        puts = self._puts.get(revision)
+        if puts is None:
+            puts = self._puts[revision] = {}
+            if revision >= self._oldest:
+                start, stop = event_key(revision), event_key(revision + 1)
+                for _, raw in self._db.iterator(start=start, stop=stop):
+                    self.scanned += 1
+                    kind, k, value = msgpack.unpackb(raw, raw=False)[:3]
+                    if kind == PUT:
+                        puts[k] = value
+        return puts

@@ -119,7 +119,8 @@ class Op(IntEnum):
     LEASE_KEEPALIVE = 11  # lease: its deadline becomes log time + its TTL
     LEASE_TTL = 12  # lease (a read); keys_only: with its keys
     LEASE_LIST = 13  # a read: the lease ids after `lease` (0: from the first)
-    WATCH = 14  # key, range_end; expected_version: from revision; limit: hold (ms)
+    WATCH = 14  # key, range_end; expected_version: from revision; limit: hold (ms);
+    # stale: with previous values (prev_kv; see Request)
     SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
     MEMBER = 17  # membership: value None lists it, else a packed change (member_change)
     MOVE_LEADER = 18  # hand leadership to replica int(value) (kvctl move-leader)
@@ -239,10 +240,23 @@ class PutResult:
     version: int
 
 
+PREV_UNKNOWN = -1
+"""A WatchEvent's `prev_revision` when previous values were not asked for,
+or are not known: an event recorded by a release before they existed, or
+a reply from a replica of such a release (it ignores the request flag)."""
+
+
 class WatchEvent(NamedTuple):
     """One change a watcher is told: at `revision`, `key` was PUT (kind 0,
     with `value`, `version` = revision, `create_revision`) or DELETEd
-    (kind 1, value None)."""
+    (kind 1, value None).
+
+    With previous values asked for (WATCH's prev_kv flag): `prev_revision`
+    is the key's mod revision before this change, 0 when it did not exist
+    (a create), and `prev_value` its value then, or None when there is
+    none (0) or the event at `prev_revision` is no longer kept by the
+    replica's event log (`prev_revision` > 0: older than its retention).
+    `PREV_UNKNOWN` otherwise (see there)."""
 
     revision: int
     kind: int
@@ -250,6 +264,8 @@ class WatchEvent(NamedTuple):
     value: bytes | None
     version: int
     create_revision: int
+    prev_revision: int = PREV_UNKNOWN
+    prev_value: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +336,12 @@ class Request:
     MOVE_LEADER: no session; `value` = the target replica id in ASCII; the
     leader starts handing over (OK) or says why not (BAD_REQUEST);
     followers REDIRECT. The caller watches STATUS for the new leader.
+    WATCH (replica/watch.py): key, range_end, `expected_version` = the
+    revision to start from, `limit` = the hold time (ms); `stale=True`
+    asks for previous values (prev_kv, `WatchEvent`). A watch is always
+    answered from what the answering replica applied, so the flag had no
+    other meaning for WATCH, and a replica of an earlier release ignores
+    it: its events then come without them (PREV_UNKNOWN), never refused.
     """
 
     op: Op
@@ -436,7 +458,8 @@ MAX_WATCH_HOLD_MS = 10_000
 def _check_watch(req: Request) -> tuple[Status, str] | None:
     """WATCH: a key (and a range_end), the revision to start from
     (`expected_version`, >= 1) and how long the replica may hold the
-    request waiting for an event (`limit`, ms); nothing else."""
+    request waiting for an event (`limit`, ms), and `stale` for previous
+    values (see Request); nothing else."""
     if (
         req.value is not None
         or req.expected_value is not None
@@ -801,7 +824,7 @@ def _encode_result(result: OpResult) -> list:
     if isinstance(result, PutResult):
         return [_PUT_TAG, result.version]
     if isinstance(result, WatchResult):
-        return [_WATCH_TAG, [list(e) for e in result.events], result.next_revision]
+        return [_WATCH_TAG, [_encode_event(e) for e in result.events], result.next_revision]
     return [_TXN_TAG, [_encode_result(r) for r in result.responses]]
 
 
@@ -833,7 +856,22 @@ def _decode_result(raw: Any, nested: bool = False) -> OpResult:
     raise ProtocolError(f"unknown result tag {tag!r}")
 
 
+def _encode_event(event: WatchEvent) -> list:
+    """Six fields, as before previous values existed (what an older client
+    decodes), unless the event carries a known previous revision: eight,
+    with prev_revision and prev_value (only a watcher that asked gets those)."""
+    if event.prev_revision == PREV_UNKNOWN:
+        return list(event[:6])
+    return list(event)
+
+
 def _decode_event(raw: Any) -> WatchEvent:
+    if isinstance(raw, list) and len(raw) == 8:
+        prev_revision = _check(raw[6], int, "event prev_revision")
+        prev_value = _check(raw[7], (bytes, type(None)), "event prev_value")
+        raw = raw[:6]
+    else:
+        prev_revision, prev_value = PREV_UNKNOWN, None
     revision, kind, key, value, version, create = _fields(raw, 6, "an event")
     return WatchEvent(
         _check(revision, int, "event revision"),
@@ -842,6 +880,8 @@ def _decode_event(raw: Any) -> WatchEvent:
         _check(value, (bytes, type(None)), "event value"),
         _check(version, int, "event version"),
         _check(create, int, "event create_revision"),
+        prev_revision,
+        prev_value,
     )
 
 

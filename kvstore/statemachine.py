@@ -573,7 +573,8 @@ class _Pending:
         self.leases: dict[int, _Lease | None] = {}  # None: deleted in this call
         self._stored_leases: dict[int, _Lease | None] = {}
         self.attached: dict[tuple[int, bytes], bool] = {}  # (lease, key) -> attached
-        self.events: list[tuple[int, int, bytes, bytes | None, int, int]] = []  # for watchers
+        # for watchers: (revision, kind, key, value, version, create, prev revision)
+        self.events: list[tuple[int, int, bytes, bytes | None, int, int, int]] = []
 
     def lease(self, lease_id: int) -> _Lease | None:
         if lease_id in self.leases:
@@ -605,9 +606,10 @@ class _Pending:
         """Sets a key's record (None: deleted), moving it between leases."""
         old = self.record(key)
         if entry is not None:
-            self.events.append((self.revision, PUT, key, entry[0], entry[1], entry[2]))
+            prev = 0 if old is None else old[1]
+            self.events.append((self.revision, PUT, key, entry[0], entry[1], entry[2], prev))
         elif old is not None:
-            self.events.append((self.revision, DELETE, key, None, self.revision, old[2]))
+            self.events.append((self.revision, DELETE, key, None, self.revision, old[2], old[1]))
         before, after = (0 if old is None else old[3]), (0 if entry is None else entry[3])
         if before != after:
             if before:
@@ -1234,15 +1236,16 @@ class KVStateMachine:
     # -- watch (kvstore/events.py) ------------------------------------------------
 
     def watch_events(
-        self, start: int, key: bytes, range_end: bytes | None
+        self, start: int, key: bytes, range_end: bytes | None, prev_kv: bool = False
     ) -> tuple[list[Event], int] | None:
         """The changes to the range from revision `start` on (a bounded
         batch of whole revisions) and the revision to go on from; None when
-        `start` is below `events.floor` (compacted here)."""
+        `start` is below `events.floor` (compacted here). `prev_kv`: with
+        previous values."""
         bounds = _bounds(key, range_end)
         if bounds is None:
             return ([], self.revision + 1) if start >= self.events.floor else None
-        return self.events.read(start, *bounds, self.revision)
+        return self.events.read(start, *bounds, self.revision, prev_kv=prev_kv)
 
     # -- leases -------------------------------------------------------------------
 

@@ -12,6 +12,9 @@ the retention is answered COMPACTED, naming the oldest revision this
 replica still has. Any replica serves watches from what it has applied
 (the events of a revision are the same everywhere), so the client resumes
 anywhere, from its last revision, without a gap or a repeat (client/watch.py).
+A request with the prev_kv flag (the request's `stale` field: see
+kvstore/protocol.py Request) gets each event's previous value too, looked
+up in the same event log when the reply is built (kvstore/events.py).
 No I/O here: the driver calls it after each apply and each tick.
 """
 
@@ -34,7 +37,7 @@ class EventSource(Protocol):
     def revision(self) -> int: ...
 
     def watch_events(
-        self, start: int, key: bytes, range_end: bytes | None
+        self, start: int, key: bytes, range_end: bytes | None, prev_kv: bool = False
     ) -> tuple[list[Event], int] | None: ...
 
 
@@ -81,7 +84,7 @@ class Watches:
     ) -> bool:
         """Replies when there are events (or `final`); else moves the held
         request's start past what it looked at. Returns whether it replied."""
-        found = self._source.watch_events(start, req.key, req.range_end)
+        found = self._source.watch_events(start, req.key, req.range_end, prev_kv=req.stale)
         revision = self._source.revision
         if found is None:
             oldest = self._source.events.floor

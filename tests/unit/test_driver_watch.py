@@ -3,7 +3,9 @@ request from a revision already applied is answered at once with whole
 revisions in order, a held one as soon as a matching change applies (on a
 follower too), one with nothing to report after its hold time with the
 revision to go on from, and one below the retention with COMPACTED naming
-the oldest revision kept."""
+the oldest revision kept; with the prev_kv flag (the request's `stale`)
+each event also carries the key's previous revision and value, on the
+wire as two more fields that only such a watcher gets."""
 
 # ruff: noqa: F811 - the fixture of test_server_loop is imported by name
 
@@ -11,15 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgpack
 import pytest
 
 from kvstore.protocol import (
+    PREV_UNKNOWN,
     Op,
     Request,
     Response,
     Status,
+    WatchEvent,
     WatchResult,
+    decode_response,
     encode_request,
+    encode_response,
     prefix_end,
 )
 from replica.server import Replica
@@ -30,9 +37,16 @@ pytestmark = pytest.mark.timeout(60)
 CID = b"W" * 16
 
 
-def watch_req(start: int, hold_ms: int, key: bytes = b"p/") -> Request:
+def watch_req(start: int, hold_ms: int, key: bytes = b"p/", prev_kv: bool = False) -> Request:
     return Request(
-        Op.WATCH, CID, 1, key, range_end=prefix_end(key), expected_version=start, limit=hold_ms
+        Op.WATCH,
+        CID,
+        1,
+        key,
+        stale=prev_kv,
+        range_end=prefix_end(key),
+        expected_version=start,
+        limit=hold_ms,
     )
 
 
@@ -86,3 +100,52 @@ def test_a_compacted_revision_names_the_oldest(make: Callable[[int], list[Replic
     assert f"the oldest available is {oldest}" in resp.error
     assert events_of(c.call(rs, watch_req(oldest, 0)))[0] == (oldest, b"p/%d" % oldest)
     c.close()
+
+
+def test_previous_values_on_request_and_only_then_on_the_wire(
+    make: Callable[[int], list[Replica]],
+) -> None:
+    rs = make(3)
+    leader = leader_of(rs)
+    follower = next(r for r in rs if r is not leader)
+    c = Client(leader)
+    assert c.call(rs, Request(Op.PUT, CID, 1, b"p/a", b"one")).status is Status.OK
+    assert c.call(rs, Request(Op.PUT, CID, 2, b"p/a", b"two")).status is Status.OK
+    assert c.call(rs, Request(Op.DELETE, CID, 3, b"p/a")).status is Status.OK
+    pump(rs, lambda: follower.sm.revision == 3)
+    watcher = Client(follower)
+    raw_events = {}
+    for prev_kv in (False, True):
+        watcher.send(encode_request(watch_req(1, 0, prev_kv=prev_kv)))
+        pump(rs, lambda: watcher.sock.poll(0))
+        _, payload = watcher.sock.recv_multipart()
+        raw_events[prev_kv] = msgpack.unpackb(payload)[7][1]
+        resp = decode_response(payload)
+        assert isinstance(resp.result, WatchResult)
+        got = [(e.revision, e.kind, e.prev_revision, e.prev_value) for e in resp.result.events]
+        if prev_kv:
+            assert got == [(1, 0, 0, None), (2, 0, 1, b"one"), (3, 1, 2, b"two")]
+        else:
+            assert got == [(1, 0, PREV_UNKNOWN, None), (2, 0, PREV_UNKNOWN, None),
+                           (3, 1, PREV_UNKNOWN, None)]  # fmt: skip
+    # Six fields an event unless asked: what a client of the previous release decodes.
+    assert [len(e) for e in raw_events[False]] == [6, 6, 6]
+    assert [len(e) for e in raw_events[True]] == [8, 8, 8]
+    watcher.close()
+    c.close()
+
+
+def test_a_watch_reply_from_a_replica_without_previous_values_still_decodes() -> None:
+    """A replica of the previous release ignores the flag and sends six
+    fields: the events decode with PREV_UNKNOWN; eight decode both."""
+    six = WatchEvent(4, 0, b"k", b"v", 4, 2)
+    eight = six._replace(prev_revision=2, prev_value=b"u")
+    old_reply = msgpack.packb([1, 0, None, 4, None, "", None, [5, [list(six)], 5]])
+    assert decode_response(old_reply).result == WatchResult((six,), 5)
+    assert six.prev_revision == PREV_UNKNOWN and six.prev_value is None
+    both = Response(Status.OK, version=4, result=WatchResult((six, eight), 5))
+    assert decode_response(encode_response(both)) == both
+    created = six._replace(prev_revision=0)  # known: no previous value
+    assert decode_response(
+        encode_response(Response(Status.OK, result=WatchResult((created,), 5)))
+    ).result == WatchResult((created,), 5)

@@ -3,7 +3,10 @@ LevelDB and MemoryDB: one event per changed key at its command's revision
 (puts, deletes, range deletes, transactions, lease expiry), reads filtered
 by range in whole revisions with the revision to go on from, retention by
 count and bytes raising the floor (a read below it is refused), the floor
-kept across a restart and raised by a snapshot install."""
+kept across a restart and raised by a snapshot install; previous values
+(prev_kv) found at read time from the event at the previous revision,
+"no longer kept" once it is trimmed, unknown for events of the previous
+release, and never a second copy of a value on the write path."""
 
 # ruff: noqa: F811 - the fixtures of test_statemachine are imported by name
 
@@ -11,11 +14,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from kvstore.config import ConfigError, WatchSettings, load_watch_settings
-from kvstore.events import DELETE, PUT, WATCH_RETAIN_BYTES, WATCH_RETAIN_EVENTS, Event
-from kvstore.protocol import FROM_KEY, Op, Txn, TxnOp, TxnOpKind, encode_lease_expiry
+from kvstore.events import (
+    DELETE,
+    EVENT_PREFIX,
+    PUT,
+    WATCH_RETAIN_BYTES,
+    WATCH_RETAIN_EVENTS,
+    Event,
+    event_key,
+)
+from kvstore.protocol import (
+    FROM_KEY,
+    PREV_UNKNOWN,
+    Op,
+    Txn,
+    TxnOp,
+    TxnOpKind,
+    encode_lease_expiry,
+)
 from kvstore.statemachine import KVStateMachine
 from tests.unit.test_statemachine import (  # noqa: F401 - fixtures
     T0,
@@ -46,10 +66,14 @@ class WatchClient(Client):
         return self._cmd(op=Op.PUT, key=key, value=b"l", lease=lease)
 
 
-def everything(sm: KVStateMachine, start: int = 1) -> list[Event]:
-    found = sm.watch_events(start, b"\0", FROM_KEY)
+def everything(sm: KVStateMachine, start: int = 1, prev_kv: bool = False) -> list[Event]:
+    found = sm.watch_events(start, b"\0", FROM_KEY, prev_kv=prev_kv)
     assert found is not None
     return found[0]
+
+
+def prevs(events: list[Event]) -> list[tuple[int, bytes, int, bytes | None]]:
+    return [(e.revision, e.key, e.prev_revision, e.prev_value) for e in events]
 
 
 def test_every_change_is_an_event_at_its_revision(sm: KVStateMachine) -> None:
@@ -126,6 +150,105 @@ def test_a_snapshot_install_raises_the_floor(new_db: NewDB) -> None:
     dst.apply(follow)
     assert everything(dst, dst.events.floor) == everything(src, dst.events.floor)
     assert dst.events.count == 1  # the stale event below the floor was trimmed
+
+
+def test_previous_values_on_request(sm: KVStateMachine) -> None:
+    c = WatchClient()
+    run(sm, clk(T0), c.put(b"a", b"1"), c.put(b"a", b"2"), c.delete(b"a"), c.put(b"a", b"3"))
+    run(sm, c.txn_puts(b"p/1", b"p/2"), c.put(b"p/1", b"u"), c.delete_range(b"p/", b"p0"))
+    run(sm, c.grant(9), c.put_leased(b"l", 9), clk(T0 + 1_000), encode_lease_expiry([9]))
+    assert prevs(everything(sm, prev_kv=True)) == [
+        (1, b"a", 0, None),  # created: no previous value
+        (2, b"a", 1, b"1"),
+        (3, b"a", 2, b"2"),  # a delete: the value deleted
+        (4, b"a", 0, None),  # created again
+        (5, b"p/1", 0, None),
+        (5, b"p/2", 0, None),
+        (6, b"p/1", 5, b"t"),  # from a revision of two events
+        (7, b"p/1", 6, b"u"),
+        (7, b"p/2", 5, b"t"),
+        (8, b"l", 0, None),
+        (9, b"l", 8, b"l"),  # a lease expiry
+    ]
+    # Without the flag, nothing of it (what the wire then sends: six fields).
+    assert {(e.prev_revision, e.prev_value) for e in everything(sm)} == {(PREV_UNKNOWN, None)}
+    # A filtered read resolves from events outside its range's matches too.
+    found = sm.watch_events(3, b"a", None, prev_kv=True)
+    assert found is not None and prevs(found[0]) == [(3, b"a", 2, b"2"), (4, b"a", 0, None)]
+
+
+def test_a_transaction_that_deletes_and_puts_a_key_has_its_previous_value(
+    sm: KVStateMachine,
+) -> None:
+    c = WatchClient()
+    run_one(sm, c.put(b"k", b"old"))
+    ops = (TxnOp(TxnOpKind.DELETE, b"k"), TxnOp(TxnOpKind.PUT, b"k", value=b"new"))
+    run_one(sm, c._cmd(op=Op.TXN, txn=Txn((), ops, ())))
+    (event,) = everything(sm, 2, prev_kv=True)
+    assert (event.kind, event.create_revision, event.prev_revision, event.prev_value) == (
+        PUT,
+        2,  # created anew at 2, as far as its create revision says ...
+        1,  # ... but it existed before: its previous value is there
+        b"old",
+    )
+
+
+def test_the_write_path_keeps_no_second_copy_of_a_value(sm: KVStateMachine) -> None:
+    c = WatchClient()
+    run(sm, c.put(b"k", b"x" * 1000), c.put(b"k", b"y"), c.delete(b"k"))
+    sizes = [len(raw) for _, raw in sm._db.iterator(prefix=EVENT_PREFIX)]
+    assert sizes[0] > 1000 and sizes[1] < 20 and sizes[2] < 20  # the 1000 bytes once
+    assert prevs(everything(sm, prev_kv=True))[1:] == [
+        (2, b"k", 1, b"x" * 1000),
+        (3, b"k", 2, b"y"),
+    ]
+
+
+def test_a_trimmed_previous_revision_is_no_longer_kept(new_db: NewDB) -> None:
+    sm = KVStateMachine(new_db(), watch_retention=(10, 1 << 20))
+    c = WatchClient()
+    run_one(sm, c.put(b"rare", b"first"))
+    for i in range(20):
+        run_one(sm, c.put(b"busy", b"%d" % i))
+    assert sm.events.floor > 1  # revision 1 was trimmed
+    run_one(sm, c.put(b"rare", b"second"))
+    run_one(sm, c.delete(b"rare"))
+    found = sm.watch_events(22, b"rare", None, prev_kv=True)
+    assert found is not None
+    assert prevs(found[0]) == [(22, b"rare", 1, None), (23, b"rare", 22, b"second")]
+    busy = sm.watch_events(sm.events.floor + 1, b"busy", None, prev_kv=True)
+    assert busy is not None and all(e.prev_value is not None for e in busy[0])
+
+
+def test_events_of_the_previous_release_read_as_unknown(new_db: NewDB) -> None:
+    db = new_db()
+    sm = KVStateMachine(db)
+    c = WatchClient()
+    run(sm, c.put(b"a", b"1"), c.put(b"a", b"2"), c.put(b"b", b"1"))
+    # What the release before previous values wrote: five fields an event.
+    for db_key, raw in list(db.iterator(start=event_key(1), stop=event_key(4))):
+        db.put(db_key, msgpack.packb(msgpack.unpackb(raw)[:5], use_bin_type=True))
+    sm = KVStateMachine(db)  # a restart on that data directory
+    run(sm, c.put(b"a", b"3"), c.delete(b"b"))
+    assert prevs(everything(sm, prev_kv=True)) == [
+        (1, b"a", PREV_UNKNOWN, None),
+        (2, b"a", PREV_UNKNOWN, None),
+        (3, b"b", PREV_UNKNOWN, None),
+        (4, b"a", 2, b"2"),  # new events resolve from the old ones' values
+        (5, b"b", 3, b"1"),
+    ]
+
+
+def test_previous_values_count_toward_a_reply_s_bytes(sm: KVStateMachine) -> None:
+    c = WatchClient()
+    for i in range(4):
+        run_one(sm, c.put(b"k", b"%d" % i * 100))
+    plain = sm.events.read(2, b"k", b"l", sm.revision, max_bytes=250)
+    with_prev = sm.events.read(2, b"k", b"l", sm.revision, max_bytes=250, prev_kv=True)
+    assert plain is not None and with_prev is not None
+    assert [e.revision for e in plain[0]] == [2, 3, 4]  # 101 bytes each
+    assert [e.revision for e in with_prev[0]] == [2, 3]  # 202 bytes each
+    assert with_prev[1] == 4
 
 
 def test_the_watch_table_of_the_cluster_config(tmp_path: Path) -> None:
