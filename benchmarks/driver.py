@@ -21,6 +21,10 @@ multiplexes its clients on one event loop:
   logical client. Errors (leader lost, member down, deadline) back off and
   try the next member with the same request.
 
+A RunSpec with `api` set runs the API scenarios instead (range scans and
+transactions through the client libraries, a thread per logical client:
+benchmarks/api.py), in the same workers, window and histograms.
+
 Both send to the leader first (the harness tells them which it is); both
 measure from the first send of a request to its final answer, so retries
 and redirects are inside the latency.
@@ -71,6 +75,10 @@ class RunSpec:
     timeline: bool = False  # keep every completion time (failover scenario)
     client_base: int = 0  # logical client numbers start here (distinct streams per run)
     curve: list[str] | None = None  # CURVE: [server key, public, secret] (Z85); None: plaintext
+    # the API scenarios (benchmarks/api.py): {"op": "scan"|"txn", ...}; the
+    # logical clients are then threads with blocking clients (KVClient, gRPC)
+    api: dict[str, Any] | None = None
+    kv_args: dict[str, str] = field(default_factory=dict)  # KVClient's key files (CURVE)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,6 +109,7 @@ class WorkerStats:
     last_ns: int | None = None  # last measured completion
     timeline: list[int] = field(default_factory=list)
     cpu_s: float = 0.0  # CPU time of this worker process during the run (all threads)
+    counters: Counter = field(default_factory=Counter)  # API scenarios: requests, keys
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +125,7 @@ class WorkerStats:
             "last_ns": self.last_ns,
             "timeline": self.timeline,
             "cpu_s": self.cpu_s,
+            "counters": dict(self.counters),
         }
 
 
@@ -584,7 +594,9 @@ def worker_loop(wid: int, task_q: Any, ready_q: Any, result_q: Any, progress: An
         try:
             spec = RunSpec.from_dict(spec_dict)
             run = run_paxoskv if spec.system == "paxoskv" else run_etcd
-            if spec.system == "paxoskv":
+            if spec.api is not None:
+                from benchmarks.api import run_api as run
+            elif spec.system == "paxoskv":
                 check_workload(spec.workload)
             if spec.workload.distribution == "zipfian":  # the O(keys) set-up, before the start
                 from benchmarks.workload import _zipf_cdf

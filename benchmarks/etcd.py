@@ -21,15 +21,22 @@ is called with no serializer, so requests and replies are raw bytes.
 Messages used (proto3; field number: type):
   ResponseHeader  1 cluster_id, 2 member_id, 3 revision, 4 raft_term
   PutRequest      1 key, 2 value
-  RangeRequest    1 key, 7 serializable (false = linearizable, the default)
-  RangeResponse   1 header, 2 kvs (mvccpb.KeyValue), 4 count
+  RangeRequest    1 key, 2 range_end, 3 limit, 7 serializable (false =
+                  linearizable, the default)
+  RangeResponse   1 header, 2 kvs (mvccpb.KeyValue), 3 more, 4 count
   KeyValue        1 key, 2 create_revision, 3 mod_revision, 4 version, 5 value
-  Compare         1 result (EQUAL=0), 2 target (VALUE=3), 3 key, 7 value
+  Compare         1 result (EQUAL=0), 2 target (MOD=2, VALUE=3), 3 key,
+                  6 mod_revision, 7 value
   RequestOp       2 request_put
   TxnRequest      1 compare, 2 success, 3 failure
   TxnResponse     1 header, 2 succeeded
   StatusResponse  1 header, 2 version, 3 dbSize, 4 leader, 5 raftIndex,
                   6 raftTerm, 7 raftAppliedIndex
+  WatchRequest    1 create_request (WatchCreateRequest: 1 key, 2 range_end,
+                  3 start_revision)
+  WatchResponse   1 header, 2 watch_id, 3 created, 4 canceled,
+                  5 compact_revision, 6 cancel_reason, 11 events
+  Event           1 type (PUT=0, DELETE=1), 2 kv
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ KV_PUT = "/etcdserverpb.KV/Put"
 KV_RANGE = "/etcdserverpb.KV/Range"
 KV_TXN = "/etcdserverpb.KV/Txn"
 MAINT_STATUS = "/etcdserverpb.Maintenance/Status"
+WATCH = "/etcdserverpb.Watch/Watch"
 
 
 # --------------------------------------------------------------------------
@@ -122,8 +130,16 @@ def encode_put(key: bytes, value: bytes) -> bytes:
     return _field_bytes(1, key) + _field_bytes(2, value)
 
 
-def encode_range(key: bytes, serializable: bool = False) -> bytes:
+def encode_range(
+    key: bytes, serializable: bool = False, range_end: bytes | None = None, limit: int = 0
+) -> bytes:
+    """A RangeRequest: one key, or [key, range_end) with at most `limit`
+    keys (0: all of them, in one reply)."""
     msg = _field_bytes(1, key)
+    if range_end is not None:
+        msg += _field_bytes(2, range_end)
+    if limit:
+        msg += _field_varint(3, limit)
     if serializable:
         msg += _field_varint(7, 1)
     return msg
@@ -139,6 +155,85 @@ def encode_cas(key: bytes, expected: bytes, new: bytes) -> bytes:
     )
     success = _field_bytes(2, encode_put(key, new))  # RequestOp.request_put
     return _field_bytes(1, compare) + _field_bytes(2, success)
+
+
+def encode_txn_mod(keys: list[bytes], mod_revisions: list[int], value: bytes) -> bytes:
+    """Txn: if every key's mod_revision is the one given (the revision of
+    its last change: this store's `version`), put `value` to every key."""
+    msg = b""
+    for key, rev in zip(keys, mod_revisions, strict=True):
+        compare = (
+            _field_varint(2, 2)  # target MOD (result EQUAL, the default 0)
+            + _field_bytes(3, key)
+            + _field_varint(6, rev)
+        )
+        msg += _field_bytes(1, compare)
+    for key in keys:
+        msg += _field_bytes(2, _field_bytes(2, encode_put(key, value)))
+    return msg
+
+
+def encode_watch_create(
+    key: bytes, range_end: bytes | None = None, start_revision: int = 0
+) -> bytes:
+    """A WatchRequest creating a watch on [key, range_end) (from
+    `start_revision`; 0: from the member's next revision)."""
+    create = _field_bytes(1, key)
+    if range_end is not None:
+        create += _field_bytes(2, range_end)
+    if start_revision:
+        create += _field_varint(3, start_revision)
+    return _field_bytes(1, create)
+
+
+def decode_watch_response(buf: bytes) -> dict[str, object]:
+    """created, canceled, cancel_reason, and the events as (type, key,
+    mod_revision) tuples (type 0 PUT, 1 DELETE)."""
+    f = parse_fields(buf)
+    events = []
+    for raw in f.get(11, []):
+        ev = parse_fields(raw)
+        kv = parse_fields(ev[2][0]) if 2 in ev else {}
+        events.append((ev.get(1, [0])[0], kv.get(1, [b""])[0], kv.get(3, [0])[0]))
+    return {
+        "created": bool(f.get(3, [0])[0]),
+        "canceled": bool(f.get(4, [0])[0]),
+        "cancel_reason": f.get(6, [b""])[0].decode(errors="replace"),
+        "events": events,
+    }
+
+
+def scan_range_reply(buf: bytes) -> tuple[int, bool, int]:
+    """(keys in the reply, more, count) of a RangeResponse, walking its
+    top-level fields only: the KeyValues are skipped, not decoded (a scan's
+    client only needs to know it got them all)."""
+    n = 0
+    more = False
+    count = 0
+    pos, end = 0, len(buf)
+    while pos < end:
+        tag, pos = _read_varint(buf, pos)
+        if tag & 7 == 2:
+            ln, pos = _read_varint(buf, pos)
+            pos += ln
+            n += tag >> 3 == 2
+        elif tag & 7 == 0:
+            val, pos = _read_varint(buf, pos)
+            if tag >> 3 == 3:
+                more = bool(val)
+            elif tag >> 3 == 4:
+                count = val
+        else:
+            raise ValueError(f"unexpected wire type {tag & 7} in a RangeResponse")
+    return n, more, count
+
+
+def decode_mod_revision(buf: bytes) -> int | None:
+    """The mod_revision of the first key of a RangeResponse, None when absent."""
+    kvs = parse_fields(buf).get(2)
+    if not kvs:
+        return None
+    return parse_fields(kvs[0]).get(3, [0])[0]
 
 
 def decode_header(buf: bytes) -> dict[str, int]:

@@ -240,6 +240,7 @@ def merge_results(spec: RunSpec, parts: list[dict[str, Any]], t_start: int) -> d
     errors: Counter = Counter()
     totals = Counter()
     timeline: list[int] = []
+    counters: Counter = Counter()
     firsts, lasts = [], []
     for part in parts:
         for op, hd in part["hists"].items():
@@ -258,6 +259,7 @@ def merge_results(spec: RunSpec, parts: list[dict[str, Any]], t_start: int) -> d
             firsts.append(part["first_ns"])
             lasts.append(part["last_ns"])
         timeline.extend(part["timeline"])
+        counters.update(part.get("counters") or {})
         totals["cpu_ns"] += int(part.get("cpu_s", 0.0) * 1e9)
     overall = Histogram.merged(by_op.values())
     measure_from = t_start + int(spec.warmup * 1e9)
@@ -282,6 +284,8 @@ def merge_results(spec: RunSpec, parts: list[dict[str, Any]], t_start: int) -> d
         "client_cpu_s": round(totals["cpu_ns"] / 1e9, 3),
         "histogram": overall.to_dict(),
     }
+    if counters:
+        result["counters"] = dict(counters)
     if spec.timeline:
         result["timeline_ns"] = sorted(timeline)
         result["t_start_ns"] = t_start

@@ -9,6 +9,12 @@
 With the footprint scenario a third row: 7. every replica's RSS and
 8. data-directory size against the writes done (a line per replica, the
 live data dotted), 9. the write rate over the run.
+
+With the API scenarios (issue 14) a row more: range-scan latency (p50
+bars, p99 ticks) per scan size and client count, transaction latency vs
+throughput, and the CDF of the PUT-to-event latency of each watcher.
+When only the footprint or only the API scenarios ran, the PNG is that
+row (or those two rows) alone.
 """
 
 from __future__ import annotations
@@ -82,15 +88,24 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         f"({m.get('cores', '?')} cores {m.get('cpu', '')}, fsync p50 "
         f"{m.get('fsync_ms', {}).get('p50', float('nan')):.2f} ms) - {doc.get('created', '')}"
     )
+    with_api = any(_api(sc) for _, sc in systems)
     main = any(sc.get(k) for k in ("steady", "values", "store", "failover") for _, sc in systems)
-    if with_fp and not main:
-        # only the footprint (and catch-up) ran: one row, no empty panels
-        fig, axes = plt.subplots(1, 4, figsize=(22, 5.5))
+    if (with_fp or with_api) and not main:
+        # only the footprint (and catch-up) and/or the API scenarios ran:
+        # their rows alone, no empty panels
+        rows = int(with_fp) + int(with_api)
+        cols = 4 if with_fp else 3
+        fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 5.5 * rows), squeeze=False)
         fig.suptitle(title, fontsize=11)
-        _plot_footprint(systems, axes[:3], cfg)
-        _plot_bars(axes[3], systems, cfg)
-        return _save(fig, path, top=0.93)
-    rows = 3 if with_fp else 2
+        if with_fp:
+            _plot_footprint(systems, axes[0][:3], cfg)
+            _plot_bars(axes[0][3], systems, cfg)
+        if with_api:
+            _plot_api(systems, axes[rows - 1][:3], cfg)
+            if cols == 4:
+                axes[rows - 1][3].set_visible(False)
+        return _save(fig, path, top=0.93 if rows == 1 else 0.95)
+    rows = 2 + int(with_fp) + int(with_api)
     fig, axes = plt.subplots(rows, 3, figsize=(17, 4.75 * rows))
     (ax_lt, ax_cdf, ax_val), (ax_store, ax_fo, ax_bar) = axes[0], axes[1]
     fig.suptitle(title, fontsize=11)
@@ -247,8 +262,10 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
     if with_fp:
         _plot_footprint(systems, axes[2], cfg)
+    if with_api:
+        _plot_api(systems, axes[rows - 1], cfg)
 
-    return _save(fig, path, top=0.97 if with_fp else 0.96)
+    return _save(fig, path, top=0.96 if rows == 2 else 0.97)
 
 
 def _save(fig: Any, path: Path, top: float) -> Path:
@@ -386,3 +403,86 @@ def _plot_footprint(systems: list[tuple[str, dict[str, Any]]], axes: Any, cfg: d
         ax.grid(True, alpha=0.3)
         ax.set_xlim(left=0)
         _legend(ax, ncols=2)
+
+
+def _api(sc: dict[str, Any]) -> bool:
+    return any(isinstance(sc.get(k), dict) for k in ("range", "txn", "watch"))
+
+
+def _plot_api(systems: list[tuple[str, dict[str, Any]]], axes: Any, cfg: dict) -> None:
+    """Issue 14: range scans (p50 bars, p99 ticks, log), transactions
+    (latency vs throughput over the client counts), watch latency CDFs."""
+    from benchmarks.histogram import Histogram
+
+    ax_rng, ax_txn, ax_w = axes
+    # range scans: a group per (size, clients), a bar per system
+    points = sorted(
+        {
+            (r["keys_per_scan"], r["clients"])
+            for _, sc in systems
+            for r in (sc.get("range") or {}).get("runs", [])
+            if isinstance(sc.get("range"), dict)
+        }
+    )
+    width = 0.8 / max(1, len(systems))
+    for k, (name, sc) in enumerate(systems):
+        runs = (sc.get("range") or {}).get("runs", []) if isinstance(sc.get("range"), dict) else []
+        by = {(r["keys_per_scan"], r["clients"]): r for r in runs if r["ops"]}
+        xs = [i + (k - (len(systems) - 1) / 2) * width for i in range(len(points))]
+        p50 = [by[p]["latency_ms"]["p50"] if p in by else 0 for p in points]
+        p99 = [by[p]["latency_ms"]["p99"] if p in by else float("nan") for p in points]
+        ax_rng.bar(xs, p50, width, color=COLORS.get(name), label=f"{name} p50")
+        ax_rng.plot(xs, p99, "_", ms=14, mew=2, color="k", alpha=0.6)
+    if points:
+        ax_rng.set_xticks(
+            range(len(points)), [f"{n:,} keys\n{c} cl." for n, c in points], fontsize=8
+        )
+        ax_rng.set_yscale("log")
+        _plain_log(ax_rng, "y")
+    ax_rng.set_ylabel("scan latency (ms, log; tick: p99)")
+    ax_rng.set_title("linearizable range scans (every page)")
+    ax_rng.grid(True, axis="y", which="both", alpha=0.3)
+    _legend(ax_rng)
+    # transactions: latency vs throughput
+    for name, sc in systems:
+        runs = (sc.get("txn") or {}).get("runs", []) if isinstance(sc.get("txn"), dict) else []
+        runs = [r for r in runs if r["ops"]]
+        if not runs:
+            continue
+        col = COLORS.get(name)
+        x = [r["throughput"] for r in runs]
+        ax_txn.plot(x, [r["latency_ms"]["p50"] for r in runs], "o-", color=col, label=f"{name} p50")
+        ax_txn.plot(
+            x, [r["latency_ms"]["p99"] for r in runs], "s--", color=col, alpha=0.7,
+            label=f"{name} p99",
+        )  # fmt: skip
+        for r in runs:
+            ax_txn.annotate(
+                f"{r['clients']}c", (r["throughput"], r["latency_ms"]["p50"]),
+                textcoords="offset points", xytext=(4, -10), fontsize=8, color=col,
+            )  # fmt: skip
+    ax_txn.set_yscale("log")
+    _plain_log(ax_txn, "y")
+    ax_txn.set_xlabel("transactions/s")
+    ax_txn.set_ylabel("latency (ms, log)")
+    ax_txn.set_title("2-key transactions (compare versions, put both)")
+    ax_txn.grid(True, which="both", alpha=0.3)
+    _legend(ax_txn)
+    # watch: CDF of PUT-to-event latency per watcher
+    for name, sc in systems:
+        w = sc.get("watch") if isinstance(sc.get("watch"), dict) else {}
+        watchers = (w.get("watchers") or {}).items()
+        for (where, info), style in zip(watchers, ("-", "--"), strict=False):
+            pts = list(Histogram.from_dict(info["histogram"]).cdf())
+            if pts:
+                ax_w.step(
+                    [v / 1e6 for v, _ in pts], [f for _, f in pts], style, where="post",
+                    color=COLORS.get(name), label=f"{name}, watcher on the {where}",
+                )  # fmt: skip
+    ax_w.set_xscale("log")
+    _plain_log(ax_w, "x")
+    ax_w.set_xlabel("PUT sent to event received (ms, log)")
+    ax_w.set_ylabel("fraction of events")
+    ax_w.set_title(f"watch latency ({cfg.get('watch_rate', 0):g} PUTs/s on a prefix)")
+    ax_w.grid(True, which="both", alpha=0.3)
+    _legend(ax_w, loc="lower right")

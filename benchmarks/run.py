@@ -4,6 +4,7 @@
     python -m benchmarks.run --suite quick        # a shorter pass
     python -m benchmarks.run --suite full         # 1M keys, 100k catch-up, 1M-write footprint
     python -m benchmarks.run --scenarios footprint --footprint-writes 200k
+    python -m benchmarks.run --scenarios api      # range scans, txns, watch latency
     python -m benchmarks.run --suite smoke        # seconds; what the test suite runs
     python -m benchmarks.run --system paxoskv --scenarios steady \\
         --clients 1,8,64 --duration 10 --mix put=50,get=50 --dist zipfian
@@ -27,7 +28,15 @@ from typing import Any
 from benchmarks import etcd as etcd_mod
 from benchmarks.cluster import server_available
 from benchmarks.harness import Progress
-from benchmarks.scenarios import SCENARIOS, KiB, MiB, SuiteConfig, SystemRunner
+from benchmarks.scenarios import (
+    API_SCENARIOS,
+    SCENARIOS,
+    KiB,
+    MiB,
+    SuiteConfig,
+    SystemRunner,
+    scan_requests,
+)
 from benchmarks.sysinfo import load_average, machine_info, versions
 from benchmarks.workload import parse_mix
 
@@ -61,6 +70,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         failover_clients=4,
         failover_before=0.5,
         failover_after=3.0,
+        range_sizes=[100, 6000],  # 6,000: two pages of ours (MAX_RANGE_KEYS 5,000)
+        range_clients=[1, 2],
+        txn_clients=[1, 4],
+        watch_duration=1.0,
         scenarios=["steady"],
     ),
     "quick": dict(
@@ -75,6 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         catchup_store_writes=20_000,
         failover_after=4.0,
         footprint_writes=50_000,
+        watch_duration=3.0,
         scenarios=list(SCENARIOS),
     ),
     "standard": dict(),
@@ -93,6 +107,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         failover_after=8.0,
         footprint_writes=1_000_000,
         footprint_timeout=900.0,
+        range_clients=[1, 4, 16],
+        txn_clients=[1, 16, 64],
+        watch_duration=10.0,
         scenarios=list(SCENARIOS),
     ),
 }
@@ -156,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which system(s) to run; 'both' runs etcd only when it is installed",
     )
     ap.add_argument("--no-etcd", action="store_true", help="skip the etcd comparison")
-    ap.add_argument("--scenarios", help=f"comma list of {', '.join(SCENARIOS)}")
+    ap.add_argument(
+        "--scenarios",
+        help=f"comma list of {', '.join(SCENARIOS)} (api: {', '.join(API_SCENARIOS)})",
+    )
     ap.add_argument("--replicas", type=int, choices=(3, 5))
     ap.add_argument("--clients", type=_int_list, help="client counts of the sweep, e.g. 1,4,16,64")
     ap.add_argument("--duration", type=float, help="seconds per run (after the warm-up)")
@@ -196,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODE:RETENTION",
         help="etcd's MVCC auto-compaction, e.g. periodic:30s or revision:10000 (default: off)",
     )
+    ap.add_argument(
+        "--range-sizes", type=_int_list, help="keys per scan in the range scenario, e.g. 100,10k"
+    )
+    ap.add_argument("--range-clients", type=_int_list, help="client counts of the range scans")
+    ap.add_argument("--txn-clients", type=_int_list, help="client counts of the transactions")
+    ap.add_argument("--watch-rate", type=float, help="PUTs/s while measuring watch latency")
+    ap.add_argument("--watch-duration", type=float, help="seconds of PUTs in the watch scenario")
     ap.add_argument("--failover-clients", type=int)
     ap.add_argument("--workers", type=int, help="load-generator processes (default: cores)")
     ap.add_argument("--seed", type=int)
@@ -251,6 +278,11 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         "footprint_clients",
         "footprint_timeout",
         "etcd_auto_compaction",
+        "range_sizes",
+        "range_clients",
+        "txn_clients",
+        "watch_rate",
+        "watch_duration",
         "failover_clients",
         "workers",
         "seed",
@@ -259,7 +291,11 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         if v is not None:
             setattr(cfg, name, v)
     if args.scenarios:
-        wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        wanted = []
+        for name in (s.strip() for s in args.scenarios.split(",")):
+            for one in API_SCENARIOS if name == "api" else (name,) if name else ():
+                if one not in wanted:
+                    wanted.append(one)
         bad = set(wanted) - set(SCENARIOS)
         if bad:
             raise SystemExit(f"unknown scenario(s): {', '.join(sorted(bad))}")
@@ -336,12 +372,74 @@ def headline(sc: dict[str, Any]) -> dict[str, float | None]:
     out["fp_dir_live"] = fps.get("dir_max_over_live")
     out["fp_restart_s"] = (fp.get("restart") or {}).get("restart_to_first_write_s")
     out["fp_rate"] = (fp.get("run") or {}).get("throughput")
+    out.update(api_headline(sc))
     for r in sc.get("values") if isinstance(sc.get("values"), list) else []:
         out[f"value_{r['value_size']}_p50"] = r["latency_ms"]["p50"]
     for p in sc.get("store") if isinstance(sc.get("store"), list) else []:
         out[f"store_{p['keys']}_put_p50"] = p["put"]["latency_ms"]["p50"]
         out[f"store_{p['keys']}_get_p50"] = p["get"]["latency_ms"]["p50"]
     return out
+
+
+def api_headline(sc: dict[str, Any]) -> dict[str, float | None]:
+    """The API scenarios' figures (issue 14): per scan size and client
+    count p50, p99, scans/s and requests a scan; per txn client count the
+    same; per watcher (leader, follower) the PUT-to-event p50 and p99."""
+    out: dict[str, float | None] = {}
+    rng = sc.get("range") if isinstance(sc.get("range"), dict) else {}
+    for r in rng.get("runs") or []:
+        k = f"range_{r['keys_per_scan']}_c{r['clients']}"
+        out[k + "_p50"] = r["latency_ms"]["p50"] if r["ops"] else None
+        out[k + "_p99"] = r["latency_ms"]["p99"] if r["ops"] else None
+        out[k + "_tput"] = r["throughput"]
+        out[f"range_{r['keys_per_scan']}_requests"] = scan_requests(r)
+    txn = sc.get("txn") if isinstance(sc.get("txn"), dict) else {}
+    for r in txn.get("runs") or []:
+        k = f"txn_c{r['clients']}"
+        out[k + "_p50"] = r["latency_ms"]["p50"] if r["ops"] else None
+        out[k + "_p99"] = r["latency_ms"]["p99"] if r["ops"] else None
+        out[k + "_tput"] = r["throughput"]
+    watch = sc.get("watch") if isinstance(sc.get("watch"), dict) else {}
+    for name, w in (watch.get("watchers") or {}).items():
+        got = w.get("received")
+        out[f"watch_{name}_p50"] = w["latency_ms"]["p50"] if got else None
+        out[f"watch_{name}_p99"] = w["latency_ms"]["p99"] if got else None
+        out[f"watch_{name}_missing"] = w.get("missing")
+    return out
+
+
+def api_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(key, label, unit, better) of the API scenarios' rows, labelled with
+    the run's sizes and client counts."""
+    rows: list[tuple[str, str, str, str]] = []
+    for n in cfg.get("range_sizes") or []:
+        for c in cfg.get("range_clients") or []:
+            k, who = f"range_{n}_c{c}", f"range {n:,} keys, {_clients(c)}"
+            rows += [
+                (k + "_p50", f"{who} p50", "ms", "low"),
+                (k + "_p99", f"{who} p99", "ms", "low"),
+                (k + "_tput", f"{who}", "scan/s", "high"),
+            ]
+        rows.append((f"range_{n}_requests", f"range {n:,} keys: requests a scan", "", "none"))
+    for c in cfg.get("txn_clients") or []:
+        k, who = f"txn_c{c}", f"txn 2-key CAS, {_clients(c)}"
+        rows += [
+            (k + "_p50", f"{who} p50", "ms", "low"),
+            (k + "_p99", f"{who} p99", "ms", "low"),
+            (k + "_tput", who, "txn/s", "high"),
+        ]
+    rate = cfg.get("watch_rate") or 0
+    for name in ("leader", "follower"):
+        who = f"watch {rate:g}/s: PUT to event, {name}"
+        rows += [
+            (f"watch_{name}_p50", f"{who} p50", "ms", "low"),
+            (f"watch_{name}_p99", f"{who} p99", "ms", "low"),
+        ]
+    return rows
+
+
+def _clients(c: int) -> str:
+    return f"{c} client" + ("" if c == 1 else "s")
 
 
 def _mib(n: int | None) -> float | None:
@@ -380,8 +478,10 @@ def _ratio(r: float | None) -> str:
 def _fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
-    if unit == "op/s":
+    if unit in ("op/s", "txn/s"):
         return f"{v:,.0f}"
+    if unit == "scan/s":
+        return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
     if unit in ("s", "cores"):
         return f"{v:.2f}"
     if unit == "x":
@@ -438,6 +538,7 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         ("catchup_s", f"catch-up after {cfg.get('catchup_writes', 0):,} writes", "s", "low"),
     ]
     spec += footprint_rows(cfg)
+    spec += api_rows(cfg)
     for size in cfg.get("value_sizes") or []:
         spec.append((f"value_{size}_p50", f"PUT p50, value {_size_label(size)}", "ms", "low"))
     for n in sorted(cfg.get("store_sizes") or []):

@@ -19,10 +19,15 @@
   times; every replica's RSS and data-directory size every second and at
   each 100k writes (benchmarks/footprint.py), then a follower restarts
   (SIGTERM) and the time until it has applied a write committed after its
-  restart began.
+  restart began;
+- range, txn, watch (issue 14; `api` selects the three; benchmarks/api.py):
+  linearizable scans of 100 and 10,000 keys (every page of a scan inside
+  its latency) with 1 and a few clients; two-key compare-versions-and-put
+  transactions with 1 and 64 clients; the time from a PUT's send to a
+  watcher's event, on the leader and on a follower, at a steady rate.
 
 A fresh cluster for steady(+values), store, catchup (each variant),
-failover and footprint each.
+failover, footprint and range(+txn+watch) each.
 """
 
 from __future__ import annotations
@@ -54,7 +59,15 @@ from benchmarks.workload import PUT, WorkloadSpec
 
 KiB = 1024
 MiB = 1024 * 1024
-SCENARIOS = ("steady", "values", "store", "catchup", "failover", "footprint")
+SCENARIOS = (
+    "steady", "values", "store", "catchup", "failover", "footprint", "range", "txn", "watch",
+)  # fmt: skip
+API_SCENARIOS = ("range", "txn", "watch")  # `--scenarios api` names the three
+# Where the API scenarios' keys live: past every other scenario's (the
+# steady keys, the value sizes' 1e9 + ..., the store's up to 1M keys), so
+# that a range holds exactly the keys it was loaded with.
+RANGE_KEY_BASE = 3_000_000_000  # + size index x 100,000,000
+TXN_KEY_BASE = 4_000_000_000
 # the standard suite leaves the footprint out (its minutes of writes would
 # double it); quick and full run everything
 DEFAULT_SCENARIOS = ("steady", "values", "store", "catchup", "failover")
@@ -122,6 +135,14 @@ class SuiteConfig:
     failover_before: float = 1.5
     failover_after: float = 5.0
     failover_attempt_timeout: float = 0.25
+    # API scenarios (issue 14): scans of each size with each client count,
+    # txns with each client count (cfg.duration each, after the warm-up);
+    # a watch at `watch_rate` PUTs/s for `watch_duration` seconds
+    range_sizes: list[int] = field(default_factory=lambda: [100, 10_000])
+    range_clients: list[int] = field(default_factory=lambda: [1, 4])
+    txn_clients: list[int] = field(default_factory=lambda: [1, 64])
+    watch_rate: float = 100.0
+    watch_duration: float = 5.0
     # py-spy on the leader during the largest sweep point (paxoskv only)
     profile: bool = False
     profile_dir: str | None = None
@@ -279,7 +300,7 @@ class SystemRunner:
     # -- scenarios ---------------------------------------------------------
     def run_all(self) -> dict[str, Any]:
         size = self.cfg.workers or default_workers(
-            max([*self.cfg.clients, self.cfg.preload_clients])
+            max([*self.cfg.clients, self.cfg.preload_clients, *self.cfg.txn_clients])
         )
         with WorkerPool(size) as self.pool:
             return self._run_all()
@@ -307,6 +328,18 @@ class SystemRunner:
             out["failover"] = self._guard("failover", self.failover)
         if "footprint" in wanted:
             out["footprint"] = self._guard("footprint", self.footprint)
+        if wanted & set(API_SCENARIOS):
+            cluster = self._start()
+            try:
+                for name, fn in (
+                    ("range", self.range_scans),
+                    ("txn", self.txn),
+                    ("watch", self.watch),
+                ):
+                    if name in wanted:
+                        out[name] = self._guard(name, lambda fn=fn: fn(cluster))
+            finally:
+                cluster.stop()
         out["cluster"] = self.cluster_info
         return out
 
@@ -382,6 +415,100 @@ class SystemRunner:
                     )
                 self.progress.done()
                 out[op] = {"ops": hist.total, "latency_ms": hist.summary()}
+        return out
+
+    # -- the API scenarios (issue 14; benchmarks/api.py) ----------------------
+    def _api_run(
+        self, cluster: Any, label: str, clients: int, api: dict[str, Any]
+    ) -> dict[str, Any]:
+        wl = self._workload(mix={PUT: 1.0}, distribution="uniform")
+        r = self._run(
+            cluster, label, clients, wl, api=api,
+            kv_args=dict(getattr(cluster, "client_key_args", {})),
+        )  # fmt: skip
+        return r
+
+    def range_scans(self, cluster: Any) -> dict[str, Any]:
+        """Linearizable scans of `range_sizes` keys, with each of
+        `range_clients` closed-loop clients."""
+        cfg = self.cfg
+        out: dict[str, Any] = {"preload": [], "runs": []}
+        for i, n in enumerate(cfg.range_sizes):
+            first = RANGE_KEY_BASE + i * 100_000_000
+            out["preload"].append(self.preload(cluster, first, first + n))
+            for c in cfg.range_clients:
+                r = self._api_run(
+                    cluster, f"scan {n:,} keys x{c}", c, {"op": "scan", "first": first, "count": n}
+                )
+                r["keys_per_scan"] = n
+                r["requests_per_scan"] = scan_requests(r)
+                out["runs"].append(r)
+        return out
+
+    def txn(self, cluster: Any) -> dict[str, Any]:
+        """Two-key transactions (compare both versions, put both), each
+        client on its own pair, with each of `txn_clients` clients."""
+        cfg = self.cfg
+        pre = self.preload(cluster, TXN_KEY_BASE, TXN_KEY_BASE + 2 * max(cfg.txn_clients))
+        runs = [
+            self._api_run(cluster, f"txn x{c}", c, {"op": "txn", "first": TXN_KEY_BASE})
+            for c in cfg.txn_clients
+        ]
+        return {"preload": pre, "runs": runs}
+
+    def watch(self, cluster: Any) -> dict[str, Any]:
+        """PUT-to-event latency of a prefix watcher on the leader and one on
+        a follower, PUTs through the leader at `watch_rate` a second."""
+        from benchmarks import api
+        from benchmarks.workload import payload
+
+        cfg = self.cfg
+        leader = cluster.wait_leader()
+        follower = next(i for i in sorted(cluster.endpoints()) if i != leader)
+        where = {"leader": leader, "follower": follower}
+        prefix = api.random_prefix()
+        value = payload(cfg.value_size, cfg.seed)
+        eps = cluster.endpoints()
+        closers: list[Any] = []
+        if self.system == "paxoskv":
+            from client.client import KVClient
+
+            kv_args = dict(getattr(cluster, "client_key_args", {}))
+            ids = sorted(eps)
+            kv = KVClient([eps[i] for i in ids], timeout=10.0, first=ids.index(leader), **kv_args)
+            closers.append(kv)
+            rev = kv.range(prefix, prefix=True, count_only=True).revision + 1
+            watchers: list[api.Watcher] = [
+                api.PaxosWatcher(name, prefix, eps[rid], rev, kv_args)
+                for name, rid in where.items()
+            ]
+            put = kv.put
+        else:
+            admin = cluster.admin
+            watchers = [api.EtcdWatcher(name, prefix, eps[rid]) for name, rid in where.items()]
+            ep = eps[leader]
+
+            def put(key: bytes, val: bytes) -> object:
+                return admin.put(ep, key, val)
+
+        total = max(1, int(cfg.watch_rate * cfg.watch_duration))
+
+        def show(elapsed: float, done: int) -> None:
+            self.progress.show(
+                f"{self.system}: watch {cfg.watch_rate:g}/s", done / total, f"{done:,} puts"
+            )
+
+        try:
+            out = api.measure_watch(
+                put, watchers, prefix, cfg.watch_rate, cfg.watch_duration, value, progress=show
+            )
+        finally:
+            self.progress.done()
+            for c in closers:
+                c.close()
+        for name, rid in where.items():
+            out["watchers"][name]["replica"] = rid
+        out["prefix"] = prefix.decode()
         return out
 
     def _profiler(self, cluster: Any) -> _LeaderProfile:
@@ -825,6 +952,14 @@ class SystemRunner:
             return out
         finally:
             cluster.stop()
+
+
+def scan_requests(run: dict[str, Any]) -> float | None:
+    """Requests per measured scan (pages: 1 for etcd, more for a range
+    longer than a reply of ours may be)."""
+    scans = run.get("ops") or 0
+    requests = (run.get("counters") or {}).get("requests")
+    return requests / scans if scans and requests is not None else None
 
 
 def proc_cpu_seconds(pid: int) -> float | None:

@@ -127,3 +127,37 @@ def test_smoke_footprint_and_catchup_on_a_store(tmp_path):
     assert cs["caught_up"] and cs["last_applied"] >= cs["target_index"]
     assert cs["follower_dir_after_bytes"] > 0 and cs["preload"]["keys"] == 500
     assert "restart to first committed write" in stdout
+
+
+@pytest.mark.skipif(SERVER_MISSING, reason="replica/server.py does not exist yet")
+def test_smoke_api_scenarios(tmp_path):
+    """Issue 14's scenarios (`--scenarios api`: range, txn, watch), tiny:
+    scans of 100 and 6,000 keys (two replies of ours), 1 and 4 txn clients,
+    1 s of watched PUTs; against etcd too when it is installed."""
+    system = "both" if HAVE_ETCD else "paxoskv"
+    doc, stdout = run_bench(tmp_path, "--system", system, "--scenarios", "api")
+    names = ["paxoskv", "etcd"] if HAVE_ETCD else ["paxoskv"]
+    for name in names:
+        assert doc["systems"][name]["status"] == "ok", doc["systems"][name]
+        sc = doc["systems"][name]["scenarios"]
+        assert {"range", "txn", "watch"} <= set(sc) and "steady" not in sc
+        for part in ("range", "txn", "watch"):
+            assert "error" not in sc[part], (name, sc[part])
+        runs = {(r["keys_per_scan"], r["clients"]): r for r in sc["range"]["runs"]}
+        assert set(runs) == {(100, 1), (100, 2), (6000, 1), (6000, 2)}
+        for r in [*runs.values(), *sc["txn"]["runs"]]:
+            assert r["ops"] > 0 and r["error_count"] == 0, (name, r["label"], r["errors"])
+            assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert runs[(6000, 1)]["counters"]["keys"] == 6000 * runs[(6000, 1)]["ops"]
+        # our replies stop at 5,000 keys: a 6,000-key scan is two requests
+        assert runs[(6000, 1)]["requests_per_scan"] == (2.0 if name == "paxoskv" else 1.0)
+        assert [r["clients"] for r in sc["txn"]["runs"]] == [1, 4]
+        assert all(r["cas_failed"] == 0 for r in sc["txn"]["runs"])
+        watch = sc["watch"]
+        assert watch["writes"] == 100 and set(watch["watchers"]) == {"leader", "follower"}
+        for w in watch["watchers"].values():
+            assert w["error"] is None and w["missing"] == 0 and w["received"] == 100, w
+            assert w["latency_ms"]["p50"] > 0
+    keys = {row["key"] for row in doc["table"]}
+    assert {"range_6000_c1_p50", "txn_c4_tput", "watch_follower_p99"} <= keys
+    assert "range 6,000 keys, 1 client p50" in stdout
