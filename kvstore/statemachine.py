@@ -440,9 +440,13 @@ class _Sessions:
     The stored index does not change during a call, so a cursor remembers
     how far it was consumed."""
 
-    def __init__(self, db: plyvel.DB, gen: _Gen, meta: _Meta) -> None:
+    def __init__(self, db: plyvel.DB, gen: _Gen, meta: _Meta, floor: int = 0) -> None:
+        """`floor`: no stored index key is older than this (`next_floor`)."""
         self._db = db
         self._gen = gen
+        self._floor = floor
+        self._low: int | None = None  # the oldest index key a scan saw and left
+        self._scanned = False
         self.log_time = meta.log_time
         self.forgot = meta.forgot
         self.ttl_ms = meta.session_ttl_ms
@@ -488,27 +492,62 @@ class _Sessions:
         cutoff = self.expired_before  # expired: last_used < cutoff
         if cutoff <= 0:
             return
+        self._scanned = True
         stored = self._stored_candidates()
         head = next(stored, None)
+        try:
+            self._expire(limit, cutoff, stored, head)
+        finally:
+            stored.close()
+
+    def _expire(
+        self,
+        limit: int,
+        cutoff: int,
+        stored: Iterator[tuple[int, bytes, bytes]],
+        head: tuple[int, bytes, bytes] | None,
+    ) -> None:
         for _ in range(limit):
             own = self._heap_top()
             if head is not None and (own is None or head[:2] < own):
                 if head[0] >= cutoff:
-                    return
+                    break
                 client_id, self._cursor = head[1:]
                 self._stored(client_id)  # flush deletes its index key
                 head = next(stored, None)
             elif own is not None and own[0] < cutoff:
                 client_id = heapq.heappop(self._heap)[1]
             else:
-                return
+                break
             self.changed[client_id] = None
             self.forgot = True
+        if head is not None:  # stored and not expired: it stays
+            self._note_low(head[0])
+
+    def _note_low(self, last_used: int) -> None:
+        if self._low is None or last_used < self._low:
+            self._low = last_used
+
+    def next_floor(self, start_log_time: int) -> int:
+        """A time no stored index key is older than once this call's batch
+        is written: expiry scans seek to it instead of walking the
+        tombstones of every index key deleted before (each write moves its
+        session's key; LevelDB keeps the tombstones until its compactions
+        reach them, and a scan from the start of the index cost
+        milliseconds per clock command under load). Keys older than the
+        oldest one a scan left were deleted by it, and the keys this call
+        adds are at least `start_log_time` (the log time it began with)."""
+        if not self._scanned:
+            return self._floor  # nothing deleted; new keys are newer than it
+        low = start_log_time if self._low is None else min(self._low, start_log_time)
+        return max(self._floor, low)
 
     def _stored_candidates(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(last_used, client_id, index key) of stored sessions this call has
         not changed, oldest first, from the cursor on."""
-        start = self._gen.index if self._cursor is None else self._cursor
+        start = self._cursor
+        if start is None:
+            start = self._gen.index + _TIME.pack(self._floor)
         keys = self._db.iterator(
             start=start,
             stop=_range_end(self._gen.index),
@@ -519,6 +558,7 @@ class _Sessions:
             client_id = db_key[10:]
             if client_id in self.changed:
                 self._cursor = db_key  # this call's overlay decides for it
+                self._note_low(_TIME.unpack_from(db_key, 2)[0])  # it may stay
                 continue
             yield _TIME.unpack_from(db_key, 2)[0], client_id, db_key
 
@@ -563,13 +603,13 @@ class _Pending:
         "sessions",
     )
 
-    def __init__(self, db: plyvel.DB, meta: _Meta) -> None:
+    def __init__(self, db: plyvel.DB, meta: _Meta, session_floor: int = 0) -> None:
         self.db = db
         self.gen = _GENS[meta.generation]
         self.revision = meta.revision
         # key -> its record, or None once deleted in this call
         self.data: dict[bytes, _Record | None] = {}
-        self.sessions = _Sessions(db, self.gen, meta)
+        self.sessions = _Sessions(db, self.gen, meta, session_floor)
         self.leases: dict[int, _Lease | None] = {}  # None: deleted in this call
         self._stored_leases: dict[int, _Lease | None] = {}
         self.attached: dict[tuple[int, bytes], bool] = {}  # (lease, key) -> attached
@@ -1054,6 +1094,7 @@ class KVStateMachine:
             )
         self._meta = _Meta.unpack(raw)
         self._gen = _GENS[self._meta.generation]
+        self._session_floor = 0  # see _Sessions.next_floor
         raw = db.get(_INSTALL_KEY)
         self._install = None if raw is None else _Install.unpack(raw)
         self._garbage_clean = False  # True once the other generation is known empty
@@ -1092,7 +1133,7 @@ class KVStateMachine:
         `applied_index`, in one atomic LevelDB batch. Returns the outcome of
         every command, in log order. Raises ValueError (writing nothing) if
         the slots are not consecutive from `applied_index`: a driver bug."""
-        pending = _Pending(self._db, self._meta)
+        pending = _Pending(self._db, self._meta, self._session_floor)
         results: list[Result] = []
         next_slot = self._meta.applied_index
         schedule_bytes = self._meta.schedule
@@ -1133,6 +1174,7 @@ class KVStateMachine:
         self.events.append(batch, pending.events)
         batch.put(_META_KEY, meta.pack())
         batch.write()
+        self._session_floor = sessions.next_floor(self._meta.log_time)
         self._meta = meta
         if self._session_count is not None:
             self._session_count += sessions.added
@@ -1410,6 +1452,7 @@ class KVStateMachine:
         self.events.raise_floor(batch, revision)
         batch.write()
         self._meta, self._gen, self._install = meta, new, None
+        self._session_floor = 0  # the new generation's index: scan it from the start
         if schedule:
             self._schedule = Schedule.unpack(schedule)
             self._schedule_changed = False
