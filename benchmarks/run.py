@@ -35,6 +35,7 @@ from benchmarks.scenarios import (
     MiB,
     SuiteConfig,
     SystemRunner,
+    per_op,
     scan_requests,
 )
 from benchmarks.sysinfo import load_average, machine_info, versions
@@ -393,12 +394,16 @@ def api_headline(sc: dict[str, Any]) -> dict[str, float | None]:
         out[k + "_p99"] = r["latency_ms"]["p99"] if r["ops"] else None
         out[k + "_tput"] = r["throughput"]
         out[f"range_{r['keys_per_scan']}_requests"] = scan_requests(r)
+        if r["clients"] == 1:
+            out[f"range_{r['keys_per_scan']}_cpu"] = per_op(r, "client_cpu_ns", 1e-6)
     txn = sc.get("txn") if isinstance(sc.get("txn"), dict) else {}
     for r in txn.get("runs") or []:
         k = f"txn_c{r['clients']}"
         out[k + "_p50"] = r["latency_ms"]["p50"] if r["ops"] else None
         out[k + "_p99"] = r["latency_ms"]["p99"] if r["ops"] else None
         out[k + "_tput"] = r["throughput"]
+        if r["clients"] == 1:
+            out["txn_cpu"] = per_op(r, "client_cpu_ns", 1e-6)
     watch = sc.get("watch") if isinstance(sc.get("watch"), dict) else {}
     for name, w in (watch.get("watchers") or {}).items():
         got = w.get("received")
@@ -421,6 +426,7 @@ def api_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 (k + "_tput", f"{who}", "scan/s", "high"),
             ]
         rows.append((f"range_{n}_requests", f"range {n:,} keys: requests a scan", "", "none"))
+        rows.append((f"range_{n}_cpu", f"range {n:,} keys: client CPU a scan, 1c", "ms", "none"))
     for c in cfg.get("txn_clients") or []:
         k, who = f"txn_c{c}", f"txn 2-key CAS, {_clients(c)}"
         rows += [
@@ -428,6 +434,8 @@ def api_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (k + "_p99", f"{who} p99", "ms", "low"),
             (k + "_tput", who, "txn/s", "high"),
         ]
+    if cfg.get("txn_clients"):
+        rows.append(("txn_cpu", "txn 2-key CAS: client CPU a txn, 1c", "ms", "none"))
     rate = cfg.get("watch_rate") or 0
     for name in ("leader", "follower"):
         who = f"watch {rate:g}/s: PUT to event, {name}"

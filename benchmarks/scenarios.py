@@ -957,9 +957,15 @@ class SystemRunner:
 def scan_requests(run: dict[str, Any]) -> float | None:
     """Requests per measured scan (pages: 1 for etcd, more for a range
     longer than a reply of ours may be)."""
-    scans = run.get("ops") or 0
-    requests = (run.get("counters") or {}).get("requests")
-    return requests / scans if scans and requests is not None else None
+    return per_op(run, "requests")
+
+
+def per_op(run: dict[str, Any], counter: str, scale: float = 1.0) -> float | None:
+    """An API run's counter per measured operation (x scale), None without
+    operations or without the counter."""
+    ops = run.get("ops") or 0
+    total = (run.get("counters") or {}).get(counter)
+    return total * scale / ops if ops and total is not None else None
 
 
 def proc_cpu_seconds(pid: int) -> float | None:

@@ -94,7 +94,9 @@ def test_scan_loop_counts_requests_and_refuses_a_short_scan():
     stats.hists[api.SCAN] = api.Histogram()
     api._scan_loop(FakeApi(6000, pages=2), {"first": 0, "count": 6000}, window(0.1), stats, lock)
     n = stats.hists[api.SCAN].total
-    assert n > 3 and stats.counters == {"requests": 2 * n, "keys": 6000 * n}
+    assert n > 3 and stats.counters["requests"] == 2 * n and stats.counters["keys"] == 6000 * n
+    # the thread's CPU time (the fake sleeps: far less than the wall time)
+    assert 0 < stats.counters["client_cpu_ns"] < stats.hists[api.SCAN].sum
     assert scan_requests({"ops": n, "counters": stats.counters}) == 2.0
     short = WorkerStats()
     api._scan_loop(FakeApi(99), {"first": 0, "count": 100}, window(0.05), short, lock)
@@ -212,7 +214,7 @@ def doc_with_api() -> dict:
                             1,
                             20.0 / scale,
                             keys_per_scan=10_000,
-                            counters={"requests": 100 * pages},
+                            counters={"requests": 100 * pages, "client_cpu_ns": 300 * MS},
                         ),
                         run(
                             4,
@@ -221,8 +223,13 @@ def doc_with_api() -> dict:
                             counters={"requests": 100 * pages},
                         ),
                     ]
-                },  # fmt: skip
-                "txn": {"runs": [run(1, 300.0 / scale), run(64, 3000.0 / scale)]},
+                },
+                "txn": {
+                    "runs": [
+                        run(1, 300.0 / scale, counters={"client_cpu_ns": 50 * MS}),
+                        run(64, 3000.0 / scale),
+                    ]
+                },
                 "watch": {
                     "watchers": {
                         "leader": {"received": 500, "missing": 0, "latency_ms": lat(3.0, 9.0)},
@@ -244,6 +251,9 @@ def test_table_rows_of_the_api_scenarios():
     assert t["unit"] == "scan/s" and t["ratio"] == pytest.approx(0.5)
     assert rows["range_10000_requests"]["values"] == {"paxoskv": 2.0, "etcd": 1.0}
     assert rows["range_10000_requests"]["ratio"] is None
+    assert rows["range_10000_cpu"]["values"] == {"paxoskv": 3.0, "etcd": 3.0}
+    assert rows["range_10000_cpu"]["ratio"] is None and "range_100_cpu" not in rows
+    assert rows["txn_cpu"]["values"]["paxoskv"] == pytest.approx(0.5)
     assert rows["txn_c64_tput"]["values"]["etcd"] == 3000.0
     assert rows["txn_c1_p99"]["values"]["paxoskv"] == 18.0
     assert rows["watch_leader_p50"]["values"] == {"paxoskv": 3.0, "etcd": 3.0}
