@@ -7,7 +7,8 @@
 
 `KVClient` (client/client.py) finds the leader, retries and times out by
 itself; every error it raises on purpose is a `KVError` (client/errors.py).
-`cmp` and `op` (client/txn.py) build transactions for `KVClient.txn`.
+`cmp` and `op` (client/txn.py) build transactions for `KVClient.txn`;
+`KVClient.lock` returns a `Lock` (client/lock.py).
 `kvctl` (client/kvctl.py) is the command line built on it.
 """
 
@@ -22,6 +23,7 @@ from client.errors import (
     SessionExpired,
 )
 from client.lease import Lease, LeaseInfo
+from client.lock import Lock, LockLost, LockTimeout
 from client.txn import cmp, op
 
 __all__ = [
@@ -35,6 +37,9 @@ __all__ = [
     "Lease",
     "LeaseInfo",
     "LeaseNotFound",
+    "Lock",
+    "LockLost",
+    "LockTimeout",
     "RangePage",
     "RequestTooLarge",
     "SessionExpired",

@@ -9,6 +9,7 @@ in EXIT_CODES_HELP.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,13 +28,15 @@ from client.errors import (
     SessionExpired,
 )
 from client.kvctl_lease import add_lease, lease_id
+from client.kvctl_lock import add_lock, take_command
+from client.kvctl_output import FORMATS, KV_TITLES, Output, format_table, kv_fields, kv_row
 from client.kvctl_watch import add_watch
 from client.txn import TXN_HELP, TxnSyntaxError, parse_txn
 from kvstore.backup import BackupError
 from kvstore.backup import read as read_backup
 from kvstore.config import ENV_CLUSTER, ConfigError, display_address, normalize_address
 from kvstore.limits import MAX_CLIENT_TIMEOUT_S
-from kvstore.protocol import DeleteResult, PutResult, RangeResult, TxnOp
+from kvstore.protocol import DeleteResult, KeyValue, PutResult, RangeResult, TxnOp
 from kvstore.security import ENV_CLIENT_KEY, ENV_SERVER_KEY
 
 EXIT_OK = 0
@@ -76,6 +79,8 @@ examples:
   kvctl del tmp/ --prefix
   printf 'val("a") = "1"\\n\\nput a 2\\n' | kvctl txn
   kvctl --cluster 10.0.0.1:7001,10.0.0.2:7001 status
+  kvctl -w json get app/ --prefix       (one JSON object per result, with a header)
+  kvctl lock backups -- ./backup.sh
 
 {EXIT_CODES_HELP}"""
 
@@ -147,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="also print versions after writes"
     )
+    parser.add_argument(
+        "-w",
+        "--write-out",
+        choices=FORMATS,
+        default="simple",
+        help="output format: simple (default: the lines below), json (one object per "
+        "result, with a header: revision, leader_id, replica_id) or table",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_put(sub, fmt)
     _add_get(sub, fmt)
@@ -159,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_move_leader(sub, fmt)
     add_lease(sub, fmt, EXIT_CODES_HELP)
     add_watch(sub, fmt, EXIT_CODES_HELP)
+    add_lock(sub, fmt, EXIT_CODES_HELP)
     return parser
 
 
@@ -320,8 +334,9 @@ def _add_status(sub: Any, fmt: type) -> None:
             "Ask every replica for its state and print a table: id, "
             "address, role, the leader it follows, ballot, commit index, applied index "
             "and log size. Unreachable replicas are shown as such. Exits with 3 if "
-            "no replica answered. With -w json: every replica's whole STATUS report, "
-            "as one JSON array (a replica that did not answer: its address and error)."
+            "no replica answered. With -w json (here or before the command): every "
+            "replica's whole STATUS report, as one JSON array (a replica that did not "
+            "answer: its address and error); -w simple is the table."
         ),
         epilog=EXIT_CODES_HELP,
         formatter_class=fmt,
@@ -329,9 +344,9 @@ def _add_status(sub: Any, fmt: type) -> None:
     p.add_argument(
         "-w",
         "--write-out",
+        dest="status_write_out",
         choices=["table", "json"],
-        default="table",
-        help="output format (default: table)",
+        help="output format (default: table; the global -w json works too)",
     )
     p.set_defaults(run=_run_status)
 
@@ -415,7 +430,10 @@ def _add_move_leader(sub: Any, fmt: type) -> None:
 
 def _run_move_leader(client: KVClient, args: argparse.Namespace) -> int:
     leader = client.move_leader(args.id)
-    print(f"replica {leader} leads")
+    if args.out.simple:
+        print(f"replica {leader} leads")
+    else:
+        args.out.emit({"leader": leader})
     return EXIT_OK
 
 
@@ -441,21 +459,23 @@ def _run_member(client: KVClient, args: argparse.Namespace) -> int:
         info = client.member_remove(args.id)
     else:
         info = client.member_list()
-    print(format_members(info))
+    if args.out.fmt == "json":
+        args.out.emit(info)
+    else:
+        print(format_members(info))
     return EXIT_OK
 
 
 def format_members(info: dict[str, Any]) -> str:
     """`kvctl member` output: one line per member, then the removed ids."""
-    rows = [["ID", "ROLE", "STARTED", "PEER", "CLIENT"]]
+    rows = []
     started = set(info.get("started", ()))
     for m in info.get("members", ()):
         rid = m.get("id")
         rows.append([str(rid), str(m.get("role", "?")), "yes" if rid in started else "no",
                      display_address(str(m.get("peer", ""))),
                      display_address(str(m.get("client", "")))])  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = [format_table(["ID", "ROLE", "STARTED", "PEER", "CLIENT"], rows)]
     lines.append(
         f"epoch {info.get('epoch', '?')}; removed: {sorted(info.get('removed', [])) or '-'}"
     )
@@ -464,15 +484,27 @@ def format_members(info: dict[str, Any]) -> str:
 
 def _run_snapshot_save(client: KVClient, args: argparse.Namespace) -> int:
     summary = backup.save(client, args.file)
-    print(f"saved {args.file}")
-    print("\n".join(summary.lines()[:5]))
+    if args.out.simple:
+        print(f"saved {args.file}")
+        print("\n".join(summary.lines()[:5]))
+    else:
+        _emit_summary(args.out, args.file, summary)
     return EXIT_OK
 
 
 def _run_snapshot_status(client: KVClient | None, args: argparse.Namespace) -> int:
     summary, _ = read_backup(args.file)
-    print("\n".join(summary.lines()))
+    if args.out.simple:
+        print("\n".join(summary.lines()))
+    else:
+        _emit_summary(args.out, args.file, summary)
     return EXIT_OK
+
+
+def _emit_summary(out: Output, file: str, summary: Any) -> None:
+    """A backup's summary: FIELD and VALUE rows in a table."""
+    fields = {"file": file, **dataclasses.asdict(summary)}
+    out.emit(fields, revision=summary.revision, table=(("FIELD", "VALUE"), fields.items()))
 
 
 def _arg_bytes(text: str, stdin_used: list[bool]) -> bytes:
@@ -496,8 +528,12 @@ def _out(data: bytes) -> None:
 
 def _run_put(client: KVClient, args: argparse.Namespace) -> int:
     value = _arg_bytes(args.value, [False])
-    version = client.put(os.fsencode(args.key), value, lease=args.lease)
-    _out(f"OK version {version}\n".encode() if args.verbose else b"OK\n")
+    key = os.fsencode(args.key)
+    version = client.put(key, value, lease=args.lease)
+    if args.out.simple:
+        _out(f"OK version {version}\n".encode() if args.verbose else b"OK\n")
+    else:
+        args.out.emit({"key": key, "version": version}, revision=version)
     return EXIT_OK
 
 
@@ -514,6 +550,12 @@ def _is_range(args: argparse.Namespace) -> bool:
 def _run_get(client: KVClient, args: argparse.Namespace) -> int:
     if _is_range(args):
         return _run_range(client, args)
+    if not args.out.simple:  # a range read of the one key: the store's revision too
+        page = client.range(os.fsencode(args.key), stale=args.stale)
+        _emit_kvs(args.out, page.kvs, page.revision)
+        if not page.kvs:
+            print(f"kvctl: key not found: {args.key}", file=sys.stderr)
+        return EXIT_OK if page.kvs else EXIT_FAILED
     found = client.get_versioned(os.fsencode(args.key), stale=args.stale)
     if found is None:
         print(f"kvctl: key not found: {args.key}", file=sys.stderr)
@@ -539,14 +581,27 @@ def _run_range(client: KVClient, args: argparse.Namespace) -> int:
         raise _UsageError("--raw is for one key, not a range")
     key, end, how = _range_of(args)
     if args.count_only:
-        _out(b"%d\n" % client.count(key, end, stale=args.stale, **how))
+        count = client.count(key, end, stale=args.stale, **how)
+        if args.out.simple:
+            _out(b"%d\n" % count)
+        else:
+            args.out.emit({"count": count})
         return EXIT_OK
     kvs = client.iter_range(
         key, end, limit=args.limit, keys_only=args.keys_only, stale=args.stale, **how
     )
+    if not args.out.simple:
+        _emit_kvs(args.out, list(kvs), None)
+        return EXIT_OK
     for kv in kvs:
         _out_kv(kv.key, kv.value, kv.version, args.version)
     return EXIT_OK
+
+
+def _emit_kvs(out: Output, kvs: Sequence[KeyValue], revision: int | None) -> None:
+    """A read's keys: json {"kvs": [...], "count"}, or a KEY/VALUE/... table."""
+    fields = {"kvs": [kv_fields(kv) for kv in kvs], "count": len(kvs)}
+    out.emit(fields, revision=revision, table=(KV_TITLES, [kv_row(kv) for kv in kvs]))
 
 
 def _out_kv(key: bytes, value: bytes | None, version: int, with_version: bool) -> None:
@@ -561,12 +616,20 @@ def _run_delete(client: KVClient, args: argparse.Namespace) -> int:
     if _is_range(args):
         key, end, how = _range_of(args)
         deleted = client.delete_range(key, end, **how)
-        _out(b"OK\n" if deleted is None else b"%d\n" % deleted)
+        if args.out.simple:
+            _out(b"OK\n" if deleted is None else b"%d\n" % deleted)
+        else:  # None: a retry's answer, which does not say how many
+            args.out.emit({"key": key, "range_end": end, **how, "deleted": deleted})
         return EXIT_OK
-    if not client.delete(os.fsencode(args.key)):
+    key = os.fsencode(args.key)
+    existed = client.delete(key)
+    if not args.out.simple:
+        args.out.emit({"key": key, "deleted": int(existed)})
+    if not existed:
         print(f"kvctl: key not found: {args.key}", file=sys.stderr)
         return EXIT_FAILED
-    _out(b"OK\n")
+    if args.out.simple:
+        _out(b"OK\n")
     return EXIT_OK
 
 
@@ -581,8 +644,12 @@ def _run_cas(client: KVClient, args: argparse.Namespace) -> int:
         expected_value=expected_value,
         expected_version=expected_version,
     )
+    if not args.out.simple:
+        fields = {"key": os.fsencode(args.key), **result._asdict()}
+        args.out.emit(fields, revision=result.version if result.succeeded else None)
     if result.succeeded:
-        _out(f"OK version {result.version}\n".encode() if args.verbose else b"OK\n")
+        if args.out.simple:
+            _out(f"OK version {result.version}\n".encode() if args.verbose else b"OK\n")
         return EXIT_OK
     if result.version == 0:
         current = "the key does not exist"
@@ -608,13 +675,44 @@ def _run_txn(client: KVClient, args: argparse.Namespace) -> int:
     except TxnSyntaxError as exc:
         raise _UsageError(f"bad transaction: {exc}") from None
     result = client.txn(txn.compares, txn.success, txn.failure)
-    _out(b"SUCCESS\n" if result.succeeded else b"FAILURE\n")
     ran = txn.success if result.succeeded else txn.failure
+    if not args.out.simple:
+        _emit_txn(args.out, result, ran)
+        return EXIT_OK if result.succeeded else EXIT_FAILED
+    _out(b"SUCCESS\n" if result.succeeded else b"FAILURE\n")
     for txn_op, response in zip(ran, result.responses or (), strict=False):
         _out_txn_response(txn_op, response, args.verbose)
     if args.verbose:
         _out(f"revision {result.revision}\n".encode())
     return EXIT_OK if result.succeeded else EXIT_FAILED
+
+
+def _emit_txn(out: Output, result: Any, ran: Sequence[TxnOp]) -> None:
+    """A transaction: json {"succeeded", "revision", "responses": [{"put":
+    {...}} | {"delete": {...}} | {"range": {...}}]} (responses null in a
+    retry's answer); a table of OP, KEY, RESULT rows."""
+    responses: list[dict[str, Any]] = []
+    rows: list[list[Any]] = [["txn", "", "SUCCESS" if result.succeeded else "FAILURE"]]
+    for txn_op, response in zip(ran, result.responses or (), strict=False):
+        if isinstance(response, PutResult):
+            responses.append({"put": {"key": txn_op.key, "version": response.version}})
+            rows.append(["put", txn_op.key, f"OK version {response.version}"])
+        elif isinstance(response, DeleteResult):
+            responses.append({"delete": {"key": txn_op.key, "deleted": response.deleted}})
+            rows.append(["del", txn_op.key, f"{response.deleted} deleted"])
+        else:
+            kvs = [kv_fields(kv) for kv in response.kvs]
+            found = {"kvs": kvs, "count": response.count, "more": response.more}
+            responses.append({"range": found})
+            rows += [["get", kv.key, kv.value] for kv in response.kvs]
+            if txn_op.count_only:
+                rows.append(["get", txn_op.key, f"count {response.count}"])
+    fields = {
+        "succeeded": result.succeeded,
+        "revision": result.revision,
+        "responses": None if result.responses is None else responses,
+    }
+    out.emit(fields, revision=result.revision, table=(("OP", "KEY", "RESULT"), rows))
 
 
 def _out_txn_response(txn_op: TxnOp, response: Any, verbose: bool) -> None:
@@ -644,7 +742,7 @@ def _preview(value: bytes, limit: int = 60) -> str:
 
 def _run_status(client: KVClient, args: argparse.Namespace) -> int:
     rows = client.status()
-    if args.write_out == "json":
+    if (args.status_write_out or args.write_out) == "json":
         print(json.dumps(rows, indent=2, sort_keys=True, default=repr))
     else:
         print(format_status_table(rows))
@@ -684,21 +782,20 @@ def _cell(key: str, value: Any) -> str:
 def format_status_table(rows: Sequence[dict[str, Any]]) -> str:
     """The `kvctl status` table: one line per replica, aligned columns; a
     replica that did not answer shows its error in the ROLE column."""
-    table = [[title for title, _ in _COLUMNS]]
+    table = []
     for row in rows:
         if "error" in row:
             cells = ["?", display_address(str(row.get("address", "?"))), row["error"]]
             table.append(cells + ["-"] * (len(_COLUMNS) - 3))
         else:
             table.append([_cell(key, row.get(key)) for _, key in _COLUMNS])
-    widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table)
-    return "\n".join(line.rstrip() for line in lines)
+    return format_table([title for title, _ in _COLUMNS], table)
 
 
 def _execute(args: argparse.Namespace) -> int:
     run: Callable[[KVClient, argparse.Namespace], int] = args.run
     if getattr(args, "offline", False):  # needs no cluster
+        args.out = Output(args.write_out, None)
         return run(None, args)  # type: ignore[arg-type]
     attempt = min(1.0, args.timeout)
     with KVClient(
@@ -708,13 +805,17 @@ def _execute(args: argparse.Namespace) -> int:
         client_key=args.client_key,
         server_key=args.server_key,
     ) as client:
+        args.out = Output(args.write_out, client)
         return run(client, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `kvctl`; returns the exit code (see EXIT_CODES_HELP)."""
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and not take_command(args, extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return _execute(args)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -13,21 +13,29 @@ replica. By default it starts just after the revision of a linearizable
 read of the range, so it misses nothing written after it was created;
 `start_revision` resumes from an earlier revision while the replicas keep
 it (a bounded retention: `WatchCompacted` names the oldest one).
+
+With `prev_kv` each event also carries the key's previous mod revision
+and value (`WatchEvent.prev_revision`, `prev_value`), found by the replica
+in its event log when it answers: `prev_value` is None for a key created
+(`prev_revision` 0) and for one whose previous revision is no longer kept
+(`prev_revision` > 0); `PREV_UNKNOWN` when the replica cannot tell (an
+event, or a replica, of the release before previous values).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from client.errors import ClusterUnavailable, KVError
 from client.txn import range_args
-from kvstore.protocol import Op, Status, WatchEvent, WatchResult
+from kvstore.protocol import PREV_UNKNOWN, Op, Status, WatchEvent, WatchResult
 
 if TYPE_CHECKING:
     from client.client import KVClient
 
-__all__ = ["PUT", "DELETE", "WatchCompacted", "WatchEvent", "watch"]
+__all__ = ["PUT", "DELETE", "PREV_UNKNOWN", "WatchCompacted", "WatchEvent", "watch"]
 
 PUT, DELETE = 0, 1
 
@@ -49,10 +57,15 @@ def watch(
     prefix: bool = False,
     from_key: bool = False,
     start_revision: int | None = None,
+    prev_kv: bool = False,
     hold: float = 1.0,
+    until: float | None = None,
 ) -> Iterator[WatchEvent]:
-    """The changes to the range, forever (see the module doc). `hold`: how
-    long a replica may keep one request waiting for an event."""
+    """The changes to the range, forever (see the module doc), with
+    previous values if `prev_kv`. `hold`: how long a replica may keep one
+    request waiting for an event. `until`: a
+    time.monotonic() deadline after which the iterator ends (checked after
+    each poll, so it may end up to `hold` late; client/lock.py waits so)."""
     start, end = range_args(key, range_end, prefix=prefix, from_key=from_key)
     if start_revision is None:
         start_revision = kv.range(start, end, count_only=True).revision + 1
@@ -63,9 +76,16 @@ def watch(
         while True:
             try:
                 resp = poller._request(
-                    Op.WATCH, start, range_end=end, expected_version=revision, limit=hold_ms
+                    Op.WATCH,
+                    start,
+                    range_end=end,
+                    expected_version=revision,
+                    limit=hold_ms,
+                    stale=prev_kv,  # WATCH's prev_kv flag (kvstore/protocol.py Request)
                 )
             except ClusterUnavailable:
+                if until is not None and time.monotonic() >= until:
+                    return
                 continue  # a failover, a partition: ask again, from the same revision
             if resp.status is Status.COMPACTED:
                 oldest = int((resp.info or {}).get("oldest", 0))
@@ -75,3 +95,5 @@ def watch(
                 raise KVError(f"the replica answered a watch without events ({resp.status.name})")
             yield from result.events
             revision = max(revision, result.next_revision)
+            if until is not None and time.monotonic() >= until:
+                return

@@ -7,6 +7,7 @@ from __future__ import annotations
 import client
 import client.client
 import client.errors
+import client.lock
 import client.txn
 
 
@@ -29,6 +30,9 @@ def test_the_public_surface_is_short() -> None:
         "Lease",
         "LeaseInfo",
         "LeaseNotFound",
+        "Lock",
+        "LockLost",
+        "LockTimeout",
         "RangePage",
         "RequestTooLarge",
         "SessionExpired",
@@ -38,6 +42,7 @@ def test_the_public_surface_is_short() -> None:
     ]
     for name in client.__all__:
         home = client.txn if name in ("cmp", "op") else client.client
+        home = client.lock if name.startswith("Lock") else home
         assert getattr(client, name) is getattr(home, name)
 
 
