@@ -12,6 +12,12 @@ check-quorum timer fires, and meanwhile serves reads that miss writes the
 new leader has acknowledged. `runner.stale_read_scenario` makes that happen
 deterministically and the linearizability checker must say "violation".
 
+`tests.fault.broken_range_replica` (`main(ranges_only=True)`) breaks range
+reads only: GETs keep the read index, so the GET scenario passes and only a
+range read gives the bug away (`stale_read_scenario(read="range")`: a
+range read of two accounts that misses an acknowledged transfer, which the
+checker judges on the two keys together).
+
 (Another classic, acknowledging votes that were never fsync'd, cannot be
 caught by kill -9: the page cache survives a killed process. It needs a
 simulated power loss, which is the simulator's job: tests/sim.)
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import sys
 
-from kvstore.protocol import Request
+from kvstore.protocol import Op, Request
 from replica import server
 from replica.driver import Envelope, ReplicaDriver
 
@@ -34,8 +40,20 @@ def _read_local_if_leader(self: ReplicaDriver, envelope: Envelope, req: Request)
     self._reply(envelope, self._read_local(req))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ReplicaDriver._read_linearizable = _read_local_if_leader  # type: ignore[method-assign]
+_READ_LINEARIZABLE = ReplicaDriver._read_linearizable
+
+
+def _range_local_if_leader(self: ReplicaDriver, envelope: Envelope, req: Request) -> None:
+    """BROKEN on purpose: the same, for RANGE requests only."""
+    if req.op is Op.RANGE:
+        _read_local_if_leader(self, envelope, req)
+    else:
+        _READ_LINEARIZABLE(self, envelope, req)
+
+
+def main(argv: list[str] | None = None, *, ranges_only: bool = False) -> int:
+    broken = _range_local_if_leader if ranges_only else _read_local_if_leader
+    ReplicaDriver._read_linearizable = broken  # type: ignore[method-assign]
     return server.main(argv)
 
 

@@ -70,7 +70,7 @@ from kvstore.protocol import (
 )
 
 if TYPE_CHECKING:
-    from client.client import TxnResponse
+    from client.client import RangePage, TxnResponse
 
 Value = bytes | str
 """A key or a value. Bytes from the real store; str is handy in tests."""
@@ -174,7 +174,7 @@ def txn_spec(
     )
 
 
-def range_pairs(result: RangeResult) -> Pairs | None:
+def range_pairs(result: RangeResult | RangePage) -> Pairs | None:
     """The pairs of a whole range reply; None if it was cut short (`more`):
     a partial read is not checked."""
     if result.more:

@@ -10,7 +10,12 @@ nemesis.log, summary.txt) stay under --dir.
 
 `--scenario stale-read` runs the deterministic stale-read scenario instead
 (`runner.stale_read_scenario`), against `--module` (e.g.
-tests.fault.broken_replica, which must fail it).
+tests.fault.broken_replica, which must fail it); `--read range` makes its
+stale read a range read of two accounts after a transfer (which
+tests.fault.broken_range_replica must fail).
+
+`--bank-clients` (2) more clients run the bank workload: transfers between
+`--accounts` (4) keys by transactions, range reads of them all.
 
 Replicas run each in a network namespace of its own by default (`--net
 netns`: veth pairs to a bridge, partitions by iptables inside the
@@ -54,6 +59,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=4, help="concurrent clients (4)")
     p.add_argument("--keys", type=int, default=3, help="hot keys at a time (3)")
     p.add_argument(
+        "--bank-clients",
+        type=int,
+        default=2,
+        help="clients of the bank workload: transactions and range reads (2; 0: none)",
+    )
+    p.add_argument(
+        "--accounts", type=int, default=4, help="accounts of the bank workload (4, at least 2)"
+    )
+    p.add_argument(
         "--epoch",
         type=float,
         default=30.0,
@@ -83,6 +97,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "pairs (default); loopback: all on 127.0.0.1, partitions by gid",
     )
     p.add_argument("--scenario", choices=("random", "stale-read"), default="random")
+    p.add_argument(
+        "--read",
+        choices=("get", "range"),
+        default="get",
+        help="the stale-read scenario's read: a GET, or a range read after a transfer",
+    )
     p.add_argument("--dir", type=Path, default=None, help="where the run's files go")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     args = p.parse_args(argv)
@@ -90,6 +110,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parse_kinds(args.nemesis, args.replicas)
     except ValueError as exc:
         p.error(str(exc))
+    if args.accounts < 2 or args.bank_clients < 0:
+        p.error("--accounts must be at least 2 and --bank-clients at least 0")
     return args
 
 
@@ -116,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.scenario == "stale-read":
             summary = stale_read_scenario(
-                root, args.module, replicas=args.replicas, net=args.net, verbose=not args.quiet
-            )
+                root, args.module, replicas=args.replicas, net=args.net,
+                verbose=not args.quiet, read=args.read,
+            )  # fmt: skip
         else:
             cfg = RunConfig(
                 replicas=args.replicas, duration_s=args.duration, seed=seed,
                 nemesis=args.nemesis, clients=args.clients, keys=args.keys,
+                bank_clients=args.bank_clients, accounts=args.accounts,
                 epoch_s=args.epoch, op_timeout_s=args.op_timeout,
                 think_s=args.think_ms / 1000.0, module=args.module, net=args.net,
                 fault_min_s=args.fault_min, fault_max_s=args.fault_max,
