@@ -73,6 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         failover_after=3.0,
         range_sizes=[100, 6000],  # 6,000: two pages of ours (MAX_RANGE_KEYS 5,000)
         range_clients=[1, 2],
+        range_duration=1.0,
         txn_clients=[1, 4],
         watch_duration=1.0,
         scenarios=["steady"],
@@ -89,6 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         catchup_store_writes=20_000,
         failover_after=4.0,
         footprint_writes=50_000,
+        range_duration=3.0,
         watch_duration=3.0,
         scenarios=list(SCENARIOS),
     ),
@@ -109,6 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         footprint_writes=1_000_000,
         footprint_timeout=900.0,
         range_clients=[1, 4, 16],
+        range_duration=10.0,
         txn_clients=[1, 16, 64],
         watch_duration=10.0,
         scenarios=list(SCENARIOS),
@@ -221,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--range-sizes", type=_int_list, help="keys per scan in the range scenario, e.g. 100,10k"
     )
     ap.add_argument("--range-clients", type=_int_list, help="client counts of the range scans")
+    ap.add_argument("--range-duration", type=float, help="seconds per range-scan run")
     ap.add_argument("--txn-clients", type=_int_list, help="client counts of the transactions")
     ap.add_argument("--watch-rate", type=float, help="PUTs/s while measuring watch latency")
     ap.add_argument("--watch-duration", type=float, help="seconds of PUTs in the watch scenario")
@@ -281,6 +285,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         "etcd_auto_compaction",
         "range_sizes",
         "range_clients",
+        "range_duration",
         "txn_clients",
         "watch_rate",
         "watch_duration",

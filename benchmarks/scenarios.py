@@ -135,11 +135,14 @@ class SuiteConfig:
     failover_before: float = 1.5
     failover_after: float = 5.0
     failover_attempt_timeout: float = 0.25
-    # API scenarios (issue 14): scans of each size with each client count,
-    # txns with each client count (cfg.duration each, after the warm-up);
-    # a watch at `watch_rate` PUTs/s for `watch_duration` seconds
+    # API scenarios (issue 14): scans of each size with each client count
+    # (`range_duration` each: a 10,000-key scan takes a tenth of a second or
+    # more, and its p99 wants samples), txns with each client count
+    # (`duration` each), after the warm-up; a watch at `watch_rate` PUTs/s
+    # for `watch_duration` seconds
     range_sizes: list[int] = field(default_factory=lambda: [100, 10_000])
     range_clients: list[int] = field(default_factory=lambda: [1, 4])
+    range_duration: float = 6.0
     txn_clients: list[int] = field(default_factory=lambda: [1, 64])
     watch_rate: float = 100.0
     watch_duration: float = 5.0
@@ -419,11 +422,11 @@ class SystemRunner:
 
     # -- the API scenarios (issue 14; benchmarks/api.py) ----------------------
     def _api_run(
-        self, cluster: Any, label: str, clients: int, api: dict[str, Any]
+        self, cluster: Any, label: str, clients: int, api: dict[str, Any], duration: float
     ) -> dict[str, Any]:
         wl = self._workload(mix={PUT: 1.0}, distribution="uniform")
         r = self._run(
-            cluster, label, clients, wl, api=api,
+            cluster, label, clients, wl, api=api, duration=duration,
             kv_args=dict(getattr(cluster, "client_key_args", {})),
         )  # fmt: skip
         return r
@@ -438,8 +441,9 @@ class SystemRunner:
             out["preload"].append(self.preload(cluster, first, first + n))
             for c in cfg.range_clients:
                 r = self._api_run(
-                    cluster, f"scan {n:,} keys x{c}", c, {"op": "scan", "first": first, "count": n}
-                )
+                    cluster, f"scan {n:,} keys x{c}", c,
+                    {"op": "scan", "first": first, "count": n}, cfg.range_duration,
+                )  # fmt: skip
                 r["keys_per_scan"] = n
                 r["requests_per_scan"] = scan_requests(r)
                 out["runs"].append(r)
@@ -451,7 +455,9 @@ class SystemRunner:
         cfg = self.cfg
         pre = self.preload(cluster, TXN_KEY_BASE, TXN_KEY_BASE + 2 * max(cfg.txn_clients))
         runs = [
-            self._api_run(cluster, f"txn x{c}", c, {"op": "txn", "first": TXN_KEY_BASE})
+            self._api_run(
+                cluster, f"txn x{c}", c, {"op": "txn", "first": TXN_KEY_BASE}, cfg.duration
+            )
             for c in cfg.txn_clients
         ]
         return {"preload": pre, "runs": runs}

@@ -183,9 +183,10 @@ def test_api_scenarios_are_selected_by_name_or_as_api():
     assert {"range", "txn", "watch"} <= set(cfg("--suite", "quick").scenarios)
     assert {"range", "txn", "watch"} <= set(cfg("--suite", "full").scenarios)
     c = cfg("--range-sizes", "100,10k", "--range-clients", "1,8", "--txn-clients", "16",
-            "--watch-rate", "50", "--watch-duration", "2")  # fmt: skip
+            "--watch-rate", "50", "--watch-duration", "2", "--range-duration", "4")  # fmt: skip
     assert c.range_sizes == [100, 10_000] and c.range_clients == [1, 8]
     assert c.txn_clients == [16] and c.watch_rate == 50.0 and c.watch_duration == 2.0
+    assert c.range_duration == 4.0 and cfg().range_duration == 6.0
     assert cfg().range_sizes == [100, 10_000] and cfg().txn_clients == [1, 64]
     with pytest.raises(SystemExit):
         cfg("--scenarios", "ranges")
