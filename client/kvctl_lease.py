@@ -89,7 +89,11 @@ def _gone(lid: int) -> int:
 
 
 def _run_grant(client: KVClient, args: argparse.Namespace) -> int:
-    print(f"{client.lease_grant(args.ttl):x}")
+    lid = client.lease_grant(args.ttl)
+    if args.out.simple:
+        print(f"{lid:x}")
+    else:
+        args.out.emit({"id": f"{lid:x}", "ttl": args.ttl})
     return EXIT_OK
 
 
@@ -104,7 +108,10 @@ def _run_keep_alive(client: KVClient, args: argparse.Namespace) -> int:
             continue
         if ttl is None:
             return _gone(args.id)
-        print(f"lease {args.id:x} keepalived with TTL({ttl})", flush=True)
+        if args.out.simple:
+            print(f"lease {args.id:x} keepalived with TTL({ttl})", flush=True)
+        else:
+            args.out.emit({"id": f"{args.id:x}", "ttl": ttl})
         if not args.forever:
             return EXIT_OK
         time.sleep(max(ttl, 1) / 3)
@@ -113,12 +120,19 @@ def _run_keep_alive(client: KVClient, args: argparse.Namespace) -> int:
 def _run_revoke(client: KVClient, args: argparse.Namespace) -> int:
     if not client.lease_revoke(args.id):
         return _gone(args.id)
-    print(f"lease {args.id:x} revoked")
+    if args.out.simple:
+        print(f"lease {args.id:x} revoked")
+    else:
+        args.out.emit({"id": f"{args.id:x}", "revoked": True})
     return EXIT_OK
 
 
 def _run_list(client: KVClient, args: argparse.Namespace) -> int:
     ids = client.lease_list()
+    if not args.out.simple:
+        shown = [f"{lid:x}" for lid in ids]
+        args.out.emit({"leases": shown, "count": len(ids)}, table=(["ID"], [[i] for i in shown]))
+        return EXIT_OK
     print(f"found {len(ids)} leases")
     for lid in ids:
         print(f"{lid:x}")
@@ -129,6 +143,17 @@ def _run_ttl(client: KVClient, args: argparse.Namespace) -> int:
     info = client.lease_ttl(args.id, keys=args.keys)
     if info is None:
         return _gone(args.id)
+    if not args.out.simple:
+        fields = {**info._asdict(), "id": f"{args.id:x}"}
+        if info.keys is None:
+            del fields["keys"]
+        table = [[fields["id"], info.granted_ttl, info.ttl, info.key_count]]
+        titles = ["ID", "GRANTED_TTL", "TTL", "KEYS"]
+        if info.keys is not None:
+            table[0].append(b" ".join(info.keys))
+            titles.append("ATTACHED")
+        args.out.emit(fields, table=(titles, table))
+        return EXIT_OK
     line = f"lease {args.id:x} granted with TTL({info.granted_ttl}s), remaining({info.ttl}s)"
     if info.keys is not None:
         keys = " ".join(k.decode("utf-8", "backslashreplace") for k in info.keys)
