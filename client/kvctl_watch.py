@@ -1,7 +1,11 @@
-"""`kvctl watch KEY [RANGE_END] [--prefix | --from-key] [--rev N]` (client/kvctl.py
-adds it to its parser): prints each change as etcdctl does, the event type
-(PUT or DELETE), then the key, then for a PUT the value, one a line, until
-interrupted (exit 130). With -v a line `# revision R` comes first.
+"""`kvctl watch KEY [RANGE_END] [--prefix | --from-key] [--rev N] [--prev-kv]`
+(client/kvctl.py adds it to its parser): prints each change as etcdctl
+does, the event type (PUT or DELETE), then the key, then for a PUT the
+value, one a line, until interrupted (exit 130). With -v a line
+`# revision R` comes first. With --prev-kv, as etcdctl's, the key and its
+previous value come between the type and the key, for an overwrite or a
+delete; when the replica no longer keeps it (or cannot tell), those two
+lines are left out, as for a created key, and one line on stderr says so.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 from typing import Any
 
 from client.client import KVClient
-from client.watch import PUT
+from client.watch import PREV_UNKNOWN, PUT, WatchEvent
 from kvstore.config import ConfigError
 
 WATCH_HELP = """\
@@ -21,6 +25,8 @@ examples:
   kvctl watch config/ --prefix           every key under config/
   kvctl watch config/ --prefix --rev 42  from revision 42 on (if still kept:
                                          else one error line naming the oldest)
+  kvctl watch config/app --prev-kv       also the previous key and value:
+                                         PUT, config/app, old, config/app, new
 """
 
 
@@ -49,6 +55,12 @@ def add_watch(sub: Any, fmt: type, epilog: str) -> None:
     how.add_argument("--prefix", action="store_true", help="every key starting with KEY")
     how.add_argument("--from-key", action="store_true", help="every key from KEY on")
     p.add_argument("--rev", type=_revision, metavar="N", help="start from revision N")
+    p.add_argument(
+        "--prev-kv",
+        action="store_true",
+        help="also print the key and its previous value before each overwrite or delete "
+        "(while the replicas still keep that revision's event)",
+    )
     p.set_defaults(run=_run_watch)
 
 
@@ -63,13 +75,36 @@ def _run_watch(client: KVClient, args: argparse.Namespace) -> int:
         prefix=args.prefix,
         from_key=args.from_key,
         start_revision=args.rev,
+        prev_kv=args.prev_kv,
     )
     for event in events:
         if args.verbose:
             out.write(b"# revision %d\n" % event.revision)
+        out.write(b"PUT\n" if event.kind == PUT else b"DELETE\n")
+        if args.prev_kv:
+            _write_prev(out, event)
         if event.kind == PUT:
-            out.write(b"PUT\n" + event.key + b"\n" + (event.value or b"") + b"\n")
+            out.write(event.key + b"\n" + (event.value or b"") + b"\n")
         else:
-            out.write(b"DELETE\n" + event.key + b"\n")
+            out.write(event.key + b"\n")
         out.flush()
     return 0
+
+
+def _write_prev(out: Any, event: WatchEvent) -> None:
+    """The previous key and value (etcdctl's prev_kv lines), or nothing
+    for a created key, or nothing and a note on stderr when it is missing."""
+    if event.prev_value is not None:
+        out.write(event.key + b"\n" + event.prev_value + b"\n")
+        return
+    if event.prev_revision == 0:
+        return  # created: there was none
+    from client.kvctl import _preview  # kvctl imports this module
+
+    what = f"kvctl: the value of {_preview(event.key)} before revision {event.revision}"
+    if event.prev_revision == PREV_UNKNOWN:
+        why = "is not known (an event or a replica of the release before previous values)"
+    else:
+        why = f"(from revision {event.prev_revision}) is no longer kept (the watch retention)"
+    out.flush()
+    print(f"{what} {why}", file=sys.stderr)

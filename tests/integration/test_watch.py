@@ -116,3 +116,38 @@ def test_kvctl_watch_prints_the_changes(cluster: Cluster) -> None:
         b"# revision %d" % (first + 1), b"DELETE", b"cfg/a",
         b"# revision %d" % (first + 2),
     ]  # fmt: skip
+
+
+def test_previous_values_on_request_kvctl_and_client(cluster: Cluster) -> None:
+    kv = cluster.client()
+    first = kv.put("pkv/a", "1")  # created: no previous value
+    kv.put("pkv/a", "2")  # an overwrite
+    kv.delete("pkv/a")  # a delete
+    events = kv.watch("pkv/", prefix=True, start_revision=first, prev_kv=True)
+    seen = [next(events) for _ in range(3)]
+    events.close()
+    assert [(e.revision, e.prev_revision, e.prev_value) for e in seen] == [
+        (first, 0, None),
+        (first + 1, first, b"1"),
+        (first + 2, first + 1, b"2"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.kvctl", "--cluster", cluster.cluster_arg, "watch",
+         "pkv/", "--prefix", "--rev", str(first), "--prev-kv"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        lines: list[bytes] = []
+        assert proc.stdout is not None
+        while len(lines) < 12:
+            lines.append(proc.stdout.readline().rstrip(b"\n"))
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert lines == [
+        b"PUT", b"pkv/a", b"1",  # created: no previous key-value lines
+        b"PUT", b"pkv/a", b"1", b"pkv/a", b"2",  # etcdctl's order: previous, then new
+        b"DELETE", b"pkv/a", b"2", b"pkv/a",
+    ]  # fmt: skip
+    assert b"kvctl:" not in err  # every previous value was there: no note
