@@ -4,7 +4,7 @@
 discovery, retries and timeouts behind put/get/delete/cas/status, ranges
 (range, iter_range, get_prefix, count, delete_range), txn and leases
 (lease, lease_grant, lease_keep_alive, lease_revoke, lease_ttl, lease_list;
-client/lease.py).
+client/lease.py), watch (client/watch.py) and lock (client/lock.py).
 
 Theory of operation:
 
@@ -65,6 +65,8 @@ from client.errors import (
     SessionExpired,
 )
 from client.lease import Lease, LeaseInfo
+from client.lock import DEFAULT_TTL as DEFAULT_LOCK_TTL
+from client.lock import Lock
 from client.txn import range_args
 from client.watch import WatchEvent, watch
 from kvstore.config import ConfigError, display_address, normalize_address, parse_cluster_addresses
@@ -253,6 +255,7 @@ class KVClient:
             raise ValueError(f"first must be an index into the {len(self.addresses)} addresses")
         # Start at a random replica so that many clients spread their probes.
         self._leader = random.randrange(len(self.addresses)) if first is None else first
+        self._answered: int | None = None  # the address index of the last final answer
         self._closed = False
 
     # -- public API ---------------------------------------------------------
@@ -477,6 +480,20 @@ class KVClient:
             if not info.get("more") or not info.get("leases"):
                 return ids
 
+    def lock(
+        self,
+        name: bytes | str,
+        *,
+        ttl: int = DEFAULT_LOCK_TTL,
+        timeout: float | None = None,
+        lease: Lease | int | None = None,
+    ) -> Lock:
+        """A distributed lock (client/lock.py): `with kv.lock("name") as
+        token:` waits for it (at most `timeout` seconds: LockTimeout) and
+        holds it in the block; `token` is the fencing token. Its key lives
+        under a lease of `ttl` seconds kept alive meanwhile (or `lease`)."""
+        return Lock(self, name, ttl=ttl, timeout=timeout, lease=lease)
+
     def watch(
         self,
         key: bytes | str,
@@ -565,6 +582,20 @@ class KVClient:
         resp = self._call(encode_request(Request(Op.MEMBER, value=change)), change is not None)
         return dict(resp.info or {})
 
+    def answered_status(self) -> dict[str, Any]:
+        """The STATUS report (id, leader, revision, ...) of the replica that
+        gave this client's last answer (the leader, unless the request was a
+        stale read or a watch): one round trip to that replica, for kvctl's
+        -w json header, since answers carry neither replica ids nor the
+        store's revision. {} when there was no answer yet or it is silent."""
+        self._check_open()
+        index = self._answered
+        if index is None:
+            return {}
+        end = time.monotonic() + min(self.timeout, self.attempt_timeout)
+        info = self._broadcast_status([index], end).get(index)
+        return info if isinstance(info, dict) else {}
+
     def status(self) -> list[dict[str, Any]]:
         """One dict per address, in order: the replica's STATUS info plus
         "address", or {"address", "error"} when it did not answer in time."""
@@ -646,7 +677,7 @@ class KVClient:
             if resp is not None:
                 status = resp.status
                 if status in _FINAL:
-                    self._leader = target
+                    self._leader = self._answered = target
                     return resp
                 if status is Status.REDIRECT:
                     nxt = self._follow(resp.leader, target, call)

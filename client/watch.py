@@ -24,6 +24,7 @@ event, or a replica, of the release before previous values).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -58,10 +59,13 @@ def watch(
     start_revision: int | None = None,
     prev_kv: bool = False,
     hold: float = 1.0,
+    until: float | None = None,
 ) -> Iterator[WatchEvent]:
     """The changes to the range, forever (see the module doc), with
     previous values if `prev_kv`. `hold`: how long a replica may keep one
-    request waiting for an event."""
+    request waiting for an event. `until`: a
+    time.monotonic() deadline after which the iterator ends (checked after
+    each poll, so it may end up to `hold` late; client/lock.py waits so)."""
     start, end = range_args(key, range_end, prefix=prefix, from_key=from_key)
     if start_revision is None:
         start_revision = kv.range(start, end, count_only=True).revision + 1
@@ -80,6 +84,8 @@ def watch(
                     stale=prev_kv,  # WATCH's prev_kv flag (kvstore/protocol.py Request)
                 )
             except ClusterUnavailable:
+                if until is not None and time.monotonic() >= until:
+                    return
                 continue  # a failover, a partition: ask again, from the same revision
             if resp.status is Status.COMPACTED:
                 oldest = int((resp.info or {}).get("oldest", 0))
@@ -89,3 +95,5 @@ def watch(
                 raise KVError(f"the replica answered a watch without events ({resp.status.name})")
             yield from result.events
             revision = max(revision, result.next_revision)
+            if until is not None and time.monotonic() >= until:
+                return
