@@ -1,4 +1,5 @@
-"""Locks on top of leases, ranges and watch: `KVClient.lock(name)`.
+"""Locks on top of leases, ranges and watch: `KVClient.lock(name)`; and
+`Election`, leader election on the same line of contenders.
 
     with kv.lock("jobs/nightly", ttl=10, timeout=30) as token:
         storage.write(data, fencing_token=token)
@@ -58,10 +59,12 @@ from kvstore.protocol import KeyValue
 if TYPE_CHECKING:
     from client.client import KVClient
 
-__all__ = ["LOCK_PREFIX", "Lock", "LockLost", "LockTimeout"]
+__all__ = ["ELECTION_PREFIX", "LOCK_PREFIX", "Election", "Lock", "LockLost", "LockTimeout"]
 
 LOCK_PREFIX = b"locks/"
 """Where lock keys live unless a prefix is given: locks/NAME/<lease id>."""
+ELECTION_PREFIX = b"elections/"
+"""Where the candidates of an `Election` live: elections/NAME/<lease id>."""
 
 DEFAULT_TTL = 10
 """The TTL (seconds) of the lease a lock grants itself: how long a dead
@@ -196,17 +199,22 @@ class Lock:
             until = now + recheck if deadline is None else min(deadline, now + recheck)
             self._await_delete(before.key, revision + 1, until)
 
-    def _queue(self, key: bytes) -> tuple[KeyValue | None, KeyValue | None, int]:
-        """(this contender's entry, its immediate predecessor, the revision
-        of the read that saw it) from a read of the whole directory."""
+    def line(self, *, keys_only: bool = True) -> list[tuple[KeyValue, int]]:
+        """Every contender's entry (and the revision of the page that read
+        it), in key order: a linearizable read of the whole directory."""
         start, end = range_args(self.directory, None, prefix=True)
         entries: list[tuple[KeyValue, int]] = []
         while True:
-            page = self._kv.range(start, end, keys_only=True)
+            page = self._kv.range(start, end, keys_only=keys_only)
             entries += [(item, page.revision) for item in page.kvs]
             if not page.more or page.next_key is None:
-                break
+                return entries
             start = page.next_key
+
+    def _queue(self, key: bytes) -> tuple[KeyValue | None, KeyValue | None, int]:
+        """(this contender's entry, its immediate predecessor, the revision
+        of the read that saw it) from a read of the whole directory."""
+        entries = self.line()
         mine = next((item for item, _ in entries if item.key == key), None)
         if mine is None:
             return None, None, 0
@@ -234,3 +242,51 @@ class Lock:
 
     def __repr__(self) -> str:
         return f"Lock({self.name!r}, key={self.key!r}, token={self.token})"
+
+
+class Election:
+    """Leader election on a `Lock` (etcd's election recipe, the same line):
+    `campaign(value)` waits until this candidate is first in line and
+    returns its token; `leader()` tells who leads (its value and token)
+    to anyone; `proclaim(value)` changes the leader's value; `resign()`
+    steps down (the next candidate leads). Keys: elections/NAME/<lease>."""
+
+    def __init__(
+        self,
+        kv: KVClient,
+        name: bytes | str,
+        *,
+        ttl: int = DEFAULT_TTL,
+        lease: Lease | int | None = None,
+        prefix: bytes | str = ELECTION_PREFIX,
+    ) -> None:
+        self._kv = kv
+        self._lock = Lock(kv, name, ttl=ttl, lease=lease, prefix=prefix)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._lock.held
+
+    def campaign(self, value: bytes | str, timeout: float | None = None) -> int:
+        """Waits (at most `timeout` s: LockTimeout) to lead; returns the token."""
+        self._lock.value = _to_bytes(value)
+        return self._lock.acquire(timeout)
+
+    def proclaim(self, value: bytes | str) -> None:
+        """The leader's new value (its token stays)."""
+        if not self.is_leader or self._lock.key is None:
+            raise KVError("only the leader can proclaim")
+        self._lock.value = _to_bytes(value)
+        self._kv.put(self._lock.key, self._lock.value, lease=self._lock.lease_id or 0)
+
+    def leader(self) -> tuple[bytes, int] | None:
+        """(value, token) of the leader, or None when nobody campaigns."""
+        entries = self._lock.line(keys_only=False)
+        if not entries:
+            return None
+        first = min((item for item, _ in entries), key=lambda item: item.create_revision)
+        return first.value or b"", first.create_revision
+
+    def resign(self) -> None:
+        """Steps down, or gives up a campaign."""
+        self._lock.release()

@@ -4,8 +4,8 @@ on MemoryDB (the lease store of test_kvctl_leases, plus ranges and watch
 polls answered at once): the uncontended path, waiters in line that each
 watch their immediate predecessor only, a predecessor that leaves without
 holding, a holder whose lease expires, a timeout that leaves nothing
-behind, a waiter whose own lease is lost, and kvctl lock with a command
-and holding until SIGTERM."""
+behind, a waiter whose own lease is lost, an election on the same line,
+and kvctl lock with a command and holding until SIGTERM."""
 
 # ruff: noqa: F811 - the `run` fixture of test_kvctl is imported by name
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from client import KVClient, LockLost, LockTimeout
+from client import KVClient, KVError, LockLost, LockTimeout
 from client.kvctl import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from client.lock import Lock
+from client.lock import Election, Lock
 from kvstore.protocol import Op, Request, Response, Status, WatchEvent, WatchResult
 from tests.unit.test_client import FakeReplica
 from tests.unit.test_kvctl import Run, one_error_line, run  # noqa: F401 - fixture
@@ -277,3 +277,29 @@ def test_kvctl_lock_holds_until_sigterm(leader: FakeReplica, store: LockStore) -
             proc.kill()
             proc.wait()
     assert store.queue() == []
+
+
+def test_an_election_follows_the_line(clients: Callable[[], KVClient], store: LockStore) -> None:
+    a, b = Election(clients(), "primary", ttl=5), Election(clients(), "primary", ttl=5)
+    observer = Election(clients(), "primary")
+    assert observer.leader() is None
+    first = a.campaign("host-a")
+    assert a.is_leader and observer.leader() == (b"host-a", first)
+    campaign = threading.Thread(target=b.campaign, args=("host-b",), daemon=True)
+    campaign.start()
+    wait_for("b in line", lambda: len(store.sm.read_range(elections_range()).result.kvs) == 2)
+    a.proclaim("host-a:8080")
+    assert observer.leader() == (b"host-a:8080", first) and not b.is_leader
+    with pytest.raises(KVError):
+        b.proclaim("usurper")
+    a.resign()
+    campaign.join(10)
+    assert b.is_leader and not a.is_leader
+    value, token = observer.leader() or (b"", 0)
+    assert value == b"host-b" and token > first
+    b.resign()
+    assert observer.leader() is None
+
+
+def elections_range() -> Request:
+    return Request(Op.RANGE, key=b"elections/primary/", range_end=b"elections/primary0")
