@@ -6,6 +6,11 @@ value, one a line, until interrupted (exit 130). With -v a line
 previous value come between the type and the key, for an overwrite or a
 delete; when the replica no longer keeps it (or cannot tell), those two
 lines are left out, as for a created key, and one line on stderr says so.
+
+With -w json, one object per event: a header (the event's revision, the
+leader and the replica that answered the poll), then type, key, value
+(PUT), version, create_revision (and prev_revision, prev_value with
+--prev-kv); with -w table, a title row, then one aligned row per event.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import sys
 from typing import Any
 
 from client.client import KVClient
-from client.watch import PREV_UNKNOWN, PUT, WatchEvent
+from client.kvctl_output import Output, cell
+from client.watch import PREV_UNKNOWN, PUT, WatchEvent, poller_for, watch
 from kvstore.config import ConfigError
 
 WATCH_HELP = """\
@@ -69,14 +75,24 @@ def _run_watch(client: KVClient, args: argparse.Namespace) -> int:
         raise ConfigError("give RANGE_END, --prefix or --from-key, not two")
     out = sys.stdout.buffer
     end = None if args.range_end is None else os.fsencode(args.range_end)
-    events = client.watch(
+    poller = poller_for(client)
+    events = watch(
+        client,
         os.fsencode(args.key),
         end,
         prefix=args.prefix,
         from_key=args.from_key,
         start_revision=args.rev,
         prev_kv=args.prev_kv,
+        poller=poller,
     )
+    if not args.out.simple:
+        if args.out.fmt == "table":
+            prev = ["PREV_VALUE"] if args.prev_kv else []
+            _write_row(["TYPE", "REVISION", "KEY", "VALUE", *prev])
+        for event in events:
+            _emit(args.out, event, args.prev_kv, poller)
+        return 0
     for event in events:
         if args.verbose:
             out.write(b"# revision %d\n" % event.revision)
@@ -108,3 +124,30 @@ def _write_prev(out: Any, event: WatchEvent) -> None:
         why = f"(from revision {event.prev_revision}) is no longer kept (the watch retention)"
     out.flush()
     print(f"{what} {why}", file=sys.stderr)
+
+
+_ROW = "{:<6}  {:>8}  {:<24}  {}"
+"""A watch table's row: TYPE, REVISION, KEY, VALUE (then PREV_VALUE)."""
+
+
+def _emit(out: Output, event: WatchEvent, prev_kv: bool, poller: KVClient) -> None:
+    """One event as a JSON object, or a row of the watch table."""
+    kind = "PUT" if event.kind == PUT else "DELETE"
+    if out.fmt == "table":
+        prev = [event.prev_value] if prev_kv else []
+        _write_row([kind, event.revision, event.key, event.value, *prev])
+        return
+    fields = {"type": kind, "key": event.key}
+    if event.kind == PUT:
+        fields.update(value=event.value, version=event.version)
+    fields["create_revision"] = event.create_revision
+    if prev_kv:
+        fields.update(prev_revision=event.prev_revision, prev_value=event.prev_value)
+    out.emit(fields, revision=event.revision, client=poller)
+
+
+def _write_row(cells: list[Any]) -> None:
+    shown = [cell(c) for c in cells]
+    line = _ROW.format(*shown[:4]) + "".join(f"  {c}" for c in shown[4:])
+    sys.stdout.write(line.rstrip() + "\n")
+    sys.stdout.flush()

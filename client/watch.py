@@ -60,16 +60,21 @@ def watch(
     prev_kv: bool = False,
     hold: float = 1.0,
     until: float | None = None,
+    poller: KVClient | None = None,
 ) -> Iterator[WatchEvent]:
     """The changes to the range, forever (see the module doc), with
     previous values if `prev_kv`. `hold`: how long a replica may keep one
     request waiting for an event. `until`: a
     time.monotonic() deadline after which the iterator ends (checked after
-    each poll, so it may end up to `hold` late; client/lock.py waits so)."""
+    each poll, so it may end up to `hold` late; client/lock.py waits so).
+    `poller`: the client that sends the polls (default `poller_for(kv,
+    hold)`; closed at the end), given by kvctl watch to tell which replica
+    answered (its -w json header)."""
     start, end = range_args(key, range_end, prefix=prefix, from_key=from_key)
     if start_revision is None:
         start_revision = kv.range(start, end, count_only=True).revision + 1
-    poller = kv._sibling(kv.timeout, attempt_timeout=hold + kv.attempt_timeout)
+    if poller is None:
+        poller = poller_for(kv, hold)
     hold_ms = int(hold * 1000)
     with poller:
         revision = start_revision
@@ -97,3 +102,9 @@ def watch(
             revision = max(revision, result.next_revision)
             if until is not None and time.monotonic() >= until:
                 return
+
+
+def poller_for(kv: KVClient, hold: float = 1.0) -> KVClient:
+    """A client for the polls of a watch: a sibling of `kv` (its own
+    socket) whose attempts wait `hold` longer than kv's."""
+    return kv._sibling(kv.timeout, attempt_timeout=hold + kv.attempt_timeout)

@@ -262,3 +262,32 @@ def test_lock_held_in_json(leader: Leader, store: LockStore) -> None:
             proc.kill()
             proc.wait()
     assert store.queue() == []
+
+
+def watch_lines(leader: Leader, fmt: str, count: int) -> list[str]:
+    """The first `count` lines of `kvctl -w FMT watch w/ --prefix --rev 1`."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    argv = [sys.executable, "-m", "client.kvctl", "--cluster", leader.address, "-w", fmt]
+    argv += ["watch", "w/", "--prefix", "--rev", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        return [proc.stdout.readline().decode().rstrip("\n") for _ in range(count)]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_watch_in_json_and_table(run: Run, leader: Leader) -> None:
+    kvctl(run, leader, "simple", "put", "w/a", "1")
+    kvctl(run, leader, "simple", "del", "w/a")
+    first, second = (json.loads(line) for line in watch_lines(leader, "json", 2))
+    assert first == {"header": header(1), "type": "PUT", "key": "w/a", "value": "1",
+                     "version": 1, "create_revision": 1}  # fmt: skip
+    assert second["header"] == header(2) and second["type"] == "DELETE"
+    assert second["key"] == "w/a" and "value" not in second
+    assert table("\n".join(watch_lines(leader, "table", 3))) == [
+        ["TYPE", "REVISION", "KEY", "VALUE"],
+        ["PUT", "1", "w/a", "1"],
+        ["DELETE", "2", "w/a", "-"],
+    ]
