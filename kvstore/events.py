@@ -75,11 +75,11 @@ _WATCH_META = struct.Struct(">QQQ")
 
 PUT, DELETE = 0, 1
 
-WATCH_RETAIN_EVENTS = 50_000
+WATCH_RETAIN_EVENTS = 20_000
 """Events kept by default (each replica for itself): a retained tail of
 history, like the log's (`[compaction]` `retained_slots`), so a replica's
 disk stays bounded by its live data plus these tails (issue 11)."""
-WATCH_RETAIN_BYTES = 4 * 1024 * 1024
+WATCH_RETAIN_BYTES = 2 * 1024 * 1024
 """... and at most about this many bytes of them (keys, values, framing)."""
 MAX_WATCH_EVENTS = 1_000
 """Events one watch reply carries, about (a revision is never split)."""
