@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -40,10 +41,10 @@ POLL_S = 0.2
 
 LOCK_HELP = f"""\
 examples:
-  kvctl lock backups -- ./backup.sh --full   run it holding the lock 'backups'
-  kvctl lock backups --wait 60 -- make deploy   give up after waiting 60 s
-  kvctl lock backups                         hold it until Ctrl-C (prints the
-                                             key, then the fencing token)
+  kvctl lock backups -- ./backup.sh --full     run it holding the lock 'backups'
+  kvctl lock backups --wait 60 -- make deploy  give up after waiting 60 s
+  kvctl lock backups                           hold it until Ctrl-C (prints
+                                               the key, then the fencing token)
 The command sees KVCTL_LOCK_KEY and KVCTL_LOCK_TOKEN; the token is the
 revision that created the lock's key, higher for every new holder: pass
 it to what you write to, so it can refuse a holder that lost the lock.
@@ -78,8 +79,12 @@ def add_lock(sub: Any, fmt: type, epilog: str) -> None:
     p = sub.add_parser(
         "lock",
         help="hold a distributed lock (while a command runs)",
-        description="Acquire the lock NAME (waiting for the holders before in line), "
-        "then run COMMAND holding it, or hold it until interrupted.",
+        description=textwrap.fill(
+            "Acquire the lock NAME (waiting for the holders before in line), then run "
+            "COMMAND holding it and exit with its status, or hold it until interrupted. "
+            "Exit 1 when not acquired within --wait, or when the lock's lease was lost.",
+            width=78,
+        ),
         epilog=LOCK_HELP + "\n" + epilog,
         formatter_class=fmt,
     )
