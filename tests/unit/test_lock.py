@@ -303,3 +303,22 @@ def test_an_election_follows_the_line(clients: Callable[[], KVClient], store: Lo
 
 def elections_range() -> Request:
     return Request(Op.RANGE, key=b"elections/primary/", range_end=b"elections/primary0")
+
+
+def test_kvctl_lock_stops_the_command_when_the_lease_is_lost(
+    run: Run, leader: FakeReplica, store: LockStore
+) -> None:
+    def expire_the_holder() -> None:
+        wait_for("the holder", lambda: store.queue())
+        (key,) = store.queue()
+        store.now += 2_000
+        store.expire(int(key.rsplit(b"/", 1)[1], 16))
+
+    expiry = threading.Thread(target=expire_the_holder, daemon=True)
+    expiry.start()
+    began = time.monotonic()
+    argv = ("lock", "job", "--ttl", "1", "--", sys.executable, "-c", "import time; time.sleep(30)")
+    code, _, err = run("--cluster", leader.address, *argv)
+    assert code == EXIT_FAILED and "lost the lock job" in one_error_line(err)
+    assert time.monotonic() - began < 15  # the command was stopped, not waited for
+    expiry.join(5)
