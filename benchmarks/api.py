@@ -38,6 +38,9 @@ the hand-encoded messages of benchmarks/etcd.py (one `KV/Range`, one
   etcd's `mod_revision`, so etcd's Txn compares MOD. No two clients share
   a key, so every transaction succeeds (a failure is counted in
   `cas_failed` and the versions are read again).
+- **put** (`{"op": "put", "first": i}`): client c PUTs the first key of
+  its txn pair: the same client's single write, as a reference for the
+  transactions measured minutes apart on a machine whose load changes.
 - **watch** (`measure_watch`, in the harness's own process): one watcher on
   the leader and one on a follower watch a prefix; a writer PUTs keys under
   it at a steady rate (a warm-up first, until every watcher has seen an
@@ -62,8 +65,8 @@ from benchmarks.driver import BACKOFF_MAX_NS, BACKOFF_MIN_NS, RunSpec, WorkerSta
 from benchmarks.histogram import Histogram
 from benchmarks.workload import key_name, payload
 
-SCAN, TXN = "scan", "txn"
-API_OPS = (SCAN, TXN)
+SCAN, TXN, PUT = "scan", "txn", "put"
+API_OPS = (SCAN, TXN, PUT)
 # gRPC channels of the API clients: replies of 10,000 keys and more, and
 # reconnects as quick as the steady-state driver's
 ETCD_OPTIONS = (
@@ -114,6 +117,9 @@ class PaxosApi:
             if not page.more or page.next_key is None:
                 return keys, pages
             start = page.next_key
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.kv.put(key, value)
 
     def versions(self, keys: list[bytes]) -> list[int]:
         out = []
@@ -194,6 +200,11 @@ class EtcdApi:
             raise RuntimeError("etcd cut a range without a limit")
         return keys, 1
 
+    def put(self, key: bytes, value: bytes) -> None:
+        from benchmarks import etcd as pb
+
+        self.ch.call(pb.KV_PUT, pb.encode_put(key, value))
+
     def versions(self, keys: list[bytes]) -> list[int]:
         from benchmarks import etcd as pb
 
@@ -242,8 +253,10 @@ def run_api(
         try:
             if op == SCAN:
                 _scan_loop(api, spec.api, win, stats, lock)
-            else:
+            elif op == TXN:
                 _txn_loop(api, txn_keys(spec.api["first"], no), value, win, stats, lock)
+            else:
+                _put_loop(api, txn_keys(spec.api["first"], no)[0], value, win, stats, lock)
         finally:
             api.close()
 
@@ -336,6 +349,31 @@ def _txn_loop(
             if revision is None:
                 stats.cas_failed += 1
         versions = None if revision is None else [revision] * len(keys)
+
+
+def _put_loop(
+    api: PaxosApi | EtcdApi,
+    key: bytes,
+    value: bytes,
+    win: _Window,
+    stats: WorkerStats,
+    lock: threading.Lock,
+) -> None:
+    while win.may_issue(time.monotonic_ns()):
+        cpu0 = time.thread_time_ns()
+        t0 = time.monotonic_ns()
+        try:
+            api.put(key, value)
+        except Exception as exc:  # noqa: BLE001 - counted; the client goes on
+            _count_error(stats, lock, exc)
+            time.sleep(0.01)
+            continue
+        t1 = time.monotonic_ns()
+        cpu = time.thread_time_ns() - cpu0
+        with lock:
+            _record(stats, win, PUT, t0, t1, False)
+            if t0 >= win.measure_from and t1 <= win.end_ns:
+                stats.counters["client_cpu_ns"] += cpu
 
 
 # --------------------------------------------------------------------------

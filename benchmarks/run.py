@@ -402,6 +402,8 @@ def api_headline(sc: dict[str, Any]) -> dict[str, float | None]:
         if r["clients"] == 1:
             out[f"range_{r['keys_per_scan']}_cpu"] = per_op(r, "client_cpu_ns", 1e-6)
     txn = sc.get("txn") if isinstance(sc.get("txn"), dict) else {}
+    put = txn.get("put") if isinstance(txn.get("put"), dict) else None
+    out["txn_put1_p50"] = put["latency_ms"]["p50"] if put and put["ops"] else None
     for r in txn.get("runs") or []:
         k = f"txn_c{r['clients']}"
         out[k + "_p50"] = r["latency_ms"]["p50"] if r["ops"] else None
@@ -441,6 +443,7 @@ def api_rows(cfg: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ]
     if cfg.get("txn_clients"):
         rows.append(("txn_cpu", "txn 2-key CAS: client CPU a txn, 1c", "ms", "none"))
+        rows.append(("txn_put1_p50", "txn's reference: PUT 1 client p50", "ms", "low"))
     rate = cfg.get("watch_rate") or 0
     for name in ("leader", "follower"):
         who = f"watch {rate:g}/s: PUT to event, {name}"

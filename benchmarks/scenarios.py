@@ -451,16 +451,21 @@ class SystemRunner:
 
     def txn(self, cluster: Any) -> dict[str, Any]:
         """Two-key transactions (compare both versions, put both), each
-        client on its own pair, with each of `txn_clients` clients."""
+        client on its own pair, with each of `txn_clients` clients; before
+        them one client's single PUTs through the same client library."""
         cfg = self.cfg
         pre = self.preload(cluster, TXN_KEY_BASE, TXN_KEY_BASE + 2 * max(cfg.txn_clients))
+        # the same client's single PUT, as a reference measured minutes apart
+        put = self._api_run(
+            cluster, "put x1 (reference)", 1, {"op": "put", "first": TXN_KEY_BASE}, cfg.duration
+        )
         runs = [
             self._api_run(
                 cluster, f"txn x{c}", c, {"op": "txn", "first": TXN_KEY_BASE}, cfg.duration
             )
             for c in cfg.txn_clients
         ]
-        return {"preload": pre, "runs": runs}
+        return {"preload": pre, "put": put, "runs": runs}
 
     def watch(self, cluster: Any) -> dict[str, Any]:
         """PUT-to-event latency of a prefix watcher on the leader and one on

@@ -145,7 +145,7 @@ def test_smoke_api_scenarios(tmp_path):
             assert "error" not in sc[part], (name, sc[part])
         runs = {(r["keys_per_scan"], r["clients"]): r for r in sc["range"]["runs"]}
         assert set(runs) == {(100, 1), (100, 2), (6000, 1), (6000, 2)}
-        for r in [*runs.values(), *sc["txn"]["runs"]]:
+        for r in [*runs.values(), *sc["txn"]["runs"], sc["txn"]["put"]]:
             assert r["ops"] > 0 and r["error_count"] == 0, (name, r["label"], r["errors"])
             assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
         assert runs[(6000, 1)]["counters"]["keys"] == 6000 * runs[(6000, 1)]["ops"]

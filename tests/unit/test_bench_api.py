@@ -55,6 +55,12 @@ class FakeApi:
         time.sleep(0.001)
         return self.scan_keys, self.pages
 
+    def put(self, key, value):
+        time.sleep(0.001)
+        if key == b"bad":
+            raise RuntimeError("refused")
+        self.store[key] = self.rev = self.rev + 1
+
     def versions(self, keys):
         self.reads += 1
         return [self.store.get(k, 1) for k in keys]
@@ -103,6 +109,15 @@ def test_scan_loop_counts_requests_and_refuses_a_short_scan():
     assert short.hists.get(api.SCAN) is None or short.hists[api.SCAN].total == 0
     (err,) = short.errors
     assert err == "short scan: 99 of 100 keys" and short.errors[err] > 2
+
+
+def test_put_loop_records_puts_and_counts_errors():
+    fake, stats, lock = FakeApi(), WorkerStats(), threading.Lock()
+    api._put_loop(fake, b"k", b"v", window(0.1), stats, lock)
+    assert stats.hists[api.PUT].total > 3 and fake.store[b"k"] == fake.rev
+    bad = WorkerStats()
+    api._put_loop(fake, b"bad", b"v", window(0.05), bad, lock)
+    assert bad.hists[api.PUT].total == 0 and bad.errors["RuntimeError: refused"] >= 1
 
 
 def test_scan_requests_without_scans():
@@ -226,10 +241,11 @@ def doc_with_api() -> dict:
                     ]
                 },
                 "txn": {
+                    "put": run(1, 500.0 / scale),
                     "runs": [
                         run(1, 300.0 / scale, counters={"client_cpu_ns": 50 * MS}),
                         run(64, 3000.0 / scale),
-                    ]
+                    ],
                 },
                 "watch": {
                     "watchers": {
@@ -256,6 +272,7 @@ def test_table_rows_of_the_api_scenarios():
     assert rows["range_10000_cpu"]["ratio"] is None and "range_100_cpu" not in rows
     assert rows["txn_cpu"]["values"]["paxoskv"] == pytest.approx(0.5)
     assert rows["txn_c64_tput"]["values"]["etcd"] == 3000.0
+    assert rows["txn_put1_p50"]["values"] == {"paxoskv": 4.0, "etcd": 2.0}
     assert rows["txn_c1_p99"]["values"]["paxoskv"] == 18.0
     assert rows["watch_leader_p50"]["values"] == {"paxoskv": 3.0, "etcd": 3.0}
     # a watcher that got nothing has no latency (not 0 ms)
