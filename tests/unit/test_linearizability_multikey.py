@@ -759,3 +759,14 @@ def test_generated_bank_history_with_a_torn_range_is_not():
     pairs[key] = older[0]
     ops[last] = rng_read(ops[last].invoke_ns, ops[last].complete_ns, pairs, b"acct/", b"acct0")
     assert verdict(*ops) is BAD
+
+
+def test_command_line_on_a_history_with_a_torn_range(tmp_path, capsys):
+    from tests.fault.linearizability import main
+
+    torn = tmp_path / "torn.jsonl"
+    ops = [init(), transfer(2, 10, (b"10", b"10"), (b"5", b"15")), rng_read(3, 9, {A: b"5"})]
+    History.from_operations(ops).save(torn)
+    assert main([str(torn)]) == 1
+    out = capsys.readouterr().out
+    assert "keys b'acct/a', b'acct/b': violation" in out and "range" in out
