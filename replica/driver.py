@@ -102,7 +102,7 @@ from kvstore.protocol import (
 from replica.badinput import BadFrames
 from replica.counters import DriverCounters
 from replica.logfmt import event
-from replica.messages import Message, Phase2a, SnapshotChunk, SnapshotRequest, Value
+from replica.messages import Message, Phase2a, Phase2b, SnapshotChunk, SnapshotRequest, Value
 from replica.paxos import CoreConfig, CoreStatus, PaxosCore, Ready, Role
 from replica.snapshots import (
     ClientExports,
@@ -112,6 +112,7 @@ from replica.snapshots import (
     SnapshotTarget,
 )
 from replica.storage import AcceptorStorage
+from replica.trace import Tracer
 from replica.watch import EventSource, Watches
 
 log = logging.getLogger("replica.driver")
@@ -287,6 +288,7 @@ class ReplicaDriver:
             joining=joining and state_machine.applied_index == 0,
         )
         self._member_requests = 0
+        self.tracer: Tracer | None = None  # replica/trace.py; off unless set
         self._move_to: int | None = None  # kvctl move-leader, for _submit
         self.compaction = compaction or CompactionSettings()
         self._exporter = Exporter(
@@ -330,6 +332,8 @@ class ReplicaDriver:
         Ready once (see the module docstring)."""
         acc = Ready()
         step = self.core.step
+        tracer = self.tracer
+        began = 0.0 if tracer is None else tracer.now()
         for msg in messages:  # peers first: a request then meets the freshest role
             kind = type(msg)
             if kind is SnapshotRequest:
@@ -338,10 +342,14 @@ class ReplicaDriver:
                 self._on_snapshot_chunk(msg, acc)
             else:
                 acc.merge(step(msg))
+                if tracer is not None and (kind is Phase2a or kind is Phase2b):
+                    self._trace_message(msg, began)
         for envelope, payload in requests:
             self._on_request(envelope, payload)
         self._propose_lease_expiry()
         self._submit(acc)
+        if tracer is not None and acc.votes and self.core.is_leader:
+            self._trace_proposed(acc, began)
         self._run_ticks(acc)
         self._start_install(acc)
         self._finish(acc)
@@ -447,11 +455,16 @@ class ReplicaDriver:
             acc.merge(self.core.compact(self._compact_to))
             self._compact_to = None
         messages = acc.messages
+        tracer = self.tracer
         if acc.must_persist():
             if self.early_phase2a and messages and not acc.own_quorum:
                 messages = self._send_early(messages)
             self._persist(acc)
+            if tracer is not None:
+                self._trace_persisted(acc)
         if messages:
+            if tracer is not None:  # handed to ZeroMQ now (the send may yield the core)
+                self._trace_sent(messages)
             self.peers.send(messages)
         self._apply_and_answer(acc)
         self._watches.poll(self._clock())
@@ -470,6 +483,8 @@ class ReplicaDriver:
         early = [m for m in messages if type(m[1]) is Phase2a]
         if not early:
             return messages
+        if self.tracer is not None:
+            self._trace_sent(early)
         self.peers.send(early)
         if len(early) == len(messages):
             return []
@@ -479,17 +494,85 @@ class ReplicaDriver:
         """Steps (3) and (4)."""
         results = None
         if acc.committed:
+            if self.tracer is not None:  # if this iteration had nothing to sync
+                self._trace_slots(acc.committed, "chosen_persisted")
             results = self.sm.apply(acc.committed)
             self.counters.committed_slots += len(acc.committed)
             self._note_applied(acc.committed)
+            if self.tracer is not None:
+                self._trace_slots(acc.committed, "applied")
         elif self._installer is None:
             self.sm.collect_garbage()  # what an install left behind, a bit at a time
         if results:
             self._answer_writes(results)
+        if self.tracer is not None and acc.committed:
+            self._trace_replied(acc.committed)
         if acc.reads:
             self._answer_reads(acc.reads)
         if acc.failed_reads:
             self._fail_reads(acc.failed_reads)
+
+    # ------------------------------------------------- the trace (replica/trace.py)
+
+    def _trace_message(self, msg: Message, began: float) -> None:
+        tracer = self.tracer
+        assert tracer is not None
+        if not tracer.wants(msg.slot):  # type: ignore[attr-defined]
+            return
+        if type(msg) is Phase2a:
+            tracer.begin(msg.slot, "follower", began, commands=len(msg.value))
+        else:
+            tracer.mark(msg.slot, "p2b", began, p2b_from=msg.sender)  # type: ignore[attr-defined]
+
+    def _trace_proposed(self, acc: Ready, began: float) -> None:
+        tracer = self.tracer
+        assert tracer is not None
+        now = tracer.now()
+        for slot, vote in acc.votes.items():
+            if tracer.wants(slot) and tracer.role_of(slot) is None:
+                tracer.begin(slot, "leader", began, commands=len(vote.value), proposed=now)
+
+    def _trace_persisted(self, acc: Ready) -> None:
+        tracer = self.tracer
+        assert tracer is not None
+        now = tracer.now()
+        for slot in acc.votes:
+            if tracer.wants(slot):
+                tracer.mark(slot, "persisted", now)
+        for slot, _ in acc.committed:
+            if tracer.wants(slot):
+                tracer.mark(slot, "chosen_persisted", now)
+
+    def _trace_sent(self, messages: list[tuple[int, Message]]) -> None:
+        tracer = self.tracer
+        assert tracer is not None
+        now = tracer.now()
+        for _, msg in messages:
+            kind = type(msg)
+            if kind is Phase2a and tracer.wants(msg.slot):
+                tracer.mark(msg.slot, "sent", now)
+            elif (
+                kind is Phase2b
+                and tracer.wants(msg.slot)
+                and tracer.role_of(msg.slot) == "follower"
+            ):
+                tracer.finish(msg.slot, "sent", now)
+
+    def _trace_slots(self, entries: list[tuple[int, Value]], stage: str) -> None:
+        tracer = self.tracer
+        assert tracer is not None
+        now = tracer.now()
+        for slot, _ in entries:
+            if tracer.wants(slot):
+                tracer.mark(slot, stage, now)
+
+    def _trace_replied(self, entries: list[tuple[int, Value]]) -> None:
+        tracer = self.tracer
+        assert tracer is not None
+        now = tracer.now()
+        for slot, _ in entries:
+            if tracer.wants(slot) and tracer.role_of(slot) == "leader":
+                tracer.finish(slot, "replied", now)
 
     def _answer_writes(self, results: list[Result]) -> None:
         waiting = self._waiting

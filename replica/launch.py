@@ -70,12 +70,14 @@ def replica_command(
     prefix: Sequence[str] = (),
     cluster_state: str | None = "new",
     log_format: str | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The argv of one replica; None leaves an option at the replica's default.
     `cluster_state` is `--initial-cluster-state`, which matters only for an
     empty data directory: "new" (the default) for the first start of a
     cluster, "existing" for a restart that must never bootstrap (a wiped
-    directory is then refused: replica/datadir.py)."""
+    directory is then refused: replica/datadir.py). `extra`: more options
+    (e.g. --trace-every N)."""
     argv = [*prefix, sys.executable, "-m", module, "--config", str(config),
             "--id", str(replica_id), "--data-dir", str(data_dir)]  # fmt: skip
     if cluster_state is not None:
@@ -86,7 +88,7 @@ def replica_command(
         argv += ["--log-level", log_level]
     if log_format is not None:
         argv += ["--log-format", log_format]
-    return argv
+    return argv + list(extra)
 
 
 def replica_env() -> dict[str, str]:
@@ -123,12 +125,13 @@ def start_replica(
     group: int | None = None,
     cluster_state: str | None = "new",
     log_format: str | None = None,
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Starts one replica (`replica_command`) with `replica_env()` (see
     `spawn`); `group` is the group id to run it with (needs root)."""
     argv = replica_command(
         config, replica_id, data_dir, tick_ms=tick_ms, log_level=log_level, module=module,
-        prefix=prefix, cluster_state=cluster_state, log_format=log_format,
+        prefix=prefix, cluster_state=cluster_state, log_format=log_format, extra=extra,
     )  # fmt: skip
     return spawn(argv, log_path, env=replica_env(), cwd=cwd, group=group)
 

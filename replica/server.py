@@ -61,6 +61,7 @@ from replica.metrics import MetricsServer, ReplicaMetrics, probe_db
 from replica.paxos import CoreConfig
 from replica.reclaim import Reclaimer
 from replica.storage import LOG_PREFIXES, LevelDBStorage, slot_key
+from replica.trace import Tracer
 from replica.transport import BindError, ClientTransport, Envelope, PeerTransport
 
 log = logging.getLogger("replica.server")
@@ -305,6 +306,10 @@ class Replica:
         self.clients.close()
         self.ctx.term()
 
+    def trace(self, every: int) -> None:
+        """Traces every `every`-th slot into the data directory (replica/trace.py)."""
+        self.driver.tracer = Tracer.to_dir(self.id, every, time.monotonic, self.data_dir)
+
     def _compacted(self, point: int) -> None:
         """After a log compaction to `point`: give back the disk of the log
         below it and of the watch events trimmed since the last one."""
@@ -321,6 +326,8 @@ class Replica:
             self.metrics_server.close()
         self._close_sockets()
         self._close_reclaimers()
+        if self.driver.tracer is not None:
+            self.driver.tracer.close()
         self.db.close()
         log.info("replica %d stopped", self.id)
 
@@ -410,7 +417,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="same as --metrics-addr 0.0.0.0:PORT"
     )
+    parser.add_argument(
+        "--trace-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="trace the commit path of every N-th slot into DATA_DIR/trace.jsonl, for "
+        "`python -m benchmarks.run --trace` (replica/trace.py; default 0: off)",
+    )
     args = parser.parse_args(argv)
+    if args.trace_every < 0:
+        parser.error("--trace-every must be >= 0 (0: off)")
     if args.tick_ms is not None and not args.tick_ms > 0:
         parser.error("--tick-ms must be > 0")
     if args.metrics_port is not None:
@@ -490,6 +507,12 @@ def _build(args: argparse.Namespace) -> Replica:
         raise StartupError(str(exc)) from None
     except (plyvel.Error, OSError) as exc:
         raise StartupError(f"cannot open the data directory {data_dir}: {exc}") from None
+    if args.trace_every:
+        try:
+            replica.trace(args.trace_every)
+        except OSError as exc:
+            replica.close()
+            raise StartupError(f"cannot write the trace into {data_dir}: {exc}") from None
     if metrics_at is not None:
         try:
             replica.serve_metrics(*metrics_at, monitoring.ready_max_lag)
