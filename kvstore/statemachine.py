@@ -587,6 +587,9 @@ class _Sessions:
                 batch.put(gen.index_key(session.last_used, client_id), b"")
 
 
+_UNREAD = object()  # _Pending.assign: the caller did not read the old record
+
+
 class _Pending:
     """The effects of one `apply()` call not yet written: reads check these
     overlays before LevelDB, so a command sees the commands before it."""
@@ -642,9 +645,11 @@ class _Pending:
                 (keys.add if on else keys.discard)(key)
         return sorted(keys)
 
-    def assign(self, key: bytes, entry: _Record | None) -> None:
-        """Sets a key's record (None: deleted), moving it between leases."""
-        old = self.record(key)
+    def assign(self, key: bytes, entry: _Record | None, old: Any = _UNREAD) -> None:
+        """Sets a key's record (None: deleted), moving it between leases.
+        `old`: its current record (None: absent) when the caller read it."""
+        if old is _UNREAD:
+            old = self.record(key)
         if entry is not None:
             prev = 0 if old is None else old[1]
             self.events.append((self.revision, PUT, key, entry[0], entry[1], entry[2], prev))
@@ -696,7 +701,7 @@ class _Pending:
         else:
             old = self.record(key)
             create = self.revision if old is None else old[2]
-            self.assign(key, (value, self.revision, create, lease))
+            self.assign(key, (value, self.revision, create, lease), old)
         return self.revision
 
     def flush(self, batch: plyvel.WriteBatch) -> None:
