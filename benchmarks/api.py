@@ -144,9 +144,13 @@ class PaxosApi:
 
 class EtcdChannels:
     """A worker's gRPC channels, one per member, and the leader hint its
-    threads share; `call` tries the leader, then the next member."""
+    threads share; `call` tries the leader, then the next member, until
+    `stop_ns` (then the error is raised: a run never outlives its window
+    by much, even against a broken cluster)."""
 
-    def __init__(self, spec: RunSpec, stats: WorkerStats, lock: threading.Lock) -> None:
+    def __init__(
+        self, spec: RunSpec, stats: WorkerStats, lock: threading.Lock, stop_ns: int
+    ) -> None:
         import grpc
 
         self.grpc = grpc
@@ -155,6 +159,7 @@ class EtcdChannels:
         self.timeout = spec.attempt_timeout
         self.stats = stats
         self.lock = lock
+        self.stop_ns = stop_ns
         self.channels = {
             rid: grpc.insecure_channel(ep, options=ETCD_OPTIONS)
             for rid, ep in spec.endpoints.items()
@@ -174,6 +179,8 @@ class EtcdChannels:
                 with self.lock:
                     self.stats.errors[exc.code().name] += 1
                     self.stats.retries += 1
+                if time.monotonic_ns() > self.stop_ns:
+                    raise
                 if self.leader == target:
                     self.leader = self.ids[(self.ids.index(target) + 1) % len(self.ids)]
                 target = self.leader
@@ -243,7 +250,12 @@ def run_api(
     lock = threading.Lock()
     win = _Window(spec, start_ns, None)
     value = payload(spec.workload.value_size, spec.workload.seed)
-    channels = EtcdChannels(spec, stats, lock) if spec.system == "etcd" else None
+    # A thread blocked in a call at the end of the window finishes it (not
+    # recorded); one still blocked after the attempt budget is abandoned.
+    give_up = win.end_ns + int((4 * spec.attempt_timeout + 30) * 1e9)
+    # etcd calls are retried until the window closes (an answer after it
+    # would not be recorded anyway)
+    channels = EtcdChannels(spec, stats, lock, win.end_ns) if spec.system == "etcd" else None
 
     def make() -> PaxosApi | EtcdApi:
         return PaxosApi(spec) if channels is None else EtcdApi(channels)
@@ -265,9 +277,6 @@ def run_api(
     threads = [threading.Thread(target=client, args=(no,), daemon=True) for no in client_nos]
     for t in threads:
         t.start()
-    # A thread blocked in a call at the end of the window finishes it (not
-    # recorded); one still blocked after the attempt budget is abandoned.
-    give_up = win.end_ns + int((4 * spec.attempt_timeout + 30) * 1e9)
     try:
         for t in threads:
             while t.is_alive() and time.monotonic_ns() < give_up:

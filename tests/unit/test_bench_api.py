@@ -120,6 +120,28 @@ def test_put_loop_records_puts_and_counts_errors():
     assert bad.hists[api.PUT].total == 0 and bad.errors["RuntimeError: refused"] >= 1
 
 
+def test_etcd_calls_try_every_member_until_the_window_closes():
+    grpc = pytest.importorskip("grpc")
+    from benchmarks import etcd as pb
+    from replica.launch import free_ports
+
+    ports = free_ports(3)  # nothing listens: every call is refused
+    spec = RunSpec("etcd", {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports)}, 2, 1,
+                   WorkloadSpec(), attempt_timeout=0.2)  # fmt: skip
+    stats, lock = WorkerStats(), threading.Lock()
+    ch = api.EtcdChannels(spec, stats, lock, time.monotonic_ns() + 300 * MS)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(grpc.RpcError):
+            ch.call(pb.KV_PUT, pb.encode_put(b"k", b"v"))
+    finally:
+        ch.close()
+    assert time.monotonic() - t0 < 5
+    assert stats.retries >= 2 and stats.errors["UNAVAILABLE"] == stats.retries
+    # each refusal but the last (past the window) moves the hint on: 2, 3, 1, ...
+    assert ch.leader == stats.retries % 3 + 1
+
+
 def test_scan_requests_without_scans():
     assert scan_requests({"ops": 0, "counters": {}}) is None
     assert scan_requests({"ops": 5}) is None
