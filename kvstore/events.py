@@ -44,15 +44,17 @@ Previous values (a watcher's prev_kv) are found at read time, not kept
 twice: the write path only adds the previous mod revision P to each event
 (a few bytes; the apply already read the old record), and a read that asks
 for them looks up the event of the same key at revision P, which holds the
-value written then (a key has at most one event per revision). So an
+value written then (a key has at most one event per revision): a point
+read of P's first event, a scan of P only when it has several. So an
 overwrite costs no second copy of its value in the byte-bounded log, and
 writers that nobody watches with prev_kv pay nothing more. The price: once
 revision P is trimmed from this replica's log, the previous value is gone
 (the event says `prev_revision` P with `prev_value` None, "no longer
 kept"), even while the event itself is still kept; a key rewritten rarely
-on a busy store loses it first. A read resolves each revision P once (the
-PUTs of P in a dict), and the events it looks at there count toward
-`MAX_WATCH_SCAN`, checked at revision boundaries as the rest.
+on a busy store loses it first. A read scans a revision P of several
+events once (its PUTs kept in a dict), and the events it looks at for
+previous values count toward `MAX_WATCH_SCAN`, checked at revision
+boundaries as the rest.
 """
 
 from __future__ import annotations
@@ -249,19 +251,22 @@ class EventLog:
             fields = msgpack.unpackb(raw, raw=False)
             k = fields[1]
             if _in_range(k, key, end):
-                event = Event(rev, *fields[:5])
-                if prev is not None:
-                    event = prev.fill(event, fields[5] if len(fields) > 5 else PREV_UNKNOWN)
-                    size += len(event.prev_value or b"")
-                found.append(event)
-                size += len(k) + len(event.value or b"")
+                if prev is None:
+                    found.append(Event(rev, *fields[:5]))
+                else:
+                    before = prev.of(k, fields[5] if len(fields) > 5 else PREV_UNKNOWN)
+                    found.append(Event(rev, *fields[:5], *before))
+                    size += len(before[1] or b"")
+                size += len(k) + len(fields[2] or b"")
         return found, revision + 1
 
 
 class _PrevValues:
     """The previous values of one read: the value of a key at revision P
-    is the value of its event at P (a PUT: the key existed after P), found
-    by one scan of P's events, whose PUTs are kept for the rest of the read."""
+    is the value of its event at P (a PUT: the key existed after P). The
+    first event of P is read by a point lookup (most revisions are one
+    command of one key); a revision of several events is scanned once and
+    its PUTs kept for the rest of the read."""
 
     def __init__(self, db: plyvel.DB, oldest: int) -> None:
         self._db = db
@@ -269,22 +274,29 @@ class _PrevValues:
         self._puts: dict[int, dict[bytes, bytes]] = {}
         self.scanned = 0  # events looked at in the revisions resolved
 
-    def fill(self, event: Event, prev_revision: int) -> Event:
-        """`event` with its previous revision and value (see WatchEvent)."""
+    def of(self, key: bytes, prev_revision: int) -> tuple[int, bytes | None]:
+        """(prev_revision, prev_value) of an event of `key` (see WatchEvent)."""
         if prev_revision <= 0:  # a create (0), or an event without it
-            return event._replace(prev_revision=prev_revision)
-        value = self._at(prev_revision).get(event.key)
-        return event._replace(prev_revision=prev_revision, prev_value=value)
+            return prev_revision, None
+        return prev_revision, self._value(prev_revision, key)
 
-    def _at(self, revision: int) -> dict[bytes, bytes]:
+    def _value(self, revision: int, key: bytes) -> bytes | None:
         puts = self._puts.get(revision)
-        if puts is None:
-            puts = self._puts[revision] = {}
-            if revision >= self._oldest:
-                start, stop = event_key(revision), event_key(revision + 1)
-                for _, raw in self._db.iterator(start=start, stop=stop):
-                    self.scanned += 1
-                    kind, k, value = msgpack.unpackb(raw, raw=False)[:3]
-                    if kind == PUT:
-                        puts[k] = value
-        return puts
+        if puts is not None:
+            return puts.get(key)
+        raw = self._db.get(event_key(revision)) if revision >= self._oldest else None
+        if raw is None:  # trimmed (revisions go whole)
+            self._puts[revision] = {}
+            return None
+        self.scanned += 1
+        kind, k, value = msgpack.unpackb(raw, raw=False)[:3]
+        if k == key:
+            return value if kind == PUT else None
+        puts = self._puts[revision] = {}
+        start, stop = event_key(revision), event_key(revision + 1)
+        for _, raw in self._db.iterator(start=start, stop=stop):
+            self.scanned += 1
+            kind, k, value = msgpack.unpackb(raw, raw=False)[:3]
+            if kind == PUT:
+                puts[k] = value
+        return puts.get(key)
