@@ -1,7 +1,9 @@
 """Watch on a real 3-replica cluster (issue 14): a watcher (KVClient.watch in
 a thread) sees every change exactly once and in revision order while the
 leader is killed with SIGKILL and restarted, and a second watcher resumes
-from a revision and sees the same events; kvctl watch prints them.
+from a revision and sees the same events; kvctl watch prints them, with
+--prev-kv the previous key-value lines, or a note on stderr once the
+previous revision is past the retention (while the event itself is kept).
 
 Every wait polls with a deadline (tests/harness.py wait_for).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -151,3 +154,44 @@ def test_previous_values_on_request_kvctl_and_client(cluster: Cluster) -> None:
         b"DELETE", b"pkv/a", b"2", b"pkv/a",
     ]  # fmt: skip
     assert b"kvctl:" not in err  # every previous value was there: no note
+
+
+def _kvctl_watch_lines(cluster: Cluster, args: list[str], count: int) -> tuple[list[bytes], bytes]:
+    """The first `count` stdout lines of `kvctl watch ARGS`, and its stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.kvctl", "--cluster", cluster.cluster_arg, "watch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        lines: list[bytes] = []
+        assert proc.stdout is not None
+        while len(lines) < count:
+            lines.append(proc.stdout.readline().rstrip(b"\n"))
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    return lines, err
+
+
+def test_a_previous_value_past_the_retention_is_said_to_be_gone(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cluster = cluster_factory(3, start=False)
+    with open(cluster.config_path, "a", encoding="utf-8") as fh:
+        fh.write("\n[watch]\nretain_events = 5\n")
+    cluster.start()
+    kv = cluster.client()
+    first = kv.put("rare", "first")
+    for i in range(20):
+        kv.put(f"busy/{i % 3}", str(i))
+    again = kv.put("rare", "second")
+    lines, err = _kvctl_watch_lines(cluster, ["rare", "--prev-kv", "--rev", str(again)], 3)
+    assert lines == [b"PUT", b"rare", b"second"]  # as for a created key ...
+    assert (
+        f"kvctl: the value of 'rare' before revision {again} (from revision {first}) "
+        "is no longer kept"
+    ).encode() in err  # ... and said on stderr
+    busy = ["busy/", "--prefix", "--prev-kv", "--rev", str(again - 1)]
+    lines, err = _kvctl_watch_lines(cluster, busy, 5)
+    assert lines == [b"PUT", b"busy/1", b"16", b"busy/1", b"19"] and b"kvctl:" not in err
