@@ -12,4 +12,4 @@ import sys
 from tests.fault.broken_replica import main
 
 if __name__ == "__main__":
-    sys.exit(main(ranges_only=True))
+    sys.exit(main(broken="ranges"))

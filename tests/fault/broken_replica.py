@@ -12,11 +12,19 @@ check-quorum timer fires, and meanwhile serves reads that miss writes the
 new leader has acknowledged. `runner.stale_read_scenario` makes that happen
 deterministically and the linearizability checker must say "violation".
 
-`tests.fault.broken_range_replica` (`main(ranges_only=True)`) breaks range
+`tests.fault.broken_range_replica` (`main(broken="ranges")`) breaks range
 reads only: GETs keep the read index, so the GET scenario passes and only a
 range read gives the bug away (`stale_read_scenario(read="range")`: a
 range read of two accounts that misses an acknowledged transfer, which the
 checker judges on the two keys together).
+
+`tests.fault.broken_txn_replica` (`main(broken="compares")`) evaluates a
+transaction's comparisons against the state stored before the current
+`apply()` call (kvstore/statemachine.py `_Layer.record`), missing the
+commands before it in the same batch: two transfers committed together
+both succeed on the values they saw, and one's money is lost. Nothing
+deterministic makes batches; the bank workload under load makes them often
+enough (docs/FAULTS.md says how often it was caught).
 
 (Another classic, acknowledging votes that were never fsync'd, cannot be
 caught by kill -9: the page cache survives a killed process. It needs a
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import sys
 
+from kvstore import statemachine
 from kvstore.protocol import Op, Request
 from replica import server
 from replica.driver import Envelope, ReplicaDriver
@@ -51,9 +60,26 @@ def _range_local_if_leader(self: ReplicaDriver, envelope: Envelope, req: Request
         _READ_LINEARIZABLE(self, envelope, req)
 
 
-def main(argv: list[str] | None = None, *, ranges_only: bool = False) -> int:
-    broken = _range_local_if_leader if ranges_only else _read_local_if_leader
-    ReplicaDriver._read_linearizable = broken  # type: ignore[method-assign]
+def _stored_record(self: statemachine._Layer, key: bytes) -> statemachine._Record | None:
+    """BROKEN on purpose: a transaction's view of a key is what LevelDB held
+    before this apply() call, not the pending state of the commands before
+    it (nor the transaction's own writes)."""
+    raw = self.pending.db.get(self.pending.gen.data + key)
+    return None if raw is None else statemachine._record(raw)
+
+
+BROKEN = ("reads", "ranges", "compares")
+
+
+def main(argv: list[str] | None = None, *, broken: str = "reads") -> int:
+    """The replica with the `broken` change: "reads" (linearizable reads
+    from local state on a leader), "ranges" (the same for RANGE only),
+    "compares" (transaction comparisons against stale state)."""
+    if broken == "compares":
+        statemachine._Layer.record = _stored_record  # type: ignore[method-assign]
+    else:
+        read = _range_local_if_leader if broken == "ranges" else _read_local_if_leader
+        ReplicaDriver._read_linearizable = read  # type: ignore[method-assign]
     return server.main(argv)
 
 

@@ -634,8 +634,10 @@ def check_group(
     touch; `universe` is every key of the whole history (default: those of
     `ops`), which says which keys a range read."""
     ops = sorted(ops, key=lambda o: (o.invoke_ns, o.id))
-    names = tuple(sorted(set(keys), key=lambda k: (isinstance(k, str), k)))
-    known_keys = txnmodel.universe(ops) if universe is None else list(universe)
+    names = tuple(sorted(set(keys), key=txnmodel.sort_key))
+    known_keys = txnmodel.universe(ops if universe is None else [])
+    if universe is not None:
+        known_keys = sorted(universe, key=txnmodel.sort_key)
     ix = {k: i for i, k in enumerate(names)}
     kept: list[tuple[Operation, txnmodel.Program]] = []
     try:

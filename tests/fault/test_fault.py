@@ -154,6 +154,24 @@ def test_broken_range_reads_are_caught(netns_ok: None, run_dir: Path) -> None:
     assert "read b'stale/a' = b'a1' but it holds b'a2'" in str(bad[0])
 
 
+def test_broken_transaction_compares_are_caught(firewall_ok: None, run_dir: Path) -> None:
+    """Replicas whose transactions compare against the state stored before
+    the current batch (tests.fault.broken_txn_replica): two transfers
+    committed together both succeed on the balances they saw. No fault is
+    needed, only the bank workload: the group check must find a transaction
+    that succeeded although its comparisons did not hold."""
+    cfg = RunConfig(
+        replicas=3, duration_s=8.0, seed=11, nemesis="none", net="loopback", clients=0,
+        bank_clients=3, module="tests.fault.broken_txn_replica",
+    )  # fmt: skip
+    summary = run(cfg, run_dir)
+    print(summary.text())
+    assert summary.verdict is Verdict.VIOLATION, summary.text()
+    (bad,) = summary.result.violations()
+    assert bad.key == tuple(b"bank/e0/%d" % i for i in range(cfg.accounts))
+    assert "reported success but its comparisons do not hold" in str(bad)
+
+
 def test_real_replica_passes_the_stale_range_scenario(netns_ok: None, run_dir: Path) -> None:
     summary = scenario(run_dir, read="range")
     print(summary.text())

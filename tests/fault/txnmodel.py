@@ -58,6 +58,7 @@ configurations that differ only in them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -113,7 +114,8 @@ OUTSIDE = _Outside()
 # -- keys and groups ------------------------------------------------------------
 
 
-def _order(key: Value) -> tuple[bool, Value]:
+def sort_key(key: Value) -> tuple[bool, Value]:
+    """The order of keys in `universe`: bytes, then str (tests mix them)."""
     return (isinstance(key, str), key)
 
 
@@ -130,7 +132,7 @@ def universe(ops: Iterable[Operation]) -> list[Value]:
             keys.update(s.key for s in op.txn.success + op.txn.failure if s.range_end is None)
             if op.outcome is Outcome.OK and op.result.reads is not None:
                 keys.update(k for pairs in op.result.reads for k, _ in pairs)
-    return sorted(keys, key=_order)
+    return sorted(keys, key=sort_key)
 
 
 def _pairs(result: Any) -> Pairs:
@@ -138,10 +140,17 @@ def _pairs(result: Any) -> Pairs:
 
 
 def domain(start: Value, end: Value | None, keys: Sequence[Value]) -> list[Value]:
-    """The keys of `keys` in [start, end) (the one key `start` when end is None)."""
+    """The keys of `keys` (sorted as `universe` sorts them) in [start, end)
+    (the one key `start` when end is None)."""
     if end is None:
         return [start]
-    return [k for k in keys if type(k) is type(start) and in_range(k, start, end)]
+    found = []
+    for i in range(bisect_left(keys, sort_key(start), key=sort_key), len(keys)):
+        k = keys[i]
+        if type(k) is not type(start) or not in_range(k, start, end):
+            break
+        found.append(k)
+    return found
 
 
 def touched(op: Operation, keys: Sequence[Value]) -> list[Value]:
@@ -201,7 +210,7 @@ def groups(ops: Sequence[Operation]) -> list[tuple[tuple[Value, ...], list[Opera
         ops_of.append(op)
         multi[0] = multi[0] or op.kind not in SINGLE_KEY
     return [
-        (tuple(sorted(members[root], key=_order)), ops_of, multi[0])
+        (tuple(sorted(members[root], key=sort_key)), ops_of, multi[0])
         for root, (ops_of, multi) in out.items()
     ]
 
@@ -228,9 +237,9 @@ def _read(
     start: Value, end: Value | None, pairs: Pairs, ix: dict[Value, int], keys: Sequence[Value]
 ) -> Action:
     got = dict(pairs)
-    inside = set(domain(start, end, [*keys, *got]))
+    inside = {k for k in got if type(k) is type(start) and in_range(k, start, end)}
     names = list(dict.fromkeys([*domain(start, end, keys), *got]))
-    values = tuple(got.get(k) if k in inside else OUTSIDE for k in names)
+    values = tuple(OUTSIDE if k in got and k not in inside else got.get(k) for k in names)
     return ("get", tuple(ix[k] for k in names), values)
 
 
