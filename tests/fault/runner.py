@@ -174,7 +174,7 @@ class Summary:
             f"operations: {sum(by_outcome.values())} (ok {by_outcome[Outcome.OK]}, "
             f"fail {by_outcome[Outcome.FAIL]}, unknown {by_outcome[Outcome.UNKNOWN]}, "
             f"pending {by_outcome[Outcome.PENDING]}) on "
-            f"{len({o.key for o in ops})} keys; by kind:",
+            f"{len({o.key for o in ops if o.kind is not Kind.RANGE})} keys; by kind:",
             *("  " + ln for ln in self.history.summary_text().splitlines()),
             f"faults injected: {sum(self.faults.values())}"
             + "".join(f"\n  {k:<20} {n}" for k, n in sorted(self.faults.items())),
