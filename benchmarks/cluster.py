@@ -67,6 +67,7 @@ class KVCluster:
     base_dir: Path | None = None
     tick_ms: int | None = None
     curve: bool = False  # CURVE on (README, Security): keys made in base_dir/keys
+    trace_every: int = 0  # --trace-every of each replica (benchmarks/trace.py); 0: off
     client_keys: ClientKeys | None = None
     client_key_args: dict[str, str] = field(default_factory=dict)  # for KVClient
     replicas: list[Replica] = field(default_factory=list)
@@ -118,6 +119,7 @@ class KVCluster:
         r.proc = start_replica(
             self.config_path, r.id, r.data_dir, r.log_path,
             tick_ms=self.tick_ms, log_level="warning", cwd=REPO_ROOT,
+            extra=["--trace-every", str(self.trace_every)] if self.trace_every else (),
         )  # fmt: skip
 
     def endpoints(self) -> dict[int, str]:

@@ -237,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="py-spy the paxoskv leader during the largest sweep point; summary in the report",
     )
     ap.add_argument(
+        "--trace",
+        type=int,
+        nargs="?",
+        const=20,
+        default=0,
+        metavar="N",
+        help="trace the commit path of every N-th slot (default 20) on our replicas and print "
+        "each run's stage-by-stage breakdown (benchmarks/trace.py); JSON: each run's 'trace'",
+    )
+    ap.add_argument(
         "--curve",
         action="store_true",
         help="CURVE on every socket of our cluster, load generators included (README, "
@@ -311,6 +321,9 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         cfg.profile = True
         cfg.profile_dir = str(args.out)
     cfg.curve = args.curve
+    if args.trace < 0:
+        raise SystemExit("--trace N: N must be >= 1")
+    cfg.trace_every = args.trace
     return cfg
 
 
@@ -690,6 +703,25 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def traced_runs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, breakdown) of every run of ours that carries a trace."""
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("trace"), dict) and node["trace"].get("slots"):
+                found.append((f"paxoskv {node.get('label', '')}", node["trace"]))
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc["systems"].get("paxoskv", {}).get("scenarios", {}))
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
@@ -771,6 +803,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(render(prof["profile"]))
+    for title, breakdown in traced_runs(doc):
+        from benchmarks.trace import render
+
+        print()
+        print(render(breakdown, title))
     print(
         f"\nwrote {json_path}"
         + (f" and {png_path}" if png_path else "")

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import trace
 from benchmarks.driver import RunSpec
 from benchmarks.footprint import (
     BudgetExceeded,
@@ -151,16 +152,26 @@ class SuiteConfig:
     profile_dir: str | None = None
     # CURVE on every socket of our cluster (README, Security); etcd unchanged
     curve: bool = False
+    # the per-request trace of every N-th slot (paxoskv; 0: off): each run
+    # of our cluster gets a commit-path breakdown (benchmarks/trace.py)
+    trace_every: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _trace_dirs(cluster: Any) -> list[Path]:
+    """The data directories of our cluster's replicas (none for etcd)."""
+    return [r.data_dir for r in getattr(cluster, "replicas", []) if hasattr(r, "data_dir")]
 
 
 def make_cluster(system: str, replicas: int, cfg: SuiteConfig | None = None) -> Any:
     if system == "paxoskv":
         from benchmarks.cluster import KVCluster
 
-        return KVCluster(replicas, curve=cfg.curve if cfg is not None else False)
+        if cfg is None:
+            return KVCluster(replicas)
+        return KVCluster(replicas, curve=cfg.curve, trace_every=cfg.trace_every)
     from benchmarks.etcd import EtcdCluster
 
     extra: list[str] = []
@@ -219,6 +230,9 @@ class SystemRunner:
         leader = cluster.leader()
         pids = cluster.pids()
         cpu0 = {rid: proc_cpu_seconds(pid) for rid, pid in pids.items()}
+        traced = None
+        if self.cfg.trace_every and self.system == "paxoskv":
+            traced = trace.Marks(_trace_dirs(cluster))
         t0 = time.monotonic()
         spec = RunSpec(
             system=self.system,
@@ -254,6 +268,9 @@ class SystemRunner:
         result["server_cpu_s"] = used
         result["server_cpu_share"] = round(sum(used.values()) / wall, 3) if wall > 0 else None
         result["client_cpu_share"] = round(result["client_cpu_s"] / wall, 3) if wall > 0 else None
+        if traced is not None:
+            p50 = (result.get("latency_ms") or {}).get("p50")
+            result["trace"] = trace.breakdown(traced.since(), p50)
         return result
 
     def preload(

@@ -59,11 +59,37 @@ def collect(data_dirs: Iterable[Path]) -> list[dict[str, Any]]:
         file = Path(path) / TRACE_FILE
         if not file.exists():
             continue
-        for line in file.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a killed replica
+        records.extend(_parse(file.read_text(encoding="utf-8", errors="replace")))
+    return records
+
+
+class Marks:
+    """Where each replica's trace file ended when made: `since()` reads only
+    the records written after, i.e. those of one run on a cluster that
+    keeps tracing across runs."""
+
+    def __init__(self, data_dirs: Iterable[Path]) -> None:
+        self._files = [Path(d) / TRACE_FILE for d in data_dirs]
+        self._offsets = [f.stat().st_size if f.exists() else 0 for f in self._files]
+
+    def since(self) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for file, offset in zip(self._files, self._offsets, strict=True):
+            if not file.exists():
+                continue
+            with file.open("rb") as fh:
+                fh.seek(offset)
+                records.extend(_parse(fh.read().decode("utf-8", "replace")))
+        return records
+
+
+def _parse(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a killed replica
     return records
 
 

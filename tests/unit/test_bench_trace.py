@@ -99,3 +99,28 @@ def test_the_breakdown_joins_the_leader_with_the_follower_that_completed_the_quo
     assert sum(path) == pytest.approx(500.0)  # the stages of one slot add up
     text = bench_trace.render(result, "PUT, 1 client")
     assert "follower: fsync of its vote" in text and "300.0" in text
+
+
+def test_marks_read_only_what_a_run_appended_and_the_report_finds_traced_runs(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.run import traced_runs
+
+    d = tmp_path / "r1"
+    d.mkdir()
+    file = d / trace.TRACE_FILE
+    file.write_text(json.dumps({"slot": 1}) + "\n")
+    marks = bench_trace.Marks([d, tmp_path / "absent"])
+    with file.open("a") as fh:
+        fh.write(json.dumps({"slot": 2}) + "\n" + '{"slot": 3, "cut')
+    assert marks.since() == [{"slot": 2}]
+    result = bench_trace.breakdown(_pair(10, 1.0))
+    doc = {
+        "systems": {
+            "paxoskv": {
+                "scenarios": {"steady": {"sweep": [{"label": "put x64", "trace": result}]}}
+            },
+            "etcd": {"scenarios": {"steady": {"sweep": [{"label": "x", "trace": result}]}}},
+        }
+    }
+    assert traced_runs(doc) == [("paxoskv put x64", result)]
