@@ -45,7 +45,8 @@ def lease_id(text: str) -> int:
     return value
 
 
-def _ttl(text: str) -> int:
+def lease_ttl(text: str) -> int:
+    """An argparse type: a lease TTL in seconds, within the limits."""
     try:
         value = int(text)
     except ValueError:
@@ -67,7 +68,7 @@ def add_lease(sub: Any, fmt: type, epilog: str) -> None:
     )
     what = p.add_subparsers(dest="lease_command", metavar="ACTION", required=True)
     grant = what.add_parser("grant", help="grant a lease; prints its id")
-    grant.add_argument("ttl", type=_ttl, metavar="TTL", help="seconds")
+    grant.add_argument("ttl", type=lease_ttl, metavar="TTL", help="seconds")
     grant.set_defaults(run=_run_grant)
     keep = what.add_parser("keep-alive", help="keep a lease alive")
     keep.add_argument("id", type=lease_id, metavar="ID")

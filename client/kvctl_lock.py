@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from client.client import KVClient
+from client.kvctl_lease import lease_ttl
 from client.kvctl_output import Output
 from client.lock import DEFAULT_TTL, Lock
 from kvstore.config import ConfigError
-from kvstore.limits import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
 
 EXIT_OK, EXIT_FAILED = 0, 1
 POLL_S = 0.2
@@ -51,18 +51,6 @@ it to what you write to, so it can refuse a holder that lost the lock.
 A holder that dies keeps the lock until its lease expires (--ttl, default
 {DEFAULT_TTL} s). Exit status: the command's; without one, 0 once released.
 """
-
-
-def _ttl(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not MIN_LEASE_TTL_S <= value <= MAX_LEASE_TTL_S:
-        raise argparse.ArgumentTypeError(
-            f"a lease TTL is {MIN_LEASE_TTL_S} to {MAX_LEASE_TTL_S} seconds"
-        )
-    return value
 
 
 def _wait(text: str) -> float:
@@ -91,7 +79,7 @@ def add_lock(sub: Any, fmt: type, epilog: str) -> None:
     p.add_argument("name", metavar="NAME", help="the lock's name")
     p.add_argument(
         "--ttl",
-        type=_ttl,
+        type=lease_ttl,
         default=DEFAULT_TTL,
         metavar="SECONDS",
         help=f"TTL of the lock's lease: how long a dead holder keeps it (default {DEFAULT_TTL})",
