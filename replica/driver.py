@@ -21,7 +21,9 @@ call; the simulator whatever its schedule delivers). One iteration:
    `MAX_CATCHUP_TICKS` when the loop stalled; the schedule is then reset);
 5. the `Ready`s of all the calls above are merged (`Ready.merge`) and
    honoured ONCE, in contract order (group commit):
-   (1) one synced `storage.persist` batch if anything must persist,
+   (1) one synced `storage.persist` batch if anything must persist
+       (with committed slots to apply, handed to a writer thread while (3)
+       runs: "Applying while the batch is synced" below),
    (2) only then every message is sent,
    (3) `state_machine.apply(committed)` in slot order,
    (4) clients are answered: the result of an applied command goes to the
@@ -59,8 +61,36 @@ with membership changes). Every message that does
 reveal acceptor state (Phase1b, Phase2b, Nack, HeartbeatAck, a Phase1a with
 a fresh promise) waits for the sync. `early_phase2a=False` gives the textbook
 order (one fsync more on the commit path). The argument needs the sync to
-complete within the iteration that sent the Phase2a: a pipelined or threaded
-persist must restate it.
+complete within the iteration that sent the Phase2a, which it still does
+when the state machine applies beside it (below).
+
+Applying while the batch is synced
+----------------------------------
+When an iteration has both a batch to sync and committed slots to apply
+(a busy leader: new proposals and Phase2b answers; a busy follower: new
+votes and a commit index), step (1) is handed to the storage's writer
+thread (`storage.persist_begin`, replica/storage.py `SyncWriter`: plyvel
+releases the GIL in the write and fsync) and step (3) runs meanwhile on
+the loop's thread; the loop waits for the sync before step (2) and step
+(4). What is visible outside is unchanged: no message and no answer
+leaves before the batch is on disk (the early Phase2a excepted, as
+before), and the iteration ends only after its sync, so the early-Phase2a
+argument holds as stated. What changes is the order of two writes in
+LevelDB's log: the state machine's unsynced batch may now come before the
+acceptor batch, and a crash during the sync may keep it and lose the
+acceptor batch. That is safe because every slot applied in such an
+iteration was chosen by votes that were durable before it began: a
+follower applies what the leader reported committed, and a leader counts
+its own vote only after a follower's Phase2b, which answers a Phase2a sent
+in an earlier iteration, after that iteration's sync. The one exception
+is a slot chosen by the leader's own vote of this very batch
+(`Ready.own_quorum`: a single voter, or a leader whose other members are
+learners): such an iteration syncs first, as before. The simulator writes
+the acceptor batch before or after the state machine's at random, keeps a
+random prefix of unsynced writes when it crashes in a sync, checks that
+nothing is applied that no durable majority chose, and catches a driver
+that applies beside the sync in the `own_quorum` case too
+(tests/sim, `OverlapsOwnQuorum`).
 
 The seams (typing.Protocol): `AcceptorStorage` (replica/storage.py), and
 `StateMachine`, `PeerSender`, `ClientReplier` and `Clock` below.
@@ -111,7 +141,7 @@ from replica.snapshots import (
     SnapshotSource,
     SnapshotTarget,
 )
-from replica.storage import AcceptorStorage
+from replica.storage import AcceptorStorage, PendingPersist
 from replica.trace import Tracer
 from replica.watch import EventSource, Watches
 
@@ -252,6 +282,7 @@ class ReplicaDriver:
         core_config: CoreConfig | None = None,
         bad: BadFrames | None = None,
         early_phase2a: bool = True,
+        overlap_apply: bool = True,
         compaction: CompactionSettings | None = None,
         wall_clock: Clock | None = None,
         session_ttl_ms: int = SESSION_TTL_MS,
@@ -275,6 +306,7 @@ class ReplicaDriver:
         self.bad = bad if bad is not None else BadFrames()
         self.counters = DriverCounters()  # read by replica/metrics.py
         self.early_phase2a = early_phase2a
+        self.overlap_apply = overlap_apply
         ids = frozenset(replica_ids)
         self._bootstrap = membership or Membership(0, ids, started=ids)
         self.core = self.core_class(
@@ -459,6 +491,9 @@ class ReplicaDriver:
         if acc.must_persist():
             if self.early_phase2a and messages and not acc.own_quorum:
                 messages = self._send_early(messages)
+            if self.overlap_apply and acc.committed and not acc.own_quorum:
+                self._finish_overlapped(acc, messages)
+                return
             self._persist(acc)
             if tracer is not None:
                 self._trace_persisted(acc)
@@ -468,6 +503,31 @@ class ReplicaDriver:
             self.peers.send(messages)
         self._apply_and_answer(acc)
         self._watches.poll(self._clock())
+
+    def _finish_overlapped(self, acc: Ready, messages: list[tuple[int, Message]]) -> None:
+        """Steps (1) and (3) side by side (module docstring, "Applying while
+        the batch is synced"): the batch goes to the storage's writer, the
+        committed slots are applied meanwhile, and only once the batch is on
+        disk are the messages sent and the clients answered."""
+        if self.tracer is not None:  # the commit no longer waits for this sync
+            self._trace_slots(acc.committed, "chosen_persisted")
+        pending = self._persist_begin(acc)
+        results = self._apply(acc)
+        pending.wait()
+        if self.tracer is not None:
+            self._trace_persisted(acc)
+        if messages:
+            if self.tracer is not None:
+                self._trace_sent(messages)
+            self.peers.send(messages)
+        self._answer(acc, results)
+        self._watches.poll(self._clock())
+
+    def _persist_begin(self, acc: Ready) -> PendingPersist:
+        """Step (1), handed to the storage's writer thread."""
+        return self.storage.persist_begin(
+            acc.promised, acc.votes, acc.chosen, compacted=acc.compacted
+        )
 
     def _persist(self, acc: Ready) -> None:
         """Step (1): the acceptor writes of the iteration, one synced batch
@@ -492,6 +552,10 @@ class ReplicaDriver:
 
     def _apply_and_answer(self, acc: Ready) -> None:
         """Steps (3) and (4)."""
+        self._answer(acc, self._apply(acc))
+
+    def _apply(self, acc: Ready) -> list[Result] | None:
+        """Step (3)."""
         results = None
         if acc.committed:
             if self.tracer is not None:  # if this iteration had nothing to sync
@@ -503,6 +567,10 @@ class ReplicaDriver:
                 self._trace_slots(acc.committed, "applied")
         elif self._installer is None:
             self.sm.collect_garbage()  # what an install left behind, a bit at a time
+        return results
+
+    def _answer(self, acc: Ready, results: list[Result] | None) -> None:
+        """Step (4)."""
         if results:
             self._answer_writes(results)
         if self.tracer is not None and acc.committed:

@@ -185,8 +185,25 @@ class TimedStorage:
         self._storage.persist(*args, **kwargs)
         self.fsync.observe(self._clock() - start)
 
+    def persist_begin(self, *args: Any, **kwargs: Any) -> Any:
+        """Timed from the hand-over to the end of the wait (the fsync runs
+        beside the loop's work, so this is the sync's time on the loop's
+        clock, an overestimate of the fsync)."""
+        return _TimedPending(self._storage.persist_begin(*args, **kwargs), self)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
+
+
+class _TimedPending:
+    def __init__(self, pending: Any, timed: TimedStorage) -> None:
+        self._pending = pending
+        self._timed = timed
+        self._start = timed._clock()
+
+    def wait(self) -> None:
+        self._pending.wait()
+        self._timed.fsync.observe(self._timed._clock() - self._start)
 
 
 def probe_db(db: Any) -> str | None:

@@ -60,7 +60,7 @@ from replica.messages import Message
 from replica.metrics import MetricsServer, ReplicaMetrics, probe_db
 from replica.paxos import CoreConfig
 from replica.reclaim import Reclaimer
-from replica.storage import LOG_PREFIXES, LevelDBStorage, slot_key
+from replica.storage import LOG_PREFIXES, LevelDBStorage, SyncWriter, slot_key
 from replica.trace import Tracer
 from replica.transport import BindError, ClientTransport, Envelope, PeerTransport
 
@@ -121,6 +121,7 @@ class Replica:
         # The watch event log's trimmed revisions, reclaimed the same way
         # each time the log compacts (kvstore/events.py).
         self.event_reclaimer = Reclaimer(self.db, (EVENT_PREFIX,), _event_key)
+        self.sync_writer = SyncWriter()  # the loop applies while it fsyncs
         try:
             watch = watch or WatchSettings()
             self.sm = KVStateMachine(self.db, (watch.retain_events, watch.retain_bytes))
@@ -129,7 +130,7 @@ class Replica:
                 self.driver = driver_class(
                     me.id,
                     [r.id for r in cluster],
-                    LevelDBStorage(self.db, on_compacted=self._compacted),
+                    LevelDBStorage(self.db, on_compacted=self._compacted, writer=self.sync_writer),
                     self.sm,
                     self.peers,
                     self.clients,
@@ -317,6 +318,7 @@ class Replica:
         self.event_reclaimer.request(self.sm.events.oldest)
 
     def _close_reclaimers(self) -> None:
+        self.sync_writer.close()
         self.reclaimer.close()
         self.event_reclaimer.close()
 

@@ -243,6 +243,20 @@ class AnswerBeforeSync(ReplicaDriver):
 # ------------------------------------------------------------ the twins
 
 
+class OverlapsOwnQuorum(ReplicaDriver):
+    """Broken on purpose: applies while the batch is synced even when a slot
+    was chosen by this replica's own unsynced vote alone (Ready.own_quorum)."""
+
+    def _finish(self, acc: Ready) -> None:
+        if acc.must_persist() and acc.committed and acc.own_quorum:
+            if self._compact_to is not None:
+                acc.merge(self.core.compact(self._compact_to))
+                self._compact_to = None
+            self._finish_overlapped(acc, acc.messages)
+            return
+        super()._finish(acc)
+
+
 class SimStorage(LevelDBStorage):
     """The real acceptor storage; tells the observer which votes are durable."""
 
@@ -257,9 +271,38 @@ class SimStorage(LevelDBStorage):
         if compacted is not None:
             self._sim.stats.compactions += 1
         if sync:  # reached only if the sync hook did not crash before it
-            for batch in self._unsynced:
-                self._sim.observe_votes(self._node, batch)
-            self._unsynced.clear()
+            self._synced()
+
+    def _synced(self) -> None:
+        for batch in self._unsynced:
+            self._sim.observe_votes(self._node, batch)
+        self._unsynced.clear()
+
+    def persist_begin(self, promised, votes, chosen, compacted=None):  # noqa: ANN001, ANN201
+        """The driver applies while this batch is synced: either order of
+        the two writes may reach the log first (LevelDB queues writers), so
+        the batch is written at once or, at random, only in `wait()`, after
+        the state machine's batch (a crash in its sync may then keep that
+        batch and lose this one)."""
+        self._sim.stats.overlapped += 1
+        if self._sim.rng.random() < 0.5:
+            self.persist(promised, votes, chosen, sync=True, compacted=compacted)
+            return _Written()
+        self._sim.stats.deferred_syncs += 1
+        return _Deferred(lambda: self.persist(promised, votes, chosen, True, compacted))
+
+
+class _Written:
+    def wait(self) -> None:
+        return None
+
+
+class _Deferred:
+    def __init__(self, write) -> None:  # noqa: ANN001
+        self._write = write
+
+    def wait(self) -> None:
+        self._write()
 
 
 class SimStateMachine(KVStateMachine):
@@ -346,6 +389,8 @@ class Stats:
     moves: int = 0
     sync_crashes: int = 0
     early_phase2a_crashes: int = 0
+    overlapped: int = 0  # iterations that applied while their batch was synced
+    deferred_syncs: int = 0  # ... whose batch reached the log after the apply's
     elections: int = 0
     chosen: int = 0
     ops_ok: int = 0
@@ -555,8 +600,8 @@ class Simulation:
         self.stats.iterations += 1
         try:
             node.driver.iterate(messages, requests)
-        except SimCrash:
-            self._crash(node, keep=0)
+        except SimCrash:  # power lost in a sync: a prefix of the unsynced writes survives
+            self._crash(node, keep=self.rng.randint(0, node.db.unsynced_batches))
             return
         if node.driver.core.is_leader and not was_leader:
             self.stats.elections += 1

@@ -41,6 +41,7 @@ from replica.launch import free_ports
 from replica.messages import Ballot, Nack, Phase2a, Phase2b, Vote
 from replica.paxos import Ready, Role
 from replica.server import Replica
+from replica.storage import PendingPersist
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,7 +239,20 @@ def test_persist_precedes_every_revealing_message(
         log.append((self.id, "finish", []))
         original_finish(self, acc)
 
+    class Logged:  # a batch applied beside (driver docstring): on disk after wait()
+        def __init__(self, rid: int, pending: PendingPersist) -> None:
+            self.rid, self.pending = rid, pending
+
+        def wait(self) -> None:
+            self.pending.wait()
+            log.append((self.rid, "persist", []))
+
+    def persist_begin(self: ReplicaDriver, acc: Ready) -> Logged:
+        return Logged(self.id, original_begin(self, acc))
+
+    original_begin = ReplicaDriver._persist_begin
     monkeypatch.setattr(ReplicaDriver, "_persist", persist)
+    monkeypatch.setattr(ReplicaDriver, "_persist_begin", persist_begin)
     monkeypatch.setattr(ReplicaDriver, "_finish", finish)
     for r in replicas:
 

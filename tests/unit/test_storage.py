@@ -2,6 +2,7 @@
 survives a crash, what is not may not, a compaction point deletes the log
 below it in the same batch."""
 
+import threading
 from collections.abc import Iterator
 
 import plyvel
@@ -9,7 +10,7 @@ import pytest
 
 from replica.inmem import MemoryDB
 from replica.messages import Ballot, Vote
-from replica.storage import LevelDBStorage
+from replica.storage import LevelDBStorage, SyncWriter
 
 
 @pytest.fixture(params=["plyvel", "memory"])
@@ -58,3 +59,62 @@ def test_a_crash_keeps_what_was_synced_and_a_prefix_of_the_rest() -> None:
     assert state.compacted == 0
     db.crash(keep=0)
     assert sorted(LevelDBStorage(db).load().votes) == [0, 1, 2, 3]  # now durable
+
+
+class _SlowBatch:
+    """A batch whose write blocks until released, or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.release = threading.Event()
+        self.written = threading.Event()
+        self.fail = fail
+
+    def write(self) -> None:
+        assert self.release.wait(10)
+        if self.fail:
+            raise OSError("disk full")
+        self.written.set()
+
+
+def test_the_sync_writer_writes_beside_the_caller_and_hands_back_failures() -> None:
+    writer = SyncWriter()
+    try:
+        batch = _SlowBatch()
+        job = writer.begin(batch)  # returns while the write is still going on
+        assert not batch.written.is_set()
+        with pytest.raises(RuntimeError, match="one synced batch at a time"):
+            writer.begin(_SlowBatch())
+        batch.release.set()
+        job.wait()
+        assert batch.written.is_set() and writer.writes == 1
+        bad = _SlowBatch(fail=True)
+        bad.release.set()
+        with pytest.raises(OSError, match="disk full"):
+            writer.begin(bad).wait()
+    finally:
+        writer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.begin(_SlowBatch())
+
+
+def test_persist_begin_is_persist_in_two_halves(tmp_path) -> None:  # noqa: ANN001
+    db = plyvel.DB(str(tmp_path), create_if_missing=True)
+    points: list[int] = []
+    writer = SyncWriter()
+    try:
+        storage = LevelDBStorage(db, on_compacted=points.append, writer=writer)
+        votes = {s: Vote(Ballot(1, 1), (b"v%d" % s,)) for s in range(10)}
+        storage.persist_begin(Ballot(1, 1), votes, {3: (b"c",)}).wait()
+        pending = storage.persist_begin(None, {}, {}, compacted=5)
+        pending.wait()
+        assert points == [5] and writer.writes == 2
+        state = LevelDBStorage(db).load()
+        assert state.promised == Ballot(1, 1) and state.compacted == 5
+        assert sorted(state.votes) == list(range(5, 10)) and state.chosen == {}
+        # Without a writer it writes at once (the simulator's MemoryDB too).
+        mem = MemoryDB()
+        LevelDBStorage(mem).persist_begin(Ballot(2, 1), votes, {}).wait()
+        assert LevelDBStorage(mem).load().promised == Ballot(2, 1)
+    finally:
+        writer.close()
+        db.close()
