@@ -425,7 +425,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         metavar="N",
         help="trace the commit path of every N-th slot into DATA_DIR/trace.jsonl, for "
-        "`python -m benchmarks.run --trace` (replica/trace.py; default 0: off)",
+        "`python -m benchmarks.run --trace` (replica/trace.py; the file grows while on; "
+        "default 0: off)",
     )
     args = parser.parse_args(argv)
     if args.trace_every < 0:
