@@ -96,6 +96,7 @@ from kvstore.limits import (
 
 PROTOCOL_VERSION = 1
 CLIENT_ID_BYTES = 16
+_UNPACKB = msgpack.unpackb
 CLOCK_TAG = b"\xc1"
 _CLOCK = struct.Struct(">QQ")  # unix_ms, session_ttl_ms
 _OLD_CLOCK = struct.Struct(">Q")  # unix_ms only: TTL unchanged
@@ -801,6 +802,53 @@ def _decode_txn_op(raw: Any) -> TxnOp:
     )
 
 
+_PUT_OP, _GET_OP, _DELETE_OP = int(Op.PUT), int(Op.GET), int(Op.DELETE)
+
+
+def _parse_plain(frame: bytes) -> Request | None:
+    """`parse_request`'s hot path: a PUT, GET or DELETE of the exact common
+    shape (9 fields, every one of its exact type, within every limit) as
+    the Request the full path would build; None for anything else, which
+    the full path then decodes and judges. It decides nothing the full
+    path would decide differently (tests/unit/test_protocol.py compares
+    both over generated frames); it only skips the general checks: a
+    request is parsed on receipt and again by every replica's apply."""
+    if type(frame) is not bytes or len(frame) > MAX_REQUEST_BYTES:
+        return None
+    try:
+        obj = _UNPACKB(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception:  # noqa: BLE001 - the full path names the error
+        return None
+    if type(obj) is not list or len(obj) != 9:
+        return None
+    version, op, client_id, seq, key, value, exp_value, exp_version, stale = obj
+    if (
+        type(version) is not int
+        or version != PROTOCOL_VERSION
+        or type(client_id) is not bytes
+        or len(client_id) != CLIENT_ID_BYTES
+        or type(seq) is not int
+        or seq < 1
+        or type(key) is not bytes
+        or not 0 < len(key) <= MAX_KEY_BYTES
+        or type(stale) is not bool
+        or exp_value is not None
+        or exp_version is not None
+    ):
+        return None
+    if op == _PUT_OP and type(op) is int:
+        if type(value) is not bytes or len(value) > MAX_VALUE_BYTES:
+            return None
+        return Request(Op.PUT, client_id, seq, key, value, None, None, stale)
+    if value is not None or type(op) is not int:
+        return None
+    if op == _GET_OP:
+        return Request(Op.GET, client_id, seq, key, None, None, None, stale)
+    if op == _DELETE_OP:
+        return Request(Op.DELETE, client_id, seq, key, None, None, None, stale)
+    return None
+
+
 def parse_request(frame: bytes) -> Request | Response:
     """The one way to read a request frame: the decoded, valid Request, or the
     error Response to send back instead. In order:
@@ -816,6 +864,12 @@ def parse_request(frame: bytes) -> Request | Response:
     Never raises, whatever the bytes: a replica answers and carries on, and a
     bad command in a slot has the same outcome on every replica.
     """
+    fast = _parse_plain(frame)
+    return _parse_full(frame) if fast is None else fast
+
+
+def _parse_full(frame: bytes) -> Request | Response:
+    """`parse_request` without its hot path."""
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         return Response(Status.BAD_REQUEST, error="request frame must be bytes")
     too_large = _oversize(frame)

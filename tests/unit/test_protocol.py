@@ -816,3 +816,97 @@ def test_snapshot_requests_need_no_session_and_are_bounded() -> None:
     assert parse_request(long_id).status is Status.BAD_REQUEST
     long_cursor = encode_request(Request(Op.SNAPSHOT, key=b"k" * 5000, value=b"x"))
     assert parse_request(long_cursor).status is Status.TOO_LARGE
+
+
+# --- parse_request's hot path -----------------------------------------------------------
+
+_EDGE_FIELDS = (
+    [None, True, False, -1, 0, 1, 2, 3, 4, 5, 6, 17, 1.0, 2**63, "s", [1], {}]
+    + [b"", b"k", CID, CID[:15], CID + b"x", b"k" * MAX_KEY_BYTES]
+    + [b"k" * (MAX_KEY_BYTES + 1), b"v" * MAX_VALUE_BYTES, b"v" * (MAX_VALUE_BYTES + 1)]
+)
+_FIELD_CHOICES = st.one_of(
+    st.sampled_from(_EDGE_FIELDS),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.binary(max_size=20),
+)
+
+
+def _plain_fields(op: Op) -> list[Any]:
+    value = b"value" if op in (Op.PUT, Op.CAS) else None
+    return [PROTOCOL_VERSION, int(op), CID, 2, b"key", value, None, None, False]
+
+
+def _assert_hot_path_agrees(frame: bytes) -> bool:
+    """True if the hot path took the frame."""
+    from kvstore.protocol import _parse_full, _parse_plain
+
+    fast = _parse_plain(frame)
+    full = _parse_full(frame)
+    if fast is not None:
+        assert isinstance(full, Request)
+        assert fast == full
+    assert parse_request(frame) == full
+    return fast is not None
+
+
+@pytest.mark.parametrize("op", [Op.PUT, Op.GET, Op.DELETE, Op.CAS, Op.STATUS])
+def test_the_hot_path_agrees_on_every_edge_in_every_field(op: Op) -> None:
+    """Each field of the common frame in turn replaced by each edge value
+    (types, bounds, limits), and the frame cut and grown by one field."""
+    taken = 0
+    for index in range(9):
+        for edge in _EDGE_FIELDS:
+            fields = _plain_fields(op)
+            fields[index] = edge
+            taken += _assert_hot_path_agrees(msgpack.packb(fields, use_bin_type=True))
+    for fields in (_plain_fields(op)[:8], [*_plain_fields(op), None]):
+        assert not _assert_hot_path_agrees(msgpack.packb(fields, use_bin_type=True))
+    plain = msgpack.packb(_plain_fields(op), use_bin_type=True)
+    assert _assert_hot_path_agrees(plain) == (op in (Op.PUT, Op.GET, Op.DELETE))
+    assert taken > 0  # e.g. an edge value that is the op's own
+
+
+@st.composite
+def _near_plain_frames(draw: st.DrawFn) -> bytes:
+    """Frames of PUT, GET, DELETE (and others) in the common 9-field shape,
+    with any field possibly swapped for something else, or cut or grown."""
+    op = draw(st.sampled_from([Op.PUT, Op.GET, Op.DELETE, Op.CAS, Op.STATUS]))
+    fields: list[Any] = [
+        PROTOCOL_VERSION,
+        int(op),
+        CID,
+        draw(st.integers(1, 5)),
+        b"key",
+        b"value" if op in (Op.PUT, Op.CAS) else None,
+        None,
+        None,
+        draw(st.booleans()),
+    ]
+    for _ in range(draw(st.integers(0, 2))):
+        fields[draw(st.integers(0, 8))] = draw(_FIELD_CHOICES)
+    shape = draw(st.sampled_from(["same", "same", "same", "short", "long"]))
+    if shape == "short":
+        fields.pop()
+    elif shape == "long":
+        fields.append(draw(_FIELD_CHOICES))
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+@given(_near_plain_frames())
+@settings(max_examples=3000, deadline=None)
+def test_the_hot_path_decides_as_the_full_path(frame: bytes) -> None:
+    """`parse_request` skips the general checks for the common PUT, GET and
+    DELETE frame; whatever it accepts, the full path builds the same
+    Request from (and it accepts the usual frames)."""
+    _assert_hot_path_agrees(frame)
+
+
+def test_the_hot_path_takes_the_usual_frames() -> None:
+    from kvstore.protocol import _parse_plain
+
+    for op, value in ((Op.PUT, b"v"), (Op.GET, None), (Op.DELETE, None)):
+        req = Request(op, CID, 3, b"key", value)
+        assert _parse_plain(encode_request(req)) == req
+    cas = Request(Op.CAS, CID, 3, b"key", b"v", expected_version=1)
+    assert _parse_plain(encode_request(cas)) is None
