@@ -76,6 +76,7 @@ _EVENT_KEY = struct.Struct(">QI")
 _WATCH_META = struct.Struct(">QQQ")
 
 PUT, DELETE = 0, 1
+_PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
 
 WATCH_RETAIN_EVENTS = 20_000
 """Events kept by default (each replica for itself): a retained tail of
@@ -175,7 +176,7 @@ class EventLog:
         for revision, *fields in events:
             index = index + 1 if revision == last else 0
             last = revision
-            raw = msgpack.packb(fields, use_bin_type=True)
+            raw = _PACK(fields)
             batch.put(EVENT_PREFIX + _EVENT_KEY.pack(revision, index), raw)
             count += 1
             size += len(raw) + _EVENT_KEY.size

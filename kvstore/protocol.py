@@ -97,6 +97,7 @@ from kvstore.limits import (
 PROTOCOL_VERSION = 1
 CLIENT_ID_BYTES = 16
 _UNPACKB = msgpack.unpackb
+_PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
 CLOCK_TAG = b"\xc1"
 _CLOCK = struct.Struct(">QQ")  # unix_ms, session_ttl_ms
 _OLD_CLOCK = struct.Struct(">Q")  # unix_ms only: TTL unchanged
@@ -996,7 +997,7 @@ def encode_response(resp: Response) -> bytes:
     ]
     if resp.result is not None:
         fields.append(_encode_result(resp.result))
-    return msgpack.packb(fields, use_bin_type=True)
+    return _PACK(fields)
 
 
 def decode_response(frame: bytes) -> Response:

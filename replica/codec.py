@@ -41,6 +41,7 @@ class CodecError(ValueError):
 
 
 _MAX_INT = 2**63 - 1
+_PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
 
 
 def _int(x: Any) -> int:
@@ -182,7 +183,7 @@ def encode(msg: Message) -> bytes:
     tag = _TAG_OF[type(msg)]
     _, fields = _REGISTRY[tag]
     body = [enc(getattr(msg, name)) for (enc, _), name in zip(fields, msg.__slots__, strict=False)]
-    return bytes((tag,)) + msgpack.packb(body, use_bin_type=True)
+    return bytes((tag,)) + _PACK(body)
 
 
 def decode(frame: bytes) -> Message:

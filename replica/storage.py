@@ -73,6 +73,7 @@ _VOTE_PREFIX = b"v"
 _CHOSEN_PREFIX = b"c"
 _COMPACTED_KEY = b"p"
 _SLOT = struct.Struct(">Q")
+_PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
 
 
 LOG_PREFIXES = (_VOTE_PREFIX, _CHOSEN_PREFIX)
@@ -166,10 +167,10 @@ class LevelDBStorage:
         for slot, (ballot, value) in votes.items():
             wb.put(
                 slot_key(_VOTE_PREFIX, slot),
-                msgpack.packb([ballot[0], ballot[1], value], use_bin_type=True),
+                _PACK([ballot[0], ballot[1], value]),
             )
         for slot, value in chosen.items():
-            wb.put(slot_key(_CHOSEN_PREFIX, slot), msgpack.packb(value, use_bin_type=True))
+            wb.put(slot_key(_CHOSEN_PREFIX, slot), _PACK(value))
         return wb, new_point
 
     def _written(self, new_point: bool) -> None:
