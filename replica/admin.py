@@ -32,7 +32,7 @@ from kvstore.config import ConfigError, load_cluster_config
 from kvstore.membership import bootstrap
 from kvstore.statemachine import KVStateMachine
 from replica import datadir
-from replica.server import WRITE_BUFFER_BYTES
+from replica.server import LEVELDB_OPTIONS
 from replica.storage import LevelDBStorage
 
 
@@ -56,7 +56,7 @@ def restore(backup_file: str, config: str, replica_id: int, data_dir: str) -> st
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise AdminError(f"{target} exists and is not an empty directory: restore makes a new one")
     datadir.prepare(target, name=name, replica_id=replica_id, state="new")
-    db = plyvel.DB(str(target), create_if_missing=True, write_buffer_size=WRITE_BUFFER_BYTES)
+    db = plyvel.DB(str(target), create_if_missing=True, **LEVELDB_OPTIONS)
     try:
         sm = KVStateMachine(db)
         snapshot_id = bytes.fromhex(summary.sha256)[:16]
