@@ -67,6 +67,7 @@ class DriverCounters:
         "install_started_at",
         "last_install_bytes",
         "last_install_keys",
+        "lease_reads",
     )
 
     def __init__(self) -> None:
@@ -79,6 +80,8 @@ class DriverCounters:
         self.leader_changes = 0
         """Times a leader became known that differs from the last one known
         (none included), as etcd's leader_changes_seen_total."""
+        self.lease_reads = 0
+        """Linearizable reads the leader answered on a read lease (--lease-reads)."""
         self.installs_started = 0
         self.installs_completed = 0
         self.installs_abandoned = 0

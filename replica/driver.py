@@ -98,6 +98,7 @@ The seams (typing.Protocol): `AcceptorStorage` (replica/storage.py), and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import deque
@@ -132,7 +133,15 @@ from kvstore.protocol import (
 from replica.badinput import BadFrames
 from replica.counters import DriverCounters
 from replica.logfmt import event
-from replica.messages import Message, Phase2a, Phase2b, SnapshotChunk, SnapshotRequest, Value
+from replica.messages import (
+    Heartbeat,
+    Message,
+    Phase2a,
+    Phase2b,
+    SnapshotChunk,
+    SnapshotRequest,
+    Value,
+)
 from replica.paxos import CoreConfig, CoreStatus, PaxosCore, Ready, Role
 from replica.snapshots import (
     ClientExports,
@@ -167,6 +176,13 @@ LEASE_RETRY_S = 1.0
 command is applied meanwhile, normally: a repeat would be a no-op)."""
 PROMOTE_MAX_BEHIND = 64
 """A learner more slots than this behind the leader is not promoted yet."""
+READ_LEASE_FRACTION = 0.8
+"""A read lease (`lease_reads`) lasts this fraction of the (election_ticks -
+1) ticks for which the replicas that acknowledged its heartbeat round grant
+no pre-vote (replica/paxos.py, "Leader leases"): the margin for clocks that
+run at different rates (a follower's up to 25% faster than the leader's)."""
+READ_LEASE_ROUNDS = 64
+"""Send times of unacknowledged heartbeat rounds kept for a lease."""
 _CHANGE_PENDING = "a membership change is in progress (it takes effect in a few slots): retry"
 """Backups streamed from one replica at once; more are answered UNAVAILABLE."""
 """An export nobody asked for a chunk of for this long is closed."""
@@ -288,12 +304,16 @@ class ReplicaDriver:
         session_ttl_ms: int = SESSION_TTL_MS,
         membership: Membership | None = None,
         joining: bool = False,
+        lease_reads: bool = False,
     ) -> None:
         """`membership` is a new cluster's (every replica a voter, with its
         addresses); by default the voters `replica_ids` without addresses. A
         replica that ever applied a slot has its own record instead.
         `joining`: this replica started on an empty directory to join a
-        running cluster (replica/paxos.py, "Joining")."""
+        running cluster (replica/paxos.py, "Joining"). `lease_reads`: as
+        leader, answer linearizable reads on a read lease instead of a
+        heartbeat round (replica/paxos.py, "Leader leases"; it turns on the
+        core's `read_lease_guard`, which every replica of the cluster needs)."""
         if not tick_s > 0:
             raise ValueError("tick_s must be > 0")
         if not 1 <= session_ttl_ms < 2**64:
@@ -309,13 +329,19 @@ class ReplicaDriver:
         self.overlap_apply = overlap_apply
         ids = frozenset(replica_ids)
         self._bootstrap = membership or Membership(0, ids, started=ids)
+        config = core_config or CoreConfig(max_batch_bytes=MAX_BATCH_BYTES)
+        if lease_reads:
+            config = dataclasses.replace(config, read_lease_guard=True)
+        self.read_lease_s = self._read_lease_seconds(config, tick_s) if lease_reads else 0.0
+        self._read_lease_until = 0.0  # clock time; valid while clock() is below it
+        self._hb_sent: dict[int, float] = {}  # heartbeat round -> clock before its send
         self.core = self.core_class(
             replica_id,
             list(replica_ids),
             storage.load(),
             state_machine.applied_index,
             rng,
-            core_config or CoreConfig(max_batch_bytes=MAX_BATCH_BYTES),
+            config,
             schedule=state_machine.membership_schedule(self._bootstrap),
             joining=joining and state_machine.applied_index == 0,
         )
@@ -353,6 +379,11 @@ class ReplicaDriver:
 
     # ------------------------------------------------------------ iteration
 
+    @staticmethod
+    def _read_lease_seconds(config: CoreConfig, tick_s: float) -> float:
+        """How long a read lease lasts from its heartbeat's send."""
+        return max(0, config.election_ticks - 1) * tick_s * READ_LEASE_FRACTION
+
     def seconds_to_next_tick(self) -> float:
         """How long the caller may wait for input before calling `iterate`."""
         return max(0.0, self._next_tick - self._clock())
@@ -366,6 +397,7 @@ class ReplicaDriver:
         step = self.core.step
         tracer = self.tracer
         began = 0.0 if tracer is None else tracer.now()
+        before = self._clock() if self.read_lease_s else 0.0  # any heartbeat is sent after
         for msg in messages:  # peers first: a request then meets the freshest role
             kind = type(msg)
             if kind is SnapshotRequest:
@@ -384,6 +416,8 @@ class ReplicaDriver:
             self._trace_proposed(acc, began)
         self._run_ticks(acc)
         self._start_install(acc)
+        if self.read_lease_s:
+            self._note_read_lease(acc, before)
         self._finish(acc)
         self._after_iteration()
 
@@ -412,7 +446,30 @@ class ReplicaDriver:
             acc.merge(self.core.propose(writes))
         if self._new_reads:
             reads, self._new_reads = self._new_reads, []
-            acc.merge(self.core.read_index(reads))
+            leased = self.read_lease_s > 0 and self._clock() < self._read_lease_until
+            if leased:
+                self.counters.lease_reads += len(reads)
+            acc.merge(self.core.read_index(reads, leased=leased))
+
+    def _note_read_lease(self, acc: Ready, before: float) -> None:
+        """Notes when this iteration's heartbeat rounds go out (`before`: the
+        clock read before the core made them) and extends the read lease
+        from the send time of the round a majority acknowledged."""
+        if not self.core.is_leader:
+            return
+        sent = self._hb_sent
+        for _, msg in acc.messages:
+            if type(msg) is Heartbeat and msg.round not in sent:
+                sent[msg.round] = before
+        confirmed = acc.read_lease_round
+        if confirmed is not None:
+            at = sent.get(confirmed)
+            if at is not None:
+                self._read_lease_until = max(self._read_lease_until, at + self.read_lease_s)
+            for r in [r for r in sent if r <= confirmed]:
+                del sent[r]
+        while len(sent) > READ_LEASE_ROUNDS:
+            del sent[min(sent)]
 
     def _propose_lease_expiry(self) -> None:
         """On the leader, every LEASE_CHECK_TICKS: an expiry command for the
@@ -670,6 +727,8 @@ class ReplicaDriver:
         key = _leadership_key(status)
         if key != self._leadership:
             self._leadership = key
+            self._read_lease_until = 0.0
+            self._hb_sent.clear()
             self._leader_since_ms = None
             self._expiring.clear()
             if key is not None and self._wall_clock is not None:

@@ -130,6 +130,38 @@ variant, a target that leads with the OLD ballot and no Phase 1, is caught
 as two values in one ballot). If the target does not take over within an
 election timeout, the leader goes on leading.
 
+Leader leases (opt-in: `kvstore-replica --lease-reads`)
+------------------------------------------------------
+A read index costs a heartbeat round per batch of reads. With a lease the
+leader answers a read at once while a lease holds: a heartbeat round that a
+majority (of every membership from the commit index on) acknowledged gives
+a lease of `lease_s` from the moment the leader SENT it (the driver notes
+that time on its clock before the send; `Ready.read_lease_round` names the
+round). Why no other replica can lead before it ends:
+
+  * every replica that acknowledged the round heard from this leader at or
+    after the send, and grants no pre-vote (nor starts its own) until it has
+    counted election_ticks ticks without hearing from a leader, that is for
+    at least (election_ticks - 1) ticks of its clock after that;
+  * a new leader needs a majority of pre-votes (its own included), which
+    meets the acknowledging majority, and leads only after that;
+  * so no other leader exists, and nothing new is chosen, before send time
+    + (election_ticks - 1) ticks on the acknowledger's clock. The driver's
+    lease is shorter (replica/driver.py, LEASE_FRACTION of it): safe as
+    long as no replica's clock runs faster than the leader's by more than
+    that margin (the clock assumption; monotonic clocks on one host or on
+    NTP-disciplined hosts differ by parts per million);
+  * a replica that restarts forgets when it last heard from the leader, so
+    with `read_lease_guard` it grants no pre-vote for election_ticks after it
+    starts (a replica without it could grant one at once, as etcd's can);
+  * a transfer skips the pre-vote (TimeoutNow), so a leader that began one
+    takes no lease for the rest of its leadership.
+
+A lease read is answered from the state at index max(commit index,
+recovery end) at the time it arrived, exactly as a read index would be: the
+lease only replaces the confirmation round. The simulator runs leases with
+one clock for all replicas, and catches a lease longer than the bound.
+
 Joining
 -------
 A replica started on an empty directory to join a running cluster
@@ -221,6 +253,11 @@ class CoreConfig:
     """Most slots one CatchupReply carries."""
     catchup_bytes: int = 8 * 1024 * 1024
     """A CatchupReply stops growing past this many bytes of commands."""
+    read_lease_guard: bool = False
+    """Leader leases for reads (see "Leader leases"): grant no pre-vote for
+    election_ticks after this replica starts, as if it had just heard from
+    a leader. Every replica of a cluster whose leader serves reads on a
+    lease must have it."""
 
 
 @dataclass(slots=True)
@@ -244,6 +281,10 @@ class Ready:
     own_quorum: bool = False
     """A slot was chosen by our own (not yet synced) vote alone: nothing of
     this Ready may be sent before the sync (the driver's early Phase2a)."""
+    read_lease_round: int | None = None
+    """Leader: the highest heartbeat round a majority acknowledged (of every
+    membership in force), while this leadership may hold a read lease (no
+    transfer started): its send time starts the driver's lease."""
 
     def must_persist(self) -> bool:
         return (
@@ -279,6 +320,8 @@ class Ready:
             self.install_from = later.install_from
         if later.own_quorum:
             self.own_quorum = True
+        if later.read_lease_round is not None:
+            self.read_lease_round = max(later.read_lease_round, self.read_lease_round or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +395,7 @@ class PaxosCore:
         self._schedule = schedule.copy()
         self._joining = joining
         self._refused: str | None = None
+        self._ticks_up = 0  # ticks since this core started (read_lease_guard)
         self._init_acceptor(durable, applied_index)
         self._refresh_peers()
         self._init_leader_state()
@@ -429,6 +473,7 @@ class PaxosCore:
         self._joined_proposed: set[int] = set()
         self._transfer: int | None = None  # leader: handing over to this replica
         self._transfer_age = 0
+        self._no_read_lease = False  # leader: a transfer began, no more read leases
         self._quorum_ticks = 0
         self._catchup_age: int | None = None
 
@@ -475,6 +520,7 @@ class PaxosCore:
 
     def tick(self) -> Ready:
         """One abstract unit of time passes."""
+        self._ticks_up += 1
         if self._role is Role.LEADER:
             self._leader_tick()
         else:
@@ -506,13 +552,20 @@ class PaxosCore:
         self._fill_window()
         return self._take_ready()
 
-    def read_index(self, read_ids: list[Hashable]) -> Ready:
+    def read_index(self, read_ids: list[Hashable], leased: bool = False) -> Ready:
         """Registers linearizable reads; each id comes back in `Ready.reads`
         once the leader confirmed it still leads and applied far enough, or in
-        `Ready.failed_reads` if it loses leadership first."""
+        `Ready.failed_reads` if it loses leadership first. `leased`: the
+        driver holds a read lease now (see "Leader leases"), which confirms
+        the leadership without a heartbeat round (ignored once a transfer
+        began)."""
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader_id)
         index = max(self._commit_index, self._recovery_end)
+        if leased and not self._no_read_lease:
+            self._reads_confirmed.extend((rid, index) for rid in read_ids)
+            self._release_reads()
+            return self._take_ready()
         self._reads_unsent.extend((rid, index) for rid in read_ids)
         self._send_heartbeats()
         return self._take_ready()
@@ -529,6 +582,7 @@ class PaxosCore:
         if target == self.id or not all(target in m.voters for m in self._memberships):
             raise ValueError(f"replica {target} is not another voter of the membership")
         self._transfer, self._transfer_age = target, 0
+        self._no_read_lease = True  # the target may start Phase 1 without a pre-vote
         self._try_transfer()
         return self._take_ready()
 
@@ -562,6 +616,8 @@ class PaxosCore:
         self._compact(index)
         self._advance_commit()
         self._refresh_peers()
+        if self._role is Role.LEADER:
+            self._skip_chosen()
         if self._joining:
             self._joining = False
             self._refused = self._joining_problem()
@@ -749,6 +805,8 @@ class PaxosCore:
                 if vote is None or vote.value != value:
                     self._ready.chosen[slot] = value
         self._advance_commit()
+        if self._role is Role.LEADER:
+            self._skip_chosen()
         if self._commit_index < msg.commit_index and msg.entries:
             self._catchup_age = 0
             self._send(msg.sender, CatchupRequest(self.id, msg.ballot, self._commit_index))
@@ -801,8 +859,15 @@ class PaxosCore:
     def _on_prevote(self, msg: PreVote) -> None:
         """Grants if we have not heard from a leader for a full minimum election
         timeout and the candidate knows at least as much of the log as we do."""
-        leader_alive = self._role is Role.LEADER or (
-            self._leader_id is not None and self._ticks_since_leader < self.config.election_ticks
+        leader_alive = (
+            self._role is Role.LEADER
+            or (
+                self._leader_id is not None
+                and self._ticks_since_leader < self.config.election_ticks
+            )
+            # It may have acknowledged a leader's heartbeat just before it
+            # restarted (see "Leader leases").
+            or (self.config.read_lease_guard and self._ticks_up < self.config.election_ticks)
         )
         granted = (
             not leader_alive and msg.first_unchosen >= self._commit_index and not self._joining
@@ -988,6 +1053,21 @@ class PaxosCore:
             entry.acks.add(msg.sender)
             self._check_chosen(msg.slot)
 
+    def _skip_chosen(self) -> None:
+        """A leader that learned chosen slots by catch-up or a snapshot
+        install (answers to a request it sent before it led): it stops
+        proposing them, frees their places in the window (acceptors that
+        applied them do not vote there again) and fills the window, which a
+        slot of its recovery may have waited for (the simulator's pause
+        nemesis found a leader stalled so)."""
+        commit = self._commit_index
+        for slot in [s for s in self._in_flight if s < commit]:
+            del self._in_flight[slot]
+        while self._next_slot < commit:
+            self._recovery.pop(self._next_slot, None)
+            self._next_slot += 1
+        self._fill_window()
+
     def _check_chosen(self, slot: int) -> None:
         entry = self._in_flight.get(slot)
         if entry is not None and self._schedule.at(slot).is_quorum(entry.acks):
@@ -1077,6 +1157,8 @@ class PaxosCore:
         for r in [r for r in self._hb_acks if r <= round_]:
             del self._hb_acks[r]
             self._reads_confirmed.extend(self._reads_waiting.pop(r, ()))
+        if not self._no_read_lease:
+            self._ready.read_lease_round = max(round_, self._ready.read_lease_round or 0)
         self._release_reads()
 
     def _release_reads(self) -> None:

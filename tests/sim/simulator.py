@@ -257,6 +257,17 @@ class OverlapsOwnQuorum(ReplicaDriver):
         super()._finish(acc)
 
 
+class LeaseTooLong(ReplicaDriver):
+    """BROKEN: a read lease far past the time for which the replicas that
+    acknowledged its heartbeat round refuse a new leader (the bound in
+    replica/paxos.py, "Leader leases"): a leader cut off from the others
+    answers reads from its lease after a new leader took writes."""
+
+    @staticmethod
+    def _read_lease_seconds(config: CoreConfig, tick_s: float) -> float:
+        return 4 * config.election_ticks * tick_s
+
+
 class SimStorage(LevelDBStorage):
     """The real acceptor storage; tells the observer which votes are durable."""
 
@@ -372,6 +383,7 @@ class Node:
     wiped: bool = False  # its disk was lost (the wipe nemesis)
     joining: bool = False  # starts on an empty disk to join (replica/paxos.py, "Joining")
     refused: bool = False  # joined under an id that ran before: stopped for good
+    paused: bool = False  # stopped, not crashed (the pause nemesis, lease_reads runs)
 
 
 @dataclass
@@ -395,6 +407,7 @@ class Stats:
     chosen: int = 0
     ops_ok: int = 0
     ops_unknown: int = 0
+    lease_reads: int = 0  # reads a leader answered on its read lease
 
 
 # ------------------------------------------------------------ clients
@@ -420,9 +433,27 @@ class SimClient:
     def busy(self) -> bool:
         return self.handle is not None
 
-    def start(self) -> None:
+    def start(self, force: tuple[Kind, int] | None = None) -> None:
+        """A random operation, or `force`: (PUT or GET of key x, at this replica)."""
         rng, sim = self.sim.rng, self.sim
         self.seq += 1
+        if force is not None:
+            kind, self.target = force
+            if kind is Kind.PUT:
+                value = b"c%d-%d" % (self.index, self.seq)
+                req = Request(Op.PUT, self.cid, self.seq, KEYS[0], value)
+                self.handle = sim.history.invoke(self.index, Kind.PUT, KEYS[0], value)
+            else:
+                req = Request(Op.GET, self.cid, self.seq, KEYS[0])
+                self.handle = sim.history.invoke(self.index, Kind.GET, KEYS[0])
+            self.kind = kind
+            self.frame = encode_request(req)
+            self.send()
+            return
+        if sim.lease_reads and rng.random() < 0.3:
+            # Any replica may get any request: here, as from a client that
+            # still takes a replica that was paused or cut off for the leader.
+            self.target = rng.choice(sim.ids)
         key = rng.choice(KEYS)
         value = b"c%d-%d" % (self.index, self.seq)
         pick = rng.random()
@@ -532,6 +563,7 @@ class Simulation:
         rejoin_wiped: bool = False,
         members: bool = False,
         driver_classes: dict[int, type[ReplicaDriver]] | None = None,
+        lease_reads: bool = False,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -539,6 +571,8 @@ class Simulation:
         self.quorum = replicas // 2 + 1
         self.bootstrap = Membership(0, frozenset(self.ids), started=frozenset(self.ids))
         self.members = members
+        self.lease_reads = lease_reads
+        self.time = 0.0  # with lease_reads: the one clock every replica reads
         self.driver_classes = driver_classes or {}
         self.spares = list(range(replicas + 1, replicas + 1 + SPARE_IDS)) if members else []
         self.obs_schedule = Schedule([(0, self.bootstrap)])
@@ -563,7 +597,14 @@ class Simulation:
         for node in self.nodes.values():
             self._start(node)
         self.clients = [SimClient(self, i) for i in range(CLIENTS)]
-        weights = self.WEIGHTS + ((("wipe", 1),) if self.wipes else ())
+        weights = self.WEIGHTS
+        if lease_reads:
+            # Partitions long enough for a cut-off leader to be replaced, and
+            # pauses (a leader that stops for a while, then answers what
+            # waited for it before it runs its timers).
+            weights = tuple((n, 1 if n == "heal" else w) for n, w in weights)
+            weights += (("pause", 1), ("resume", 1))
+        weights += (("wipe", 1),) if self.wipes else ()
         weights += (("member", 2), ("move", 2)) if self.members else ()
         self._names, self._weights = zip(*weights, strict=True)
 
@@ -574,6 +615,8 @@ class Simulation:
     # ---------------------------------------------------------------- replicas
 
     def _start(self, node: Node) -> None:
+        if self.lease_reads:
+            node.clock = self.time
         node.db.sync_hook = lambda stage, node=node: self._maybe_crash_at_sync(node, stage)
         node.driver = self.driver_classes.get(node.id, self.driver_class)(
             node.id,
@@ -590,6 +633,7 @@ class Simulation:
             compaction=self.compaction,
             membership=self.bootstrap,
             joining=node.joining,
+            lease_reads=self.lease_reads,
         )
 
     def _iterate(self, node: Node, messages: list[Message]) -> None:
@@ -597,12 +641,14 @@ class Simulation:
         requests, node.requests = node.requests, []
         node.sent_phase2a = False
         was_leader = node.driver.core.is_leader
+        leased = node.driver.counters.lease_reads
         self.stats.iterations += 1
         try:
             node.driver.iterate(messages, requests)
         except SimCrash:  # power lost in a sync: a prefix of the unsynced writes survives
             self._crash(node, keep=self.rng.randint(0, node.db.unsynced_batches))
             return
+        self.stats.lease_reads += node.driver.counters.lease_reads - leased
         if node.driver.core.is_leader and not was_leader:
             self.stats.elections += 1
         if node.driver.core.status().refused is not None:  # the replica stops
@@ -752,14 +798,21 @@ class Simulation:
         return self.stats
 
     def _live(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.driver is not None]
+        """The replicas that run: up and not paused."""
+        return [n for n in self.nodes.values() if n.driver is not None and not n.paused]
 
     def _pop(self, index: int) -> tuple[int, int, Message]:
         self.network[index], self.network[-1] = self.network[-1], self.network[index]
         return self.network.pop()
 
     def _ev_deliver(self) -> None:
-        src, dst, msg = self._pop(self.rng.randrange(len(self.network)))
+        index = self.rng.randrange(len(self.network))
+        if self.nodes[self.network[index][1]].paused:  # its messages wait for it
+            ready = [i for i, m in enumerate(self.network) if not self.nodes[m[1]].paused]
+            if not ready:
+                return
+            index = self.rng.choice(ready)
+        src, dst, msg = self._pop(index)
         batch = [(src, msg)]
         for _ in range(self.rng.randrange(4)):  # group commit: more for dst
             same = [i for i, m in enumerate(self.network) if m[1] == dst]
@@ -772,6 +825,9 @@ class Simulation:
     def _deliver(self, dst: int, batch: list[tuple[int, Message]]) -> None:
         node = self.nodes[dst]
         if node.driver is None:
+            return
+        if node.paused:  # they wait in its socket (the end's delivery loop)
+            self.network.extend((s, dst, m) for s, m in batch)
             return
         messages = [m for s, m in batch if self.group.get(s, 0) == self.group.get(dst, 0)]
         self.stats.delivered += len(messages)
@@ -796,7 +852,12 @@ class Simulation:
             self._tick_node(self.rng.choice(live))
 
     def _tick_node(self, node: Node) -> None:
-        node.clock += TICK_S
+        if self.lease_reads:  # one clock: time passes for every replica
+            self.time += TICK_S
+            for other in self.nodes.values():
+                other.clock = self.time
+        else:
+            node.clock += TICK_S
         self._iterate(node, [])
 
     def _ev_client(self) -> None:
@@ -811,6 +872,20 @@ class Simulation:
         if live:
             node = self.rng.choice(live)
             self._crash(node, keep=self.rng.randint(0, node.db.unsynced_batches))
+
+    def _ev_pause(self) -> None:
+        """A replica stops (SIGSTOP, a long GC): the leader half the time."""
+        live = self._live()
+        leaders = [n for n in live if n.driver.core.is_leader]
+        if leaders and self.rng.random() < 0.5:
+            self.rng.choice(leaders).paused = True
+        elif live:
+            self.rng.choice(live).paused = True
+
+    def _ev_resume(self) -> None:
+        paused = [n for n in self.nodes.values() if n.paused]
+        if paused:
+            self.rng.choice(paused).paused = False
 
     def _ev_restart(self) -> None:
         dead = [n for n in self.nodes.values() if n.driver is None and self._may_start(n)]
@@ -910,6 +985,8 @@ class Simulation:
         until every operation completed and every live replica applied all."""
         self.faults = False
         self._ev_heal()
+        for node in self.nodes.values():
+            node.paused = False
         stay_down = len(self.ids) - self.quorum if self.rng.random() < 0.5 else 0
         stay_down -= sum(n.wiped for n in self.nodes.values())
         if self.members:
@@ -943,6 +1020,55 @@ class Simulation:
             return False
         done = len(self.chosen)
         return all(len(n.applied) >= done for n in self.members_live())
+
+    # ------------------------------------------------ a directed lease scenario
+
+    def lease_scenario(self) -> Stats:
+        """A leader reads on its lease, pauses, the others elect a new leader
+        that takes a write, and a read reaches the old leader when it resumes
+        (before any message of the new leader): it must not answer from its
+        old state. Then the run settles and the history is checked."""
+        assert self.lease_reads and len(self.ids) >= 3
+        self.faults = False
+        quiet = ("deliver", "serve", "tick")
+        old = self._run_until(lambda: self._leader(), quiet)
+        first, second, reader = self.clients
+        first.start(force=(Kind.PUT, old.id))
+        self._run_until(lambda: not first.busy and self._leader() is old, quiet)
+        self._run_until(lambda: old.driver._read_lease_until > old.clock, quiet)
+        reader.start(force=(Kind.GET, old.id))  # on the lease
+        self._run_until(lambda: not reader.busy, quiet)
+        old.paused = True
+        new = self._run_until(
+            lambda: (n := self._leader()) is not None and n is not old and n, quiet
+        )
+        second.start(force=(Kind.PUT, new.id))
+        self._run_until(lambda: not second.busy, quiet)
+        reader.start(force=(Kind.GET, old.id))
+        old.paused = False
+        self._iterate(old, [])  # its client requests before any peer message
+        self._finish()
+        self._check_history()
+        return self.stats
+
+    def _leader(self) -> Node | None:
+        leaders = [n for n in self._live() if n.driver.core.is_leader]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def _run_until(self, done, events: tuple[str, ...], limit: int = 20_000):  # noqa: ANN001
+        for _ in range(limit):
+            found = done()
+            if found:
+                return found
+            self.stats.events += 1
+            name = self.rng.choice(events)
+            if name == "deliver" and not self.network:
+                name = "tick"
+            getattr(self, "_ev_" + name)()
+            for client in self.clients:  # a lost reply: try again
+                if client.busy and self.stats.events - client.sent_at > CLIENT_TIMEOUT:
+                    client.on_timeout(may_give_up=False)
+        self.fail(f"the lease scenario did not get there in {limit} events")
 
     def _check_history(self) -> None:
         result = check(self.history)
