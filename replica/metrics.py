@@ -255,6 +255,7 @@ class Snapshot:
     proposal_batch: Histogram = field(default_factory=lambda: Histogram((1,)))
     committed_slots: int = 0
     leader_changes: int = 0
+    lease_reads: int = 0
     installs_started: int = 0
     installs_completed: int = 0
     installs_abandoned: int = 0
@@ -388,6 +389,7 @@ class ReplicaMetrics:
             proposal_batch=c.proposal_batch.copy(),
             committed_slots=c.committed_slots,
             leader_changes=c.leader_changes,
+            lease_reads=c.lease_reads,
             installs_started=c.installs_started,
             installs_completed=c.installs_completed,
             installs_abandoned=c.installs_abandoned,
@@ -526,6 +528,11 @@ def families(
     )
     yield _gauge("promised_round", "Round of the highest ballot promised", snap.promised_round)
     yield _counter("leader_changes", "Times a new leader became known", snap.leader_changes)
+    yield _counter(
+        "lease_reads",
+        "Linearizable reads answered on a read lease as leader (--lease-reads)",
+        snap.lease_reads,
+    )
     yield from _log_families(snap)
     yield from _traffic_families(snap)
     yield from _snapshot_families(snap)
