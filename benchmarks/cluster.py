@@ -68,6 +68,7 @@ class KVCluster:
     tick_ms: int | None = None
     curve: bool = False  # CURVE on (README, Security): keys made in base_dir/keys
     trace_every: int = 0  # --trace-every of each replica (benchmarks/trace.py); 0: off
+    lease_reads: bool = False  # --lease-reads on every replica
     client_keys: ClientKeys | None = None
     client_key_args: dict[str, str] = field(default_factory=dict)  # for KVClient
     replicas: list[Replica] = field(default_factory=list)
@@ -116,10 +117,12 @@ class KVCluster:
         self.client_keys = client_keys(**self.client_key_args, env={})
 
     def _spawn(self, r: Replica) -> None:
+        extra = ["--trace-every", str(self.trace_every)] if self.trace_every else []
+        if self.lease_reads:
+            extra.append("--lease-reads")
         r.proc = start_replica(
             self.config_path, r.id, r.data_dir, r.log_path,
-            tick_ms=self.tick_ms, log_level="warning", cwd=REPO_ROOT,
-            extra=["--trace-every", str(self.trace_every)] if self.trace_every else (),
+            tick_ms=self.tick_ms, log_level="warning", cwd=REPO_ROOT, extra=extra,
         )  # fmt: skip
 
     def endpoints(self) -> dict[int, str]:

@@ -247,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         "each run's stage-by-stage breakdown (benchmarks/trace.py); JSON: each run's 'trace'",
     )
     ap.add_argument(
+        "--lease-reads",
+        action="store_true",
+        help="start our replicas with --lease-reads (linearizable reads on the leader's read "
+        "lease, README 'Lease reads'); etcd unchanged. Record such runs apart: the default "
+        "is a heartbeat round per batch of reads",
+    )
+    ap.add_argument(
         "--curve",
         action="store_true",
         help="CURVE on every socket of our cluster, load generators included (README, "
@@ -321,6 +328,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         cfg.profile = True
         cfg.profile_dir = str(args.out)
     cfg.curve = args.curve
+    cfg.lease_reads = args.lease_reads
     if args.trace < 0:
         raise SystemExit("--trace N: N must be >= 1")
     cfg.trace_every = args.trace

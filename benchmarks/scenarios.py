@@ -155,6 +155,8 @@ class SuiteConfig:
     # the per-request trace of every N-th slot (paxoskv; 0: off): each run
     # of our cluster gets a commit-path breakdown (benchmarks/trace.py)
     trace_every: int = 0
+    # our replicas answer linearizable reads on the leader's read lease
+    lease_reads: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,7 +173,9 @@ def make_cluster(system: str, replicas: int, cfg: SuiteConfig | None = None) -> 
 
         if cfg is None:
             return KVCluster(replicas)
-        return KVCluster(replicas, curve=cfg.curve, trace_every=cfg.trace_every)
+        return KVCluster(
+            replicas, curve=cfg.curve, trace_every=cfg.trace_every, lease_reads=cfg.lease_reads
+        )
     from benchmarks.etcd import EtcdCluster
 
     extra: list[str] = []
