@@ -18,7 +18,7 @@ import importlib.util
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,10 +84,13 @@ class Cluster:
         tick_ms: int = 10,
         metrics: bool = False,
         curve: bool = False,
+        replica_args: Sequence[str] = (),
     ) -> None:
         """`curve`: CURVE on (kvstore/security.py), keys made in root/keys:
-        replicaN, server and clients/client (allowed)."""
+        replicaN, server and clients/client (allowed). `replica_args`: more
+        kvstore-replica options for every replica (e.g. --lease-reads)."""
         self.root = Path(root)
+        self.replica_args = list(replica_args)
         self.root.mkdir(parents=True, exist_ok=True)
         self.tick_ms = tick_ms
         ports = launch.free_ports((3 if metrics else 2) * replicas, consecutive=True)
@@ -173,8 +176,8 @@ class Cluster:
 
     def launch_options(self, rid: int) -> dict[str, Any]:
         """Keywords for `launch.start_replica` beyond the config, id, data
-        directory and tick (module, prefix, group): none here."""
-        return {}
+        directory and tick (module, prefix, group, extra): `replica_args`."""
+        return {"extra": self.replica_args} if self.replica_args else {}
 
     def start_replica(self, rid: int, *, cluster_state: str | None = "new") -> None:
         """Starts replica `rid`; `cluster_state` is its --initial-cluster-state

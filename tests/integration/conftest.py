@@ -42,8 +42,8 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 def cluster_factory(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Cluster]]:
-    """make(replicas=3, *, start=True, tick_ms=10, metrics=False, curve=False)
-    -> Cluster; everything it made is stopped at teardown."""
+    """make(replicas=3, *, start=True, tick_ms=10, metrics=False, curve=False,
+    replica_args=()) -> Cluster; everything it made is stopped at teardown."""
     if SERVER_MISSING:
         pytest.skip("replica/server.py is not there yet")
     made: list[Cluster] = []
@@ -55,9 +55,17 @@ def cluster_factory(
         tick_ms: int = 10,
         metrics: bool = False,
         curve: bool = False,
+        replica_args: tuple[str, ...] = (),
     ) -> Cluster:
         root = tmp_path / f"cluster{len(made)}"
-        c = Cluster(root, replicas, tick_ms=tick_ms, metrics=metrics, curve=curve)
+        c = Cluster(
+            root,
+            replicas,
+            tick_ms=tick_ms,
+            metrics=metrics,
+            curve=curve,
+            replica_args=replica_args,
+        )
         made.append(c)
         if start:
             c.start()
