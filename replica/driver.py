@@ -468,6 +468,9 @@ class ReplicaDriver:
                 self._read_lease_until = max(self._read_lease_until, at + self.read_lease_s)
             for r in [r for r in sent if r <= confirmed]:
                 del sent[r]
+        if acc.drop_read_lease:  # a membership change was chosen (after that round)
+            self._read_lease_until = 0.0
+            sent.clear()
         while len(sent) > READ_LEASE_ROUNDS:
             del sent[min(sent)]
 

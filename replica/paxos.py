@@ -155,7 +155,12 @@ round). Why no other replica can lead before it ends:
     with `read_lease_guard` it grants no pre-vote for election_ticks after it
     starts (a replica without it could grant one at once, as etcd's can);
   * a transfer skips the pre-vote (TimeoutNow), so a leader that began one
-    takes no lease for the rest of its leadership.
+    takes no lease for the rest of its leadership;
+  * the majorities above are of one membership: a round gives a lease only
+    while no change is pending (one membership from the commit index on),
+    and the lease ends when the leader learns a change chosen. Until the
+    new membership is in force (ALPHA slots later, which only this leader
+    can fill) every candidate still needs a majority of the old one.
 
 A lease read is answered from the state at index max(commit index,
 recovery end) at the time it arrived, exactly as a read index would be: the
@@ -282,9 +287,12 @@ class Ready:
     """A slot was chosen by our own (not yet synced) vote alone: nothing of
     this Ready may be sent before the sync (the driver's early Phase2a)."""
     read_lease_round: int | None = None
-    """Leader: the highest heartbeat round a majority acknowledged (of every
-    membership in force), while this leadership may hold a read lease (no
-    transfer started): its send time starts the driver's lease."""
+    """Leader: the highest heartbeat round a majority acknowledged, while
+    this leadership may hold a read lease (no transfer started, no
+    membership change pending): its send time starts the driver's lease."""
+    drop_read_lease: bool = False
+    """Leader: a membership change was chosen; any read lease ends now
+    (replica/paxos.py, "Leader leases")."""
 
     def must_persist(self) -> bool:
         return (
@@ -322,6 +330,8 @@ class Ready:
             self.own_quorum = True
         if later.read_lease_round is not None:
             self.read_lease_round = max(later.read_lease_round, self.read_lease_round or 0)
+        if later.drop_read_lease:
+            self.drop_read_lease = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -761,6 +771,7 @@ class PaxosCore:
         while self._commit_index in self._log:
             if self._schedule.chosen(self._commit_index, self._log[self._commit_index]):
                 changed = True
+                self._ready.drop_read_lease = True
             self._commit_index += 1
         if changed or self._commit_index >= self._next_change():
             self._refresh_peers()
@@ -1157,7 +1168,7 @@ class PaxosCore:
         for r in [r for r in self._hb_acks if r <= round_]:
             del self._hb_acks[r]
             self._reads_confirmed.extend(self._reads_waiting.pop(r, ()))
-        if not self._no_read_lease:
+        if not self._no_read_lease and len(self._memberships) == 1:
             self._ready.read_lease_round = max(round_, self._ready.read_lease_round or 0)
         self._release_reads()
 
