@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,9 @@ class FaultCluster(Cluster):
         own_gids: bool | None = None,
         net: NetnsNetwork | None = None,
         compaction: dict[str, int] | None = None,
+        replica_args: Sequence[str] = (),
     ) -> None:
-        super().__init__(root, replicas, tick_ms=tick_ms)
+        super().__init__(root, replicas, tick_ms=tick_ms, replica_args=replica_args)
         self.module = module
         self.net = net
         self.compaction = dict(compaction or {})
@@ -118,8 +120,9 @@ class FaultCluster(Cluster):
 
     def launch_options(self, rid: int) -> dict[str, Any]:
         """`self.module` as the program, in the replica's namespace (or under
-        its own gid on loopback)."""
+        its own gid on loopback), with `replica_args`."""
         return {
+            **super().launch_options(rid),
             "module": self.module,
             "prefix": self.net.prefix(self.slot(rid)) if self.net is not None else (),
             "group": self.gid(rid) if self.own_gids else None,

@@ -96,6 +96,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="netns: each replica in a network namespace of its own, linked by veth "
         "pairs (default); loopback: all on 127.0.0.1, partitions by gid",
     )
+    p.add_argument(
+        "--lease-reads",
+        action="store_true",
+        help="run the replicas with --lease-reads (linearizable reads on the leader's "
+        "read lease): pauses and partitions then test the lease's bound",
+    )
     p.add_argument("--scenario", choices=("random", "stale-read"), default="random")
     p.add_argument(
         "--read",
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 bank_clients=args.bank_clients, accounts=args.accounts,
                 epoch_s=args.epoch, op_timeout_s=args.op_timeout,
                 think_s=args.think_ms / 1000.0, module=args.module, net=args.net,
+                lease_reads=args.lease_reads,
                 fault_min_s=args.fault_min, fault_max_s=args.fault_max,
                 quiet_min_s=args.quiet_min, quiet_max_s=args.quiet_max,
                 verbose=not args.quiet,

@@ -115,6 +115,8 @@ class RunConfig:
     """Accounts of the bank workload (per epoch): one group for the checker."""
     tick_ms: int = 10
     module: str = REPLICA_MODULE
+    lease_reads: bool = False
+    """The replicas run with --lease-reads (reads on the leader's lease)."""
     net: str = "netns"
     """"netns": each replica in a namespace of its own, partitions by
     iptables inside them; "loopback": all on 127.0.0.1, partitions by the
@@ -168,6 +170,7 @@ class Summary:
             f"fault run: {cfg.replicas} replicas ({cfg.module}, {cfg.net}), seed {cfg.seed}, "
             f"{cfg.duration_s:g}s of faults '{cfg.nemesis}', {cfg.clients} clients"
             + (f" + {cfg.bank_clients} bank clients" if cfg.bank_clients else "")
+            + (", lease reads" if cfg.lease_reads else "")
         )
         lines = [
             f"{title}; {self.seconds:.0f}s in all; files in {self.root}",
@@ -560,6 +563,7 @@ class FaultRun:
             tick_ms=cfg.tick_ms,
             module=cfg.module,
             compaction=cfg.compaction,
+            replica_args=("--lease-reads",) if cfg.lease_reads else (),
         )
         nemesis = Nemesis(
             cluster,
