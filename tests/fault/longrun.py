@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario == "stale-read":
             summary = stale_read_scenario(
                 root, args.module, replicas=args.replicas, net=args.net,
-                verbose=not args.quiet, read=args.read,
+                verbose=not args.quiet, read=args.read, lease_reads=args.lease_reads,
             )  # fmt: skip
         else:
             cfg = RunConfig(

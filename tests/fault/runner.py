@@ -756,9 +756,11 @@ def stale_read_scenario(
     net: str = "netns",
     verbose: bool = True,
     read: str = "get",
+    lease_reads: bool = False,
 ) -> Summary:
     """A leader cut off from its peers but not from clients must not answer
-    a read with old data.
+    a read with old data. `lease_reads`: the replicas answer reads on the
+    leader's read lease (--lease-reads), which must have ended by step 4.
 
     With `read="get"` the key is b"stale" and the writes are puts. With
     `read="range"` (issue 14) two accounts b"stale/a" and b"stale/b" are
@@ -790,17 +792,25 @@ def stale_read_scenario(
         module=module,
         net=net,
         verbose=verbose,
+        lease_reads=lease_reads,
     )
     run = FaultRun(cfg, root)
     summary = Summary(
         cfg, root, run.history,
-        title=f"stale-read scenario ({read}): {replicas} replicas ({module}, {net})",
+        title=f"stale-read scenario ({read}): {replicas} replicas ({module}, {net})"
+        + (", lease reads" if lease_reads else ""),
     )  # fmt: skip
     hist = run.history
     key = b"stale"
     prefix, pair = b"stale/", [b"stale/a", b"stale/b"]
     started = time.monotonic()
-    cluster, firewall = make_cluster(root / "cluster", replicas, net, module=module)
+    cluster, firewall = make_cluster(
+        root / "cluster",
+        replicas,
+        net,
+        module=module,
+        replica_args=("--lease-reads",) if lease_reads else (),
+    )
     assert firewall is not None
     try:
         cluster.start(timeout=30)

@@ -142,6 +142,28 @@ def test_real_replica_passes_the_stale_read_scenario(netns_ok: None, run_dir: Pa
     assert summary.passed, summary.text()
 
 
+def test_real_replica_with_lease_reads_passes_the_stale_read_scenario(
+    netns_ok: None, run_dir: Path
+) -> None:
+    """With --lease-reads the paused old leader wakes up after its lease
+    ended (0.8 x (election timeout - 1 tick) from its last confirmed
+    heartbeat round): it asks a majority again, cannot, and does not answer."""
+    summary = scenario(run_dir, lease_reads=True)
+    print(summary.text())
+    assert summary.passed, summary.text()
+
+
+def test_a_read_lease_past_its_bound_is_caught(netns_ok: None, run_dir: Path) -> None:
+    """tests.fault.broken_lease_replica keeps its lease for a minute: the
+    old leader answers from it after the new leader took v2."""
+    summary = scenario(run_dir, "tests.fault.broken_lease_replica", lease_reads=True)
+    print(summary.text())
+    assert summary.verdict is Verdict.VIOLATION, summary.text()
+    bad = summary.result.violations()
+    assert [k.key for k in bad] == [b"stale"]
+    assert "read b'v1' but the register holds b'v2'" in str(bad[0])
+
+
 def test_broken_range_reads_are_caught(netns_ok: None, run_dir: Path) -> None:
     """A leader that serves RANGE reads (only) from local state answers a
     range read of two accounts with both values from before an acknowledged
