@@ -32,17 +32,28 @@ from collections.abc import Callable, Sequence
 log = logging.getLogger("replica.reclaim")
 
 
+MIN_INTERVAL_S = 2.0
+"""Least time from the start of one range compaction to the next. A manual
+compaction holds back LevelDB's own and the writes that wait for them: with
+large values the log compacts every few dozen slots, and a range compaction
+after each one tripled the 100 KiB PUT latency (benchmarks/README.md,
+"Speed"). Small values compact every few seconds anyway."""
+
+
 class Reclaimer:
     """Compacts `[prefix, prefix + key_of(point))` of each prefix after a log
-    compaction to `point`, in a daemon thread."""
+    compaction to `point`, in a daemon thread, at most once per
+    `min_interval_s` (requests meanwhile are coalesced)."""
 
     def __init__(
         self,
         db,  # noqa: ANN001 - a plyvel.DB
         prefixes: Sequence[bytes],
         key_of: Callable[[bytes, int], bytes],
+        min_interval_s: float = MIN_INTERVAL_S,
     ) -> None:
         self._db = db
+        self._min_interval_s = min_interval_s
         self._prefixes = tuple(prefixes)
         self._key_of = key_of
         self._cond = threading.Condition()
@@ -62,14 +73,18 @@ class Reclaimer:
                 self._cond.notify()
 
     def _run(self) -> None:
+        last = -float("inf")
         while True:
             with self._cond:
                 while self._wanted <= self._done and not self._closing:
                     self._cond.wait()
+                rest = last + self._min_interval_s - time.monotonic()
+                if rest > 0 and not self._closing:  # later requests join this one
+                    self._cond.wait_for(lambda: self._closing, timeout=rest)
                 if self._closing:
                     return
                 start, point = self._done, self._wanted
-            began = time.monotonic()
+            began = last = time.monotonic()
             try:
                 for prefix in self._prefixes:
                     stop = self._key_of(prefix, point)

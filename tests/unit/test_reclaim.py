@@ -4,6 +4,7 @@ disk back, off the loop's thread, and stop cleanly."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import plyvel
@@ -64,4 +65,40 @@ def test_requests_coalesce_and_close_returns(tmp_path: Path) -> None:
     finally:
         reclaimer.close()
         db.close()
+    assert not reclaimer._thread.is_alive()
+
+
+def test_range_compactions_are_spaced_and_requests_meanwhile_join_the_next(
+    tmp_path: Path,
+) -> None:
+    """Two requests in quick succession: the first compacts at once, the
+    second waits for the interval, together with any made meanwhile."""
+    db = plyvel.DB(str(tmp_path), create_if_missing=True)
+    reclaimer = Reclaimer(db, LOG_PREFIXES, slot_key, min_interval_s=0.5)
+    try:
+        began = time.monotonic()
+        reclaimer.request(10)
+        wait_for("the first compaction", lambda: reclaimer.runs >= 1, 30.0)
+        for point in (20, 30, 40):
+            reclaimer.request(point)
+        wait_for("the second compaction", lambda: reclaimer._done == 40, 30.0)
+        assert reclaimer.runs == 2
+        assert time.monotonic() - began >= 0.5
+    finally:
+        reclaimer.close()
+        db.close()
+
+
+def test_close_does_not_wait_out_the_interval(tmp_path: Path) -> None:
+    db = plyvel.DB(str(tmp_path), create_if_missing=True)
+    reclaimer = Reclaimer(db, LOG_PREFIXES, slot_key, min_interval_s=60.0)
+    try:
+        reclaimer.request(10)
+        wait_for("the first compaction", lambda: reclaimer.runs >= 1, 30.0)
+        reclaimer.request(20)  # waits a minute
+        began = time.monotonic()
+    finally:
+        reclaimer.close()
+        db.close()
+    assert time.monotonic() - began < 10.0
     assert not reclaimer._thread.is_alive()
