@@ -158,7 +158,7 @@ from typing import Any, NamedTuple
 import msgpack
 import plyvel
 
-from kvstore.events import DELETE, PUT, Event, EventLog
+from kvstore.events import DELETE, INLINE_VALUE_BYTES, PUT, Event, EventLog
 from kvstore.limits import (
     MAX_DELETE_RANGE_KEYS,
     MAX_LEASE_KEYS,
@@ -619,6 +619,7 @@ class _Pending:
         "events",
         "gen",
         "leases",
+        "replaced",
         "revision",
         "sessions",
     )
@@ -635,6 +636,9 @@ class _Pending:
         self.attached: dict[tuple[int, bytes], bool] = {}  # (lease, key) -> attached
         # for watchers: (revision, kind, key, value, version, create, prev revision)
         self.events: list[tuple[int, int, bytes, bytes | None, int, int, int]] = []
+        # (key, value, revision) of the large values this call replaced in
+        # the stored records (kvstore/events.py, "Large values")
+        self.replaced: list[tuple[bytes, bytes, int]] = []
 
     def lease(self, lease_id: int) -> _Lease | None:
         if lease_id in self.leases:
@@ -667,6 +671,8 @@ class _Pending:
         `old`: its current record (None: absent) when the caller read it."""
         if old is _UNREAD:
             old = self.record(key)
+        if old is not None and key not in self.data and len(old[0]) > INLINE_VALUE_BYTES:
+            self.replaced.append((key, old[0], old[1]))  # the stored record's value
         if entry is not None:
             prev = 0 if old is None else old[1]
             self.events.append((self.revision, PUT, key, entry[0], entry[1], entry[2], prev))
@@ -1125,7 +1131,9 @@ class KVStateMachine:
         schedule = self._meta.schedule
         self._schedule: Schedule | None = Schedule.unpack(schedule) if schedule else None
         self._schedule_changed = False
-        self.events = EventLog(db, self._meta.revision, *(watch_retention or ()))
+        self.events = EventLog(
+            db, self._meta.revision, *(watch_retention or ()), value_at=self._value_at
+        )
 
     @property
     def applied_index(self) -> int:
@@ -1193,7 +1201,7 @@ class KVStateMachine:
         )
         batch = self._db.write_batch()
         pending.flush(batch)
-        self.events.append(batch, pending.events)
+        self.events.append(batch, pending.events, pending.data, pending.replaced)
         batch.put(_META_KEY, meta.pack())
         batch.write()
         self._session_floor = sessions.next_floor(self._meta.log_time)
@@ -1264,6 +1272,15 @@ class KVStateMachine:
         return parsed.client_id, parsed.seq, _answer(parsed, command, pending)
 
     # -- reads ----------------------------------------------------------------
+
+    def _value_at(self, key: bytes, revision: int) -> bytes | None:
+        """The value of `key`'s record if it is at `revision` (the watch
+        event log's PUT_IN_RECORD events), else None."""
+        raw = self._db.get(self._gen.data + key)
+        if raw is None:
+            return None
+        value, version, _, _ = _record(raw)
+        return value if version == revision else None
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, version) of `key` as of `applied_index`, or None."""

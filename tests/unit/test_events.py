@@ -16,12 +16,16 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvstore.config import ConfigError, WatchSettings, load_watch_settings
 from kvstore.events import (
     DELETE,
     EVENT_PREFIX,
+    INLINE_VALUE_BYTES,
     PUT,
+    PUT_IN_RECORD,
     WATCH_RETAIN_BYTES,
     WATCH_RETAIN_EVENTS,
     Event,
@@ -260,3 +264,107 @@ def test_the_watch_table_of_the_cluster_config(tmp_path: Path) -> None:
     path.write_text("[watch]\nretain_bytes = 0\n")
     with pytest.raises(ConfigError, match="retain_bytes must be an integer >= 1"):
         load_watch_settings(path)
+
+
+# --- large values: kept in the record, copied into the event when replaced ------------------
+
+BIG = b"B" * (INLINE_VALUE_BYTES + 1)
+
+
+def stored_events(sm: KVStateMachine) -> list[list]:
+    return [msgpack.unpackb(raw) for _, raw in sm._db.iterator(prefix=EVENT_PREFIX)]
+
+
+def test_a_large_value_stays_in_its_record_until_the_key_changes(sm: KVStateMachine) -> None:
+    c = WatchClient()
+    run_one(sm, c.put(b"k", BIG + b"1"))
+    (first,) = stored_events(sm)
+    assert first[0] == PUT_IN_RECORD and first[2] is None  # not copied a third time
+    assert everything(sm) == [Event(1, PUT, b"k", BIG + b"1", 1, 1)]
+    run_one(sm, c.put(b"k", BIG + b"2"))  # the next write copies it into its event
+    old, new = stored_events(sm)
+    assert old[:3] == [PUT, b"k", BIG + b"1"] and new[0] == PUT_IN_RECORD
+    run_one(sm, c.delete(b"k"))
+    assert [e[0] for e in stored_events(sm)] == [PUT, PUT, DELETE]
+    assert prevs(everything(sm, prev_kv=True)) == [
+        (1, b"k", 0, None),
+        (2, b"k", 1, BIG + b"1"),
+        (3, b"k", 2, BIG + b"2"),
+    ]
+    assert [e.value for e in everything(sm)] == [BIG + b"1", BIG + b"2", None]
+
+
+def test_a_large_value_replaced_in_the_same_batch_is_kept_in_its_event(
+    sm: KVStateMachine,
+) -> None:
+    c = WatchClient()
+    run(sm, c.put(b"k", BIG + b"1"), c.put(b"k", BIG + b"2"), c.put(b"j", BIG))
+    kinds = [e[0] for e in stored_events(sm)]
+    assert kinds == [PUT, PUT_IN_RECORD, PUT_IN_RECORD]
+    assert [e.value for e in everything(sm)] == [BIG + b"1", BIG + b"2", BIG]
+
+
+def _reference_machine(db: object) -> KVStateMachine:
+    """A state machine that keeps every value in the event log."""
+    ref = KVStateMachine(db, watch_retention=(12, 1 << 30))  # type: ignore[arg-type]
+    ref.events._value_at = None
+    return ref
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["put", "put", "delete", "range", "txn"]),
+                st.sampled_from([b"a", b"b", b"c"]),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_watchers_see_the_same_events_as_with_every_value_kept(calls: list) -> None:
+    """Random batches of puts (small and large values), deletes, range
+    deletes and transactions: every read with previous values, after every
+    batch and from every revision, equals that of a log keeping every
+    value (retention by count, so both keep the same revisions)."""
+    import tempfile
+
+    import plyvel
+
+    with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+        dbs = [plyvel.DB(d, create_if_missing=True) for d in (d1, d2)]
+        try:
+            sm = KVStateMachine(dbs[0], watch_retention=(12, 1 << 30))
+            ref = _reference_machine(dbs[1])
+            clients = (WatchClient(), WatchClient())
+            n = 0
+            for call in calls:
+                cmds: list[list[bytes]] = [[], []]
+                for kind, key, big in call:
+                    n += 1
+                    value = (BIG if big else b"s") + b"%d" % n
+                    for c, out in zip(clients, cmds, strict=True):
+                        if kind == "put":
+                            out.append(c.put(key, value))
+                        elif kind == "delete":
+                            out.append(c.delete(key))
+                        elif kind == "range":
+                            out.append(c.delete_range(b"a", b"c"))
+                        else:
+                            ops = (TxnOp(TxnOpKind.PUT, key, value=value),)
+                            out.append(c._cmd(op=Op.TXN, txn=Txn((), ops, ())))
+                run(sm, *cmds[0])
+                run(ref, *cmds[1])
+                assert sm.events.floor == ref.events.floor
+                for start in range(sm.events.floor, sm.revision + 2):
+                    for prev in (False, True):
+                        got = sm.watch_events(start, b"\0", FROM_KEY, prev_kv=prev)
+                        assert got == ref.watch_events(start, b"\0", FROM_KEY, prev_kv=prev)
+        finally:
+            for db in dbs:
+                db.close()
