@@ -69,9 +69,10 @@ read that finds otherwise (only possible for revisions an install left
 below the floor, which previous-value lookups may still touch) answers
 "no longer kept". A value overwritten within the retention window is thus
 still written twice, later; one overwritten after its event was trimmed
-(large values fill the byte-bounded log fast) only once. Measured: PUT p50
-of 100 KiB values 6.5 -> 4.1 ms, 1 MiB 44 -> 30 ms (benchmarks/README.md,
-"Speed").
+(large values fill the byte-bounded log fast) only once. Measured (PUT
+p50, one client, 100 keys): 100 KiB 6.2-7.0 -> 5.1-5.3 ms, 1 MiB 43-46 ->
+31-34 ms (benchmarks/README.md, "Speed"). Events are not replicated state:
+this is each replica's own layout, and an older release cannot read it.
 """
 
 from __future__ import annotations
