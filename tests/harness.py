@@ -263,6 +263,21 @@ class Cluster:
         with KVClient(self.addresses, timeout=timeout, attempt_timeout=timeout, **extra) as c:
             return c.status()
 
+    def wait_applied_everywhere(self, timeout: float = 10.0) -> int:
+        """Waits until every running replica reports the same applied index
+        (a follower learns the last commit with the leader's next message);
+        returns it. Before comparing stopped replicas' states."""
+        running = [rid for rid in self.ids if self.is_running(rid)]
+
+        def same() -> int | None:
+            answered = [row for row in self.status() if "applied_index" in row]
+            indexes = {row["applied_index"] for row in answered}
+            if len(answered) == len(running) and len(indexes) == 1:
+                return indexes.pop()
+            return None
+
+        return wait_for("every replica to apply the same log", same, timeout)
+
     def leader_id(self) -> int | None:
         """The replica that says it leads (highest ballot), or None."""
         return launch.find_leader(self.status())

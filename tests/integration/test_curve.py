@@ -211,6 +211,7 @@ def test_a_rogue_with_its_own_keys_at_every_peer_port_changes_nothing(
             assert len(_log_lines(cluster, rid, kind)) <= 1
     assert len(_log_lines(cluster, 1, "peer_impostor")) == 1
 
+    cluster.wait_applied_everywhere()
     cluster.stop()
     states = cluster.state_checksums()
     assert len({(s.applied_index, s.revision, s.checksum) for s in states}) == 1, states

@@ -306,10 +306,14 @@ def elections_range() -> Request:
 
 
 def test_kvctl_lock_stops_the_command_when_the_lease_is_lost(
-    run: Run, leader: FakeReplica, store: LockStore
+    run: Run, leader: FakeReplica, store: LockStore, tmp_path: Path
 ) -> None:
+    started = tmp_path / "started"
+
     def expire_the_holder() -> None:
-        wait_for("the holder", lambda: store.queue())
+        # Once the command runs (the lock is held): expired while waiting
+        # for it, kvctl says the key is gone instead.
+        wait_for("the command under the lock", started.exists)
         (key,) = store.queue()
         store.now += 2_000
         store.expire(int(key.rsplit(b"/", 1)[1], 16))
@@ -317,7 +321,8 @@ def test_kvctl_lock_stops_the_command_when_the_lease_is_lost(
     expiry = threading.Thread(target=expire_the_holder, daemon=True)
     expiry.start()
     began = time.monotonic()
-    argv = ("lock", "job", "--ttl", "1", "--", sys.executable, "-c", "import time; time.sleep(30)")
+    script = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(30)"
+    argv = ("lock", "job", "--ttl", "1", "--", sys.executable, "-c", script)
     code, _, err = run("--cluster", leader.address, *argv)
     assert code == EXIT_FAILED and "lost the lock job" in one_error_line(err)
     assert time.monotonic() - began < 15  # the command was stopped, not waited for
