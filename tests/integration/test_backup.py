@@ -51,6 +51,7 @@ def test_save_status_restore_into_a_new_cluster(
     assert f"revision: {KEYS + 1}" in status, status  # 300 puts and a delete
     assert "sha256: " in status
 
+    source.wait_applied_everywhere()
     for rid in source.ids:
         source.stop_replica(rid)
     saved = {s.checksum for s in source.state_checksums()}

@@ -73,6 +73,7 @@ def _caught_up(cluster: Cluster, rid: int) -> bool:
 
 
 def _same_data_everywhere(cluster: Cluster) -> None:
+    cluster.wait_applied_everywhere(30.0)
     cluster.stop()
     states = cluster.state_checksums()
     assert len({(s.applied_index, s.checksum, s.keys) for s in states}) == 1, states
