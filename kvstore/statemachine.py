@@ -82,7 +82,11 @@ driver's (replica/driver.py). Snapshots carry leases as `l` items; the
 `x` and `k` indexes are derived on the receiving side.
 
 Sessions (exactly once, bounded). Per client id the record keeps the last
-applied seq, an 8-byte blake2b digest of that request's bytes, the log time
+applied seq, an 8-byte blake2b digest of that request's bytes (of a request
+over 4 KiB: of its first 4 KiB, its length and its CRC-32, since blake2b of
+a 1 MiB value costs ~2 ms here and the digest only tells a retry from a
+reused client id; a record of an older release, which digested the whole
+request, still matches its retry), the log time
 of its last use, and the response's status and version: never a value (a
 failed CAS is answered with the current value once; its record keeps only
 CAS_FAILED and the version, so a retry gets the value None). A request from
@@ -151,6 +155,7 @@ import hashlib
 import heapq
 import itertools
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -431,8 +436,27 @@ class _Session(NamedTuple):
         return Response(Status(self.status), version=self.version)
 
 
+_DIGEST_HEAD = 4096  # a longer request: its head, length and CRC-32 are digested
+_LENGTH_CRC = struct.Struct(">QI")
+
+
 def _digest(command: bytes) -> bytes:
-    return hashlib.blake2b(command, digest_size=_DIGEST_BYTES).digest()
+    if len(command) <= _DIGEST_HEAD:
+        return hashlib.blake2b(command, digest_size=_DIGEST_BYTES).digest()
+    h = hashlib.blake2b(memoryview(command)[:_DIGEST_HEAD], digest_size=_DIGEST_BYTES)
+    h.update(_LENGTH_CRC.pack(len(command), zlib.crc32(command)))
+    return h.digest()
+
+
+def _same_request(digest: bytes, command: bytes, recorded: bytes) -> bool:
+    """Whether `recorded` (a session's digest) is that of `command`, whose
+    `_digest` is `digest`: also as an older release digested it."""
+    if digest == recorded:
+        return True
+    return (
+        len(command) > _DIGEST_HEAD
+        and hashlib.blake2b(command, digest_size=_DIGEST_BYTES).digest() == recorded
+    )
 
 
 class _Sessions:
@@ -1071,7 +1095,7 @@ def _answer(req: Request, command: bytes, pending: _Pending) -> Response:
         if req.seq != 1 and sessions.forgot:
             return _session_expired(req.seq, sessions.ttl_ms)
     elif req.seq == session.seq:
-        if digest != session.digest:
+        if not _same_request(digest, command, session.digest):
             return Response(
                 Status.BAD_REQUEST,
                 error=f"client id reused: seq {req.seq} already answered for a different request",
@@ -1131,6 +1155,7 @@ class KVStateMachine:
         schedule = self._meta.schedule
         self._schedule: Schedule | None = Schedule.unpack(schedule) if schedule else None
         self._schedule_changed = False
+        self._unwritten: Any = None  # apply(defer_write=True)'s batch, not yet written
         self.events = EventLog(
             db, self._meta.revision, *(watch_retention or ()), value_at=self._value_at
         )
@@ -1158,11 +1183,21 @@ class KVStateMachine:
 
     # -- apply ----------------------------------------------------------------
 
-    def apply(self, entries: Iterable[tuple[int, tuple[bytes, ...]]]) -> list[Result]:
+    def apply(
+        self, entries: Iterable[tuple[int, tuple[bytes, ...]]], defer_write: bool = False
+    ) -> list[Result]:
         """Applies chosen slots `(slot, value)` in order, starting exactly at
         `applied_index`, in one atomic LevelDB batch. Returns the outcome of
         every command, in log order. Raises ValueError (writing nothing) if
-        the slots are not consecutive from `applied_index`: a driver bug."""
+        the slots are not consecutive from `applied_index`: a driver bug.
+
+        `defer_write=True` leaves the batch unwritten until `write_applied()`
+        (or the next `apply`): the replica answers the writers first, since
+        the answers do not depend on the batch (an unsynced write, which a
+        crash may lose either way: the log it came from is durable). Until
+        then the in-memory state is ahead of the DB: nothing may be read."""
+        if self._unwritten is not None:
+            self.write_applied()
         pending = _Pending(self._db, self._meta, self._session_floor)
         results: list[Result] = []
         next_slot = self._meta.applied_index
@@ -1203,12 +1238,21 @@ class KVStateMachine:
         pending.flush(batch)
         self.events.append(batch, pending.events, pending.data, pending.replaced)
         batch.put(_META_KEY, meta.pack())
-        batch.write()
+        if defer_write:
+            self._unwritten = batch
+        else:
+            batch.write()
         self._session_floor = sessions.next_floor(self._meta.log_time)
         self._meta = meta
         if self._session_count is not None:
             self._session_count += sessions.added
         return results
+
+    def write_applied(self) -> None:
+        """Writes the batch `apply(..., defer_write=True)` left (none: no-op)."""
+        batch, self._unwritten = self._unwritten, None
+        if batch is not None:
+            batch.write()
 
     def _apply_change(self, slot: int, command: bytes) -> Result:
         """A membership change (kvstore/membership.py): the answer goes to the

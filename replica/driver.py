@@ -25,10 +25,12 @@ call; the simulator whatever its schedule delivers). One iteration:
        (with committed slots to apply, handed to a writer thread while (3)
        runs: "Applying while the batch is synced" below),
    (2) only then every message is sent,
-   (3) `state_machine.apply(committed)` in slot order,
+   (3) `state_machine.apply(committed)` in slot order (its unsynced
+       LevelDB batch is written after the writers' answers of (4)),
    (4) clients are answered: the result of an applied command goes to the
        client waiting on its (client_id, seq); released reads are served
-       from the state machine; failed reads get REDIRECT / UNAVAILABLE;
+       from the state machine, once (3)'s batch is written; failed reads
+       get REDIRECT / UNAVAILABLE;
 6. if leadership was lost (or the ballot changed), every write and read still
    waiting gets REDIRECT / UNAVAILABLE: the client retries, and its session
    (client_id, seq) makes the retry of an applied write exactly-once.
@@ -212,8 +214,14 @@ class StateMachine(SnapshotSource, SnapshotTarget, EventSource, Protocol):
     @property
     def revision(self) -> int: ...
 
-    def apply(self, entries: Sequence[tuple[int, Value]]) -> list[Result]:
-        """Applies chosen slots in order from `applied_index`; deterministic."""
+    def apply(self, entries: Sequence[tuple[int, Value]], defer_write: bool = False) -> list[Result]:
+        """Applies chosen slots in order from `applied_index`; deterministic.
+        `defer_write`: the batch is written by `write_applied()` (or the
+        next apply); nothing is read from the state machine before that."""
+        ...
+
+    def write_applied(self) -> None:
+        """Writes what `apply(..., defer_write=True)` left unwritten."""
         ...
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
@@ -620,7 +628,7 @@ class ReplicaDriver:
         if acc.committed:
             if self.tracer is not None:  # if this iteration had nothing to sync
                 self._trace_slots(acc.committed, "chosen_persisted")
-            results = self.sm.apply(acc.committed)
+            results = self.sm.apply(acc.committed, defer_write=True)
             self.counters.committed_slots += len(acc.committed)
             self._note_applied(acc.committed)
             if self.tracer is not None:
@@ -630,9 +638,16 @@ class ReplicaDriver:
         return results
 
     def _answer(self, acc: Ready, results: list[Result] | None) -> None:
-        """Step (4)."""
-        if results:
-            self._answer_writes(results)
+        """Step (4). The writers are answered before the state machine's
+        batch of step (3) is written (`apply(defer_write=True)`): their
+        answers are already computed and that batch is an unsynced write
+        (a large value's copy into LevelDB's log no longer delays its
+        reply); reads are served after it is written."""
+        try:
+            if results:
+                self._answer_writes(results)
+        finally:
+            self.sm.write_applied()
         if self.tracer is not None and acc.committed:
             self._trace_replied(acc.committed)
         if acc.reads:

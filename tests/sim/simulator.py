@@ -323,11 +323,11 @@ class SimStateMachine(KVStateMachine):
         super().__init__(node.db)
         self._sim, self._node = sim, node
 
-    def apply(self, entries) -> list[Result]:  # noqa: ANN001
+    def apply(self, entries, defer_write: bool = False) -> list[Result]:  # noqa: ANN001
         for slot, value in entries:
             self._sim.check_apply(self._node, slot, value)
             self._node.applied.append(value)
-        return super().apply(entries)
+        return super().apply(entries, defer_write)
 
     def install_finish(self) -> None:
         super().install_finish()

@@ -321,6 +321,59 @@ def test_client_id_reused_for_another_request_is_refused(sm: KVStateMachine) -> 
     assert sm.revision == 1
 
 
+@pytest.mark.parametrize("size", [100, 4_000, 5_000, 300_000])
+def test_large_requests_tell_a_retry_from_a_reused_id(sm: KVStateMachine, size: int) -> None:
+    """A request over 4 KiB is digested by its head, length and CRC-32: a
+    retry still matches, a request differing only in its last byte or in
+    its length does not."""
+    value = random.Random(size).randbytes(size)
+    c = Client()
+    cmd = c.put(b"k", value)
+    assert run_one(sm, cmd) == Response(Status.OK, version=1)
+    assert run_one(sm, cmd) == Response(Status.OK, version=1)  # the retry
+    for other in (value[:-1] + bytes([value[-1] ^ 1]), value + b"x"):
+        reused = Client()
+        refused = run_one(sm, reused.put(b"k", other))
+        assert refused.status == Status.BAD_REQUEST
+        assert "client id reused" in refused.error
+    assert sm.get(b"k") == (value, 1)
+
+
+def test_a_session_digest_of_an_older_release_still_matches_its_retry(
+    sm: KVStateMachine,
+) -> None:
+    """Records written before large requests were digested by their head:
+    their digest is blake2b of the whole request, and a retry matches it."""
+    import hashlib
+
+    cmd = Client().put(b"k", b"v" * 10_000)
+    run_one(sm, cmd)
+    key = sm._gen.sessions + ALICE
+    record = msgpack.unpackb(sm._db.get(key))
+    record[1] = hashlib.blake2b(cmd, digest_size=8).digest()
+    sm._db.put(key, msgpack.packb(record))
+    reopened = KVStateMachine(sm._db)
+    assert run_one(reopened, cmd) == Response(Status.OK, version=1)
+    assert reopened.revision == 1
+
+
+def test_a_deferred_batch_is_written_by_write_applied_or_the_next_apply(
+    sm: KVStateMachine,
+) -> None:
+    c = Client()
+    results = sm.apply([(0, (c.put(b"k", b"1"),))], defer_write=True)
+    assert [r.status for _, _, r in results] == [Status.OK]
+    assert sm._db.get(sm._gen.data + b"k") is None  # answered, not yet written
+    sm.write_applied()
+    assert sm.get(b"k") == (b"1", 1)
+    sm.apply([(1, (c.put(b"k", b"2"),))], defer_write=True)
+    run_one(sm, c.put(b"j", b"3"))  # writes the deferred batch first, then its own
+    assert (sm.get(b"k"), sm.get(b"j")) == ((b"2", 2), (b"3", 3))
+    assert KVStateMachine(sm._db).applied_index == 3
+    sm.write_applied()  # nothing left: a no-op
+    assert KVStateMachine(sm._db).applied_index == 3
+
+
 def _forget_a_session(sm: KVStateMachine) -> None:
     clock(sm, T0)
     run_one(sm, Client(b"f" * 16).put(b"f", b"forgotten"))
