@@ -263,6 +263,8 @@ class EventLog:
         """Deletes whole revisions, oldest first, while over retention (or
         below the floor), within `budget` events (a revision is finished)."""
         floor, count, size = span
+        if self._oldest >= floor and count <= self.retain_events and size <= self.retain_bytes:
+            return span  # nothing to delete: no iterator (a seek per apply)
         current = None
         oldest = None  # the oldest revision left, once the scan stops in one
         entries = self._db.iterator(start=event_key(self._oldest), stop=_EVENT_END)

@@ -646,10 +646,10 @@ class ReplicaDriver:
         try:
             if results:
                 self._answer_writes(results)
+            if self.tracer is not None and acc.committed:
+                self._trace_replied(acc.committed)
         finally:
             self.sm.write_applied()
-        if self.tracer is not None and acc.committed:
-            self._trace_replied(acc.committed)
         if acc.reads:
             self._answer_reads(acc.reads)
         if acc.failed_reads:
