@@ -212,7 +212,8 @@ class CompactionSettings:
     log_slots: int = 1_000
     """Compact once this many applied slots beyond the retained tail are held."""
     log_bytes: int = 4 * 1024 * 1024
-    """... or once the applied commands held reach this many bytes."""
+    """... or once the applied commands held reach this many bytes beyond
+    `retained_bytes` (the tail a compaction keeps)."""
     retained_slots: int = 1_000
     """Applied slots kept below the applied index, for cheap catch-up by log."""
     retained_bytes: int = 4 * 1024 * 1024

@@ -778,7 +778,14 @@ class ReplicaDriver:
             self._held_bytes += size
         policy = self.compaction
         since = self.sm.applied_index - self.core.status().compacted
-        if since < policy.log_slots + policy.retained_slots and self._held_bytes < policy.log_bytes:
+        # Both limits count beyond the retained tail: with `log_bytes` alone,
+        # a log of large commands, whose tail stays near `retained_bytes`
+        # after each compaction, compacted again at every slot (a synced
+        # batch each time, which held up the leader's next request).
+        if (
+            since < policy.log_slots + policy.retained_slots
+            and self._held_bytes < policy.log_bytes + policy.retained_bytes
+        ):
             return
         # Keep the newest slots within both retained limits; compact the rest.
         keep_bytes, target = 0, self.sm.applied_index
