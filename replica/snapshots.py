@@ -22,8 +22,12 @@ moves to the snapshot's index (a synced batch: the votes below it are
 deleted), then `state_machine.install_finish` switches to the staged state in
 one small batch, then `core.installed(index)`. In that order a crash at any
 point leaves a replica that restarts either with its old state, or with a
-compaction point above its applied index, in which case it catches up or
-installs again (resuming what was staged: `install_progress`). The other
+compaction point above its applied index and the snapshot completely
+staged at that index, which the restarted driver flips at once
+(replica/driver.py `_finish_interrupted_install`: installing another
+snapshot instead, from a peer behind that point, would leave slots in no
+log at all). A crash while staging leaves it to install again (resuming
+what was staged: `install_progress`). The other
 order could leave votes below the applied index that were never chosen
 values, which a restarted core would take for the chosen ones.
 
