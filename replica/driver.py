@@ -234,7 +234,9 @@ class StateMachine(SnapshotSource, SnapshotTarget, EventSource, Protocol):
     @property
     def revision(self) -> int: ...
 
-    def apply(self, entries: Sequence[tuple[int, Value]], defer_write: bool = False) -> list[Result]:
+    def apply(
+        self, entries: Sequence[tuple[int, Value]], defer_write: bool = False
+    ) -> list[Result]:
         """Applies chosen slots in order from `applied_index`; deterministic.
         `defer_write`: the batch is written by `write_applied()` (or the
         next apply); nothing is read from the state machine before that."""
@@ -904,8 +906,11 @@ class ReplicaDriver:
         except ValueError as exc:  # not completely staged: installs again
             log.warning("replica %d: staged snapshot not finished: %s", replica_id, exc)
             return
-        log.info("replica %d: finished the snapshot install a crash interrupted (index %d)",
-                 replica_id, compacted)
+        log.info(
+            "replica %d: finished the snapshot install a crash interrupted (index %d)",
+            replica_id,
+            compacted,
+        )
 
     def _tick_snapshots(self, acc: Ready) -> None:
         self._exporter.tick()

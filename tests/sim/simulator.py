@@ -617,7 +617,7 @@ class Simulation:
     def _start(self, node: Node) -> None:
         if self.lease_reads:
             node.clock = self.time
-        node.db.sync_hook = None  # no crash in a restart's own flip (that batch is modelled in installs)
+        node.db.sync_hook = None  # no crash in a restart's own flip (installs model that batch)
         node.driver = self.driver_classes.get(node.id, self.driver_class)(
             node.id,
             sorted(self.bootstrap.voters),

@@ -2,6 +2,7 @@
 `_note_applied`): `log_bytes` counts beyond the retained tail, so a log of
 large commands is compacted every `log_bytes` or so, not at every slot once
 the tail alone reaches `log_bytes` (each compaction is a synced batch)."""
+
 # ruff: noqa: F811 - the fixture of test_server_loop is imported by name
 from __future__ import annotations
 
