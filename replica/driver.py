@@ -772,8 +772,8 @@ class ReplicaDriver:
 
     def _after_iteration(self) -> None:
         """Fails whatever waits on a leadership that ended; logs role changes."""
-        status = self.core.status()
-        key = _leadership_key(status)
+        role, leader_id, ballot = self.core.role_view()
+        key = tuple(ballot) if role is Role.LEADER else None
         if key != self._leadership:
             self._leadership = key
             self._read_lease_until = 0.0
@@ -790,12 +790,12 @@ class ReplicaDriver:
                     self.clients.reply(envelope, reply)
                 self._waiting.clear()
                 self._reads.clear()
-        seen = (status.role, status.leader_id)
+        seen = (role, leader_id)
         if seen != self._last_seen:
-            if status.leader_id is not None and status.leader_id != self._last_seen[1]:
+            if leader_id is not None and leader_id != self._last_seen[1]:
                 self.counters.leader_changes += 1
             self._last_seen = seen
-            _log_role(status)
+            _log_role(self.core.status())
 
     # ------------------------------------------------- compaction, snapshots
 
@@ -808,7 +808,7 @@ class ReplicaDriver:
             held.append((slot, size))
             self._held_bytes += size
         policy = self.compaction
-        since = self.sm.applied_index - self.core.status().compacted
+        since = self.sm.applied_index - self.core.compacted
         # Both limits count beyond the retained tail: with `log_bytes` alone,
         # a log of large commands, whose tail stays near `retained_bytes`
         # after each compaction, compacted again at every slot (a synced

@@ -506,6 +506,16 @@ class PaxosCore:
         """The leader this replica knows of (itself when leading), or None."""
         return self._leader_id
 
+    @property
+    def compacted(self) -> int:
+        """The compaction point: no votes or chosen values below it."""
+        return self._compacted
+
+    def role_view(self) -> tuple[Role, int | None, Ballot]:
+        """(role, leader id, own ballot): what the driver checks after every
+        iteration, without the copy `status()` makes (cheap: per iteration)."""
+        return self._role, self._leader_id, self._ballot
+
     def status(self) -> CoreStatus:
         """A frozen snapshot of what a driver or an operator may look at."""
         return CoreStatus(
