@@ -202,6 +202,7 @@ class EventLog:
         events: Iterable[tuple[Any, ...]],
         final: dict[bytes, Any] | None = None,
         replaced: Iterable[tuple[bytes, bytes, int]] = (),
+        stored: list[bytes] | None = None,
     ) -> None:
         """Adds `events` ((revision, kind, key, value, version, create,
         prev_revision), in order) to `batch`, then trims the oldest
@@ -209,9 +210,10 @@ class EventLog:
         this batch (None: deleted); a large value stays in it when it is
         still at the event's revision. `replaced`: (key, value, revision)
         of each large value this batch replaced in a record; still-kept
-        events of those revisions get their value copied in."""
-        floor, count, size = self._span
-        added = 0
+        events of those revisions get their value copied in. `stored`, if
+        given, gets each new event's key and record (for `store` on another
+        replica: kvstore/statemachine.py, "Effects")."""
+        entries = []
         last, index = -1, 0
         inline = final is None or self._value_at is None
         for revision, *fields in events:
@@ -221,11 +223,30 @@ class EventLog:
                 record = final.get(fields[1])  # type: ignore[union-attr]
                 if record is not None and record[1] == revision:
                     fields = [PUT_IN_RECORD, fields[1], None, *fields[3:]]
-            raw = _PACK(fields)
-            batch.put(EVENT_PREFIX + _EVENT_KEY.pack(revision, index), raw)
-            count += 1
-            size += len(raw) + _EVENT_KEY.size
-            added += 1
+            entries.append(EVENT_PREFIX + _EVENT_KEY.pack(revision, index))
+            entries.append(_PACK(fields))
+        if stored is not None:
+            stored += entries
+        self.store(batch, entries, replaced)
+
+    def store(
+        self,
+        batch: plyvel.WriteBatch,
+        entries: list[bytes],
+        replaced: Iterable[tuple[bytes, bytes, int]] = (),
+    ) -> None:
+        """The second half of `append`: puts the new events `entries` (event
+        key, record, event key, record, ...) into `batch`, trims, copies
+        the `replaced` values and records the span."""
+        floor, count, size = self._span
+        added = len(entries) // 2
+        put = batch.put
+        for i in range(0, len(entries), 2):
+            raw = entries[i + 1]
+            put(entries[i], raw)
+            size += len(raw)
+        count += added
+        size += added * _EVENT_KEY.size
         if added:
             span = self._trim(batch, _Span(floor, count, size), 2 * added + _TRIM_SLACK)
             floor, count, size = span
@@ -289,6 +310,11 @@ class EventLog:
         if oldest is not None:
             self._oldest = oldest
         return _Span(floor, count, size)
+
+    @property
+    def span(self) -> tuple[int, int, int]:
+        """(floor, count, size): what the `mwatch` record holds."""
+        return tuple(self._span)  # type: ignore[return-value]
 
     def raise_floor(self, batch: plyvel.WriteBatch, revision: int) -> None:
         """A snapshot install jumps to `revision` with `batch`: events start after it."""

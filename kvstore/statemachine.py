@@ -45,6 +45,25 @@ driver replays the rest from the durable log. That is why the batch may be
 written without `sync`. Until the batch is written, later commands of the
 same call read the earlier ones' effects from in-memory overlays.
 
+Effects. Applying a command costs tens of microseconds of Python (parse,
+session, record, event, msgpack) on every replica. The leader applies with
+`capture=True`: the batch's puts and deletes are also listed, and
+`take_effects()` packs them with the slots they stand for, the in-memory
+state that goes with them (the session floor and count change) and, apart,
+the new watch events. A follower that has the leader's effects for exactly
+the slots it is about to apply writes them with `apply_effects` instead of
+executing (replica/driver.py, "Followers write the leader's effects"). It
+is the same batch: applying is deterministic, the chosen value of a slot
+is unique, and the leader applied from the same state (the same slots and
+the same generation, both checked; anything else is refused and the
+follower executes as before). The event log is each replica's own (a
+snapshot does not carry it, and what trimming deletes depends on what a
+replica holds), so the follower stores the new events in its own log
+(`EventLog.store`: its own trimming and retention), never the leader's
+deletions. The session floor (a lower bound of the session index's times)
+is the larger of the two, both bounds of the same index. A
+batch over EFFECTS_MAX_BYTES (large values) is not captured.
+
 Versions follow etcd's mod_revision: a global `revision` counts the successful
 writes; a key's version is the revision of its last modification and an absent
 key has version 0. DELETE of an absent key is NOT_FOUND and does not count.
@@ -1130,6 +1149,48 @@ class _Install(NamedTuple):
         return cls(*_unpack(raw))
 
 
+EFFECTS_MAX_BYTES = 64 << 10
+"""The most keys and values one apply's effects carry (kvstore/statemachine.py,
+"Effects"): a batch of large values is applied by each follower itself (its
+effects would send every value a second time)."""
+_EFFECTS_FORMAT = 1
+_MAX_REVISION = 2**63  # a revision in effects beyond it is malformed (event keys are u64)
+
+
+class _Recorder:
+    """A WriteBatch that also lists what is put into it (for `Effects`), up
+    to `limit` bytes of keys and values; past that it only forwards."""
+
+    __slots__ = ("_batch", "ops", "_room")
+
+    def __init__(self, batch: plyvel.WriteBatch, limit: int) -> None:
+        self._batch = batch
+        self.ops: list[bytes | None] | None = []  # key, value (None: delete), ...
+        self._room = limit
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._batch.put(key, value)
+        ops = self.ops
+        if ops is not None:
+            self._room -= len(key) + len(value)
+            if self._room < 0:
+                self.ops = None
+            else:
+                ops.append(key)
+                ops.append(value)
+
+    def delete(self, key: bytes) -> None:
+        self._batch.delete(key)
+        ops = self.ops
+        if ops is not None:
+            self._room -= len(key)
+            if self._room < 0:
+                self.ops = None
+            else:
+                ops.append(key)
+                ops.append(None)
+
+
 class KVStateMachine:
     """The KV data, client sessions, applied index and log time of one
     replica, kept in the `d`, `s`, `t` and `m` prefixes of its LevelDB."""
@@ -1156,6 +1217,7 @@ class KVStateMachine:
         self._schedule: Schedule | None = Schedule.unpack(schedule) if schedule else None
         self._schedule_changed = False
         self._unwritten: Any = None  # apply(defer_write=True)'s batch, not yet written
+        self._effects: bytes | None = None  # apply(capture=True)'s, for take_effects
         self.events = EventLog(
             db, self._meta.revision, *(watch_retention or ()), value_at=self._value_at
         )
@@ -1184,7 +1246,10 @@ class KVStateMachine:
     # -- apply ----------------------------------------------------------------
 
     def apply(
-        self, entries: Iterable[tuple[int, tuple[bytes, ...]]], defer_write: bool = False
+        self,
+        entries: Iterable[tuple[int, tuple[bytes, ...]]],
+        defer_write: bool = False,
+        capture: bool = False,
     ) -> list[Result]:
         """Applies chosen slots `(slot, value)` in order, starting exactly at
         `applied_index`, in one atomic LevelDB batch. Returns the outcome of
@@ -1195,9 +1260,14 @@ class KVStateMachine:
         (or the next `apply`): the replica answers the writers first, since
         the answers do not depend on the batch (an unsynced write, which a
         crash may lose either way: the log it came from is durable). Until
-        then the in-memory state is ahead of the DB: nothing may be read."""
+        then the in-memory state is ahead of the DB: nothing may be read.
+
+        `capture=True` also records the batch as effects (`take_effects`;
+        "Effects" in the module doc)."""
         if self._unwritten is not None:
             self.write_applied()
+        self._effects = None
+        start = self._meta.applied_index
         pending = _Pending(self._db, self._meta, self._session_floor)
         results: list[Result] = []
         next_slot = self._meta.applied_index
@@ -1235,9 +1305,11 @@ class KVStateMachine:
             schedule_bytes,
         )
         batch = self._db.write_batch()
-        pending.flush(batch)
-        self.events.append(batch, pending.events, pending.data, pending.replaced)
-        batch.put(_META_KEY, meta.pack())
+        sink = _Recorder(batch, EFFECTS_MAX_BYTES) if capture else batch
+        pending.flush(sink)
+        stored: list[bytes] | None = [] if capture else None
+        self.events.append(batch, pending.events, pending.data, pending.replaced, stored)
+        sink.put(_META_KEY, meta.pack())
         if defer_write:
             self._unwritten = batch
         else:
@@ -1246,7 +1318,126 @@ class KVStateMachine:
         self._meta = meta
         if self._session_count is not None:
             self._session_count += sessions.added
+        if capture and sink.ops is not None:
+            effects = _pack(
+                [
+                    _EFFECTS_FORMAT,
+                    start,
+                    next_slot,
+                    meta.generation,
+                    self._session_floor,
+                    sessions.added,
+                    sink.ops,
+                    stored,
+                    pending.replaced,
+                ]
+            )
+            self._effects = effects if len(effects) <= EFFECTS_MAX_BYTES else None
         return results
+
+    def take_effects(self) -> bytes | None:
+        """The effects of the last `apply(capture=True)`, once (None: too
+        large, or nothing was applied)."""
+        effects, self._effects = self._effects, None
+        return effects
+
+    def apply_effects(
+        self,
+        entries: list[tuple[int, tuple[bytes, ...]]],
+        effects: bytes,
+        defer_write: bool = False,
+    ) -> bool:
+        """Applies the chosen slots `entries` by writing the batch another
+        replica's `apply(capture=True)` made of the same slots, instead of
+        executing them ("Effects" in the module doc). Returns False, having
+        changed nothing, if those effects do not fit this state machine
+        (other slots or a different starting point, another generation, or
+        malformed): the caller then calls `apply`."""
+        try:
+            header = _unpack(effects)
+            problem = self._effects_refusal(entries, header)
+        except Exception:  # msgpack raises several unrelated types
+            problem = "malformed"
+        if problem is not None:
+            return False
+        ops = header[6]
+        meta = _Meta.unpack(ops[-1])
+        if self._unwritten is not None:
+            self.write_applied()
+        self._effects = None
+        batch = self._db.write_batch()
+        put, delete = batch.put, batch.delete
+        for i in range(0, len(ops), 2):
+            value = ops[i + 1]
+            if value is None:
+                delete(ops[i])
+            else:
+                put(ops[i], value)
+        self.events.store(batch, header[7], header[8])
+        if defer_write:
+            self._unwritten = batch
+        else:
+            batch.write()
+        if meta.schedule != self._meta.schedule or self._schedule_changed:
+            self._schedule = Schedule.unpack(meta.schedule) if meta.schedule else None
+        elif self._schedule is not None:
+            self._schedule.prune(meta.applied_index)
+        self._schedule_changed = False
+        self._session_floor = max(self._session_floor, header[4])
+        self._meta = meta
+        if self._session_count is not None:
+            self._session_count += header[5]
+        return True
+
+    def _effects_refusal(
+        self, entries: list[tuple[int, tuple[bytes, ...]]], header: Any
+    ) -> str | None:
+        """Why `header` (unpacked effects) cannot stand for applying `entries`
+        here, or None."""
+        if type(header) is not list or len(header) != 9 or header[0] != _EFFECTS_FORMAT:
+            return "malformed"
+        start, end = header[1], header[2]
+        if not entries or start != self._meta.applied_index or entries[0][0] != start:
+            return "another starting point"
+        if end != start + len(entries) or entries[-1][0] != end - 1:
+            return "other slots"
+        if header[3] != self._meta.generation:
+            return "another generation"  # a snapshot install flipped one of us
+        ops, events, replaced = header[6], header[7], header[8]
+        if (
+            type(ops) is not list
+            or len(ops) < 2
+            or len(ops) % 2
+            or ops[-2] != _META_KEY
+            or type(events) is not list
+            or len(events) % 2
+            or type(replaced) is not list
+            or type(header[4]) is not int
+            or type(header[5]) is not int
+        ):
+            return "malformed"
+        meta = _Meta.unpack(ops[-1])
+        if meta.applied_index != end or meta.generation != self._meta.generation:
+            return "malformed"
+        if meta.schedule and meta.schedule != self._meta.schedule:
+            Schedule.unpack(meta.schedule)  # raises if malformed
+        for i in range(0, len(ops), 2):
+            if type(ops[i]) is not bytes or not (ops[i + 1] is None or type(ops[i + 1]) is bytes):
+                return "malformed"
+        for item in events:
+            if type(item) is not bytes:
+                return "malformed"
+        for item in replaced:
+            if (
+                type(item) is not list
+                or len(item) != 3
+                or type(item[0]) is not bytes
+                or type(item[1]) is not bytes
+                or type(item[2]) is not int
+                or not 0 <= item[2] < _MAX_REVISION
+            ):
+                return "malformed"
+        return None
 
     def write_applied(self) -> None:
         """Writes the batch `apply(..., defer_write=True)` left (none: no-op)."""

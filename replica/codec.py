@@ -18,6 +18,7 @@ from replica.messages import (
     Ballot,
     CatchupReply,
     CatchupRequest,
+    Effects,
     Heartbeat,
     HeartbeatAck,
     Message,
@@ -174,6 +175,7 @@ _REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
         ],
     ),
     14: (TimeoutNow, [(_ident, _int), (_as_list, _ballot)]),
+    15: (Effects, [(_ident, _int), (_ident, _int), (_ident, _int), (_ident, _bytes)]),
 }
 _TAG_OF: dict[type, int] = {cls: tag for tag, (cls, _) in _REGISTRY.items()}
 

@@ -60,6 +60,7 @@ class DriverCounters:
         "proposed_commands",
         "proposal_batch",
         "committed_slots",
+        "effects_slots",
         "leader_changes",
         "installs_started",
         "installs_completed",
@@ -77,6 +78,8 @@ class DriverCounters:
         """Client write commands per proposal: one per loop iteration that had any."""
         self.committed_slots = 0
         """Slots learned chosen and handed to the state machine."""
+        self.effects_slots = 0
+        """Of those, slots written from the leader's effects instead of executed."""
         self.leader_changes = 0
         """Times a leader became known that differs from the last one known
         (none included), as etcd's leader_changes_seen_total."""

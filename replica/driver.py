@@ -96,6 +96,31 @@ nothing is applied that no durable majority chose, and catches a driver
 that applies beside the sync in the `own_quorum` case too
 (tests/sim, `OverlapsOwnQuorum`).
 
+Followers write the leader's effects
+-----------------------------------
+Executing a command (parse, session, record, watch event, msgpack) is the
+largest Python cost per write, and every replica paid it. The leader now
+applies with `capture=True` and sends the batch it wrote, as one `Effects`
+message per apply and peer, right after step (3); a follower about to apply
+exactly those slots writes that batch instead (`apply_effects`,
+kvstore/statemachine.py "Effects", which checks that the leader made it
+from the same state) and executes whatever no fitting effects cover. It is
+the same batch, since applying is deterministic and a slot's chosen value
+is unique; the simulator compares every replica's state at every applied
+index with the others' and catches followers that trust effects made from
+another state (tests/sim, `TrustsEffectsOfAnotherGeneration`). Effects reveal no acceptor
+state and are sent whenever they are ready.
+
+For them to arrive in time, the leader's core advertises a commit index
+no higher than the driver's applied index (`core.note_applied`, after every
+iteration): a follower learns that slot s is chosen only from a Phase2a or
+heartbeat sent after the leader applied s, and the leader's Effects of s went
+out before it on the same ordered channel to that peer. Where they are
+lost, a batch of large values is not captured, or a follower's state
+differs (a snapshot install: another generation and event log), the
+follower executes, as every replica did before. Only the current leader's
+effects are kept (EFFECTS_HELD at most), and none by a leader.
+
 The seams (typing.Protocol): `AcceptorStorage` (replica/storage.py), and
 `StateMachine`, `PeerSender`, `ClientReplier` and `Clock` below.
 """
@@ -138,6 +163,7 @@ from replica.badinput import BadFrames
 from replica.counters import DriverCounters
 from replica.logfmt import event
 from replica.messages import (
+    Effects,
     Heartbeat,
     Message,
     Phase2a,
@@ -203,6 +229,9 @@ Clock = Callable[[], float]
 """Monotonic seconds (time.monotonic in a process, a counter in a simulation)."""
 
 
+EFFECTS_HELD = 64
+"""Most Effects messages a follower keeps for slots it has not applied."""
+
 OVERLAP_MIN_COMMANDS = 8
 """Applying beside the sync (the module docstring) only pays when there is
 enough to apply: handing a batch to the writer thread and waiting for it
@@ -235,11 +264,23 @@ class StateMachine(SnapshotSource, SnapshotTarget, EventSource, Protocol):
     def revision(self) -> int: ...
 
     def apply(
-        self, entries: Sequence[tuple[int, Value]], defer_write: bool = False
+        self, entries: Sequence[tuple[int, Value]], defer_write: bool = False, capture: bool = False
     ) -> list[Result]:
         """Applies chosen slots in order from `applied_index`; deterministic.
         `defer_write`: the batch is written by `write_applied()` (or the
-        next apply); nothing is read from the state machine before that."""
+        next apply); nothing is read from the state machine before that.
+        `capture`: keep the batch as effects for `take_effects()`."""
+        ...
+
+    def take_effects(self) -> bytes | None:
+        """The last captured apply's effects, once (None: not captured)."""
+        ...
+
+    def apply_effects(
+        self, entries: list[tuple[int, Value]], effects: bytes, defer_write: bool = False
+    ) -> bool:
+        """Applies `entries` by writing another replica's effects of exactly
+        those slots; False (nothing changed) if they do not fit."""
         ...
 
     def write_applied(self) -> None:
@@ -390,6 +431,7 @@ class ReplicaDriver:
         )
         self._installer: Installer | None = None
         self._held: deque[tuple[int, int]] = deque()  # (slot, bytes) applied since compaction
+        self._effects_in: dict[int, Effects] = {}  # follower: the leader's, by first slot
         self._held_bytes = 0
         self._compact_to: int | None = None
         self._clock = clock
@@ -437,6 +479,8 @@ class ReplicaDriver:
                 acc.messages.append((msg.sender, self._exporter.on_request(msg)))
             elif kind is SnapshotChunk:
                 self._on_snapshot_chunk(msg, acc)
+            elif kind is Effects:
+                self._on_effects(msg)
             else:
                 acc.merge(step(msg))
                 if tracer is not None and (kind is Phase2a or kind is Phase2b):
@@ -659,13 +703,62 @@ class ReplicaDriver:
         if acc.committed:
             if self.tracer is not None:  # if this iteration had nothing to sync
                 self._trace_slots(acc.committed, "chosen_persisted")
-            results = self.sm.apply(acc.committed, defer_write=True)
+            if self.core.is_leader:
+                self._effects_in.clear()  # a former leader's: their results are needed here
+            if self._effects_in:
+                results = self._apply_with_effects(acc.committed)
+            elif self.core.is_leader and self.core.peers:
+                results = self.sm.apply(acc.committed, defer_write=True, capture=True)
+                self._send_effects(acc.committed)
+            else:
+                results = self.sm.apply(acc.committed, defer_write=True)
             self.counters.committed_slots += len(acc.committed)
             self._note_applied(acc.committed)
             if self.tracer is not None:
                 self._trace_slots(acc.committed, "applied")
         elif self._installer is None:
             self.sm.collect_garbage()  # what an install left behind, a bit at a time
+        return results
+
+    def _send_effects(self, committed: list[tuple[int, Value]]) -> None:
+        """The leader's effects of the slots it just applied, to every peer
+        ("Followers write the leader's effects" in the module docstring)."""
+        effects = self.sm.take_effects()
+        if effects is None:
+            return
+        msg = Effects(self.id, committed[0][0], committed[-1][0] + 1, effects)
+        self.peers.send([(peer, msg) for peer in self.core.peers])
+
+    def _on_effects(self, msg: Effects) -> None:
+        """Keeps the current leader's effects of slots not applied yet."""
+        if msg.sender != self.core.leader_id or self.core.is_leader:
+            return
+        if msg.start < self.sm.applied_index or msg.end <= msg.start:
+            return
+        held = self._effects_in
+        if len(held) >= EFFECTS_HELD:
+            held.pop(min(held))
+        held[msg.start] = msg
+
+    def _apply_with_effects(self, committed: list[tuple[int, Value]]) -> list[Result]:
+        """Step (3) on a follower holding effects: each run of slots that
+        effects cover exactly, from the applied index on, is written from
+        them; the rest is executed."""
+        held = self._effects_in
+        done, total = 0, len(committed)
+        while done < total:
+            msg = held.pop(committed[done][0], None)
+            if msg is None or msg.end - msg.start > total - done:
+                break
+            part = committed[done : done + msg.end - msg.start]
+            if not self.sm.apply_effects(part, msg.effects, defer_write=True):
+                break
+            done += len(part)
+            self.counters.effects_slots += len(part)
+        results = self.sm.apply(committed[done:], defer_write=True) if done < total else []
+        applied = self.sm.applied_index
+        for start in [start for start in held if start < applied]:
+            del held[start]
         return results
 
     def _answer(self, acc: Ready, results: list[Result] | None) -> None:
@@ -772,6 +865,7 @@ class ReplicaDriver:
 
     def _after_iteration(self) -> None:
         """Fails whatever waits on a leadership that ended; logs role changes."""
+        self.core.note_applied(self.sm.applied_index)
         role, leader_id, ballot = self.core.role_view()
         key = tuple(ballot) if role is Role.LEADER else None
         if key != self._leadership:

@@ -53,6 +53,11 @@ TimeoutNow(ballot)
     The leader of `ballot` hands leadership to the receiver (kvctl
     move-leader): having stopped proposing and seen the receiver caught up,
     it asks it to start Phase 1 at once, without a pre-vote.
+Effects(start, end, effects)
+    The leader applied slots start..end-1 (chosen) and sends the batch that
+    made (kvstore/statemachine.py, "Effects"): a follower about to apply
+    exactly those slots may write it instead of executing them. Handled by
+    the driver, not the core; it reveals no acceptor state.
 SnapshotChunk(snapshot_id, index, revision, items, last, after)
     One bounded chunk of the snapshot `snapshot_id` (the state machine at
     applied index `index`): (key, record) pairs in key order; `last` is the
@@ -197,6 +202,14 @@ class SnapshotChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class Effects:
+    sender: int
+    start: int
+    end: int
+    effects: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TimeoutNow:
     sender: int
     ballot: Ballot
@@ -217,4 +230,5 @@ Message = (
     | SnapshotRequest
     | SnapshotChunk
     | TimeoutNow
+    | Effects
 )

@@ -254,6 +254,7 @@ class Snapshot:
     proposed_commands: int = 0
     proposal_batch: Histogram = field(default_factory=lambda: Histogram((1,)))
     committed_slots: int = 0
+    effects_slots: int = 0
     leader_changes: int = 0
     lease_reads: int = 0
     installs_started: int = 0
@@ -388,6 +389,7 @@ class ReplicaMetrics:
             proposed_commands=c.proposed_commands,
             proposal_batch=c.proposal_batch.copy(),
             committed_slots=c.committed_slots,
+            effects_slots=c.effects_slots,
             leader_changes=c.leader_changes,
             lease_reads=c.lease_reads,
             installs_started=c.installs_started,
@@ -566,6 +568,11 @@ def _log_families(snap: Snapshot) -> Iterator[Metric]:
         {"": snap.proposal_batch},
     )
     yield _counter("committed_slots", "Slots learned chosen and applied", snap.committed_slots)
+    yield _counter(
+        "effects_slots",
+        "Of the applied slots, those written from the leader's effects",
+        snap.effects_slots,
+    )
     yield _counter(
         "catchups",
         f"Times this replica fell behind its leader by {CATCHUP_SLOTS} slots or more",

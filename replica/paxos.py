@@ -27,7 +27,13 @@ Every replica plays the three Paxos roles for an unbounded log of slots:
   Phase2a and Heartbeat. A follower marks slot s chosen only if its own vote
   at s is from the leader's ballot (the leader proposed exactly one value at s
   in that ballot); otherwise it asks the leader for the chosen values
-  (catch-up).
+  (catch-up). A driver that calls `note_applied(index)` after every
+  iteration makes the commit index those messages carry lag its own
+  applied index (never its knowledge: a smaller commit index is always
+  true): a follower then learns that a slot is chosen only after the
+  leader applied it, and the leader's effects of it were sent before, on the
+  same ordered channel (replica/driver.py, "Followers write the leader's
+  effects"). CatchupReply carries the full commit index.
 
 Linearizable reads use a read index: the leader records the index reads must
 wait for, confirms with a majority (a heartbeat round) that it still leads,
@@ -452,6 +458,7 @@ class PaxosCore:
             if slot >= compacted:
                 self._log.setdefault(slot, value)
         self._commit_index = applied_index  # first slot not known chosen
+        self._applied_limit: int | None = None  # note_applied: what we advertise at most
         self._emitted_index = applied_index  # first slot not yet handed out to apply
         self._highest_seen: Ballot = durable.promised
 
@@ -510,6 +517,16 @@ class PaxosCore:
     def compacted(self) -> int:
         """The compaction point: no votes or chosen values below it."""
         return self._compacted
+
+    def note_applied(self, index: int) -> None:
+        """The driver applied every slot below `index`: the commit index sent
+        on Phase2a and Heartbeat is at most that (see "Learner" above)."""
+        self._applied_limit = index
+
+    def _advertised_commit(self) -> int:
+        limit = self._applied_limit
+        commit = self._commit_index
+        return commit if limit is None or limit >= commit else limit
 
     def role_view(self) -> tuple[Role, int | None, Ballot]:
         """(role, leader id, own ballot): what the driver checks after every
@@ -1039,7 +1056,7 @@ class PaxosCore:
         self._next_slot += 1
         self._vote(slot, self._ballot, value)
         self._in_flight[slot] = _InFlight(value, {self.id})
-        self._broadcast(Phase2a(self.id, self._ballot, slot, value, self._commit_index))
+        self._broadcast(Phase2a(self.id, self._ballot, slot, value, self._advertised_commit()))
         self._check_chosen(slot)
 
     def _fill_window(self) -> None:
@@ -1121,7 +1138,7 @@ class PaxosCore:
         for slot, entry in self._in_flight.items():
             entry.age += 1
             if entry.age % self.config.retransmit_ticks == 0:
-                msg = Phase2a(self.id, self._ballot, slot, entry.value, self._commit_index)
+                msg = Phase2a(self.id, self._ballot, slot, entry.value, self._advertised_commit())
                 for peer in self.peers:
                     if peer not in entry.acks:
                         self._send(peer, msg)
@@ -1155,7 +1172,8 @@ class PaxosCore:
         if self._reads_unsent:
             self._reads_waiting[self._hb_round] = self._reads_unsent
             self._reads_unsent = []
-        self._broadcast(Heartbeat(self.id, self._ballot, self._commit_index, self._hb_round))
+        commit = self._advertised_commit()
+        self._broadcast(Heartbeat(self.id, self._ballot, commit, self._hb_round))
         self._check_heartbeat_round(self._hb_round)
 
     def _on_heartbeat_ack(self, msg: HeartbeatAck) -> None:

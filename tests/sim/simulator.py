@@ -87,10 +87,12 @@ lost its disk vote again.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
 from kvstore.config import CompactionSettings
+from kvstore.events import EVENT_PREFIX
 from kvstore.membership import ALPHA, ChangeKind, Membership, Schedule
 from kvstore.protocol import (
     Op,
@@ -101,7 +103,7 @@ from kvstore.protocol import (
     encode_request,
     member_change,
 )
-from kvstore.statemachine import KVStateMachine
+from kvstore.statemachine import KVStateMachine, _Meta
 from replica.driver import Envelope, ReplicaDriver, Result
 from replica.inmem import MemoryDB
 from replica.messages import (
@@ -240,6 +242,29 @@ class AnswerBeforeSync(ReplicaDriver):
             self.peers.send(acc.messages)
 
 
+class TrustsEffectsOfAnotherGeneration(ReplicaDriver):
+    """BROKEN: its state machine writes the leader's effects of the right
+    slots even when the leader made them in another generation (one of the
+    two installed a snapshot since: their keys have another prefix)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        sm = self.sm
+        checked = sm._effects_refusal
+
+        def refusal(entries, header):  # noqa: ANN001, ANN202
+            ours = sm._meta.generation
+            if type(header) is list and len(header) == 9 and header[3] != ours:
+                header = list(header)
+                header[3] = ours
+                header[6] = list(header[6])
+                meta = _Meta.unpack(header[6][-1])
+                header[6][-1] = meta._replace(generation=ours).pack()
+            return checked(entries, header)
+
+        sm._effects_refusal = refusal
+
+
 # ------------------------------------------------------------ the twins
 
 
@@ -323,17 +348,31 @@ class SimStateMachine(KVStateMachine):
         super().__init__(node.db)
         self._sim, self._node = sim, node
 
-    def apply(self, entries, defer_write: bool = False) -> list[Result]:  # noqa: ANN001
+    def apply(self, entries, defer_write: bool = False, capture: bool = False) -> list[Result]:  # noqa: ANN001
         for slot, value in entries:
             self._sim.check_apply(self._node, slot, value)
             self._node.applied.append(value)
-        return super().apply(entries, defer_write)
+        return super().apply(entries, defer_write, capture)
+
+    def apply_effects(self, entries, effects: bytes, defer_write: bool = False) -> bool:  # noqa: ANN001
+        if not super().apply_effects(entries, effects, defer_write):
+            return False
+        for slot, value in entries:
+            self._sim.check_apply(self._node, slot, value)
+            self._node.applied.append(value)
+        self._sim.stats.effects_slots += len(entries)
+        return True
+
+    def write_applied(self) -> None:
+        super().write_applied()
+        self._sim.check_state(self._node, self)
 
     def install_finish(self) -> None:
         super().install_finish()
         # The snapshot stands for the chosen values of every slot below it.
         self._sim.stats.installs += 1
         self._sim.covered_by_snapshot(self._node, self.applied_index)
+        self._sim.check_state(self._node, self)
 
 
 class SimPeers:
@@ -384,6 +423,7 @@ class Node:
     joining: bool = False  # starts on an empty disk to join (replica/paxos.py, "Joining")
     refused: bool = False  # joined under an id that ran before: stopped for good
     paused: bool = False  # stopped, not crashed (the pause nemesis, lease_reads runs)
+    checked_index: int = -1  # the applied index check_state last compared
 
 
 @dataclass
@@ -408,6 +448,8 @@ class Stats:
     ops_ok: int = 0
     ops_unknown: int = 0
     lease_reads: int = 0  # reads a leader answered on its read lease
+    effects_slots: int = 0  # slots a follower wrote from the leader's effects
+    state_checks: int = 0  # states compared with another replica's at the same index
 
 
 # ------------------------------------------------------------ clients
@@ -590,6 +632,7 @@ class Simulation:
         self.votes_seen: dict[tuple[int, Ballot], tuple[Value, set[int]]] = {}
         self.chosen: dict[int, Value] = {}
         self.applied_at: dict[int, Value] = {}
+        self.states: dict[int, tuple[bytes, int]] = {}  # applied index -> (digest, replica)
         self.stats = Stats()
         self._tick = 0
         self.history = History(clock=self._now)
@@ -781,6 +824,45 @@ class Simulation:
             self.fail(f"replica {node.id} applied slot {slot}, which no durable majority chose")
         if chosen != value:
             self.fail(f"replica {node.id} applied {value!r} at slot {slot}; chosen {chosen!r}")
+
+    def check_state(self, node: Node, sm: KVStateMachine) -> None:
+        """Two replicas at one applied index hold the same state machine
+        (executed or written from the leader's effects, kvstore/statemachine.py
+        "Effects", alike): every record of its generation (the digit
+        stripped) and its `m state` but the generation. The event log is a
+        replica's own (a snapshot does not carry it): it must agree with its
+        own span."""
+        index = sm.applied_index
+        if index == node.checked_index:
+            return
+        node.checked_index = index
+        digest = hashlib.sha256(sm._meta._replace(generation=0).pack())
+        for prefix in sm._gen.prefixes():
+            for key, value in node.db.iterator(prefix=prefix):
+                digest.update(b"%d:%s%d:%s" % (len(key), key[:1] + key[2:], len(value), value))
+        self._check_events(node, sm)
+        other = self.states.setdefault(index, (digest.digest(), node.id))
+        if other[0] != digest.digest():
+            self.fail(
+                f"replica {node.id} holds another state than replica {other[1]} at applied "
+                f"index {index}"
+            )
+        self.stats.state_checks += 1
+
+    def _check_events(self, node: Node, sm: KVStateMachine) -> None:
+        floor, count, size = sm.events.span
+        revisions = [
+            int.from_bytes(key[1:9], "big")
+            for key in node.db.iterator(prefix=EVENT_PREFIX, include_value=False)
+        ]
+        stored = sum(len(v) + len(k) - 1 for k, v in node.db.iterator(prefix=EVENT_PREFIX))
+        if count != len(revisions) or size != stored:
+            self.fail(
+                f"replica {node.id}: event log span says {count} events of {size} bytes, "
+                f"it holds {len(revisions)} of {stored}"
+            )
+        if revisions and min(revisions) < sm.events.oldest:
+            self.fail(f"replica {node.id}: an event below the event log's oldest revision")
 
     def fail(self, what: str) -> None:
         raise InvariantViolation(f"{what} (seed={self.seed}, event={self.stats.events})")

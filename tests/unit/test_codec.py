@@ -13,6 +13,7 @@ from replica.messages import (
     Ballot,
     CatchupReply,
     CatchupRequest,
+    Effects,
     Heartbeat,
     HeartbeatAck,
     Nack,
@@ -47,6 +48,7 @@ SAMPLES = [
     SnapshotChunk(1, b"\x00" * 8, 9, 4, [], None),
     SnapshotChunk(1, b"\x00" * 8, 9, 4, [(b"dk", b"rec")], None, b"dj"),
     TimeoutNow(1, Ballot(4, 1)),
+    Effects(1, 10, 12, b"\x9b\x01"),
 ]
 
 

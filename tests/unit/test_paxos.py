@@ -293,6 +293,32 @@ def test_everyone_applies_the_same_log_in_order():
     assert [s for s, _ in net.applied[1]] == list(range(len(net.applied[1])))
 
 
+def test_the_advertised_commit_index_waits_for_note_applied():
+    """With `note_applied`, the commit index on Phase2a and Heartbeat is at
+    most the driver's applied index (replica/driver.py, "Followers write
+    the leader's effects"); the core's own commit index is not held back."""
+    net = Net()
+    leader = net.elect()
+    for i in range(3):
+        net.handle(leader.id, leader.propose([b"cmd%d" % i]))
+    commit = leader.status().commit_index
+    assert commit >= 3
+    leader.note_applied(1)
+    phase2a = sent(leader.propose([b"more"]), Phase2a)
+    assert phase2a and {m.commit_index for _, m in phase2a} == {1}
+    ready = leader.tick()
+    for _ in range(CFG.heartbeat_ticks):
+        ready.merge(leader.tick())
+    beats = sent(ready, Heartbeat)
+    assert beats and {m.commit_index for _, m in beats} == {1}
+    assert leader.status().commit_index >= commit
+    leader.note_applied(commit + 10)  # past the commit index: the commit index
+    beats = []
+    for _ in range(CFG.heartbeat_ticks):
+        beats += sent(leader.tick(), Heartbeat)
+    assert beats and {m.commit_index for _, m in beats} == {leader.status().commit_index}
+
+
 # ------------------------------------------------------ learning and catch-up
 
 
