@@ -45,8 +45,9 @@ driver replays the rest from the durable log. That is why the batch may be
 written without `sync`. Until the batch is written, later commands of the
 same call read the earlier ones' effects from in-memory overlays.
 
-Effects. Applying a command costs tens of microseconds of Python (parse,
-session, record, event, msgpack) on every replica. The leader applies with
+Effects. Executing a command costs Python on every replica (parse, session,
+record, event, msgpack: ~16 us per 100-byte PUT in a batch of 20 on the
+test VM, against ~6 us to write its effects). The leader applies with
 `capture=True`: the batch's puts and deletes are also listed, and
 `take_effects()` packs them with the slots they stand for, the in-memory
 state that goes with them (the session floor and count change) and, apart,

@@ -578,6 +578,14 @@ class SimClient:
 # ------------------------------------------------------------ the simulation
 
 
+def _finishing_install(node: Node) -> bool:
+    """The replica is in an install's finish (replica/driver.py
+    `_finish_install`): its installer is done, the staged snapshot not
+    flipped yet, and the compaction point is being synced."""
+    driver = node.driver
+    return driver._installer is None and driver.sm._install is not None
+
+
 class Simulation:
     WEIGHTS = (
         ("deliver", 45),
@@ -600,6 +608,7 @@ class Simulation:
         driver_class: type[ReplicaDriver] = ReplicaDriver,
         check_durability: bool = True,
         early_crash: bool = False,
+        install_crash: bool = False,
         compaction: CompactionSettings | None = None,
         wipes: bool = False,
         rejoin_wiped: bool = False,
@@ -623,6 +632,7 @@ class Simulation:
         self.driver_class = driver_class
         self.check_durability = check_durability
         self.early_crash = early_crash
+        self.install_crash = install_crash
         self.compaction = compaction or SIM_COMPACTIONS[seed % len(SIM_COMPACTIONS)]
         self.wipes = wipes or rejoin_wiped
         self.rejoin_wiped = rejoin_wiped
@@ -680,6 +690,8 @@ class Simulation:
         )
         if node.id % 2:  # overlap every apply here, only the larger ones elsewhere
             node.driver.overlap_min_commands = 1
+        else:  # effects of every apply here, only of the larger ones elsewhere
+            node.driver.effects_min_commands = 1
         node.db.sync_hook = lambda stage, node=node: self._maybe_crash_at_sync(node, stage)
 
     def _iterate(self, node: Node, messages: list[Message]) -> None:
@@ -708,6 +720,8 @@ class Simulation:
         chance = CRASH_AT_SYNC
         if self.early_crash and node.sent_phase2a and stage == "before":
             chance = 0.3
+        if self.install_crash and stage == "after" and _finishing_install(node):
+            chance = 0.5  # its compaction point is synced, its flip not done yet
         if self.rng.random() < chance:
             self.stats.sync_crashes += 1
             if node.sent_phase2a and stage == "before":
