@@ -241,12 +241,11 @@ class EventLog:
         floor, count, size = self._span
         added = len(entries) // 2
         put = batch.put
-        for i in range(0, len(entries), 2):
-            raw = entries[i + 1]
-            put(entries[i], raw)
-            size += len(raw)
+        records = entries[1::2]
+        for key, raw in zip(entries[::2], records, strict=True):
+            put(key, raw)
         count += added
-        size += added * _EVENT_KEY.size
+        size += sum(map(len, records)) + added * _EVENT_KEY.size
         if added:
             span = self._trim(batch, _Span(floor, count, size), 2 * added + _TRIM_SLACK)
             floor, count, size = span

@@ -92,3 +92,8 @@ after the last id)."""
 LEASE_EXPIRY_LEASES = 64
 """Most leases one expiry command names; the leader also stops adding
 leases once their keys pass MAX_DELETE_RANGE_KEYS (at least one lease)."""
+
+EFFECTS_MAX_BYTES = 64 << 10
+"""The largest effects of one apply a leader sends (kvstore/statemachine.py,
+"Effects"): a batch of large values is applied by each follower itself
+(its effects would send every value a second time)."""

@@ -185,6 +185,7 @@ import plyvel
 
 from kvstore.events import DELETE, INLINE_VALUE_BYTES, PUT, Event, EventLog
 from kvstore.limits import (
+    EFFECTS_MAX_BYTES,
     MAX_DELETE_RANGE_KEYS,
     MAX_LEASE_KEYS,
     MAX_RANGE_KEYS,
@@ -1150,46 +1151,32 @@ class _Install(NamedTuple):
         return cls(*_unpack(raw))
 
 
-EFFECTS_MAX_BYTES = 64 << 10
-"""The most keys and values one apply's effects carry (kvstore/statemachine.py,
-"Effects"): a batch of large values is applied by each follower itself (its
-effects would send every value a second time)."""
 _EFFECTS_FORMAT = 1
 _MAX_REVISION = 2**63  # a revision in effects beyond it is malformed (event keys are u64)
+_BYTES = frozenset((bytes,))
+_OPTIONAL = frozenset((bytes, type(None)))
 
 
 class _Recorder:
-    """A WriteBatch that also lists what is put into it (for `Effects`), up
-    to `limit` bytes of keys and values; past that it only forwards."""
+    """A WriteBatch that also lists what is put into it (for `Effects`):
+    key, value (None: a delete), ... The values are the batch's own objects
+    (no copy); the packed effects are bounded by EFFECTS_MAX_BYTES."""
 
-    __slots__ = ("_batch", "ops", "_room")
+    __slots__ = ("_put", "_delete", "_add", "ops")
 
-    def __init__(self, batch: plyvel.WriteBatch, limit: int) -> None:
-        self._batch = batch
-        self.ops: list[bytes | None] | None = []  # key, value (None: delete), ...
-        self._room = limit
+    def __init__(self, batch: plyvel.WriteBatch) -> None:
+        self._put = batch.put
+        self._delete = batch.delete
+        self.ops: list[bytes | None] = []
+        self._add = self.ops.extend
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._batch.put(key, value)
-        ops = self.ops
-        if ops is not None:
-            self._room -= len(key) + len(value)
-            if self._room < 0:
-                self.ops = None
-            else:
-                ops.append(key)
-                ops.append(value)
+        self._put(key, value)
+        self._add((key, value))
 
     def delete(self, key: bytes) -> None:
-        self._batch.delete(key)
-        ops = self.ops
-        if ops is not None:
-            self._room -= len(key)
-            if self._room < 0:
-                self.ops = None
-            else:
-                ops.append(key)
-                ops.append(None)
+        self._delete(key)
+        self._add((key, None))
 
 
 class KVStateMachine:
@@ -1306,7 +1293,7 @@ class KVStateMachine:
             schedule_bytes,
         )
         batch = self._db.write_batch()
-        sink = _Recorder(batch, EFFECTS_MAX_BYTES) if capture else batch
+        sink = _Recorder(batch) if capture else batch
         pending.flush(sink)
         stored: list[bytes] | None = [] if capture else None
         self.events.append(batch, pending.events, pending.data, pending.replaced, stored)
@@ -1319,7 +1306,7 @@ class KVStateMachine:
         self._meta = meta
         if self._session_count is not None:
             self._session_count += sessions.added
-        if capture and sink.ops is not None:
+        if capture:
             effects = _pack(
                 [
                     _EFFECTS_FORMAT,
@@ -1328,7 +1315,7 @@ class KVStateMachine:
                     meta.generation,
                     self._session_floor,
                     sessions.added,
-                    sink.ops,
+                    sink.ops,  # type: ignore[union-attr]
                     stored,
                     pending.replaced,
                 ]
@@ -1368,12 +1355,11 @@ class KVStateMachine:
         self._effects = None
         batch = self._db.write_batch()
         put, delete = batch.put, batch.delete
-        for i in range(0, len(ops), 2):
-            value = ops[i + 1]
+        for key, value in zip(ops[::2], ops[1::2], strict=True):
             if value is None:
-                delete(ops[i])
+                delete(key)
             else:
-                put(ops[i], value)
+                put(key, value)
         self.events.store(batch, header[7], header[8])
         if defer_write:
             self._unwritten = batch
@@ -1422,12 +1408,10 @@ class KVStateMachine:
             return "malformed"
         if meta.schedule and meta.schedule != self._meta.schedule:
             Schedule.unpack(meta.schedule)  # raises if malformed
-        for i in range(0, len(ops), 2):
-            if type(ops[i]) is not bytes or not (ops[i + 1] is None or type(ops[i + 1]) is bytes):
-                return "malformed"
-        for item in events:
-            if type(item) is not bytes:
-                return "malformed"
+        if not set(map(type, ops[::2])) <= _BYTES or not set(map(type, ops[1::2])) <= _OPTIONAL:
+            return "malformed"
+        if not set(map(type, events)) <= _BYTES:
+            return "malformed"
         for item in replaced:
             if (
                 type(item) is not list

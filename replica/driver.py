@@ -139,6 +139,7 @@ from typing import Any, Protocol
 from kvstore.backup import Chunk
 from kvstore.config import CompactionSettings
 from kvstore.limits import (
+    EFFECTS_MAX_BYTES,
     LEASE_EXPIRY_LEASES,
     MAX_BATCH_BYTES,
     MAX_DELETE_RANGE_KEYS,
@@ -257,6 +258,17 @@ def _apply_work(committed: list[tuple[int, Value]], enough: int) -> int:
         if n >= enough:
             break
     return n
+
+
+def _fits_effects(committed: list[tuple[int, Value]]) -> bool:
+    """The commands may fit in EFFECTS_MAX_BYTES of effects (which hold every
+    written value at least once): large values are not captured at all."""
+    room = EFFECTS_MAX_BYTES
+    for _, value in committed:
+        room -= sum(map(len, value))
+        if room < 0:
+            return False
+    return True
 
 
 class StateMachine(SnapshotSource, SnapshotTarget, EventSource, Protocol):
@@ -723,6 +735,7 @@ class ReplicaDriver:
                 and self.core.peers
                 and _apply_work(acc.committed, self.effects_min_commands)
                 >= self.effects_min_commands
+                and _fits_effects(acc.committed)
             ):
                 results = self.sm.apply(acc.committed, defer_write=True, capture=True)
                 effects = self.sm.take_effects()
@@ -918,7 +931,7 @@ class ReplicaDriver:
         next compaction (carried out with the next iteration's batch)."""
         held = self._held
         for slot, value in committed:
-            size = sum(len(c) for c in value)
+            size = sum(map(len, value))
             held.append((slot, size))
             self._held_bytes += size
         policy = self.compaction
