@@ -8,6 +8,8 @@ floor and the event log's oldest revision stay lower bounds of what is
 stored). Effects that do not fit (another start, other slots, another
 generation, malformed bytes) are refused with nothing changed."""
 
+# ruff: noqa: F811 - the fixture of test_statemachine is imported by name
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +17,9 @@ import random
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import msgpack
-import plyvel
 import pytest
 
 from kvstore.events import EVENT_PREFIX, INLINE_VALUE_BYTES, WATCH_META_KEY, event_key
@@ -48,28 +48,13 @@ from kvstore.protocol import (
 )
 from kvstore.statemachine import EFFECTS_MAX_BYTES, KVStateMachine, Result
 from replica.inmem import MemoryDB
+from tests.unit.test_statemachine import new_db  # noqa: F401 - the fixture (plyvel, MemoryDB)
 
 T0 = 1_700_000_000_000  # a log time (unix ms)
 META_KEY = b"mstate"
 READER = b"r" * 16
 Entries = list[tuple[int, tuple[bytes, ...]]]
 NewDB = Callable[[], Any]
-
-
-@pytest.fixture(params=["leveldb", "memory"])
-def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NewDB]:
-    """Makes empty DBs of the parametrized kind: plyvel in tmp dirs, or MemoryDB."""
-    opened: list[plyvel.DB] = []
-
-    def make() -> Any:
-        if request.param == "memory":
-            return MemoryDB()
-        opened.append(plyvel.DB(str(tmp_path / f"db{len(opened)}"), create_if_missing=True))
-        return opened[-1]
-
-    yield make
-    for handle in opened:
-        handle.close()
 
 
 # --- commands ------------------------------------------------------------------
