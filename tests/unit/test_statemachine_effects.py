@@ -44,11 +44,11 @@ from kvstore.protocol import (
     TxnOpKind,
     encode_clock,
     encode_lease_expiry,
-    encode_request,
 )
 from kvstore.statemachine import EFFECTS_MAX_BYTES, KVStateMachine, Result
 from replica.inmem import MemoryDB
 from tests.unit.test_statemachine import new_db  # noqa: F401 - the fixture (plyvel, MemoryDB)
+from tests.unit.test_statemachine_leases import LeaseClient
 
 T0 = 1_700_000_000_000  # a log time (unix ms)
 META_KEY = b"mstate"
@@ -60,41 +60,22 @@ NewDB = Callable[[], Any]
 # --- commands ------------------------------------------------------------------
 
 
-class Client:
-    """Builds encoded write commands with increasing seq numbers."""
+class Client(LeaseClient):
+    """Builds encoded write commands (leases, ranges and transactions too)
+    with increasing seq numbers."""
 
     def __init__(self, client_id: bytes) -> None:
-        self.client_id = client_id
-        self.seq = 0
+        super().__init__(client_id)
         self.last_used = 0  # the log time of its last command (Workload)
-
-    def _cmd(self, **fields: object) -> bytes:
-        self.seq += 1
-        return encode_request(Request(client_id=self.client_id, seq=self.seq, **fields))
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> bytes:
         return self._cmd(op=Op.PUT, key=key, value=value, lease=lease)
-
-    def delete(self, key: bytes) -> bytes:
-        return self._cmd(op=Op.DELETE, key=key)
-
-    def cas(self, key: bytes, value: bytes, **expect: object) -> bytes:
-        return self._cmd(op=Op.CAS, key=key, value=value, **expect)
 
     def delete_range(self, key: bytes, range_end: bytes | None) -> bytes:
         return self._cmd(op=Op.DELETE_RANGE, key=key, range_end=range_end)
 
     def txn(self, compares: Any = (), success: Any = (), failure: Any = ()) -> bytes:
         return self._cmd(op=Op.TXN, txn=Txn(tuple(compares), tuple(success), tuple(failure)))
-
-    def grant(self, lease: int, ttl: int) -> bytes:
-        return self._cmd(op=Op.LEASE_GRANT, lease=lease, ttl=ttl)
-
-    def keep_alive(self, lease: int) -> bytes:
-        return self._cmd(op=Op.LEASE_KEEPALIVE, lease=lease)
-
-    def revoke(self, lease: int) -> bytes:
-        return self._cmd(op=Op.LEASE_REVOKE, lease=lease)
 
 
 def clk(unix_ms: int, ttl_ms: int | None = SESSION_TTL_MS) -> bytes:
