@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import trace
+from benchmarks import cost, trace
 from benchmarks.driver import RunSpec
 from benchmarks.footprint import (
     BudgetExceeded,
@@ -233,6 +233,8 @@ class SystemRunner:
         on_progress = kw.pop("on_progress", None)
         leader = cluster.leader()
         pids = cluster.pids()
+        counted = self.system == "paxoskv" and leader is not None
+        commit0 = cost.commit_counters(cluster.status(leader)) if counted else None
         cpu0 = {rid: proc_cpu_seconds(pid) for rid, pid in pids.items()}
         traced = None
         if self.cfg.trace_every and self.system == "paxoskv":
@@ -270,6 +272,10 @@ class SystemRunner:
             if after is not None and cpu0.get(rid) is not None:
                 used[rid] = round(after - cpu0[rid], 3)
         result["server_cpu_s"] = used
+        result["wall_s"] = round(wall, 3)
+        if counted:  # slots and writes over the same window (benchmarks/cost.py)
+            commit1 = cost.commit_counters(cluster.status(leader))
+            result["commit"] = cost.commit_delta(commit0, commit1)
         result["server_cpu_share"] = round(sum(used.values()) / wall, 3) if wall > 0 else None
         result["client_cpu_share"] = round(result["client_cpu_s"] / wall, 3) if wall > 0 else None
         if traced is not None:
@@ -393,6 +399,8 @@ class SystemRunner:
                 res["profile"] = profiler.finish()
                 res["profile"]["clients"] = c
         res["sweep"] = sweep
+        if self.system == "paxoskv" and {op for op, w in cfg.mix.items() if w > 0} == {PUT}:
+            res["cost"] = cost.summary(sweep)  # per write: a sweep of writes only
         res["get"] = [
             self._run(cluster, f"get x{c}", c, self._workload(mix={"get": 1.0}))
             for c in cfg.get_clients
