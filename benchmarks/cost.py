@@ -5,17 +5,18 @@ For each run of paxoskv, `SystemRunner._run` (benchmarks/scenarios.py)
 reads the leader's STATUS before and after: `commit_index` counts the slots
 chosen in between and `revision` the writes applied (a PUT, DELETE or
 successful CAS adds one). With the cluster's CPU seconds over the same
-window (`server_cpu_s`) and the wall time, the runs of the PUT sweep fit
+window (`server_cpu_s`), each run of the PUT sweep gives its writes per
+slot and its CPU per write and per slot, and the busy runs fit
 
-    cpu_seconds = idle x wall + a x writes + b x slots
+    cpu_seconds = a x writes + b x slots
 
-by least squares: `idle` is what the cluster burns with nothing to do
-(ticks, heartbeats), `a` the CPU of one write wherever it is spent (parse,
+by least squares: `a` is the CPU of one write wherever it is spent (parse,
 apply and answer on the leader, the effects on each follower, LevelDB, the
 ZeroMQ I/O threads), `b` that of one slot (messages, loop iterations,
 one fsync per replica). The CPU per write at a batch of k writes per slot is
 then about a + b / k: batching pays off b, and nothing pays off a. The
-issue 13 target of 100 us per write at 64 clients is checked beside it.
+lowest CPU per write of the sweep is reported beside the fit, and issue
+13's target of 100 us per write at 64 clients is a row of the table.
 """
 
 from __future__ import annotations
@@ -73,50 +74,35 @@ def points(runs: list[dict[str, Any]] | None) -> list[Point]:
     return out
 
 
-def _solve3(m: list[list[float]], v: list[float]) -> list[float] | None:
-    """x with m x = v (3x3, Gaussian elimination with pivoting); None if
-    singular."""
-    a = [row[:] + [rhs] for row, rhs in zip(m, v, strict=True)]
-    n = 3
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        if abs(a[pivot][col]) < 1e-12 * max(1.0, max(abs(x) for x in a[pivot][:n])):
-            return None
-        a[col], a[pivot] = a[pivot], a[col]
-        for r in range(n):
-            if r != col:
-                f = a[r][col] / a[col][col]
-                for c in range(col, n + 1):
-                    a[r][c] -= f * a[col][c]
-    return [a[i][n] / a[i][i] for i in range(n)]
+BUSY_WRITES_PER_SLOT = 4.0
+"""The fit uses the runs with at least this many writes per slot: at fewer,
+the loops sleep between slots and every wake-up costs more (cold caches:
+benchmarks/README.md, "Session 11"), which a linear model does not describe."""
 
 
 def fit(pts: list[Point]) -> dict[str, float] | None:
-    """Least squares of cpu = idle x wall + a x writes + b x slots over the
-    points; None with fewer than 3 points, a singular system (every run at
-    the same writes per slot), or a fit that is not physical (a negative
-    per-write or per-slot cost). The residuals are relative (each point
-    weighted by 1 / cpu squared), so that the runs at few clients, which
-    burn less CPU, count as much as the busy ones."""
-    if len(pts) < 3:
-        return None
-    cols = ("wall", "writes", "slots")
-    m = [[0.0] * 3 for _ in range(3)]
-    v = [0.0] * 3
-    for p in pts:
+    """Least squares of cpu = a x writes + b x slots over the busy points
+    (BUSY_WRITES_PER_SLOT); None with fewer than 2 of them at different
+    writes per slot, or a fit that is not physical (a negative cost). The
+    residuals are relative (each point weighted by 1 / cpu squared), so that
+    the runs that burn less CPU count as much as the busy ones."""
+    busy = [p for p in pts if p["writes"] >= BUSY_WRITES_PER_SLOT * p["slots"]]
+    sww = sws = sss = swc = ssc = 0.0
+    for p in busy:
         w = 1.0 / max(p["cpu"], 1e-9) ** 2
-        x = [p[c] for c in cols]
-        for i in range(3):
-            v[i] += w * x[i] * p["cpu"]
-            for j in range(3):
-                m[i][j] += w * x[i] * x[j]
-    sol = _solve3(m, v)
-    if sol is None:
+        sww += w * p["writes"] ** 2
+        sws += w * p["writes"] * p["slots"]
+        sss += w * p["slots"] ** 2
+        swc += w * p["writes"] * p["cpu"]
+        ssc += w * p["slots"] * p["cpu"]
+    det = sww * sss - sws * sws
+    if len(busy) < 2 or det <= 1e-9 * sww * sss:
         return None
-    idle, a, b = sol
+    a = (swc * sss - ssc * sws) / det
+    b = (sww * ssc - sws * swc) / det
     if a <= 0 or b < 0:
         return None
-    return {"idle_cores": idle, "us_per_write": a * 1e6, "us_per_slot": b * 1e6}
+    return {"us_per_write": a * 1e6, "us_per_slot": b * 1e6, "runs": float(len(busy))}
 
 
 def summary(runs: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -134,10 +120,11 @@ def summary(runs: list[dict[str, Any]] | None) -> dict[str, Any] | None:
         }
         for p in pts
     ]
-    result: dict[str, Any] = {"runs": rows, "fit": None}
+    floor = min(rows, key=lambda r: r["us_per_write"])
+    result: dict[str, Any] = {"runs": rows, "floor": floor, "fit": None}
     f = fit(pts)
     if f is not None:
-        result["fit"] = {k: round(v, 3 if k == "idle_cores" else 1) for k, v in f.items()}
+        result["fit"] = {k: round(v, 1) for k, v in f.items()}
     return result
 
 
@@ -151,13 +138,22 @@ def render(s: dict[str, Any], title: str = "paxoskv") -> str:
             f"  {r['clients']:>7}  {r['writes_per_slot']:>11.1f}  {r['us_per_write']:>9,.0f}"
             f"  {r['us_per_slot']:>9,.0f}  {r['cores']:>6.2f}"
         )
+    lo = s["floor"]
+    lines.append(
+        f"  lowest: {lo['us_per_write']:,.0f} us per write, at {lo['clients']} clients"
+        f" ({lo['writes_per_slot']:.1f} writes per slot)"
+    )
     f = s.get("fit")
     if f is None:
-        lines.append("  fit: needs 3 or more runs at different writes per slot")
+        lines.append(
+            f"  fit: needs 2 or more runs of >= {BUSY_WRITES_PER_SLOT:g} writes per slot"
+            " at different batches"
+        )
     else:
         lines.append(
-            f"  fit cpu = idle x wall + a x writes + b x slots: a = {f['us_per_write']:,.0f} us"
-            f" per write, b = {f['us_per_slot']:,.0f} us per slot, idle {f['idle_cores']:.2f} cores"
+            f"  fit cpu = a x writes + b x slots over the {f['runs']:.0f} runs of >="
+            f" {BUSY_WRITES_PER_SLOT:g} writes per slot: a = {f['us_per_write']:,.0f} us per"
+            f" write, b = {f['us_per_slot']:,.0f} us per slot"
         )
         lines.append(
             "  (per write at k writes per slot: about a + b / k; batching pays off b, not a)"
