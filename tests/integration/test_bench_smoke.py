@@ -84,7 +84,17 @@ def test_smoke_run_against_our_cluster(tmp_path):
     check_system(doc, "paxoskv", [1, 3])
     assert "PUT 1 client p50" in stdout and "paxoskv" in stdout
     keys = {row["key"] for row in doc["table"]}
-    assert {"put1_p50", "get1_p50", "put64_tput"} <= keys
+    assert {"put1_p50", "get1_p50", "put64_tput", "put64_cpu_per_write"} <= keys
+    # the cost of a write (benchmarks/cost.py): the leader's counters around
+    # each PUT run; a write is at most one revision, a slot holds >= 1 write
+    steady = doc["systems"]["paxoskv"]["scenarios"]["steady"]
+    for r in steady["sweep"]:
+        commit = r["commit"]
+        assert 0 < commit["slots"] <= commit["writes"], commit
+        assert r["ops"] <= commit["writes"], (r["ops"], commit)  # the warm-up writes too
+        assert r["wall_s"] > 0 and sum(r["server_cpu_s"].values()) > 0
+    assert [row["clients"] for row in steady["cost"]["runs"]] == [1, 3]
+    assert "CPU of the cluster across the PUT sweep" in stdout
 
 
 @pytest.mark.skipif(not HAVE_ETCD, reason="etcd (Debian etcd-server) or grpcio not installed")
