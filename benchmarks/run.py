@@ -744,11 +744,25 @@ def traced_runs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def _print_cost(doc: dict[str, Any]) -> None:
+    """The per-write and per-slot CPU of our PUT sweep, if the run has it."""
+    steady = doc["systems"].get("paxoskv", {}).get("scenarios", {}).get("steady", {})
+    if isinstance(steady, dict) and steady.get("cost"):
+        from benchmarks.cost import render as render_cost
+
+        print()
+        print(render_cost(steady["cost"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
         doc = json.loads(args.report.read_text())
-        print(render_markdown(doc) if args.markdown else render_table(doc))
+        if args.markdown:
+            print(render_markdown(doc))
+        else:
+            print(render_table(doc))
+            _print_cost(doc)
         return 0
     cfg = config_from_args(args)
     progress = Progress(enabled=args.progress)
@@ -825,12 +839,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(render(prof["profile"]))
-    steady = doc["systems"].get("paxoskv", {}).get("scenarios", {}).get("steady", {})
-    if isinstance(steady, dict) and steady.get("cost"):
-        from benchmarks.cost import render as render_cost
-
-        print()
-        print(render_cost(steady["cost"]))
+    _print_cost(doc)
     for title, breakdown in traced_runs(doc):
         from benchmarks.trace import render
 

@@ -121,3 +121,23 @@ def test_the_cpu_per_write_row_and_its_target():
     # the target is the 64 clients only
     other = {r["key"]: r for r in table_rows(_doc(1.2, 6000.0, clients=16))}
     assert other["put64_cpu_per_write"]["target"] is None
+
+
+def test_report_of_a_saved_run_prints_the_cost_block(tmp_path, capsys):
+    import json
+
+    from benchmarks.run import main
+
+    doc = _doc(1.2, 6000.0)
+    doc.update(machine={"cores": 2, "cpu": "x", "memory_gib": 1, "data_fs": "ext4"}, table=[])
+    doc["config"].update(distribution="uniform", keys=1000, name="standard")
+    steady = doc["systems"]["paxoskv"]["scenarios"]["steady"]
+    steady["cost"] = cost.summary([_run(16, 7.0, rate=3000), _run(64, 20.0, rate=6500)])
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    assert main(["--report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cluster CPU per op" in out
+    assert "CPU of the cluster across the PUT sweep" in out and "a = 130 us per write" in out
+    assert main(["--report", str(path), "--markdown"]) == 0
+    assert "across the PUT sweep" not in capsys.readouterr().out  # the table alone
