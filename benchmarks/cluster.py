@@ -20,7 +20,7 @@ from typing import Any
 
 from client.client import KVClient
 from client.errors import ClusterUnavailable
-from kvstore.config import local_cluster_config, write_cluster_config
+from kvstore.config import ReplicaAddress, local_cluster_config, write_cluster_config
 from kvstore.security import ClientKeys, client_keys, cluster_keys
 from replica.launch import (
     alive,
@@ -69,6 +69,7 @@ class KVCluster:
     curve: bool = False  # CURVE on (README, Security): keys made in base_dir/keys
     trace_every: int = 0  # --trace-every of each replica (benchmarks/trace.py); 0: off
     lease_reads: bool = False  # --lease-reads on every replica
+    write_buffer_bytes: int | None = None  # [storage] write_buffer_bytes (None: the default)
     client_keys: ClientKeys | None = None
     client_key_args: dict[str, str] = field(default_factory=dict)  # for KVClient
     replicas: list[Replica] = field(default_factory=list)
@@ -94,8 +95,7 @@ class KVCluster:
             self.base_dir = Path(self._tmp.name)
         ports = free_ports(2 * self.n, consecutive=True)
         addrs = local_cluster_config(self.n, base_port=ports[0], peer_base_port=ports[self.n])
-        self.config_path = self.base_dir / "cluster.toml"
-        write_cluster_config(self.config_path, addrs)
+        self.write_config(addrs)
         if self.curve:
             self._make_keys([a.id for a in addrs])
         base = self.base_dir
@@ -105,6 +105,15 @@ class KVCluster:
         for r in self.replicas:
             self._spawn(r)
         self.wait_leader(timeout)
+
+    def write_config(self, addrs: list[ReplicaAddress]) -> None:
+        """The cluster config file in base_dir, with `[storage]` if set."""
+        assert self.base_dir is not None
+        self.config_path = self.base_dir / "cluster.toml"
+        write_cluster_config(self.config_path, addrs)
+        if self.write_buffer_bytes is not None:
+            with open(self.config_path, "a", encoding="utf-8") as fh:
+                fh.write(f"\n[storage]\nwrite_buffer_bytes = {self.write_buffer_bytes}\n")
 
     def _make_keys(self, ids: list[int]) -> None:
         keys = self.base_dir / "keys"

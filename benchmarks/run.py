@@ -40,6 +40,7 @@ from benchmarks.scenarios import (
 )
 from benchmarks.sysinfo import load_average, machine_info, versions
 from benchmarks.workload import parse_mix
+from kvstore.config import MAX_WRITE_BUFFER_BYTES, MIN_WRITE_BUFFER_BYTES
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = ("paxoskv", "etcd")
@@ -193,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--theta", type=float, help="zipfian skew (default 0.99)")
     ap.add_argument("--value-size", type=int)
     ap.add_argument("--value-sizes", type=_int_list, help="value-size sweep, e.g. 100,1KiB,1MiB")
+    ap.add_argument(
+        "--value-duration",
+        type=float,
+        metavar="S",
+        help="seconds of each value-size run (default 2 in the standard suite; a few seconds "
+        "show a fresh store, a minute what a store written with large values for long does)",
+    )
     ap.add_argument("--store-sizes", type=_int_list, help="store-size sweep, e.g. 1k,100k,1m")
     ap.add_argument(
         "--catchup-writes",
@@ -248,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         "each run's stage-by-stage breakdown (benchmarks/trace.py); JSON: each run's 'trace'",
     )
     ap.add_argument(
+        "--write-buffer",
+        type=_int,
+        metavar="SIZE",
+        help="start our replicas with [storage] write_buffer_bytes = SIZE (e.g. 16MiB; README "
+        "'Configuration'); default: the replicas' default (4 MiB). etcd unchanged",
+    )
+    ap.add_argument(
         "--lease-reads",
         action="store_true",
         help="start our replicas with --lease-reads (linearizable reads on the leader's read "
@@ -292,6 +307,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         "theta",
         "value_size",
         "value_sizes",
+        "value_duration",
         "store_sizes",
         "catchup_writes",
         "catchup_store_keys",
@@ -330,6 +346,13 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         cfg.profile_dir = str(args.out)
     cfg.curve = args.curve
     cfg.lease_reads = args.lease_reads
+    if args.write_buffer is not None:
+        if not MIN_WRITE_BUFFER_BYTES <= args.write_buffer <= MAX_WRITE_BUFFER_BYTES:
+            raise SystemExit(
+                f"--write-buffer: from {MIN_WRITE_BUFFER_BYTES} (64 KiB) to "
+                f"{MAX_WRITE_BUFFER_BYTES} (1 GiB) bytes"
+            )
+        cfg.write_buffer_bytes = args.write_buffer
     if args.trace < 0:
         raise SystemExit("--trace N: N must be >= 1")
     cfg.trace_every = args.trace
@@ -653,6 +676,8 @@ def render_table(doc: dict[str, Any]) -> str:
         f"{m.get('data_fs')}, fsync p50 {m.get('fsync_ms', {}).get('p50', float('nan')):.2f} ms; "
         f"load avg {m.get('load_average_at_start')}",
     ]
+    if cfg.get("write_buffer_bytes"):  # what the replicas ran with
+        lines.append(f"paxoskv replicas with write_buffer_bytes = {cfg['write_buffer_bytes']:,}")
     for name, s in doc["systems"].items():
         if s.get("status") != "ok":
             lines.append(f"{name}: {s.get('status')} - {s.get('reason', '')}")

@@ -157,6 +157,8 @@ class SuiteConfig:
     trace_every: int = 0
     # our replicas answer linearizable reads on the leader's read lease
     lease_reads: bool = False
+    # our replicas' [storage] write_buffer_bytes (None: their default)
+    write_buffer_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,7 +176,11 @@ def make_cluster(system: str, replicas: int, cfg: SuiteConfig | None = None) -> 
         if cfg is None:
             return KVCluster(replicas)
         return KVCluster(
-            replicas, curve=cfg.curve, trace_every=cfg.trace_every, lease_reads=cfg.lease_reads
+            replicas,
+            curve=cfg.curve,
+            trace_every=cfg.trace_every,
+            lease_reads=cfg.lease_reads,
+            write_buffer_bytes=cfg.write_buffer_bytes,
         )
     from benchmarks.etcd import EtcdCluster
 

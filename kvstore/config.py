@@ -4,7 +4,8 @@ One small module in kvstore/ (both replica/ and client/ depend on kvstore,
 never on each other), read by both sides: the replica server loads the cluster
 config file (docs/CONTRACTS.md, "Cluster config file") to learn its own bind
 addresses (and metrics address) and its peers, and its optional
-`[compaction]`, `[sessions]`, `[timing]` and `[metrics]` tables; the client
+`[compaction]`, `[sessions]`, `[timing]`, `[metrics]`, `[watch]` and
+`[storage]` tables; the client
 and kvctl parse `host:port,host:port`
 lists (the client ports) and the local-cluster tool writes the config file.
 
@@ -327,6 +328,49 @@ def load_watch_settings(path: str | os.PathLike[str]) -> WatchSettings:
     """The `[watch]` table of a cluster config file (defaults for what it omits)."""
     fields = {"retain_events": 1, "retain_bytes": 1}
     return WatchSettings(**_int_table(path, "watch", fields))
+
+
+WRITE_BUFFER_BYTES = 4 << 20
+"""LevelDB's memtable and log file size by default (LevelDB's own default).
+Issue 11 had set 1 MiB, to keep the data directory closer to the live data;
+but a value written three times (vote, record, watch event) filled it
+every few large PUTs, and writes waited for its flushes: 100 KiB and 1 MiB
+PUTs took about twice as long (benchmarks/README.md, "Speed"). With 4 MiB,
+1M overwrites of 1,000 keys peaked at 14.7-21.8 MiB of data directory.
+A store written with large values for long is faster with more
+(`[storage]` `write_buffer_bytes`, README "Configuration")."""
+MIN_WRITE_BUFFER_BYTES = 64 << 10
+MAX_WRITE_BUFFER_BYTES = 1 << 30
+"""LevelDB's own bounds of the write buffer (it clamps to them silently;
+the config file is refused outside them instead)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """The optional `[storage]` table: how a replica opens its LevelDB
+    (replica/server.py). Each replica reads it for itself; it takes effect
+    at the replica's next start and changes nothing on disk."""
+
+    write_buffer_bytes: int = WRITE_BUFFER_BYTES
+    """LevelDB's memtable (and log file) size. Larger: fewer flushes and
+    fewer compactions that rewrite the live records, so a store written
+    with values of ~100 KiB and up for long writes faster (100 KiB PUTs
+    over 100 keys, one client, 20 s: p50 3.7-3.8 ms with 16 MiB against
+    5.2-7.3 with 4 MiB, benchmarks/README.md "Session 12"); the data
+    directory and the RSS grow by up to about twice the difference (the
+    log and the memtable being flushed)."""
+
+
+def load_storage_settings(path: str | os.PathLike[str]) -> StorageSettings:
+    """The `[storage]` table of a cluster config file (defaults for what it omits)."""
+    table = _int_table(path, "storage", {"write_buffer_bytes": MIN_WRITE_BUFFER_BYTES})
+    size = table.get("write_buffer_bytes", WRITE_BUFFER_BYTES)
+    if size > MAX_WRITE_BUFFER_BYTES:
+        raise ConfigError(
+            f"cluster config {path}, [storage]: write_buffer_bytes must be at most "
+            f"{MAX_WRITE_BUFFER_BYTES} (1 GiB), got {size}"
+        )
+    return StorageSettings(size)
 
 
 ELECTION_HEARTBEAT_RATIO = 5

@@ -30,19 +30,23 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import plyvel
 import zmq
 
 from kvstore.config import (
+    WRITE_BUFFER_BYTES,
     CompactionSettings,
     ConfigError,
     ReplicaAddress,
+    StorageSettings,
     WatchSettings,
     load_cluster_config,
     load_compaction_settings,
     load_metrics_settings,
     load_session_settings,
+    load_storage_settings,
     load_timing_settings,
     load_watch_settings,
     parse_http_address,
@@ -66,22 +70,24 @@ from replica.transport import BindError, ClientTransport, Envelope, PeerTranspor
 
 log = logging.getLogger("replica.server")
 
-WRITE_BUFFER_BYTES = 4 << 20
-"""LevelDB's memtable and log file size (its default). Issue 11 had set 1
-MiB, to keep the data directory closer to the live data; but a value
-written three times (vote, record, watch event) filled it every few large
-PUTs, and writes waited for its flushes: 100 KiB and 1 MiB PUTs took about
-twice as long (benchmarks/README.md, "Speed"). With 4 MiB, 1M overwrites
-of 1,000 keys peaked at 16.6 MiB of data directory (14.7 with 1 MiB),
-under 4 x (live data + the log's and the event log's retained tails)."""
 LEVELDB_OPTIONS = {"write_buffer_size": WRITE_BUFFER_BYTES, "compression": None}
-"""How a replica opens its LevelDB. Without Snappy: most of a replica's
+"""How a replica opens its LevelDB by default (`leveldb_options`: with its
+`[storage]` settings, kvstore/config.py). Without Snappy: most of a replica's
 writes are votes, session records and events that are deleted again within
 seconds, and compressing them in every flush and compaction doubled the
 CPU of LevelDB's background thread (64 PUT clients of 100-byte random
 values: ~17 -> ~8 us per write on each replica). Values that compress
 well take more disk; blocks written compressed before are still read
 (the choice is recorded per block)."""
+
+
+def leveldb_options(storage: StorageSettings | None = None) -> dict[str, Any]:
+    """The plyvel options of a replica with these `[storage]` settings."""
+    options = dict(LEVELDB_OPTIONS)
+    if storage is not None:
+        options["write_buffer_size"] = storage.write_buffer_bytes
+    return options
+
 
 DRAIN_LIMIT = 1024
 """Most frames taken from one socket per loop iteration (fairness, bounded latency)."""
@@ -104,11 +110,13 @@ class Replica:
         curve: CurveConfig | None = None,
         watch: WatchSettings | None = None,
         lease_reads: bool = False,
+        storage: StorageSettings | None = None,
     ) -> None:
         """`joining`: started on an empty directory to join a running
         cluster (replica/paxos.py, "Joining"). `curve`: the `[curve]` table
         (kvstore/security.py), None for plaintext. `watch`: the event log's
-        retention (the `[watch]` table). `lease_reads`: --lease-reads."""
+        retention (the `[watch]` table). `lease_reads`: --lease-reads.
+        `storage`: how LevelDB is opened (the `[storage]` table)."""
         self.id = me.id
         self.curve_config = curve
         self._peer_keys: PeerKeys | None = None
@@ -127,7 +135,7 @@ class Replica:
         self.metrics: ReplicaMetrics | None = None  # see serve_metrics
         self.metrics_server: MetricsServer | None = None
         self.session_ttl_ms = session_ttl_ms
-        self.db = plyvel.DB(str(data_dir), create_if_missing=True, **LEVELDB_OPTIONS)
+        self.db = plyvel.DB(str(data_dir), create_if_missing=True, **leveldb_options(storage))
         self.reclaimer = Reclaimer(self.db, LOG_PREFIXES, slot_key)
         # The watch event log's trimmed revisions, reclaimed the same way
         # each time the log compacts (kvstore/events.py).
@@ -474,6 +482,7 @@ def _build(args: argparse.Namespace) -> Replica:
         monitoring = load_metrics_settings(args.config)
         curve = load_curve_config(args.config)
         watch = load_watch_settings(args.config)
+        storage = load_storage_settings(args.config)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     tick_ms = args.tick_ms or timing.tick_ms or 10.0
@@ -527,6 +536,7 @@ def _build(args: argparse.Namespace) -> Replica:
             curve=curve,
             watch=watch,
             lease_reads=args.lease_reads,
+            storage=storage,
         )
     except (BindError, ConfigError) as exc:
         raise StartupError(str(exc)) from None

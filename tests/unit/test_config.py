@@ -10,6 +10,9 @@ import pytest
 
 from kvstore.config import (
     MAX_SESSION_TTL_SECONDS,
+    MAX_WRITE_BUFFER_BYTES,
+    MIN_WRITE_BUFFER_BYTES,
+    WRITE_BUFFER_BYTES,
     ConfigError,
     ReplicaAddress,
     SessionSettings,
@@ -17,6 +20,7 @@ from kvstore.config import (
     dump_cluster_config,
     load_cluster_config,
     load_session_settings,
+    load_storage_settings,
     local_cluster_config,
     normalize_address,
     parse_cluster_addresses,
@@ -260,3 +264,21 @@ def test_timing_settings_and_the_rule_between_them(tmp_path: Path) -> None:
         load_timing_settings(write(tmp_path, "[timing]\nheartbeat = 5\n"))
     with pytest.raises(ConfigError, match=r"tick_ms must be an integer >= 1"):
         load_timing_settings(write(tmp_path, "[timing]\ntick_ms = 0\n"))
+
+
+def test_storage_settings(tmp_path: Path) -> None:
+    assert load_storage_settings(write(tmp_path, "")).write_buffer_bytes == WRITE_BUFFER_BYTES
+    assert WRITE_BUFFER_BYTES == 4 << 20  # LevelDB's default, and the figures' setting
+    for size in (MIN_WRITE_BUFFER_BYTES, 16 << 20, MAX_WRITE_BUFFER_BYTES):
+        path = write(tmp_path, f"[storage]\nwrite_buffer_bytes = {size}\n")
+        assert load_storage_settings(path).write_buffer_bytes == size
+    for body, message in [
+        ("[storage]\nwrite_buffer_bytes = 65535\n", "must be an integer >= 65536, got 65535"),
+        (f"[storage]\nwrite_buffer_bytes = {MAX_WRITE_BUFFER_BYTES + 1}\n", "at most"),
+        ("[storage]\nwrite_buffer_bytes = true\n", "must be an integer >= 65536, got True"),
+        ("[storage]\nwrite_buffer_bytes = 4.5\n", "must be an integer"),
+        ("[storage]\nmemtable = 1\n", "unknown field(s) memtable"),
+        ("storage = 3\n", "[storage] must be a table"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_storage_settings(write(tmp_path, body))
