@@ -242,6 +242,7 @@ class SystemRunner:
         counted = self.system == "paxoskv" and leader is not None
         commit0 = cost.commit_counters(cluster.status(leader)) if counted else None
         cpu0 = {rid: proc_cpu_seconds(pid) for rid, pid in pids.items()}
+        written0 = {rid: proc_write_bytes(pid) for rid, pid in pids.items()}
         traced = None
         if self.cfg.trace_every and self.system == "paxoskv":
             traced = trace.Marks(_trace_dirs(cluster))
@@ -278,6 +279,14 @@ class SystemRunner:
             if after is not None and cpu0.get(rid) is not None:
                 used[rid] = round(after - cpu0[rid], 3)
         result["server_cpu_s"] = used
+        # Bytes the cluster's processes sent towards the disk over the same
+        # window (/proc/PID/io write_bytes: logs, tables, compactions).
+        written = {}
+        for rid, pid in pids.items():
+            after = proc_write_bytes(pid)
+            if after is not None and written0.get(rid) is not None:
+                written[rid] = after - written0[rid]
+        result["server_write_bytes"] = written
         result["wall_s"] = round(wall, 3)
         if counted:  # slots and writes over the same window (benchmarks/cost.py)
             commit1 = cost.commit_counters(cluster.status(leader))
@@ -1022,6 +1031,31 @@ def proc_cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_write_bytes(pid: int) -> int | None:
+    """`write_bytes` of /proc/PID/io: what the process (all its threads)
+    caused to be written to the storage layer, counted when it dirties a
+    page cache page (so a tmpfs counts nothing). None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def written_per_op(run: dict[str, Any]) -> float | None:
+    """Bytes the cluster wrote towards its disks per operation of a run:
+    its write rate over the whole run (warm-up included) over the measured
+    throughput, like the CPU per op. None without both."""
+    written = run.get("server_write_bytes")
+    wall, rate = run.get("wall_s"), run.get("throughput")
+    if not written or not wall or not rate:
+        return None
+    return sum(written.values()) / wall / rate
 
 
 class _LeaderProfile:

@@ -93,6 +93,9 @@ def test_smoke_run_against_our_cluster(tmp_path):
         assert 0 < commit["slots"] <= commit["writes"], commit
         assert r["ops"] <= commit["writes"], (r["ops"], commit)  # the warm-up writes too
         assert r["wall_s"] > 0 and sum(r["server_cpu_s"].values()) > 0
+        # durable writes reach the disk: every replica wrote something
+        assert sorted(map(int, r["server_write_bytes"])) == [1, 2, 3], r["server_write_bytes"]
+        assert min(r["server_write_bytes"].values()) > 0, r["server_write_bytes"]
     assert [row["clients"] for row in steady["cost"]["runs"]] == [1, 3]
     assert "CPU of the cluster across the PUT sweep" in stdout
 
