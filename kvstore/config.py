@@ -5,9 +5,8 @@ never on each other), read by both sides: the replica server loads the cluster
 config file (docs/CONTRACTS.md, "Cluster config file") to learn its own bind
 addresses (and metrics address) and its peers, and its optional
 `[compaction]`, `[sessions]`, `[timing]`, `[metrics]`, `[watch]` and
-`[storage]` tables; the client
-and kvctl parse `host:port,host:port`
-lists (the client ports) and the local-cluster tool writes the config file.
+`[storage]` tables; the client and kvctl parse `host:port,host:port` lists
+(the client ports) and the local-cluster tool writes the config file.
 
 Addresses are kept in ZeroMQ endpoint form, `tcp://host:port`. A bare
 `host:port` is accepted wherever a user types an address and is normalized.
@@ -355,7 +354,7 @@ class StorageSettings:
     """LevelDB's memtable (and log file) size. Larger: fewer flushes and
     fewer compactions that rewrite the live records, so a store written
     with values of ~100 KiB and up for long writes faster (100 KiB PUTs
-    over 100 keys, one client, 20 s: p50 3.7-3.8 ms with 16 MiB against
+    over 100 keys, one client, 20 s: p50 3.4-3.8 ms with 16 MiB against
     5.2-7.3 with 4 MiB, benchmarks/README.md "Session 12"); the data
     directory and the RSS grow by up to about twice the difference (the
     log and the memtable being flushed)."""
