@@ -24,6 +24,7 @@ from typing import Any
 
 from kvstore.events import WATCH_RETAIN_BYTES, WATCH_RETAIN_EVENTS
 from kvstore.limits import SESSION_TTL_MS
+from kvstore.values import VALUE_LOG_MIN_BYTES
 
 ENV_CLUSTER = "KVSTORE_CLUSTER"
 DEFAULT_CLUSTER = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -358,18 +359,26 @@ class StorageSettings:
     5.2-7.3 with 4 MiB, benchmarks/README.md "Session 12"); the data
     directory and the RSS grow by up to about twice the difference (the
     log and the memtable being flushed)."""
+    value_log_min_bytes: int = VALUE_LOG_MIN_BYTES
+    """A PUT's value of at least this many bytes is kept in the replica's
+    value log beside LevelDB (kvstore/values.py), its record holding a
+    reference: written once instead of again at every LevelDB compaction.
+    0 keeps every value in LevelDB. Changing it affects new writes only:
+    values already written stay where they are, and both kinds are read."""
 
 
 def load_storage_settings(path: str | os.PathLike[str]) -> StorageSettings:
     """The `[storage]` table of a cluster config file (defaults for what it omits)."""
-    table = _int_table(path, "storage", {"write_buffer_bytes": MIN_WRITE_BUFFER_BYTES})
+    table = _int_table(
+        path, "storage", {"write_buffer_bytes": MIN_WRITE_BUFFER_BYTES, "value_log_min_bytes": 0}
+    )
     size = table.get("write_buffer_bytes", WRITE_BUFFER_BYTES)
     if size > MAX_WRITE_BUFFER_BYTES:
         raise ConfigError(
             f"cluster config {path}, [storage]: write_buffer_bytes must be at most "
             f"{MAX_WRITE_BUFFER_BYTES} (1 GiB), got {size}"
         )
-    return StorageSettings(size)
+    return StorageSettings(size, table.get("value_log_min_bytes", VALUE_LOG_MIN_BYTES))
 
 
 ELECTION_HEARTBEAT_RATIO = 5

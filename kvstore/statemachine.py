@@ -65,6 +65,33 @@ deletions. The session floor (a lower bound of the session index's times)
 is the larger of the two, both bounds of the same index. A
 batch over EFFECTS_MAX_BYTES (large values) is not captured.
 
+Large values in the value log. A PUT's value of at least `value_min_bytes`
+(`[storage] value_log_min_bytes`) is appended to the replica's value log
+(kvstore/values.py) when the batch is built, and its record holds a
+reference instead (msgpack ext type VALUE_REF: segment, offset, length,
+CRC), with an index entry `r0|r1 + segment + offset -> reference + key`
+in the same batch; overwriting or deleting the key drops the entry. The
+batch is written only after the value log is synced (`_write`), so a
+record that survives a crash names a value that survived it too, whether
+the batch itself was synced or not. Every read takes the value from the
+log (GET, RANGE, a transaction's comparisons, watch events of
+PUT_IN_RECORD); a checksum and a snapshot see the value inline, so
+replicas that keep values differently (another threshold, an install, a
+follower that wrote the leader's effects) compare equal and a snapshot
+never carries a reference (an install refuses one). The leader does not
+capture effects of a batch that put a value into its log (its references
+mean nothing elsewhere); a follower writing effects drops the index
+entries of the records they overwrite. `_live` counts, per segment, the
+live entries and their bytes (from the index at start). Garbage:
+`collect_garbage` deletes a closed segment no record refers to, after a
+synced batch (`_values_barrier`: the batches that dropped its last
+references are then durable, so no crash brings back a record naming
+it), and rewrites the live entries of a closed segment less than
+VALUE_GC_LIVE_SHARE live to the end of the log, a bounded amount per
+call. An open snapshot reader pins the segments. The simulator runs
+replicas with and without a value log side by side and catches a log
+that does not sync first and a deletion without the barrier (tests/sim).
+
 Versions follow etcd's mod_revision: a global `revision` counts the successful
 writes; a key's version is the revision of its last modification and an absent
 key has version 0. DELETE of an absent key is NOT_FOUND and does not count.
@@ -178,11 +205,12 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import msgpack
 import plyvel
 
+from kvstore import values as vlog
 from kvstore.events import DELETE, INLINE_VALUE_BYTES, PUT, Event, EventLog
 from kvstore.limits import (
     EFFECTS_MAX_BYTES,
@@ -238,6 +266,16 @@ _TIME = struct.Struct(">Q")
 _LENGTHS = struct.Struct(">II")  # key and record length, for the checksum
 _DIGEST_BYTES = 8
 _DATA_RECORD_TYPES = ([bytes, int, int, int], [bytes, int, int], [bytes, int])
+_REF_POSITION = 12  # a value reference's segment and offset: its index key
+_SEGMENT = struct.Struct(">I")
+_VALUES_BARRIER_KEY = b"mvalues"  # a synced batch deletes it before segments go
+VALUE_GC_LIVE_SHARE = 0.5
+"""A closed value log segment is rewritten once less than this share of it
+is live (so the log holds at most about twice the live values, plus the
+segment being written)."""
+VALUE_GC_BYTES = 1024 * 1024
+"""Value bytes one `collect_garbage` call moves, at most (and at least one
+value): the loop stays responsive."""
 # [value, version, create_revision, lease] for a key with a lease; without
 # one, the lease is left out; [value, version]: the record of a release before
 _LEASE_ID = struct.Struct(">Q")
@@ -278,13 +316,41 @@ def _unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, use_list=True)
 
 
+VALUE_REF = 1
+"""The msgpack ext type of a data record's value kept in the value log."""
+_ExtType = msgpack.ExtType
+
+
+class ValueLog(Protocol):
+    """kvstore/values.py: `ValueLog`, or `MemoryValueLog` in the simulator."""
+
+    active: int
+    sizes: dict[int, int]
+
+    @property
+    def dirty(self) -> bool: ...
+    def append(self, key: bytes, value: bytes) -> bytes: ...
+    def sync(self) -> None: ...
+    def read(self, ref: bytes) -> bytes: ...
+    def pin(self) -> None: ...
+    def unpin(self) -> None: ...
+    def remove(self, segment: int) -> None: ...
+
+
 _range_end = prefix_end  # of the state machine's own prefixes (never 0xff)
 
 
-def _record(raw: bytes) -> _Record:
+def _record(raw: bytes, values: ValueLog | None = None) -> _Record:
     """A stored data record; the two-field form of the previous release has
-    no create_revision: its version stands in. Without a lease: lease 0."""
+    no create_revision: its version stands in. Without a lease: lease 0.
+    A value in the value log is read from it (`values`)."""
     fields = _unpack(raw)
+    if type(fields[0]) is _ExtType:
+        fields[0] = _external(fields[0], values)
+    return _from_fields(fields)
+
+
+def _from_fields(fields: list[Any]) -> _Record:
     if len(fields) == 2:
         return fields[0], fields[1], fields[1], 0
     if len(fields) == 3:
@@ -295,6 +361,32 @@ def _record(raw: bytes) -> _Record:
 def _pack_record(record: _Record) -> bytes:
     """The stored form: a key without a lease keeps the three-field record."""
     return _pack(record if record[3] else record[:3])
+
+
+def _external(ref: Any, values: ValueLog | None) -> bytes:
+    """The value a record's reference names (CorruptValue if it is lost)."""
+    if ref.code != VALUE_REF or len(ref.data) != vlog.REF_BYTES:
+        raise vlog.CorruptValue(f"unknown value reference (ext type {ref.code})")
+    if values is None:
+        raise vlog.CorruptValue("a record refers to the value log, which is not open")
+    return values.read(ref.data)
+
+
+def _stored_ref(raw: bytes) -> bytes | None:
+    """The value log reference of a stored record (None: its value is inline)."""
+    fields = _unpack(raw)
+    value = fields[0]
+    return value.data if type(value) is _ExtType else None
+
+
+def _canonical(raw: bytes, values: ValueLog | None) -> bytes:
+    """A stored record with its value inline: the same on every replica
+    (where a value is kept is each replica's own layout)."""
+    fields = _unpack(raw)
+    if type(fields[0]) is not _ExtType:
+        return raw
+    fields[0] = _external(fields[0], values)
+    return _pack(fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +400,10 @@ class _Gen:
     leases: bytes  # + lease id -> [ttl_ms, deadline, keys]
     expiry: bytes  # + deadline + lease id -> b"": leases by deadline
     attached: bytes  # + lease id + key -> b"": the keys of a lease
+    values: bytes  # + segment + offset -> ref + key: the value log's live entries
+
+    def value_key(self, ref: bytes) -> bytes:
+        return self.values + ref[:_REF_POSITION]
 
     def index_key(self, last_used: int, client_id: bytes) -> bytes:
         return self.index + _TIME.pack(last_used) + client_id
@@ -323,13 +419,21 @@ class _Gen:
 
     def prefixes(self) -> tuple[bytes, ...]:
         """In key order (`_delete_other` walks them with one cursor)."""
-        every = (self.data, self.sessions, self.index, self.leases, self.expiry, self.attached)
+        every = (
+            self.data,
+            self.sessions,
+            self.index,
+            self.leases,
+            self.expiry,
+            self.attached,
+            self.values,
+        )
         return tuple(sorted(every))
 
 
 _GENS = (
-    _Gen(0, b"d0", b"s0", b"t0", b"l0", b"x0", b"k0"),
-    _Gen(1, b"d1", b"s1", b"t1", b"l1", b"x1", b"k1"),
+    _Gen(0, b"d0", b"s0", b"t0", b"l0", b"x0", b"k0", b"r0"),
+    _Gen(1, b"d1", b"s1", b"t1", b"l1", b"x1", b"k1", b"r1"),
 )
 
 
@@ -652,6 +756,30 @@ class _Sessions:
 _UNREAD = object()  # _Pending.assign: the caller did not read the old record
 
 
+class _Live:
+    """What the value log holds live (referred to by the current
+    generation's records), per segment: entries and value bytes."""
+
+    __slots__ = ("bytes", "count", "entries")
+
+    def __init__(self) -> None:
+        self.bytes: dict[int, int] = {}
+        self.entries: dict[int, int] = {}
+        self.count = 0
+
+    def add(self, ref: bytes) -> None:
+        segment, length = vlog.ref_segment(ref), vlog.ref_length(ref)
+        self.bytes[segment] = self.bytes.get(segment, 0) + length
+        self.entries[segment] = self.entries.get(segment, 0) + 1
+        self.count += 1
+
+    def drop(self, ref: bytes) -> None:
+        segment, length = vlog.ref_segment(ref), vlog.ref_length(ref)
+        self.bytes[segment] = self.bytes.get(segment, 0) - length
+        self.entries[segment] = self.entries.get(segment, 0) - 1
+        self.count -= 1
+
+
 class _Pending:
     """The effects of one `apply()` call not yet written: reads check these
     overlays before LevelDB, so a command sees the commands before it."""
@@ -662,15 +790,36 @@ class _Pending:
         "data",
         "db",
         "events",
+        "externalized",
         "gen",
         "leases",
+        "live",
+        "min_bytes",
+        "refs",
         "replaced",
         "revision",
         "sessions",
+        "values",
     )
 
-    def __init__(self, db: plyvel.DB, meta: _Meta, session_floor: int = 0) -> None:
+    def __init__(
+        self,
+        db: plyvel.DB,
+        meta: _Meta,
+        session_floor: int = 0,
+        values: ValueLog | None = None,
+        min_bytes: int = 0,
+        live: _Live | None = None,
+    ) -> None:
         self.db = db
+        # the value log ("Large values in the value log"): where values of
+        # at least min_bytes go (min_bytes 0: none), the live bytes it keeps
+        # per segment, and the references of the stored records read here
+        self.values = values
+        self.min_bytes = min_bytes if values is not None else 0
+        self.live = live
+        self.refs: dict[bytes, bytes] = {}
+        self.externalized = 0
         self.gen = _GENS[meta.generation]
         self.revision = meta.revision
         # key -> its record, or None once deleted in this call
@@ -746,7 +895,16 @@ class _Pending:
         if key in self.data:
             return self.data[key]
         raw = self.db.get(self.gen.data + key)
-        return None if raw is None else _record(raw)
+        return None if raw is None else self._stored(key, raw)
+
+    def _stored(self, key: bytes, raw: bytes) -> _Record:
+        """A stored record, its value read from the value log if it is
+        there (the reference kept: `flush` drops it from the index)."""
+        fields = _unpack(raw)
+        if type(fields[0]) is _ExtType:
+            self.refs[key] = fields[0].data
+            fields[0] = _external(fields[0], self.values)
+        return _from_fields(fields)
 
     def scan(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, _Record]]:
         """The keys in [start, end) (end None: no end) in key order, with
@@ -757,7 +915,7 @@ class _Pending:
             stop=_range_end(gen.data) if end is None else gen.data + end,
         )
         skip = len(gen.data)
-        below = ((db_key[skip:], _record(raw)) for db_key, raw in stored)
+        below = ((db_key[skip:], self._stored(db_key[skip:], raw)) for db_key, raw in stored)
         return _merged(self.data, start, end, below)
 
     def write(self, key: bytes, value: bytes | None, lease: int = 0) -> int:
@@ -772,11 +930,27 @@ class _Pending:
             self.assign(key, (value, self.revision, create, lease), old)
         return self.revision
 
-    def flush(self, batch: plyvel.WriteBatch) -> None:
+    def flush(self, batch: plyvel.WriteBatch, own: plyvel.WriteBatch | None = None) -> None:
+        """Adds this call's changes to `batch`. `own`: where the value log's
+        index goes when `batch` records effects (each replica keeps its own
+        value log: its index is never part of the effects)."""
         gen = self.gen
+        own = batch if own is None else own
+        refs, min_bytes = self.refs, self.min_bytes
         for key, entry in self.data.items():
+            if refs:
+                old = refs.get(key)
+                if old is not None:
+                    own.delete(gen.value_key(old))
+                    self.live.drop(old)  # type: ignore[union-attr]
             if entry is None:
                 batch.delete(gen.data + key)
+            elif min_bytes and len(entry[0]) >= min_bytes:
+                ref = self.values.append(key, entry[0])  # type: ignore[union-attr]
+                batch.put(gen.data + key, _pack_record((_ExtType(VALUE_REF, ref), *entry[1:])))
+                own.put(gen.value_key(ref), ref + key)
+                self.live.add(ref)  # type: ignore[union-attr]
+                self.externalized += 1
             else:
                 batch.put(gen.data + key, _pack_record(entry))
         for (lease_id, key), on in self.attached.items():
@@ -1183,10 +1357,20 @@ class KVStateMachine:
     """The KV data, client sessions, applied index and log time of one
     replica, kept in the `d`, `s`, `t` and `m` prefixes of its LevelDB."""
 
-    def __init__(self, db: plyvel.DB, watch_retention: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        db: plyvel.DB,
+        watch_retention: tuple[int, int] | None = None,
+        values: ValueLog | None = None,
+        value_min_bytes: int = vlog.VALUE_LOG_MIN_BYTES,
+    ) -> None:
         """`watch_retention`: (events, bytes) the event log keeps
-        (kvstore/events.py; defaults there)."""
+        (kvstore/events.py; defaults there). `values`: the value log
+        (kvstore/values.py), where PUTs put values of at least
+        `value_min_bytes` (0: none; without a value log, none)."""
         self._db = db
+        self._values = values
+        self._value_min = value_min_bytes if values is not None else 0
         raw = db.get(_META_KEY)
         if raw is not None and len(raw) == _OLD_META_BYTES:
             raise ValueError(
@@ -1209,6 +1393,13 @@ class KVStateMachine:
         self.events = EventLog(
             db, self._meta.revision, *(watch_retention or ()), value_at=self._value_at
         )
+        self._live = self._count_live()
+
+    def _count_live(self) -> _Live:
+        live = _Live()
+        for _, item in self._db.iterator(prefix=self._gen.values):
+            live.add(item[: vlog.REF_BYTES])
+        return live
 
     @property
     def applied_index(self) -> int:
@@ -1256,7 +1447,9 @@ class KVStateMachine:
             self.write_applied()
         self._effects = None
         start = self._meta.applied_index
-        pending = _Pending(self._db, self._meta, self._session_floor)
+        pending = _Pending(
+            self._db, self._meta, self._session_floor, self._values, self._value_min, self._live
+        )
         results: list[Result] = []
         next_slot = self._meta.applied_index
         schedule_bytes = self._meta.schedule
@@ -1294,14 +1487,14 @@ class KVStateMachine:
         )
         batch = self._db.write_batch()
         sink = _Recorder(batch) if capture else batch
-        pending.flush(sink)
+        pending.flush(sink, batch)
         stored: list[bytes] | None = [] if capture else None
         self.events.append(batch, pending.events, pending.data, pending.replaced, stored)
         sink.put(_META_KEY, meta.pack())
         if defer_write:
             self._unwritten = batch
         else:
-            batch.write()
+            self._write(batch)
         self._session_floor = sessions.next_floor(self._meta.log_time)
         self._meta = meta
         if self._session_count is not None:
@@ -1320,7 +1513,8 @@ class KVStateMachine:
                     pending.replaced,
                 ]
             )
-            self._effects = effects if len(effects) <= EFFECTS_MAX_BYTES else None
+            fits = len(effects) <= EFFECTS_MAX_BYTES and not pending.externalized
+            self._effects = effects if fits else None
         return results
 
     def take_effects(self) -> bytes | None:
@@ -1355,6 +1549,8 @@ class KVStateMachine:
         self._effects = None
         batch = self._db.write_batch()
         put, delete = batch.put, batch.delete
+        if self._live.count:  # records here that refer to this replica's value log
+            self._drop_refs(batch, ops[::2])
         for key, value in zip(ops[::2], ops[1::2], strict=True):
             if value is None:
                 delete(key)
@@ -1364,7 +1560,7 @@ class KVStateMachine:
         if defer_write:
             self._unwritten = batch
         else:
-            batch.write()
+            self._write(batch)
         if meta.schedule != self._meta.schedule or self._schedule_changed:
             self._schedule = Schedule.unpack(meta.schedule) if meta.schedule else None
         elif self._schedule is not None:
@@ -1428,7 +1624,26 @@ class KVStateMachine:
         """Writes the batch `apply(..., defer_write=True)` left (none: no-op)."""
         batch, self._unwritten = self._unwritten, None
         if batch is not None:
-            batch.write()
+            self._write(batch)
+
+    def _write(self, batch: plyvel.WriteBatch) -> None:
+        """Writes an apply's batch, the value log entries it refers to
+        synced first ("Large values in the value log" in the module doc)."""
+        if self._values is not None and self._values.dirty:
+            self._values.sync()
+        batch.write()
+
+    def _drop_refs(self, batch: plyvel.WriteBatch, keys: Iterable[bytes]) -> None:
+        """Drops from the value log's index the references of the stored
+        records of `keys` (db keys) that effects are about to overwrite."""
+        data, gen = self._gen.data, self._gen
+        for key in keys:
+            if key.startswith(data):
+                raw = self._db.get(key)
+                ref = None if raw is None else _stored_ref(raw)
+                if ref is not None:
+                    batch.delete(gen.value_key(ref))
+                    self._live.drop(ref)
 
     def _apply_change(self, slot: int, command: bytes) -> Result:
         """A membership change (kvstore/membership.py): the answer goes to the
@@ -1499,7 +1714,7 @@ class KVStateMachine:
         raw = self._db.get(self._gen.data + key)
         if raw is None:
             return None
-        value, version, _, _ = _record(raw)
+        value, version, _, _ = _record(raw, self._values)
         return value if version == revision else None
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
@@ -1507,7 +1722,7 @@ class KVStateMachine:
         raw = self._db.get(self._gen.data + key)
         if raw is None:
             return None
-        value, version, _, _ = _record(raw)
+        value, version, _, _ = _record(raw, self._values)
         return value, version
 
     def read_range(self, req: Request) -> Response:
@@ -1532,7 +1747,7 @@ class KVStateMachine:
                 yield db_key[skip:], None
             return
         for db_key, raw in self._db.iterator(start=data + start, stop=stop):
-            yield db_key[skip:], _record(raw)
+            yield db_key[skip:], _record(raw, self._values)
 
     # -- watch (kvstore/events.py) ------------------------------------------------
 
@@ -1607,6 +1822,7 @@ class KVStateMachine:
         digest = hashlib.sha256()
         skip = len(self._gen.data)
         for db_key, raw in self._db.iterator(prefix=self._gen.data):
+            raw = _canonical(raw, self._values)
             # Length prefixes keep (key, record) boundaries unambiguous.
             digest.update(_LENGTHS.pack(len(db_key) - skip, len(raw)))
             digest.update(db_key[skip:])
@@ -1619,7 +1835,7 @@ class KVStateMachine:
         """A consistent view of the state machine at its applied index, read
         from a LevelDB snapshot (later applies do not leak in); close it."""
         snap = self._db.snapshot()
-        return SnapshotReader(snap, _Meta.unpack(snap.get(_META_KEY)))
+        return SnapshotReader(snap, _Meta.unpack(snap.get(_META_KEY)), self._values)
 
     # -- snapshots: staged install ----------------------------------------------
 
@@ -1717,6 +1933,7 @@ class KVStateMachine:
             self._schedule_changed = False
         self._session_count = None
         self._garbage_clean, self._gc_cursor = False, None
+        self._live = self._count_live()  # none: a snapshot's values are inline
 
     def install_abort(self) -> None:
         """Forgets the snapshot being staged (one small batch); what it staged
@@ -1742,16 +1959,76 @@ class KVStateMachine:
 
     def collect_garbage(self, max_keys: int = GC_BATCH_KEYS) -> bool:
         """Deletes up to `max_keys` keys of the previous generation (left by an
-        install, or an abandoned staging) in one unsynced batch. Returns True
-        while garbage remains: the driver calls it again on a later iteration.
-        Does nothing while a snapshot is being staged."""
-        if self._garbage_clean or self._install is not None:
+        install, or an abandoned staging) in one unsynced batch, and then
+        collects a bounded part of the value log's garbage (`_collect_values`).
+        Returns True while garbage remains: the driver calls it again on a
+        later iteration. Does nothing while a snapshot is being staged."""
+        if self._install is not None:
             return False
-        batch = self._db.write_batch()
-        more = self._delete_other(batch, max_keys)
-        batch.write()
-        self._garbage_clean = not more
+        self.write_applied()
+        more = False
+        if not self._garbage_clean:
+            batch = self._db.write_batch()
+            more = self._delete_other(batch, max_keys)
+            batch.write()
+            self._garbage_clean = not more
+        if self._values is not None:
+            more = self._collect_values() or more
         return more
+
+    def _values_barrier(self) -> None:
+        """A synced batch: every batch written before it is durable."""
+        barrier = self._db.write_batch(sync=True)
+        barrier.delete(_VALUES_BARRIER_KEY)
+        barrier.write()
+
+    def _collect_values(self) -> bool:
+        """One step of the value log's garbage collection ("Large values in
+        the value log" in the module doc): deletes the closed segments no
+        record refers to any more, once a synced batch has made the batches
+        that dropped their last references durable; or else moves up to
+        VALUE_GC_BYTES of the live entries of the closed segment with the
+        smallest live share under VALUE_GC_LIVE_SHARE to the end of the
+        log (the entries synced before the records that name them). True
+        while there is more to do."""
+        values, live = self._values, self._live
+        assert values is not None
+        dead = [s for s in values.sizes if s != values.active and not live.entries.get(s)]
+        if dead:
+            self._values_barrier()
+            for segment in dead:
+                values.remove(segment)
+                live.bytes.pop(segment, None)
+                live.entries.pop(segment, None)
+            return True
+        victim, share = None, VALUE_GC_LIVE_SHARE
+        for segment, size in values.sizes.items():
+            if segment != values.active and size and live.bytes.get(segment, 0) / size < share:
+                victim, share = segment, live.bytes.get(segment, 0) / size
+        if victim is None:
+            return False
+        gen, db = self._gen, self._db
+        batch = db.write_batch()
+        moved = 0
+        for index_key, item in db.iterator(prefix=gen.values + _SEGMENT.pack(victim)):
+            if moved >= VALUE_GC_BYTES:
+                break
+            ref, key = item[: vlog.REF_BYTES], item[vlog.REF_BYTES :]
+            batch.delete(index_key)
+            live.drop(ref)
+            raw = db.get(gen.data + key)
+            if raw is None or _stored_ref(raw) != ref:
+                continue  # not the record's value (cannot happen: same batches)
+            value = values.read(ref)
+            new = values.append(key, value)
+            fields = _unpack(raw)
+            fields[0] = _ExtType(VALUE_REF, new)
+            batch.put(gen.data + key, _pack(fields))
+            batch.put(gen.value_key(new), new + key)
+            live.add(new)
+            moved += len(value)
+        self._write(batch)
+        return True
 
     def _delete_other(self, batch: plyvel.WriteBatch, max_keys: int) -> bool:
         """Adds deletes of up to `max_keys` keys of the other generation to
@@ -1823,8 +2100,11 @@ class SnapshotReader:
     and expired_before as two big-endian u64) and `s` + client_id (session
     record as stored), in key order."""
 
-    def __init__(self, snap: plyvel.Snapshot, meta: _Meta) -> None:
+    def __init__(self, snap: plyvel.Snapshot, meta: _Meta, values: ValueLog | None = None) -> None:
         self._snap = snap
+        self._values = values
+        if values is not None:
+            values.pin()  # the segments this snapshot refers to stay
         self._gen = _GENS[meta.generation]
         self._meta = meta
         self.index = meta.applied_index
@@ -1881,11 +2161,19 @@ class SnapshotReader:
             include_start=not resume,
         )
         skip = len(prefix)
-        for db_key, record in entries:
-            yield kind + db_key[skip:], record
+        if kind != SNAPSHOT_DATA:
+            for db_key, record in entries:
+                yield kind + db_key[skip:], record
+            return
+        values = self._values
+        for db_key, record in entries:  # values inline: layouts differ
+            yield kind + db_key[skip:], _canonical(record, values)
 
     def close(self) -> None:
         self._snap.close()
+        values, self._values = self._values, None
+        if values is not None:
+            values.unpin()
 
     def __enter__(self) -> SnapshotReader:
         return self

@@ -56,6 +56,7 @@ from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.membership import bootstrap
 from kvstore.security import ClientKeys, CurveConfig, load_curve_config, public_of
 from kvstore.statemachine import KVStateMachine
+from kvstore.values import VALUE_LOG_DIR, ValueLog
 from replica import datadir, launch, logfmt
 from replica.badinput import BadFrames
 from replica.curve import CurveGuard, PeerKeys
@@ -141,9 +142,17 @@ class Replica:
         # each time the log compacts (kvstore/events.py).
         self.event_reclaimer = Reclaimer(self.db, (EVENT_PREFIX,), _event_key)
         self.sync_writer = SyncWriter()  # the loop applies while it fsyncs
+        self.values: ValueLog | None = None
         try:
             watch = watch or WatchSettings()
-            self.sm = KVStateMachine(self.db, (watch.retain_events, watch.retain_bytes))
+            storage = storage or StorageSettings()
+            self.values = ValueLog(self.data_dir / VALUE_LOG_DIR)
+            self.sm = KVStateMachine(
+                self.db,
+                (watch.retain_events, watch.retain_bytes),
+                self.values,
+                storage.value_log_min_bytes,
+            )
             self._open_sockets(cluster)
             try:
                 self.driver = driver_class(
@@ -170,6 +179,8 @@ class Replica:
                 raise
         except BaseException:
             self._close_reclaimers()
+            if self.values is not None:
+                self.values.close()
             self.db.close()
             raise
         self._known_peers = self.driver.core.peers
@@ -350,6 +361,8 @@ class Replica:
         self._close_reclaimers()
         if self.driver.tracer is not None:
             self.driver.tracer.close()
+        if self.values is not None:
+            self.values.close()
         self.db.close()
         log.info("replica %d stopped", self.id)
 

@@ -103,7 +103,8 @@ from kvstore.protocol import (
     encode_request,
     member_change,
 )
-from kvstore.statemachine import KVStateMachine, _Meta
+from kvstore.statemachine import KVStateMachine, _canonical, _Meta
+from kvstore.values import CorruptValue, MemoryValueLog
 from replica.driver import Envelope, ReplicaDriver, Result
 from replica.inmem import MemoryDB
 from replica.messages import (
@@ -138,6 +139,8 @@ WALL_EPOCH = 1.8e9
 """The simulated wall clock (leader time in the log) starts here on every
 replica and runs with its ticks, so replicas' clocks drift apart."""
 KEYS = (b"x", b"y")
+VALUE_LOG_MINS = (0, 1, 7)  # by replica id mod 3: see SimStateMachine
+VALUE_SEGMENT_BYTES = 120  # a few entries per value log segment
 CLIENTS = 3
 ADMIN = -1
 """The envelope's client index of the membership admin's requests."""
@@ -342,10 +345,16 @@ class _Deferred:
 
 
 class SimStateMachine(KVStateMachine):
-    """The real state machine; checks every applied slot against the chosen ones."""
+    """The real state machine; checks every applied slot against the chosen ones.
+    Its value log (kvstore/values.py) is the node's `MemoryValueLog`: replica
+    1 (mod 3) puts every value there, 2 only those of 7 bytes and more (the
+    simulator's values are 5 to 9 bytes), 0 none; tiny segments make the
+    value log's garbage collection run all the time."""
 
     def __init__(self, sim: Simulation, node: Node) -> None:
-        super().__init__(node.db)
+        values = node.values.restart()
+        values.skip_sync = not sim.value_sync
+        super().__init__(node.db, None, values, VALUE_LOG_MINS[node.id % 3])
         self._sim, self._node = sim, node
 
     def apply(self, entries, defer_write: bool = False, capture: bool = False) -> list[Result]:  # noqa: ANN001
@@ -373,6 +382,16 @@ class SimStateMachine(KVStateMachine):
         self._sim.stats.installs += 1
         self._sim.covered_by_snapshot(self._node, self.applied_index)
         self._sim.check_state(self._node, self)
+
+
+class SkipsTheValueBarrier(SimStateMachine):
+    """Broken: deletes value log segments that no record refers to any more
+    without first syncing the batches that dropped their last references
+    (kvstore/statemachine.py, "Large values in the value log"). A crash can
+    then bring back a record whose value is gone."""
+
+    def _values_barrier(self) -> None:
+        pass
 
 
 class SimPeers:
@@ -424,6 +443,7 @@ class Node:
     refused: bool = False  # joined under an id that ran before: stopped for good
     paused: bool = False  # stopped, not crashed (the pause nemesis, lease_reads runs)
     checked_index: int = -1  # the applied index check_state last compared
+    values: MemoryValueLog = field(default_factory=lambda: MemoryValueLog(VALUE_SEGMENT_BYTES))
 
 
 @dataclass
@@ -450,6 +470,8 @@ class Stats:
     lease_reads: int = 0  # reads a leader answered on its read lease
     effects_slots: int = 0  # slots a follower wrote from the leader's effects
     state_checks: int = 0  # states compared with another replica's at the same index
+    value_appends: int = 0  # values put into value logs (kvstore/values.py)
+    value_segments_removed: int = 0  # value log segments deleted as garbage
 
 
 # ------------------------------------------------------------ clients
@@ -615,7 +637,11 @@ class Simulation:
         members: bool = False,
         driver_classes: dict[int, type[ReplicaDriver]] | None = None,
         lease_reads: bool = False,
+        value_sync: bool = True,
+        state_machine_class: type[SimStateMachine] | None = None,
     ) -> None:
+        """`value_sync` False: the broken variant whose value logs never
+        sync (kvstore/values.py); `state_machine_class`: another broken one."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = list(range(1, replicas + 1))
@@ -623,6 +649,8 @@ class Simulation:
         self.bootstrap = Membership(0, frozenset(self.ids), started=frozenset(self.ids))
         self.members = members
         self.lease_reads = lease_reads
+        self.value_sync = value_sync
+        self.state_machine_class = state_machine_class or SimStateMachine
         self.time = 0.0  # with lease_reads: the one clock every replica reads
         self.driver_classes = driver_classes or {}
         self.spares = list(range(replicas + 1, replicas + 1 + SPARE_IDS)) if members else []
@@ -675,7 +703,7 @@ class Simulation:
             node.id,
             sorted(self.bootstrap.voters),
             SimStorage(self, node),
-            SimStateMachine(self, node),
+            self.state_machine_class(self, node),
             SimPeers(self, node),
             SimClients(self),
             rng=random.Random(self.rng.getrandbits(64)),
@@ -706,6 +734,8 @@ class Simulation:
         except SimCrash:  # power lost in a sync: a prefix of the unsynced writes survives
             self._crash(node, keep=self.rng.randint(0, node.db.unsynced_batches))
             return
+        except CorruptValue as exc:  # a record whose value the value log lost
+            self.fail(f"replica {node.id} lost a value: {exc}")
         self.stats.lease_reads += node.driver.counters.lease_reads - leased
         if node.driver.core.is_leader and not was_leader:
             self.stats.elections += 1
@@ -734,6 +764,7 @@ class Simulation:
         node.driver = None
         node.requests.clear()
         node.db.crash(keep)
+        node.values.crash(power_loss=keep is not None)
         self.stats.crashes += 1
 
     def _restart(self, node: Node) -> None:
@@ -852,7 +883,14 @@ class Simulation:
         node.checked_index = index
         digest = hashlib.sha256(sm._meta._replace(generation=0).pack())
         for prefix in sm._gen.prefixes():
+            if prefix == sm._gen.values:
+                continue  # where values are kept is each replica's own layout
             for key, value in node.db.iterator(prefix=prefix):
+                if prefix == sm._gen.data:
+                    try:
+                        value = _canonical(value, node.values)
+                    except CorruptValue as exc:
+                        self.fail(f"replica {node.id} lost the value of {key[2:]!r}: {exc}")
                 digest.update(b"%d:%s%d:%s" % (len(key), key[:1] + key[2:], len(value), value))
         self._check_events(node, sm)
         other = self.states.setdefault(index, (digest.digest(), node.id))
@@ -1009,6 +1047,8 @@ class Simulation:
         if node.driver is not None:
             self._crash(node, keep=0)
         node.db = MemoryDB()
+        self._count_values(node)
+        node.values = MemoryValueLog(VALUE_SEGMENT_BYTES)
         node.applied.clear()
         node.revealed_promise = Ballot(0, 0)
         node.revealed_votes.clear()
@@ -1169,7 +1209,14 @@ class Simulation:
                     client.on_timeout(may_give_up=False)
         self.fail(f"the lease scenario did not get there in {limit} events")
 
+    def _count_values(self, node: Node) -> None:
+        self.stats.value_appends += node.values.appends
+        self.stats.value_segments_removed += node.values.removed
+        node.values.appends = node.values.removed = 0
+
     def _check_history(self) -> None:
+        for node in self.nodes.values():
+            self._count_values(node)
         result = check(self.history)
         if not result.ok:
             self.fail(f"the clients' history is not linearizable:\n{result.report()}")

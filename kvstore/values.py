@@ -1,0 +1,340 @@
+"""The value log: large values kept once, beside LevelDB (WiscKey-style).
+
+Theory of operation
+-------------------
+A value of at least `min_bytes` (`[storage] value_log_min_bytes`,
+VALUE_LOG_MIN_BYTES by default) that a PUT writes is not put into its
+key's LevelDB record: it is appended to the value log, and the record
+holds a reference to it (kvstore/statemachine.py, "Large values in the
+value log"). LevelDB then keeps ~40 bytes for the key instead of the
+value, so its compactions no longer rewrite the value again and again
+(a 100 KiB PUT made each replica write ~9 times its size: the vote, and
+the record in LevelDB's log, its flush and its compactions;
+benchmarks/README.md, "Session 12"). The vote still carries the value
+(the acceptor state is unchanged); it leaves LevelDB with log compaction.
+
+Files: `values/` in the data directory, segments `<number>.vlog` of about
+`segment_bytes` each, appended to in order. An entry is
+
+    crc32 (4 bytes BE) + key length (4 bytes BE) + value length (4 bytes BE)
+    + key + value
+
+with the CRC over everything after it. A reference is `_REF`: segment
+number, offset, value length and the entry's CRC (20 bytes), so a read
+checks that it found the very entry it was given.
+
+Durability: an entry is made durable (`sync`: fdatasync of the segment,
+and of the directory when the segment is new) BEFORE any LevelDB batch
+that refers to it is written, synced or not (the state machine's
+`write_applied`). A batch that survives a crash therefore only refers to
+entries that survive it too. A segment is deleted only once no durable
+record refers to it: the state machine's garbage collection moves the
+live entries of a mostly dead segment to the end of the log, writes the
+records' new references in a synced batch, and only then deletes the
+segment (`KVStateMachine.collect_garbage`). Open snapshot readers keep
+segments from being deleted (`pin`).
+
+`MemoryValueLog` is the simulator's twin, with the crash model of a disk:
+what was not synced is lost (tests/sim).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+VALUE_LOG_MIN_BYTES = 16 * 1024
+"""Values at least this large go to the value log by default (0: none)."""
+SEGMENT_BYTES = 16 * 1024 * 1024
+"""A segment is closed once it holds about this much; the next one starts."""
+VALUE_LOG_DIR = "values"
+_HEADER = struct.Struct(">III")  # crc32, key length, value length
+_REF = struct.Struct(">IQII")  # segment, offset, value length, crc32
+REF_BYTES = _REF.size
+_SUFFIX = ".vlog"
+_OPEN_FILES = 64
+
+
+class CorruptValue(Exception):
+    """A reference that does not lead to its entry: the value is lost."""
+
+
+def ref_segment(ref: bytes) -> int:
+    return _REF.unpack(ref)[0]
+
+
+def ref_length(ref: bytes) -> int:
+    """The value's length, as the reference records it."""
+    return _REF.unpack(ref)[2]
+
+
+def _entry(key: bytes, value: bytes) -> tuple[bytes, int]:
+    """(header, crc) of the entry of `key` and `value`."""
+    lengths = struct.pack(">II", len(key), len(value))
+    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(lengths)))
+    return struct.pack(">I", crc) + lengths, crc
+
+
+def _check(ref: bytes, raw: bytes) -> bytes:
+    """The value of the entry `raw` read at `ref`, checked, or CorruptValue."""
+    segment, offset, length, crc = _REF.unpack(ref)
+    if len(raw) >= _HEADER.size:
+        got, key_len, value_len = _HEADER.unpack_from(raw)
+        if (
+            got == crc
+            and value_len == length
+            and len(raw) == _HEADER.size + key_len + value_len
+            and zlib.crc32(memoryview(raw)[4:]) == crc
+        ):
+            return raw[_HEADER.size + key_len :]
+    raise CorruptValue(f"value log entry {segment}:{offset} is missing or damaged")
+
+
+class ValueLog:
+    """The value log of one replica: segment files in `directory`."""
+
+    def __init__(self, directory: str | os.PathLike[str], segment_bytes: int = SEGMENT_BYTES):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self.sizes: dict[int, int] = {}
+        for path in self.directory.iterdir():
+            if path.suffix == _SUFFIX and path.stem.isdigit():
+                self.sizes[int(path.stem)] = path.stat().st_size
+        # A new segment at every start: nothing is appended after a tail
+        # that a crash may have torn.
+        self.active = max(self.sizes, default=0) + 1
+        self._fd: int | None = None
+        self._size = 0
+        self._dirty = False
+        self._new = True  # the directory entry of the active segment is not synced
+        self._readers: OrderedDict[int, int] = OrderedDict()
+        self._pins = 0
+        self._doomed: set[int] = set()
+
+    def append(self, key: bytes, value: bytes) -> bytes:
+        """Appends an entry (not synced: `sync` before referring to it) and
+        returns its reference."""
+        if self._fd is not None and self._size >= self.segment_bytes:
+            self._roll()
+        if self._fd is None:
+            path = self._path(self.active)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._size = os.fstat(self._fd).st_size
+            self._new = True
+        header, crc = _entry(key, value)
+        offset = self._size
+        size = _HEADER.size + len(key) + len(value)
+        if os.writev(self._fd, (header, key, value)) != size:
+            raise OSError(f"short write to the value log segment {self.active}")
+        self._size += size
+        self.sizes[self.active] = self._size
+        self._dirty = True
+        return _REF.pack(self.active, offset, len(value), crc)
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def sync(self) -> None:
+        """Makes every appended entry durable."""
+        if not self._dirty:
+            return
+        assert self._fd is not None
+        os.fdatasync(self._fd)
+        if self._new:
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self._new = False
+        self._dirty = False
+
+    def _roll(self) -> None:
+        self.sync()
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        self.active += 1
+
+    def read(self, ref: bytes) -> bytes:
+        """The value `ref` refers to; CorruptValue if it is not there."""
+        segment, offset, length, _ = _REF.unpack(ref)
+        fd = self._reader(segment)
+        if fd is None:
+            raise CorruptValue(f"value log segment {segment} is missing")
+        size = _HEADER.size + length
+        head = os.pread(fd, _HEADER.size, offset)
+        if len(head) == _HEADER.size:
+            size += _HEADER.unpack(head)[1]
+        return _check(ref, os.pread(fd, size, offset))
+
+    def _reader(self, segment: int) -> int | None:
+        fd = self._readers.get(segment)
+        if fd is not None:
+            self._readers.move_to_end(segment)
+            return fd
+        try:
+            fd = os.open(self._path(segment), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        self._readers[segment] = fd
+        if len(self._readers) > _OPEN_FILES:
+            os.close(self._readers.popitem(last=False)[1])
+        return fd
+
+    def pin(self) -> None:
+        """No segment is deleted until `unpin` (a snapshot reader is open)."""
+        self._pins += 1
+
+    def unpin(self) -> None:
+        self._pins -= 1
+        if self._pins == 0:
+            for segment in sorted(self._doomed):
+                self._unlink(segment)
+            self._doomed.clear()
+
+    def remove(self, segment: int) -> None:
+        """Deletes a segment no durable record refers to (now, or once the
+        last pin is released). The active segment is never removed."""
+        if segment == self.active:
+            raise ValueError("the active segment of the value log cannot be removed")
+        self.sizes.pop(segment, None)
+        if self._pins:
+            self._doomed.add(segment)
+        else:
+            self._unlink(segment)
+
+    def _unlink(self, segment: int) -> None:
+        fd = self._readers.pop(segment, None)
+        if fd is not None:
+            os.close(fd)
+        self._path(segment).unlink(missing_ok=True)
+        self.sizes.pop(segment, None)
+
+    def disk_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for fd in self._readers.values():
+            os.close(fd)
+        self._readers.clear()
+
+    def _path(self, segment: int) -> Path:
+        return self.directory / f"{segment:08d}{_SUFFIX}"
+
+
+class MemoryValueLog:
+    """`ValueLog` in memory, for the simulator: `crash()` loses every byte
+    that was not synced; a synced entry survives."""
+
+    def __init__(self, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.segment_bytes = segment_bytes
+        self._data: dict[int, bytearray] = {}
+        self._durable: dict[int, int] = {}  # segment -> bytes synced
+        self.sizes: dict[int, int] = {}
+        self.active = 1
+        self._dirty = False
+        self._pins = 0
+        self._doomed: set[int] = set()
+        self.skip_sync = False  # the broken variant: sync() does nothing
+        self.syncs = 0
+        self.appends = 0
+        self.removed = 0
+
+    def restart(self) -> MemoryValueLog:
+        """The log as a replica that starts again finds it (a new segment)."""
+        self.active = max(self._data, default=0) + 1
+        self._dirty = False
+        self._pins = 0
+        self._doomed.clear()
+        return self
+
+    def append(self, key: bytes, value: bytes) -> bytes:
+        data = self._data.get(self.active)
+        if data is not None and len(data) >= self.segment_bytes:
+            self.sync()
+            self.active += 1
+            data = None
+        if data is None:
+            data = self._data[self.active] = bytearray()
+            self._durable.setdefault(self.active, 0)
+        header, crc = _entry(key, value)
+        offset = len(data)
+        data += header + key + value
+        self.appends += 1
+        self.sizes[self.active] = len(data)
+        self._dirty = True
+        return _REF.pack(self.active, offset, len(value), crc)
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def sync(self) -> None:
+        if not self._dirty or self.skip_sync:
+            return
+        for segment, data in self._data.items():
+            self._durable[segment] = len(data)
+        self._dirty = False
+        self.syncs += 1
+
+    def read(self, ref: bytes) -> bytes:
+        segment, offset, length, _ = _REF.unpack(ref)
+        data = self._data.get(segment)
+        if data is None:
+            raise CorruptValue(f"value log segment {segment} is missing")
+        head = bytes(data[offset : offset + _HEADER.size])
+        size = _HEADER.size + length
+        if len(head) == _HEADER.size:
+            size += _HEADER.unpack(head)[1]
+        return _check(ref, bytes(data[offset : offset + size]))
+
+    def pin(self) -> None:
+        self._pins += 1
+
+    def unpin(self) -> None:
+        self._pins -= 1
+        if self._pins == 0:
+            for segment in sorted(self._doomed):
+                self._unlink(segment)
+            self._doomed.clear()
+
+    def remove(self, segment: int) -> None:
+        if segment == self.active:
+            raise ValueError("the active segment of the value log cannot be removed")
+        self.sizes.pop(segment, None)
+        if self._pins:
+            self._doomed.add(segment)
+        else:
+            self._unlink(segment)
+
+    def _unlink(self, segment: int) -> None:
+        self.removed += 1
+        self._data.pop(segment, None)
+        self._durable.pop(segment, None)
+        self.sizes.pop(segment, None)
+
+    def disk_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+    def crash(self, power_loss: bool = True) -> None:
+        """Power loss: every segment keeps what was synced of it (a killed
+        process, power_loss False, loses nothing: the page cache stays)."""
+        if not power_loss:
+            for segment, data in self._data.items():
+                self._durable[segment] = len(data)
+        for segment, data in list(self._data.items()):
+            del data[self._durable.get(segment, 0) :]
+            self.sizes[segment] = len(data)
+        self._dirty = False
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,320 @@
+"""The value log (kvstore/values.py) and the state machine's use of it
+(kvstore/statemachine.py, "Large values in the value log"): values kept
+once beside LevelDB, read back on every path (GET, RANGE, transactions,
+watch events, checksums, snapshots), synced before the records that
+name them, garbage collected, and lost only by a broken variant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import plyvel
+import pytest
+
+from kvstore.config import ConfigError, load_storage_settings
+from kvstore.protocol import (
+    Compare,
+    CompareOp,
+    CompareTarget,
+    Op,
+    Request,
+    Status,
+    Txn,
+    TxnOp,
+    TxnOpKind,
+    encode_request,
+)
+from kvstore.statemachine import KVStateMachine
+from kvstore.values import (
+    VALUE_LOG_MIN_BYTES,
+    CorruptValue,
+    MemoryValueLog,
+    ValueLog,
+    ref_length,
+    ref_segment,
+)
+from replica.inmem import MemoryDB
+
+CID = b"c" * 16
+BIG = 200  # the tests' threshold: values of at least this many bytes go to the log
+
+
+class Writer:
+    def __init__(self, sm: KVStateMachine, client_id: bytes = CID) -> None:
+        self.sm, self.client_id, self.seq = sm, client_id, 0
+
+    def run(self, *commands: bytes) -> list[Any]:
+        results = self.sm.apply([(self.sm.applied_index, commands)])
+        return [r[2] for r in results]
+
+    def cmd(self, **fields: Any) -> bytes:
+        self.seq += 1
+        return encode_request(Request(client_id=self.client_id, seq=self.seq, **fields))
+
+    def put(self, key: bytes, value: bytes) -> Any:
+        return self.run(self.cmd(op=Op.PUT, key=key, value=value))[0]
+
+    def delete(self, key: bytes) -> Any:
+        return self.run(self.cmd(op=Op.DELETE, key=key))[0]
+
+
+def value(n: int, size: int = 1000) -> bytes:
+    return (b"%06d" % n) * (size // 6) + b"v" * (size % 6)
+
+
+@pytest.fixture(params=["files", "memory"])
+def parts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """(db, value log) on disk (plyvel and segment files) or in memory."""
+    if request.param == "memory":
+        yield MemoryDB(), MemoryValueLog(segment_bytes=4096)
+        return
+    db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    values = ValueLog(tmp_path / "db" / "values", segment_bytes=4096)
+    yield db, values
+    values.close()
+    db.close()
+
+
+def stored_fields(sm: KVStateMachine, key: bytes) -> list[Any]:
+    return msgpack.unpackb(sm._db.get(sm._gen.data + key), raw=False)
+
+
+# -------------------------------------------------------------- the log alone
+
+
+def test_an_entry_reads_back_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
+    log = ValueLog(tmp_path / "v", segment_bytes=1 << 20)
+    refs = [log.append(b"k%d" % i, value(i)) for i in range(3)]
+    log.sync()
+    assert [log.read(r) for r in refs] == [value(i) for i in range(3)]
+    assert {ref_segment(r) for r in refs} == {log.active} and ref_length(refs[0]) == 1000
+    log.close()
+    path = next((tmp_path / "v").iterdir())
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) - 10] ^= 0xFF  # a flipped bit in the last value
+    path.write_bytes(bytes(raw))
+    reopened = ValueLog(tmp_path / "v")
+    assert reopened.read(refs[0]) == value(0)
+    with pytest.raises(CorruptValue, match="missing or damaged"):
+        reopened.read(refs[2])
+    assert reopened.active == ref_segment(refs[0]) + 1  # a new segment at every start
+    reopened.close()
+
+
+def test_segments_roll_and_a_removed_one_is_gone(tmp_path: Path) -> None:
+    log = ValueLog(tmp_path / "v", segment_bytes=2000)  # two entries each
+    refs = [log.append(b"k", value(i)) for i in range(6)]
+    log.sync()
+    segments = sorted({ref_segment(r) for r in refs})
+    assert len(segments) == 3 and sorted(log.sizes) == segments
+    log.remove(segments[0])
+    with pytest.raises(CorruptValue, match="missing"):
+        log.read(refs[0])
+    assert log.read(refs[-1]) == value(5)
+    with pytest.raises(ValueError, match="active"):
+        log.remove(log.active)
+    log.pin()
+    log.remove(segments[1])  # waits for the pin
+    assert log.read(refs[2]) == value(2)
+    log.unpin()
+    with pytest.raises(CorruptValue):
+        log.read(refs[2])
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == [f"{segments[2]:08d}.vlog"]
+    log.close()
+
+
+def test_the_memory_twin_loses_what_was_not_synced() -> None:
+    log = MemoryValueLog()
+    kept = log.append(b"k", value(1))
+    log.sync()
+    lost = log.append(b"k", value(2))
+    log.crash(power_loss=False)  # a killed process: the page cache stays
+    assert log.read(lost) == value(2)
+    lost = log.restart().append(b"k", value(3))
+    log.crash()
+    assert log.read(kept) == value(1)
+    with pytest.raises(CorruptValue):
+        log.read(lost)
+
+
+# ------------------------------------------------------ in the state machine
+
+
+def test_large_values_live_in_the_log_and_read_back_everywhere(parts: tuple[Any, Any]) -> None:
+    db, values = parts
+    sm = KVStateMachine(db, None, values, BIG)
+    w = Writer(sm)
+    assert w.put(b"big", value(1)).status is Status.OK
+    assert w.put(b"small", b"tiny").status is Status.OK
+    assert type(stored_fields(sm, b"big")[0]) is msgpack.ExtType
+    assert stored_fields(sm, b"small")[0] == b"tiny"
+    assert sm.get(b"big") == (value(1), 1)
+    rng = sm.read_range(Request(Op.RANGE, CID, 0, b"a", range_end=b"z"))
+    assert [(kv.key, kv.value) for kv in rng.result.kvs] == [
+        (b"big", value(1)),
+        (b"small", b"tiny"),
+    ]
+    # A transaction compares the value and reads it.
+    txn = Txn(
+        (Compare(CompareTarget.VALUE, CompareOp.EQUAL, b"big", value(1)),),
+        (TxnOp(TxnOpKind.RANGE, b"big"),),
+    )
+    reply = w.run(w.cmd(op=Op.TXN, txn=txn))[0]
+    assert reply.status is Status.OK and reply.result.responses[0].kvs[0].value == value(1)
+    # The watch event of a large PUT takes its value from the record.
+    events, _ = sm.watch_events(1, b"big", None)
+    assert [e.value for e in events] == [value(1)]
+
+
+def test_the_state_is_the_same_with_and_without_the_log(parts: tuple[Any, Any]) -> None:
+    db, values = parts
+    with_log = KVStateMachine(db, None, values, BIG)
+    without = KVStateMachine(MemoryDB())
+    for sm in (with_log, without):
+        w = Writer(sm)
+        for i in range(30):
+            w.put(b"k%d" % (i % 7), value(i, 100 + 37 * i))
+            if i % 5 == 4:
+                w.delete(b"k%d" % (i % 3))
+    assert with_log.checksum() == without.checksum()
+    # A snapshot carries the values inline: installed where no log is open.
+    target = KVStateMachine(MemoryDB())
+    with with_log.snapshot_reader() as reader:
+        target.install_begin(b"s", reader.index, reader.revision)
+        after = None
+        while True:
+            items, after = reader.chunk(after, 1500)
+            target.install_chunk(items)
+            if after is None:
+                break
+    target.install_finish()
+    assert target.checksum() == with_log.checksum()
+    assert target.get(b"k6") == with_log.get(b"k6")
+
+
+def test_overwrites_and_deletes_make_garbage_that_is_collected(parts: tuple[Any, Any]) -> None:
+    db, values = parts
+    sm = KVStateMachine(db, None, values, BIG)
+    w = Writer(sm)
+    for i in range(40):
+        w.put(b"k%d" % (i % 4), value(i))
+    assert sm._live.count == 4
+    assert values.disk_bytes() > 10 * sm._live.count * 1000
+    while sm.collect_garbage():
+        pass
+    # At most about twice the live values stay, plus the segment being written.
+    assert values.disk_bytes() <= 2 * 4 * 1050 + values.segment_bytes + 1050
+    assert [sm.get(b"k%d" % i)[0] for i in range(4)] == [value(36 + i) for i in range(4)]
+    for i in range(4):
+        w.delete(b"k%d" % i)
+    assert sm._live.count == 0
+    while sm.collect_garbage():
+        pass
+    assert set(values.sizes) <= {values.active}
+    assert list(db.iterator(prefix=sm._gen.values)) == []
+
+
+def test_a_reopened_state_machine_counts_what_is_live(parts: tuple[Any, Any]) -> None:
+    db, values = parts
+    sm = KVStateMachine(db, None, values, BIG)
+    w = Writer(sm)
+    for i in range(12):
+        w.put(b"k%d" % (i % 3), value(i))
+    reopened = KVStateMachine(db, None, values, BIG)
+    assert reopened._live.count == 3
+    assert reopened._live.bytes == {s: n for s, n in sm._live.bytes.items() if n}
+    assert reopened.get(b"k2") == (value(11), 12)
+
+
+def test_an_open_snapshot_keeps_its_segments(parts: tuple[Any, Any]) -> None:
+    db, values = parts
+    sm = KVStateMachine(db, None, values, BIG)
+    w = Writer(sm)
+    for i in range(6):
+        w.put(b"k%d" % i, value(i))
+    reader = sm.snapshot_reader()
+    for i in range(6):
+        w.delete(b"k%d" % i)
+    while sm.collect_garbage():
+        pass
+    items, _ = reader.chunk(None, 1 << 20)
+    got = {k: msgpack.unpackb(r)[0] for k, r in items if k.startswith(b"d")}
+    assert got == {b"dk%d" % i: value(i) for i in range(6)}
+    reader.close()
+    assert set(values.sizes) <= {values.active}  # released with the reader
+
+
+def test_values_are_synced_before_the_records_that_name_them() -> None:
+    db, values = MemoryDB(), MemoryValueLog()
+    sm = KVStateMachine(db, None, values, BIG)
+    sm.apply([(0, (Writer(sm).cmd(op=Op.PUT, key=b"k", value=value(1)),))], defer_write=True)
+    assert values.dirty and db.unsynced_batches == 0
+    sm.write_applied()
+    assert not values.dirty and values.syncs == 1
+    db.crash(keep=None)  # the record survives (unsynced) ...
+    values.crash()  # ... and so does its value, synced before it was written
+    assert KVStateMachine(db, None, values.restart(), BIG).get(b"k") == (value(1), 1)
+
+
+def test_without_the_sync_a_crash_loses_the_value() -> None:
+    """The broken variant the simulator catches (tests/sim: `value_sync`)."""
+    db, values = MemoryDB(), MemoryValueLog()
+    values.skip_sync = True
+    sm = KVStateMachine(db, None, values, BIG)
+    Writer(sm).put(b"k", value(1))
+    db.crash(keep=None)
+    values.crash()
+    with pytest.raises(CorruptValue):
+        KVStateMachine(db, None, values.restart(), BIG).get(b"k")
+
+
+def test_effects_skip_externalized_values_and_followers_keep_their_index() -> None:
+    """A leader's batch that put a value into its own log is not captured
+    (its references mean nothing elsewhere); a small overwrite is, and a
+    follower whose old record was in its value log drops it from its index."""
+    leader = KVStateMachine(MemoryDB(), None, MemoryValueLog(), BIG)
+    follower = KVStateMachine(MemoryDB(), None, MemoryValueLog(), BIG)
+    lw, commands = Writer(leader), []
+    commands.append(lw.cmd(op=Op.PUT, key=b"k", value=value(1)))
+    leader.apply([(0, (commands[0],))], capture=True)
+    assert leader.take_effects() is None
+    follower.apply([(0, (commands[0],))])
+    assert follower._live.count == 1
+    commands.append(lw.cmd(op=Op.PUT, key=b"k", value=b"small now"))
+    leader.apply([(1, (commands[1],))], capture=True)
+    effects = leader.take_effects()
+    assert effects is not None
+    assert follower.apply_effects([(1, (commands[1],))], effects)
+    assert follower._live.count == 0
+    assert list(follower._db.iterator(prefix=follower._gen.values)) == []
+    assert follower.get(b"k") == (b"small now", 2) and follower.checksum() == leader.checksum()
+
+
+def test_a_snapshot_item_that_names_the_value_log_is_refused() -> None:
+    sm = KVStateMachine(MemoryDB())
+    record = msgpack.packb([msgpack.ExtType(1, b"\0" * 20), 1, 1])
+    sm.install_begin(b"s", 1, 1)
+    with pytest.raises(ValueError, match="malformed data record"):
+        sm.install_chunk([(b"dk", record)])
+
+
+def test_the_threshold_comes_from_the_storage_table(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text("[storage]\nvalue_log_min_bytes = 0\n")
+    assert load_storage_settings(path).value_log_min_bytes == 0
+    path.write_text("")
+    assert load_storage_settings(path).value_log_min_bytes == VALUE_LOG_MIN_BYTES
+    path.write_text("[storage]\nvalue_log_min_bytes = -1\n")
+    with pytest.raises(ConfigError, match="value_log_min_bytes must be an integer >= 0"):
+        load_storage_settings(path)
+
+
+def test_zero_keeps_every_value_in_leveldb(parts: tuple[Any, Any]) -> None:
+    db, values = parts
+    sm = KVStateMachine(db, None, values, 0)
+    Writer(sm).put(b"k", value(1, 50_000))
+    assert stored_fields(sm, b"k")[0] == value(1, 50_000)
+    assert not values.sizes and sm.get(b"k") == (value(1, 50_000), 1)
