@@ -73,17 +73,28 @@ still written twice, later; one overwritten after its event was trimmed
 p50, one client, 100 keys): 100 KiB 6.2-7.0 -> 5.1-5.3 ms, 1 MiB 43-46 ->
 31-34 ms (benchmarks/README.md, "Speed"). Events are not replicated state:
 this is each replica's own layout, and an older release cannot read it.
+
+When the replaced value is in the replica's value log (kvstore/values.py:
+the record held a reference), it is not copied either: the event becomes
+PUT_IN_LOG and keeps the reference, with an index entry that keeps the
+value live (`ValueRefs.keep`, kvstore/statemachine.py `_EventRefs`) until
+trimming deletes the event (`ValueRefs.drop`); the value log's garbage
+collection moves such a value like a record's (`repoint`). The span's
+bytes count the value such an event keeps, so `retain_bytes` bounds the
+history kept in the value log as it bounds the event log. A value is thus
+written once however often it is overwritten while watched.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgpack
 
 from kvstore.protocol import PREV_UNKNOWN
+from kvstore.values import ref_length
 
 if TYPE_CHECKING:  # the driver imports this module and must not import plyvel
     import plyvel
@@ -98,6 +109,9 @@ PUT_IN_RECORD = 2
 """The stored kind of a PUT event whose value is not copied into the event
 log: it is the key's data record while that record is at the event's
 revision (see "Large values" in the module doc)."""
+PUT_IN_LOG = 3
+"""The stored kind of a PUT event whose value is in the replica's value
+log (kvstore/values.py): field 2 holds the reference (see "Large values")."""
 INLINE_VALUE_BYTES = 1024
 """A PUT event keeps a value up to this size itself; a larger one stays in
 the key's record until the key changes again."""
@@ -122,6 +136,14 @@ _EVENT_END = b"x"  # EVENT_PREFIX + 1
 def event_key(revision: int) -> bytes:
     """The key of the first event of `revision` (and the end of those before)."""
     return EVENT_PREFIX + _EVENT_KEY.pack(revision, 0)
+
+
+class ValueRefs(Protocol):
+    """The value log as the event log uses it (kvstore/statemachine.py)."""
+
+    def read(self, ref: bytes) -> bytes: ...
+    def keep(self, batch: Any, ref: bytes, event: bytes) -> None: ...
+    def drop(self, batch: Any, ref: bytes) -> None: ...
 
 
 class Event(NamedTuple):
@@ -160,14 +182,17 @@ class EventLog:
         retain_events: int = WATCH_RETAIN_EVENTS,
         retain_bytes: int = WATCH_RETAIN_BYTES,
         value_at: Callable[[bytes, int], bytes | None] | None = None,
+        refs: ValueRefs | None = None,
     ) -> None:
         """`value_at(key, revision)`: the value of the key's record if that
         record is at `revision`, else None (PUT_IN_RECORD events); without
-        it every value is kept in the log."""
+        it every value is kept in the log. `refs`: the value log, where
+        PUT_IN_LOG events keep their values."""
         if retain_events < 1 or retain_bytes < 1:
             raise ValueError("the watch retention must keep at least one event and byte")
         self._db = db
         self._value_at = value_at
+        self._refs = refs
         self.retain_events = retain_events
         self.retain_bytes = retain_bytes
         raw = db.get(WATCH_META_KEY)
@@ -203,6 +228,7 @@ class EventLog:
         final: dict[bytes, Any] | None = None,
         replaced: Iterable[tuple[bytes, bytes, int]] = (),
         stored: list[bytes] | None = None,
+        replaced_refs: Iterable[tuple[bytes, bytes, int]] = (),
     ) -> None:
         """Adds `events` ((revision, kind, key, value, version, create,
         prev_revision), in order) to `batch`, then trims the oldest
@@ -212,7 +238,10 @@ class EventLog:
         of each large value this batch replaced in a record; still-kept
         events of those revisions get their value copied in. `stored`, if
         given, gets each new event's key and record (for `store` on another
-        replica: kvstore/statemachine.py, "Effects")."""
+        replica: kvstore/statemachine.py, "Effects"). `replaced_refs`: (key,
+        reference, revision) of each large value this batch replaced that
+        is in the value log; still-kept events of those revisions take the
+        reference (PUT_IN_LOG)."""
         entries = []
         last, index = -1, 0
         inline = final is None or self._value_at is None
@@ -227,13 +256,14 @@ class EventLog:
             entries.append(_PACK(fields))
         if stored is not None:
             stored += entries
-        self.store(batch, entries, replaced)
+        self.store(batch, entries, replaced, replaced_refs)
 
     def store(
         self,
         batch: plyvel.WriteBatch,
         entries: list[bytes],
         replaced: Iterable[tuple[bytes, bytes, int]] = (),
+        replaced_refs: Iterable[tuple[bytes, bytes, int]] = (),
     ) -> None:
         """The second half of `append`: puts the new events `entries` (event
         key, record, event key, record, ...) into `batch`, trims, copies
@@ -252,13 +282,25 @@ class EventLog:
         for key, value, revision in replaced:
             if revision >= self._oldest:  # after the trim: its event may be kept
                 size += self._copy_value(batch, key, value, revision)
+        for key, ref, revision in replaced_refs:
+            if revision >= self._oldest:
+                size += self._copy_value(batch, key, ref, revision, in_log=True)
         self._span = _Span(floor, count, size)
-        if added or replaced:
+        if added or replaced or replaced_refs:
             batch.put(WATCH_META_KEY, _WATCH_META.pack(*self._span))
 
-    def _copy_value(self, batch: plyvel.WriteBatch, key: bytes, value: bytes, revision: int) -> int:
-        """Writes `value` into the PUT_IN_RECORD event of `key` at
-        `revision`, if there is one; returns the bytes it added."""
+    def _copy_value(
+        self,
+        batch: plyvel.WriteBatch,
+        key: bytes,
+        value: bytes,
+        revision: int,
+        in_log: bool = False,
+    ) -> int:
+        """Writes `value` (`in_log`: a value log reference) into the
+        PUT_IN_RECORD event of `key` at `revision`, if there is one;
+        returns the bytes it added to the span (a reference counts the
+        value it keeps in the value log)."""
         start, stop = event_key(revision), event_key(revision + 1)
         for db_key, raw in self._db.iterator(start=start, stop=stop):
             fields = msgpack.unpackb(raw, raw=False)
@@ -266,14 +308,33 @@ class EventLog:
                 continue
             if fields[0] != PUT_IN_RECORD:
                 return 0
-            fields[0], fields[2] = PUT, value
+            fields[0], fields[2] = (PUT_IN_LOG if in_log else PUT), value
             new = _PACK(fields)
             batch.put(db_key, new)
-            return len(new) - len(raw)
+            if not in_log:
+                return len(new) - len(raw)
+            self._refs.keep(batch, value, db_key)  # type: ignore[union-attr]
+            return len(new) - len(raw) + ref_length(value)
         return 0
+
+    def repoint(self, batch: plyvel.WriteBatch, event: bytes, ref: bytes, new: bytes) -> bool:
+        """The value log moved the value of PUT_IN_LOG event `event` from
+        `ref` to `new`: the event takes the new reference. False if the
+        event is gone or holds another value."""
+        raw = self._db.get(event)
+        if raw is None:
+            return False
+        fields = msgpack.unpackb(raw, raw=False)
+        if fields[0] != PUT_IN_LOG or fields[2] != ref:
+            return False
+        fields[2] = new
+        batch.put(event, _PACK(fields))
+        return True
 
     def _stored_value(self, kind: int, key: bytes, value: bytes | None, revision: int):  # noqa: ANN202
         """(kind, value) of a stored event as the reader sees it."""
+        if kind == PUT_IN_LOG:
+            return PUT, self._refs.read(value)  # type: ignore[union-attr, arg-type]
         if kind != PUT_IN_RECORD:
             return kind, value
         found = None if self._value_at is None else self._value_at(key, revision)
@@ -301,6 +362,10 @@ class EventLog:
             batch.delete(db_key)
             count -= 1
             size -= len(raw) + _EVENT_KEY.size
+            if raw[1] == PUT_IN_LOG:  # [kind, ...]: a fixarray, then the kind
+                ref = msgpack.unpackb(raw, raw=False)[2]
+                self._refs.drop(batch, ref)  # type: ignore[union-attr]
+                size -= ref_length(ref)
             budget -= 1
         else:
             if current is not None:

@@ -268,6 +268,7 @@ _DIGEST_BYTES = 8
 _DATA_RECORD_TYPES = ([bytes, int, int, int], [bytes, int, int], [bytes, int])
 _REF_POSITION = 12  # a value reference's segment and offset: its index key
 _SEGMENT = struct.Struct(">I")
+EVENT_REFS = b"rw"  # the value log's entries that watch events keep (_EventRefs)
 _VALUES_BARRIER_KEY = b"mvalues"  # a synced batch deletes it before segments go
 VALUE_GC_LIVE_SHARE = 0.5
 """A closed value log segment is rewritten once less than this share of it
@@ -797,6 +798,7 @@ class _Pending:
         "min_bytes",
         "refs",
         "replaced",
+        "replaced_refs",
         "revision",
         "sessions",
         "values",
@@ -833,6 +835,8 @@ class _Pending:
         # (key, value, revision) of the large values this call replaced in
         # the stored records (kvstore/events.py, "Large values")
         self.replaced: list[tuple[bytes, bytes, int]] = []
+        # (key, reference, revision): the same, of values in the value log
+        self.replaced_refs: list[tuple[bytes, bytes, int]] = []
 
     def lease(self, lease_id: int) -> _Lease | None:
         if lease_id in self.leases:
@@ -866,7 +870,11 @@ class _Pending:
         if old is _UNREAD:
             old = self.record(key)
         if old is not None and key not in self.data and len(old[0]) > INLINE_VALUE_BYTES:
-            self.replaced.append((key, old[0], old[1]))  # the stored record's value
+            ref = self.refs.get(key)
+            if ref is None:
+                self.replaced.append((key, old[0], old[1]))  # the stored record's value
+            else:
+                self.replaced_refs.append((key, ref, old[1]))
         if entry is not None:
             prev = 0 if old is None else old[1]
             self.events.append((self.revision, PUT, key, entry[0], entry[1], entry[2], prev))
@@ -1353,6 +1361,29 @@ class _Recorder:
         self._add((key, None))
 
 
+class _EventRefs:
+    """The value log as the watch event log uses it (kvstore/events.py,
+    PUT_IN_LOG): an event that keeps a replaced value's reference has an
+    index entry `rw + segment + offset -> reference + event key`, and the
+    value stays live until the event is trimmed."""
+
+    __slots__ = ("_sm",)
+
+    def __init__(self, sm: KVStateMachine) -> None:
+        self._sm = sm
+
+    def read(self, ref: bytes) -> bytes:
+        return self._sm._values.read(ref)  # type: ignore[union-attr]
+
+    def keep(self, batch: plyvel.WriteBatch, ref: bytes, event: bytes) -> None:
+        batch.put(EVENT_REFS + ref[:_REF_POSITION], ref + event)
+        self._sm._live.add(ref)
+
+    def drop(self, batch: plyvel.WriteBatch, ref: bytes) -> None:
+        batch.delete(EVENT_REFS + ref[:_REF_POSITION])
+        self._sm._live.drop(ref)
+
+
 class KVStateMachine:
     """The KV data, client sessions, applied index and log time of one
     replica, kept in the `d`, `s`, `t` and `m` prefixes of its LevelDB."""
@@ -1391,14 +1422,21 @@ class KVStateMachine:
         self._unwritten: Any = None  # apply(defer_write=True)'s batch, not yet written
         self._effects: bytes | None = None  # apply(capture=True)'s, for take_effects
         self.events = EventLog(
-            db, self._meta.revision, *(watch_retention or ()), value_at=self._value_at
+            db,
+            self._meta.revision,
+            *(watch_retention or ()),
+            value_at=self._value_at,
+            refs=_EventRefs(self) if values is not None else None,
         )
         self._live = self._count_live()
 
     def _count_live(self) -> _Live:
+        """The value log's live entries: the current generation's records'
+        and the watch events' (which belong to no generation)."""
         live = _Live()
-        for _, item in self._db.iterator(prefix=self._gen.values):
-            live.add(item[: vlog.REF_BYTES])
+        for prefix in (self._gen.values, EVENT_REFS):
+            for _, item in self._db.iterator(prefix=prefix):
+                live.add(item[: vlog.REF_BYTES])
         return live
 
     @property
@@ -1489,7 +1527,9 @@ class KVStateMachine:
         sink = _Recorder(batch) if capture else batch
         pending.flush(sink, batch)
         stored: list[bytes] | None = [] if capture else None
-        self.events.append(batch, pending.events, pending.data, pending.replaced, stored)
+        self.events.append(
+            batch, pending.events, pending.data, pending.replaced, stored, pending.replaced_refs
+        )
         sink.put(_META_KEY, meta.pack())
         if defer_write:
             self._unwritten = batch
@@ -1513,7 +1553,11 @@ class KVStateMachine:
                     pending.replaced,
                 ]
             )
-            fits = len(effects) <= EFFECTS_MAX_BYTES and not pending.externalized
+            fits = (
+                len(effects) <= EFFECTS_MAX_BYTES
+                and not pending.externalized
+                and not pending.replaced_refs
+            )
             self._effects = effects if fits else None
         return results
 
@@ -2010,23 +2054,28 @@ class KVStateMachine:
         gen, db = self._gen, self._db
         batch = db.write_batch()
         moved = 0
-        for index_key, item in db.iterator(prefix=gen.values + _SEGMENT.pack(victim)):
-            if moved >= VALUE_GC_BYTES:
-                break
-            ref, key = item[: vlog.REF_BYTES], item[vlog.REF_BYTES :]
-            batch.delete(index_key)
-            live.drop(ref)
-            raw = db.get(gen.data + key)
-            if raw is None or _stored_ref(raw) != ref:
-                continue  # not the record's value (cannot happen: same batches)
-            value = values.read(ref)
-            new = values.append(key, value)
-            fields = _unpack(raw)
-            fields[0] = _ExtType(VALUE_REF, new)
-            batch.put(gen.data + key, _pack(fields))
-            batch.put(gen.value_key(new), new + key)
-            live.add(new)
-            moved += len(value)
+        for prefix in (gen.values, EVENT_REFS):
+            for index_key, item in db.iterator(prefix=prefix + _SEGMENT.pack(victim)):
+                if moved >= VALUE_GC_BYTES:
+                    break
+                ref, name = item[: vlog.REF_BYTES], item[vlog.REF_BYTES :]
+                batch.delete(index_key)
+                live.drop(ref)
+                value = values.read(ref)
+                new = values.append(name, value)
+                if prefix == EVENT_REFS:  # `name` is a watch event's key
+                    if not self.events.repoint(batch, name, ref, new):
+                        continue  # not the event's value (cannot happen: same batches)
+                else:  # `name` is a key whose record holds the value
+                    raw = db.get(gen.data + name)
+                    if raw is None or _stored_ref(raw) != ref:
+                        continue  # as above
+                    fields = _unpack(raw)
+                    fields[0] = _ExtType(VALUE_REF, new)
+                    batch.put(gen.data + name, _pack(fields))
+                batch.put(prefix + new[:_REF_POSITION], new + name)
+                live.add(new)
+                moved += len(value)
         self._write(batch)
         return True
 

@@ -91,8 +91,10 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+import msgpack
+
 from kvstore.config import CompactionSettings
-from kvstore.events import EVENT_PREFIX
+from kvstore.events import EVENT_PREFIX, INLINE_VALUE_BYTES, PUT_IN_LOG
 from kvstore.membership import ALPHA, ChangeKind, Membership, Schedule
 from kvstore.protocol import (
     Op,
@@ -104,7 +106,7 @@ from kvstore.protocol import (
     member_change,
 )
 from kvstore.statemachine import KVStateMachine, _canonical, _Meta
-from kvstore.values import CorruptValue, MemoryValueLog
+from kvstore.values import CorruptValue, MemoryValueLog, ref_length
 from replica.driver import Envelope, ReplicaDriver, Result
 from replica.inmem import MemoryDB
 from replica.messages import (
@@ -140,7 +142,7 @@ WALL_EPOCH = 1.8e9
 replica and runs with its ticks, so replicas' clocks drift apart."""
 KEYS = (b"x", b"y")
 VALUE_LOG_MINS = (0, 1, 7)  # by replica id mod 3: see SimStateMachine
-VALUE_SEGMENT_BYTES = 120  # a few entries per value log segment
+VALUE_SEGMENT_BYTES = 2500  # a few entries per value log segment
 CLIENTS = 3
 ADMIN = -1
 """The envelope's client index of the membership admin's requests."""
@@ -348,8 +350,8 @@ class SimStateMachine(KVStateMachine):
     """The real state machine; checks every applied slot against the chosen ones.
     Its value log (kvstore/values.py) is the node's `MemoryValueLog`: replica
     1 (mod 3) puts every value there, 2 only those of 7 bytes and more (the
-    simulator's values are 5 to 9 bytes), 0 none; tiny segments make the
-    value log's garbage collection run all the time."""
+    simulator's values are 5 to 9 bytes, or over 1 KiB: `_value`), 0 none;
+    tiny segments make the value log's garbage collection run all the time."""
 
     def __init__(self, sim: Simulation, node: Node) -> None:
         values = node.values.restart()
@@ -376,12 +378,25 @@ class SimStateMachine(KVStateMachine):
         super().write_applied()
         self._sim.check_state(self._node, self)
 
+    def _collect_values(self) -> bool:
+        appends = self._values.appends
+        more = super()._collect_values()
+        self._sim.stats.value_moves += self._values.appends - appends
+        return more
+
     def install_finish(self) -> None:
         super().install_finish()
         # The snapshot stands for the chosen values of every slot below it.
         self._sim.stats.installs += 1
         self._sim.covered_by_snapshot(self._node, self.applied_index)
         self._sim.check_state(self._node, self)
+
+
+def _kept_in_log(event: bytes) -> int:
+    """The bytes of value log an event's span counts beside its own
+    (kvstore/events.py, PUT_IN_LOG)."""
+    fields = msgpack.unpackb(event)
+    return ref_length(fields[2]) if fields[0] == PUT_IN_LOG else 0
 
 
 class SkipsTheValueBarrier(SimStateMachine):
@@ -472,9 +487,18 @@ class Stats:
     state_checks: int = 0  # states compared with another replica's at the same index
     value_appends: int = 0  # values put into value logs (kvstore/values.py)
     value_segments_removed: int = 0  # value log segments deleted as garbage
+    value_moves: int = 0  # live values the value log's garbage collection moved
 
 
 # ------------------------------------------------------------ clients
+
+
+def _value(client: int, seq: int) -> bytes:
+    """A client's value for its write `seq`: unique, and every fifth one
+    over INLINE_VALUE_BYTES, so that watch events keep large values in the
+    key's record or the value log (kvstore/events.py, "Large values")."""
+    value = b"c%d-%d" % (client, seq)
+    return value + b"." * (INLINE_VALUE_BYTES + 1) if seq % 5 == 0 else value
 
 
 class SimClient:
@@ -504,7 +528,7 @@ class SimClient:
         if force is not None:
             kind, self.target = force
             if kind is Kind.PUT:
-                value = b"c%d-%d" % (self.index, self.seq)
+                value = _value(self.index, self.seq)
                 req = Request(Op.PUT, self.cid, self.seq, KEYS[0], value)
                 self.handle = sim.history.invoke(self.index, Kind.PUT, KEYS[0], value)
             else:
@@ -519,7 +543,7 @@ class SimClient:
             # still takes a replica that was paused or cut off for the leader.
             self.target = rng.choice(sim.ids)
         key = rng.choice(KEYS)
-        value = b"c%d-%d" % (self.index, self.seq)
+        value = _value(self.index, self.seq)
         pick = rng.random()
         if pick < 0.35:
             self.kind, req = Kind.PUT, Request(Op.PUT, self.cid, self.seq, key, value)
@@ -907,7 +931,9 @@ class Simulation:
             int.from_bytes(key[1:9], "big")
             for key in node.db.iterator(prefix=EVENT_PREFIX, include_value=False)
         ]
-        stored = sum(len(v) + len(k) - 1 for k, v in node.db.iterator(prefix=EVENT_PREFIX))
+        stored = sum(
+            len(v) + len(k) - 1 + _kept_in_log(v) for k, v in node.db.iterator(prefix=EVENT_PREFIX)
+        )
         if count != len(revisions) or size != stored:
             self.fail(
                 f"replica {node.id}: event log span says {count} events of {size} bytes, "

@@ -318,3 +318,33 @@ def test_zero_keeps_every_value_in_leveldb(parts: tuple[Any, Any]) -> None:
     Writer(sm).put(b"k", value(1, 50_000))
     assert stored_fields(sm, b"k")[0] == value(1, 50_000)
     assert not values.sizes and sm.get(b"k") == (value(1, 50_000), 1)
+
+
+def test_watch_events_keep_replaced_values_in_the_log(parts: tuple[Any, Any]) -> None:
+    """An overwritten value whose PUT event is still kept stays in the value
+    log for the event (PUT_IN_LOG) instead of being copied into LevelDB;
+    trimming the event frees it, and garbage collection moves it."""
+    db, values = parts
+    sm = KVStateMachine(db, (4, 1 << 20), values, BIG)  # four events kept
+    w = Writer(sm)
+    for i in range(4):
+        w.put(b"k", value(i, 2000))
+    events, _ = sm.watch_events(1, b"k", None, prev_kv=True)
+    assert [e.value for e in events] == [value(i, 2000) for i in range(4)]
+    assert [e.prev_value for e in events] == [None] + [value(i, 2000) for i in range(3)]
+    assert sm._live.count == 4  # the record's and three events'
+    assert len(list(db.iterator(prefix=b"rw"))) == 3
+    while sm.collect_garbage():  # moves the events' values out of mostly dead segments
+        pass
+    events, _ = sm.watch_events(1, b"k", None)
+    assert [e.value for e in events] == [value(i, 2000) for i in range(4)]
+    for i in range(4, 8):
+        w.put(b"k", value(i, 2000))
+    assert sm._live.count == 4 and sm.events.floor == 5
+    while sm.collect_garbage():
+        pass
+    events, _ = sm.watch_events(5, b"k", None)
+    assert [e.value for e in events] == [value(i, 2000) for i in range(4, 8)]
+    assert values.disk_bytes() <= 2 * 4 * 2050 + values.segment_bytes + 2050
+    reopened = KVStateMachine(db, (4, 1 << 20), values, BIG)
+    assert reopened._live.count == 4
