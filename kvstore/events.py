@@ -317,6 +317,11 @@ class EventLog:
             return len(new) - len(raw) + ref_length(value)
         return 0
 
+    def event_of(self, event: bytes) -> bytes | None:
+        """The key of the stored event `event` (its db key), or None."""
+        raw = self._db.get(event)
+        return None if raw is None else msgpack.unpackb(raw, raw=False)[1]
+
     def repoint(self, batch: plyvel.WriteBatch, event: bytes, ref: bytes, new: bytes) -> bool:
         """The value log moved the value of PUT_IN_LOG event `event` from
         `ref` to `new`: the event takes the new reference. False if the

@@ -203,7 +203,7 @@ import heapq
 import itertools
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -378,6 +378,33 @@ def _stored_ref(raw: bytes) -> bytes | None:
     fields = _unpack(raw)
     value = fields[0]
     return value.data if type(value) is _ExtType else None
+
+
+def _value_in(commands: Iterable[bytes] | None, key: bytes | None, ref: bytes) -> bytes | None:
+    """The value that a PUT or CAS (or a transaction's put) of `key` among
+    `commands` wrote, if it is the one `ref` names (length and CRC)."""
+    if commands is None or key is None:
+        return None
+    length, crc = vlog.ref_length(ref), vlog.ref_crc(ref)
+    for command in commands:
+        req = parse_request(command)
+        if type(req) is not Request:
+            continue
+        puts: list[tuple[bytes, bytes | None]] = []
+        if req.op is Op.PUT or req.op is Op.CAS:
+            puts.append((req.key, req.value))
+        elif req.op is Op.TXN and req.txn is not None:
+            ops = (*req.txn.success, *req.txn.failure)
+            puts += [(op.key, op.value) for op in ops if op.kind is TxnOpKind.PUT]
+        for k, value in puts:
+            if (
+                k == key
+                and value is not None
+                and len(value) == length
+                and vlog.entry_crc(key, value) == crc
+            ):
+                return value
+    return None
 
 
 def _canonical(raw: bytes, values: ValueLog | None) -> bytes:
@@ -801,6 +828,8 @@ class _Pending:
         "replaced_refs",
         "revision",
         "sessions",
+        "slot",
+        "slots",
         "values",
     )
 
@@ -822,6 +851,8 @@ class _Pending:
         self.live = live
         self.refs: dict[bytes, bytes] = {}
         self.externalized = 0
+        self.slot = 0  # the slot of the command being applied
+        self.slots: dict[bytes, int] = {}  # key -> the slot that last wrote it
         self.gen = _GENS[meta.generation]
         self.revision = meta.revision
         # key -> its record, or None once deleted in this call
@@ -878,6 +909,7 @@ class _Pending:
         if entry is not None:
             prev = 0 if old is None else old[1]
             self.events.append((self.revision, PUT, key, entry[0], entry[1], entry[2], prev))
+            self.slots[key] = self.slot
         elif old is not None:
             self.events.append((self.revision, DELETE, key, None, self.revision, old[2], old[1]))
         before, after = (0 if old is None else old[3]), (0 if entry is None else entry[3])
@@ -954,7 +986,7 @@ class _Pending:
             if entry is None:
                 batch.delete(gen.data + key)
             elif min_bytes and len(entry[0]) >= min_bytes:
-                ref = self.values.append(key, entry[0])  # type: ignore[union-attr]
+                ref = self.values.append(key, entry[0], self.slots[key])  # type: ignore[union-attr]
                 batch.put(gen.data + key, _pack_record((_ExtType(VALUE_REF, ref), *entry[1:])))
                 own.put(gen.value_key(ref), ref + key)
                 self.live.add(ref)  # type: ignore[union-attr]
@@ -1494,6 +1526,7 @@ class KVStateMachine:
         for slot, value in entries:
             if slot != next_slot:
                 raise ValueError(f"slot {slot} applied out of order; expected {next_slot}")
+            pending.slot = slot
             for command in value:
                 if command[:1] == CONFIG_TAG:
                     results.append(self._apply_change(slot, command))
@@ -1671,11 +1704,85 @@ class KVStateMachine:
             self._write(batch)
 
     def _write(self, batch: plyvel.WriteBatch) -> None:
-        """Writes an apply's batch, the value log entries it refers to
-        synced first ("Large values in the value log" in the module doc)."""
+        """Writes an apply's batch. The value log entries it names are not
+        synced: a crash that loses them is repaired from the log
+        ("Large values in the value log" in the module doc)."""
+        batch.write()
+
+    def sync_values(self) -> None:
+        """Makes every value log entry durable: the driver calls it before
+        it persists a compaction point (the votes below it, from which a
+        lost entry would be restored, are deleted then)."""
         if self._values is not None and self._values.dirty:
             self._values.sync()
-        batch.write()
+
+    def repair_values(self, chosen: Callable[[int], Iterable[bytes] | None], compacted: int) -> int:
+        """Restores, when the replica starts, the value log entries that a
+        power failure lost while records or watch events that name them
+        survived: every named entry of a slot at or above `compacted` (the
+        acceptor log's compaction point; below it every entry was synced)
+        is read, and one that is missing or damaged is written again from
+        the chosen value of its slot (`chosen(slot)`: its commands, from
+        the durable acceptor state). Returns how many were restored;
+        raises CorruptValue if one cannot be (a damaged data directory)."""
+        values = self._values
+        if values is None:
+            return 0
+        gen, db = self._gen, self._db
+        batch = db.write_batch(sync=True)
+        restored = 0
+        for prefix in (gen.values, EVENT_REFS):
+            for index_key, item in db.iterator(prefix=prefix):
+                ref, name = item[: vlog.REF_BYTES], item[vlog.REF_BYTES :]
+                slot = vlog.ref_slot(ref)
+                if slot < compacted:
+                    continue
+                try:
+                    values.read(ref)
+                    continue
+                except vlog.CorruptValue:
+                    pass
+                key = name if prefix != EVENT_REFS else self.events.event_of(name)
+                value = _value_in(chosen(slot), key, ref)
+                if key is None or value is None:
+                    raise vlog.CorruptValue(
+                        f"the value log lost the value of {name[:64]!r} (slot {slot}) and the "
+                        "log no longer holds it: the data directory is damaged"
+                    )
+                new = values.append(key, value, slot)
+                self._rename(batch, prefix, index_key, name, ref, new)
+                restored += 1
+        if restored:
+            values.sync()
+            batch.write()
+        return restored
+
+    def _rename(
+        self,
+        batch: plyvel.WriteBatch,
+        prefix: bytes,
+        index_key: bytes,
+        name: bytes,
+        ref: bytes,
+        new: bytes,
+    ) -> bool:
+        """Points the record (or watch event) `name` that holds `ref` at
+        `new` instead, with the index; False if it holds something else."""
+        if prefix == EVENT_REFS:
+            if not self.events.repoint(batch, name, ref, new):
+                return False
+        else:
+            raw = self._db.get(self._gen.data + name)
+            if raw is None or _stored_ref(raw) != ref:
+                return False
+            fields = _unpack(raw)
+            fields[0] = _ExtType(VALUE_REF, new)
+            batch.put(self._gen.data + name, _pack(fields))
+        batch.delete(index_key)
+        batch.put(prefix + new[:_REF_POSITION], new + name)
+        self._live.drop(ref)
+        self._live.add(new)
+        return True
 
     def _drop_refs(self, batch: plyvel.WriteBatch, keys: Iterable[bytes]) -> None:
         """Drops from the value log's index the references of the stored
@@ -2021,7 +2128,10 @@ class KVStateMachine:
         return more
 
     def _values_barrier(self) -> None:
-        """A synced batch: every batch written before it is durable."""
+        """The value log synced, then a synced batch: every entry and every
+        batch written before it is durable."""
+        if self._values is not None and self._values.dirty:
+            self._values.sync()
         barrier = self._db.write_batch(sync=True)
         barrier.delete(_VALUES_BARRIER_KEY)
         barrier.write()
@@ -2059,24 +2169,15 @@ class KVStateMachine:
                 if moved >= VALUE_GC_BYTES:
                     break
                 ref, name = item[: vlog.REF_BYTES], item[vlog.REF_BYTES :]
-                batch.delete(index_key)
-                live.drop(ref)
                 value = values.read(ref)
-                new = values.append(name, value)
-                if prefix == EVENT_REFS:  # `name` is a watch event's key
-                    if not self.events.repoint(batch, name, ref, new):
-                        continue  # not the event's value (cannot happen: same batches)
-                else:  # `name` is a key whose record holds the value
-                    raw = db.get(gen.data + name)
-                    if raw is None or _stored_ref(raw) != ref:
-                        continue  # as above
-                    fields = _unpack(raw)
-                    fields[0] = _ExtType(VALUE_REF, new)
-                    batch.put(gen.data + name, _pack(fields))
-                batch.put(prefix + new[:_REF_POSITION], new + name)
-                live.add(new)
+                key = name if prefix != EVENT_REFS else self.events.event_of(name)
+                new = values.append(key or b"", value, vlog.ref_slot(ref))
+                if not self._rename(batch, prefix, index_key, name, ref, new):
+                    batch.delete(index_key)  # names nothing (cannot happen: same batches)
+                    live.drop(ref)
                 moved += len(value)
-        self._write(batch)
+        values.sync()  # the moved entries may be below the compaction point
+        batch.write()
         return True
 
     def _delete_other(self, batch: plyvel.WriteBatch, max_keys: int) -> bool:

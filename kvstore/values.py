@@ -20,19 +20,25 @@ Files: `values/` in the data directory, segments `<number>.vlog` of about
     + key + value
 
 with the CRC over everything after it. A reference is `_REF`: segment
-number, offset, value length and the entry's CRC (20 bytes), so a read
-checks that it found the very entry it was given.
+number, offset, value length, the entry's CRC and the log slot whose
+command wrote the value (28 bytes), so a read checks that it found the
+very entry it was given, and a lost entry can be written again from
+that slot's command.
 
-Durability: an entry is made durable (`sync`: fdatasync of the segment,
-and of the directory when the segment is new) BEFORE any LevelDB batch
-that refers to it is written, synced or not (the state machine's
-`write_applied`). A batch that survives a crash therefore only refers to
-entries that survive it too. A segment is deleted only once no durable
-record refers to it: the state machine's garbage collection moves the
-live entries of a mostly dead segment to the end of the log, writes the
-records' new references in a synced batch, and only then deletes the
-segment (`KVStateMachine.collect_garbage`). Open snapshot readers keep
-segments from being deleted (`pin`).
+Durability: appending does not sync. A record that names an entry may
+thus survive a power failure that the entry does not; the entry is then
+restored from the chosen value of its slot, which the acceptor log still
+holds, when the replica starts (`KVStateMachine.repair_values`). For that
+the value log is synced before the acceptor log is compacted (the driver
+calls `sync_values` before persisting a compaction point), so every entry
+of a slot below the compaction point is durable; and an entry written
+for another reason (the garbage collection's moves) is synced before any
+batch names it. A segment is deleted only once no durable record refers
+to it: the state machine's garbage collection moves the live entries of
+a mostly dead segment to the end of the log, writes the records' new
+references, and deletes the segment after a synced batch
+(`KVStateMachine.collect_garbage`). Open snapshot readers keep segments
+from being deleted (`pin`).
 
 `MemoryValueLog` is the simulator's twin, with the crash model of a disk:
 what was not synced is lost (tests/sim).
@@ -52,7 +58,7 @@ SEGMENT_BYTES = 16 * 1024 * 1024
 """A segment is closed once it holds about this much; the next one starts."""
 VALUE_LOG_DIR = "values"
 _HEADER = struct.Struct(">III")  # crc32, key length, value length
-_REF = struct.Struct(">IQII")  # segment, offset, value length, crc32
+_REF = struct.Struct(">IQIIQ")  # segment, offset, value length, crc32, slot
 REF_BYTES = _REF.size
 _SUFFIX = ".vlog"
 _OPEN_FILES = 64
@@ -71,6 +77,20 @@ def ref_length(ref: bytes) -> int:
     return _REF.unpack(ref)[2]
 
 
+def ref_slot(ref: bytes) -> int:
+    """The log slot whose command wrote the value."""
+    return _REF.unpack(ref)[4]
+
+
+def entry_crc(key: bytes, value: bytes) -> int:
+    """The CRC an entry of `key` and `value` has (and its reference)."""
+    return _entry(key, value)[1]
+
+
+def ref_crc(ref: bytes) -> int:
+    return _REF.unpack(ref)[3]
+
+
 def _entry(key: bytes, value: bytes) -> tuple[bytes, int]:
     """(header, crc) of the entry of `key` and `value`."""
     lengths = struct.pack(">II", len(key), len(value))
@@ -80,7 +100,7 @@ def _entry(key: bytes, value: bytes) -> tuple[bytes, int]:
 
 def _check(ref: bytes, raw: bytes) -> bytes:
     """The value of the entry `raw` read at `ref`, checked, or CorruptValue."""
-    segment, offset, length, crc = _REF.unpack(ref)
+    segment, offset, length, crc, _ = _REF.unpack(ref)
     if len(raw) >= _HEADER.size:
         got, key_len, value_len = _HEADER.unpack_from(raw)
         if (
@@ -115,9 +135,9 @@ class ValueLog:
         self._pins = 0
         self._doomed: set[int] = set()
 
-    def append(self, key: bytes, value: bytes) -> bytes:
-        """Appends an entry (not synced: `sync` before referring to it) and
-        returns its reference."""
+    def append(self, key: bytes, value: bytes, slot: int) -> bytes:
+        """Appends an entry for the value `key` got from the command of log
+        slot `slot` (not synced) and returns its reference."""
         if self._fd is not None and self._size >= self.segment_bytes:
             self._roll()
         if self._fd is None:
@@ -133,7 +153,7 @@ class ValueLog:
         self._size += size
         self.sizes[self.active] = self._size
         self._dirty = True
-        return _REF.pack(self.active, offset, len(value), crc)
+        return _REF.pack(self.active, offset, len(value), crc, slot)
 
     @property
     def dirty(self) -> bool:
@@ -163,7 +183,7 @@ class ValueLog:
 
     def read(self, ref: bytes) -> bytes:
         """The value `ref` refers to; CorruptValue if it is not there."""
-        segment, offset, length, _ = _REF.unpack(ref)
+        segment, offset, length, _, _ = _REF.unpack(ref)
         fd = self._reader(segment)
         if fd is None:
             raise CorruptValue(f"value log segment {segment} is missing")
@@ -257,7 +277,7 @@ class MemoryValueLog:
         self._doomed.clear()
         return self
 
-    def append(self, key: bytes, value: bytes) -> bytes:
+    def append(self, key: bytes, value: bytes, slot: int) -> bytes:
         data = self._data.get(self.active)
         if data is not None and len(data) >= self.segment_bytes:
             self.sync()
@@ -272,7 +292,7 @@ class MemoryValueLog:
         self.appends += 1
         self.sizes[self.active] = len(data)
         self._dirty = True
-        return _REF.pack(self.active, offset, len(value), crc)
+        return _REF.pack(self.active, offset, len(value), crc, slot)
 
     @property
     def dirty(self) -> bool:
@@ -287,7 +307,7 @@ class MemoryValueLog:
         self.syncs += 1
 
     def read(self, ref: bytes) -> bytes:
-        segment, offset, length, _ = _REF.unpack(ref)
+        segment, offset, length, _, _ = _REF.unpack(ref)
         data = self._data.get(segment)
         if data is None:
             raise CorruptValue(f"value log segment {segment} is missing")

@@ -123,6 +123,24 @@ installed a snapshot since), the follower executes, as every replica did
 before. Only the current leader's effects are kept (EFFECTS_HELD at most),
 and none by a leader.
 
+Large values
+------------
+A PUT's value of at least `[storage] value_log_min_bytes` is kept in the
+replica's value log beside LevelDB (kvstore/values.py), and applying it
+does not sync the log: a record may survive a power failure that its
+value does not. Such a value is restored when the replica starts, from
+the chosen value of its slot (`repair_values`), which is durable locally
+before any batch that applies the slot is written: the leader's own vote
+(synced before it is counted), a follower's vote (synced before its
+Phase2b), or a chosen value learned by catch-up (persisted in the
+iteration's batch, whose sync ends before step (3)'s batch is written,
+also when applying beside it: `write_applied` comes after the wait).
+Step (1) syncs the value log before it persists a compaction point
+(`sync_values`): the slots below it, whose values could no longer be
+restored, have every entry durable. The simulator loses unsynced value
+log entries in its power failures and catches a replica that does not
+restore them, or compacts before syncing them (tests/sim).
+
 The seams (typing.Protocol): `AcceptorStorage` (replica/storage.py), and
 `StateMachine`, `PeerSender`, `ClientReplier` and `Clock` below.
 """
@@ -175,7 +193,7 @@ from replica.messages import (
     SnapshotRequest,
     Value,
 )
-from replica.paxos import CoreConfig, CoreStatus, PaxosCore, Ready, Role
+from replica.paxos import CoreConfig, CoreStatus, DurableState, PaxosCore, Ready, Role
 from replica.snapshots import (
     ClientExports,
     Exporter,
@@ -250,6 +268,17 @@ test VM), more than applying a command or two. A smaller apply runs after
 the sync, in the loop's thread, as without the overlap."""
 
 
+def _chosen_of(durable: DurableState, slot: int) -> Value | None:
+    """The chosen value of `slot` as the durable acceptor state holds it:
+    learned by catch-up, or else the own vote (the only one a replica that
+    applied the slot can hold, unless catch-up gave it the chosen one)."""
+    chosen = durable.chosen.get(slot)
+    if chosen is not None:
+        return chosen
+    vote = durable.votes.get(slot)
+    return None if vote is None else vote.value
+
+
 def _apply_work(committed: list[tuple[int, Value]], enough: int) -> int:
     """Commands to apply (stops counting at `enough`)."""
     n = 0
@@ -306,6 +335,14 @@ class StateMachine(SnapshotSource, SnapshotTarget, EventSource, Protocol):
 
     def write_applied(self) -> None:
         """Writes what `apply(..., defer_write=True)` left unwritten."""
+        ...
+
+    def sync_values(self) -> None:
+        """Syncs the value log (before a compaction point is persisted)."""
+        ...
+
+    def repair_values(self, chosen: Callable[[int], Value | None], compacted: int) -> int:
+        """Restores value log entries a power failure lost, from the log."""
         ...
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
@@ -431,6 +468,15 @@ class ReplicaDriver:
         self._hb_sent: dict[int, float] = {}  # heartbeat round -> clock before its send
         durable = storage.load()
         self._finish_interrupted_install(replica_id, state_machine, durable.compacted)
+        restored = state_machine.repair_values(
+            lambda slot: _chosen_of(durable, slot), durable.compacted
+        )
+        if restored:
+            log.warning(
+                "replica %d: %d value(s) the value log lost in a crash restored from the log",
+                replica_id,
+                restored,
+            )
         self.core = self.core_class(
             replica_id,
             list(replica_ids),
@@ -691,6 +737,8 @@ class ReplicaDriver:
 
     def _persist_begin(self, acc: Ready) -> PendingPersist:
         """Step (1), handed to the storage's writer thread."""
+        if acc.compacted is not None:
+            self.sm.sync_values()  # "Large values" in the module docstring
         return self.storage.persist_begin(
             acc.promised, acc.votes, acc.chosen, compacted=acc.compacted
         )
@@ -699,7 +747,10 @@ class ReplicaDriver:
         """Step (1): the acceptor writes of the iteration, one synced batch
         (with a new compaction point, the deletion of the log below it: the
         state machine batches that cover those slots were written before, so
-        this sync makes them durable too)."""
+        this sync makes them durable too; and the value log is synced
+        first: "Large values" in the module docstring)."""
+        if acc.compacted is not None:
+            self.sm.sync_values()
         self.storage.persist(
             acc.promised, acc.votes, acc.chosen, sync=True, compacted=acc.compacted
         )
@@ -1004,6 +1055,7 @@ class ReplicaDriver:
         # Slots the core handed out to apply in this iteration that the
         # snapshot covers are in it already.
         acc.committed = [entry for entry in acc.committed if entry[0] >= index]
+        self.sm.sync_values()
         self.storage.persist(None, {}, {}, sync=True, compacted=index)
         try:
             self.sm.install_finish()

@@ -16,6 +16,7 @@ from replica.server import Replica
 from replica.storage import LevelDBStorage
 from tests.sim.simulator import (
     AnswerBeforeSync,
+    CompactsBeforeSyncingValues,
     CountsLearners,
     HandsOverItsBallot,
     IgnoresCompaction,
@@ -27,6 +28,7 @@ from tests.sim.simulator import (
     SimStorage,
     Simulation,
     SkipsTheValueBarrier,
+    SkipsValueRepair,
     SkipSync,
     TrustsEffectsOfAnotherGeneration,
 )
@@ -179,12 +181,15 @@ def test_answering_before_the_sync_is_caught():
     (with peers, a leader counts its own vote only after a follower's Phase2b
     arrives, in a later iteration, after its sync). Caught with the durability
     checks off, by what clients see: a replica applying another value at a
-    slot it had applied and answered for."""
+    slot it had applied and answered for; or, where the value was in the
+    value log, a record whose value neither the value log nor the log holds
+    after the crash (kvstore/values.py)."""
     seed, what = _first_violation(
         range(1000), 1, driver_class=AnswerBeforeSync, check_durability=False
     )
     assert seed is not None, "the simulator failed to catch answers sent before the sync"
-    assert "agreement violated" in what or "not linearizable" in what, what
+    expected = ("agreement violated", "not linearizable", "lost a value")
+    assert any(e in what for e in expected), what
     Simulation(seed, 1, check_durability=False).run(2000)
 
 
@@ -264,13 +269,32 @@ def test_values_go_to_the_value_log_and_its_garbage_is_collected():
     )
 
 
+def test_values_lost_in_power_failures_are_restored_from_the_log():
+    """Applying does not sync the value log, so the simulator's power
+    failures lose values whose records survive; the replica restores them
+    from its log when it starts (replica/driver.py, "Large values")."""
+    restored = 0
+    for seed in range(20):
+        restored += Simulation(seed, 3).run(2000).values_restored
+    assert restored > 20, restored
+
+
+@pytest.mark.parametrize(
+    ("broken", "kwargs"),
+    [
+        ("never syncs the value log", {"value_sync": False}),
+        ("does not restore lost values", {"state_machine_class": SkipsValueRepair}),
+        ("compacts before syncing", {"state_machine_class": CompactsBeforeSyncingValues}),
+    ],
+)
 @pytest.mark.parametrize("replicas", [3, 5])
-def test_a_value_log_that_does_not_sync_is_caught(replicas):
-    """Values not synced before the records that name them are lost by a
-    power failure that keeps the records (kvstore/values.py): caught, while
-    the real state machine passes the same seed."""
-    seed, what = _first_violation(range(300), replicas, value_sync=False)
-    assert seed is not None, "the simulator failed to catch an unsynced value log"
+def test_a_value_log_that_loses_values_is_caught(replicas, broken, kwargs):
+    """A replica whose value log never syncs, or that does not restore
+    lost values at start, or lets the log be compacted while values of the
+    compacted slots are not yet synced, serves a record whose value is
+    gone: caught, while the real one passes the same seed."""
+    seed, what = _first_violation(range(300), replicas, **kwargs)
+    assert seed is not None, f"the simulator failed to catch a replica that {broken}"
     assert "lost" in what, what
     Simulation(seed, replicas).run(2000)
 

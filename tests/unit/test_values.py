@@ -87,7 +87,7 @@ def stored_fields(sm: KVStateMachine, key: bytes) -> list[Any]:
 
 def test_an_entry_reads_back_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
     log = ValueLog(tmp_path / "v", segment_bytes=1 << 20)
-    refs = [log.append(b"k%d" % i, value(i)) for i in range(3)]
+    refs = [log.append(b"k%d" % i, value(i), i) for i in range(3)]
     log.sync()
     assert [log.read(r) for r in refs] == [value(i) for i in range(3)]
     assert {ref_segment(r) for r in refs} == {log.active} and ref_length(refs[0]) == 1000
@@ -106,7 +106,7 @@ def test_an_entry_reads_back_and_a_damaged_one_is_refused(tmp_path: Path) -> Non
 
 def test_segments_roll_and_a_removed_one_is_gone(tmp_path: Path) -> None:
     log = ValueLog(tmp_path / "v", segment_bytes=2000)  # two entries each
-    refs = [log.append(b"k", value(i)) for i in range(6)]
+    refs = [log.append(b"k", value(i), i) for i in range(6)]
     log.sync()
     segments = sorted({ref_segment(r) for r in refs})
     assert len(segments) == 3 and sorted(log.sizes) == segments
@@ -128,12 +128,12 @@ def test_segments_roll_and_a_removed_one_is_gone(tmp_path: Path) -> None:
 
 def test_the_memory_twin_loses_what_was_not_synced() -> None:
     log = MemoryValueLog()
-    kept = log.append(b"k", value(1))
+    kept = log.append(b"k", value(1), 1)
     log.sync()
-    lost = log.append(b"k", value(2))
+    lost = log.append(b"k", value(2), 2)
     log.crash(power_loss=False)  # a killed process: the page cache stays
     assert log.read(lost) == value(2)
-    lost = log.restart().append(b"k", value(3))
+    lost = log.restart().append(b"k", value(3), 3)
     log.crash()
     assert log.read(kept) == value(1)
     with pytest.raises(CorruptValue):
@@ -247,28 +247,56 @@ def test_an_open_snapshot_keeps_its_segments(parts: tuple[Any, Any]) -> None:
     assert set(values.sizes) <= {values.active}  # released with the reader
 
 
-def test_values_are_synced_before_the_records_that_name_them() -> None:
+def test_a_value_lost_in_a_crash_is_restored_from_the_log() -> None:
+    """Applying does not sync the value log: a power failure can keep a
+    record and lose its value, which `repair_values` writes again from the
+    chosen value of its slot (a PUT's or a transaction's)."""
     db, values = MemoryDB(), MemoryValueLog()
     sm = KVStateMachine(db, None, values, BIG)
-    sm.apply([(0, (Writer(sm).cmd(op=Op.PUT, key=b"k", value=value(1)),))], defer_write=True)
-    assert values.dirty and db.unsynced_batches == 0
-    sm.write_applied()
-    assert not values.dirty and values.syncs == 1
-    db.crash(keep=None)  # the record survives (unsynced) ...
-    values.crash()  # ... and so does its value, synced before it was written
-    assert KVStateMachine(db, None, values.restart(), BIG).get(b"k") == (value(1), 1)
+    w = Writer(sm)
+    log = {}
+    log[0] = (w.cmd(op=Op.PUT, key=b"k", value=value(1)),)
+    txn = Txn(success=(TxnOp(TxnOpKind.PUT, b"t", value=value(2)),))
+    log[1] = (w.cmd(op=Op.PUT, key=b"small", value=b"x"), w.cmd(op=Op.TXN, txn=txn))
+    sm.apply([(0, log[0]), (1, log[1])])
+    assert values.dirty and values.syncs == 0
+    db.crash(keep=None)  # the records survive (unsynced LevelDB batches) ...
+    values.crash()  # ... their values do not
+    sm = KVStateMachine(db, None, values.restart(), BIG)
+    with pytest.raises(CorruptValue):
+        sm.get(b"k")
+    assert sm.repair_values(log.get, 0) == 2
+    assert sm.get(b"k") == (value(1), 1) and sm.get(b"t") == (value(2), 3)
+    values.crash()  # the repair synced what it wrote
+    sm = KVStateMachine(db, None, values.restart(), BIG)
+    assert sm.repair_values(log.get, 0) == 0 and sm.get(b"t") == (value(2), 3)
+    assert sm._live.count == 2
 
 
-def test_without_the_sync_a_crash_loses_the_value() -> None:
-    """The broken variant the simulator catches (tests/sim: `value_sync`)."""
+def test_synced_values_need_no_repair_and_below_the_compaction_point_none_is_done() -> None:
     db, values = MemoryDB(), MemoryValueLog()
-    values.skip_sync = True
     sm = KVStateMachine(db, None, values, BIG)
-    Writer(sm).put(b"k", value(1))
+    w = Writer(sm)
+    cmd = w.cmd(op=Op.PUT, key=b"k", value=value(1))
+    sm.apply([(0, (cmd,))])
+    sm.sync_values()  # what the driver does before it persists a compaction point
     db.crash(keep=None)
     values.crash()
-    with pytest.raises(CorruptValue):
-        KVStateMachine(db, None, values.restart(), BIG).get(b"k")
+    sm = KVStateMachine(db, None, values.restart(), BIG)
+    assert sm.repair_values(lambda slot: None, 1) == 0 and sm.get(b"k") == (value(1), 1)
+    # Unsynced and no longer in the log: the directory is damaged; said so.
+    cmd = w.cmd(op=Op.PUT, key=b"k", value=value(2))
+    sm.apply([(1, (cmd,))])
+    db.crash(keep=None)
+    values.crash()
+    sm = KVStateMachine(db, None, values.restart(), BIG)
+    with pytest.raises(CorruptValue, match="data directory is damaged"):
+        sm.repair_values(lambda slot: None, 0)
+    # A chosen value that is not the one the record names restores nothing.
+    other = (w.cmd(op=Op.PUT, key=b"k", value=value(3)),)
+    with pytest.raises(CorruptValue, match="lost the value of b'k' \\(slot 1\\)"):
+        sm.repair_values(lambda slot: other, 0)
+    assert sm.repair_values({1: (cmd,)}.get, 0) == 1 and sm.get(b"k") == (value(2), 2)
 
 
 def test_effects_skip_externalized_values_and_followers_keep_their_index() -> None:
