@@ -364,6 +364,11 @@ def _pack_record(record: _Record) -> bytes:
     return _pack(record if record[3] else record[:3])
 
 
+def _length(value: Any) -> int:
+    """The length of a record's value, read or not (a value log reference)."""
+    return vlog.ref_length(value.data) if type(value) is _ExtType else len(value)
+
+
 def _external(ref: Any, values: ValueLog | None) -> bytes:
     """The value a record's reference names (CorruptValue if it is lost)."""
     if ref.code != VALUE_REF or len(ref.data) != vlog.REF_BYTES:
@@ -899,8 +904,8 @@ class _Pending:
         """Sets a key's record (None: deleted), moving it between leases.
         `old`: its current record (None: absent) when the caller read it."""
         if old is _UNREAD:
-            old = self.record(key)
-        if old is not None and key not in self.data and len(old[0]) > INLINE_VALUE_BYTES:
+            old = self.head(key)
+        if old is not None and key not in self.data and _length(old[0]) > INLINE_VALUE_BYTES:
             ref = self.refs.get(key)
             if ref is None:
                 self.replaced.append((key, old[0], old[1]))  # the stored record's value
@@ -937,6 +942,19 @@ class _Pending:
         raw = self.db.get(self.gen.data + key)
         return None if raw is None else self._stored(key, raw)
 
+    def head(self, key: bytes) -> Any:
+        """`record(key)` for a write that does not read the old value: a
+        value in the value log is left unread (its reference, an ExtType)."""
+        if key in self.data:
+            return self.data[key]
+        raw = self.db.get(self.gen.data + key)
+        if raw is None:
+            return None
+        fields = _unpack(raw)
+        if type(fields[0]) is _ExtType:
+            self.refs[key] = fields[0].data
+        return _from_fields(fields)
+
     def _stored(self, key: bytes, raw: bytes) -> _Record:
         """A stored record, its value read from the value log if it is
         there (the reference kept: `flush` drops it from the index)."""
@@ -965,7 +983,7 @@ class _Pending:
         if value is None:
             self.assign(key, None)
         else:
-            old = self.record(key)
+            old = self.head(key)
             create = self.revision if old is None else old[2]
             self.assign(key, (value, self.revision, create, lease), old)
         return self.revision
@@ -1224,7 +1242,7 @@ def _put(req: Request, pending: _Pending) -> Response:
         lease = pending.lease(req.lease)
         if lease is None:
             return _lease_not_found(req.lease)
-        old = pending.record(req.key)
+        old = pending.head(req.key)  # its lease only
         if lease.keys >= MAX_LEASE_KEYS and (old is None or old[3] != req.lease):
             return Response(
                 Status.TOO_LARGE,
