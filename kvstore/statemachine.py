@@ -65,32 +65,43 @@ deletions. The session floor (a lower bound of the session index's times)
 is the larger of the two, both bounds of the same index. A
 batch over EFFECTS_MAX_BYTES (large values) is not captured.
 
-Large values in the value log. A PUT's value of at least `value_min_bytes`
-(`[storage] value_log_min_bytes`) is appended to the replica's value log
-(kvstore/values.py) when the batch is built, and its record holds a
-reference instead (msgpack ext type VALUE_REF: segment, offset, length,
-CRC), with an index entry `r0|r1 + segment + offset -> reference + key`
-in the same batch; overwriting or deleting the key drops the entry. The
-batch is written only after the value log is synced (`_write`), so a
-record that survives a crash names a value that survived it too, whether
-the batch itself was synced or not. Every read takes the value from the
-log (GET, RANGE, a transaction's comparisons, watch events of
-PUT_IN_RECORD); a checksum and a snapshot see the value inline, so
-replicas that keep values differently (another threshold, an install, a
-follower that wrote the leader's effects) compare equal and a snapshot
-never carries a reference (an install refuses one). The leader does not
-capture effects of a batch that put a value into its log (its references
-mean nothing elsewhere); a follower writing effects drops the index
-entries of the records they overwrite. `_live` counts, per segment, the
-live entries and their bytes (from the index at start). Garbage:
-`collect_garbage` deletes a closed segment no record refers to, after a
-synced batch (`_values_barrier`: the batches that dropped its last
-references are then durable, so no crash brings back a record naming
-it), and rewrites the live entries of a closed segment less than
-VALUE_GC_LIVE_SHARE live to the end of the log, a bounded amount per
-call. An open snapshot reader pins the segments. The simulator runs
-replicas with and without a value log side by side and catches a log
-that does not sync first and a deletion without the barrier (tests/sim).
+Large values in the value log. A value of at least `value_min_bytes`
+(`[storage] value_log_min_bytes`) that a command writes into a record is
+appended to the replica's value log (kvstore/values.py) when the batch is
+built, and the record holds a reference instead (msgpack ext type
+VALUE_REF: segment, offset, length, CRC and the slot of the command),
+with an index entry `r0|r1 + segment + offset -> reference + key` in the
+same batch; overwriting or deleting the key drops the entry (a watch
+event that still needs the old value takes it over: `_EventRefs`,
+kvstore/events.py PUT_IN_LOG). Applying does not sync the value log, so a
+power failure may keep a record and lose its entry: `repair_values`, run
+by the driver at start, reads every entry named from a slot at or above
+the acceptor log's compaction point and writes a lost one again from the
+chosen value of that slot (the driver syncs the value log before it
+persists a compaction point, so the entries of older slots are durable;
+replica/driver.py, "Large values"). A write reads only the old record's
+version, creation revision and lease (`_Pending.head`), not its value.
+Every read takes the value from the log (GET, RANGE, a transaction's
+comparisons, watch events); a checksum and a snapshot see the value
+inline, so replicas that keep values differently (another threshold, an
+install, a follower that wrote the leader's effects) compare equal and a
+snapshot never carries a reference (an install refuses one). The leader
+does not capture effects of a batch that put a value into its log or
+handed one to a watch event (references mean nothing elsewhere); a
+follower writing effects drops the index entries of the records they
+overwrite. `_live` counts, per segment, the live entries and their bytes
+(from the indexes at start). Garbage: `collect_garbage` deletes a closed
+segment no record or event refers to, after a synced batch
+(`_values_barrier`, with the value log synced first: the batches that
+dropped its last references are then durable, so no crash brings back a
+record naming it), and moves the live entries of a closed segment less
+than VALUE_GC_LIVE_SHARE live to the end of the log, a bounded amount per
+call, synced before the batch that names them. An open snapshot reader
+pins the segments. The simulator runs replicas with and without a value
+log side by side, loses unsynced entries in its power failures, and
+catches a log that never syncs, a replica that does not restore lost
+values or compacts before syncing them, and a deletion without the
+barrier (tests/sim).
 
 Versions follow etcd's mod_revision: a global `revision` counts the successful
 writes; a key's version is the revision of its last modification and an absent
