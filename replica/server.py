@@ -56,7 +56,7 @@ from kvstore.limits import MAX_BATCH_BYTES, SESSION_TTL_MS
 from kvstore.membership import bootstrap
 from kvstore.security import ClientKeys, CurveConfig, load_curve_config, public_of
 from kvstore.statemachine import KVStateMachine
-from kvstore.values import VALUE_LOG_DIR, ValueLog
+from kvstore.values import VALUE_LOG_DIR, CorruptValue, ValueLog
 from replica import datadir, launch, logfmt
 from replica.badinput import BadFrames
 from replica.curve import CurveGuard, PeerKeys
@@ -553,7 +553,7 @@ def _build(args: argparse.Namespace) -> Replica:
         )
     except (BindError, ConfigError) as exc:
         raise StartupError(str(exc)) from None
-    except (plyvel.Error, OSError) as exc:
+    except (plyvel.Error, OSError, CorruptValue) as exc:
         raise StartupError(f"cannot open the data directory {data_dir}: {exc}") from None
     if args.trace_every:
         try:
