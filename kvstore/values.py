@@ -113,7 +113,51 @@ def _check(ref: bytes, raw: bytes) -> bytes:
     raise CorruptValue(f"value log entry {segment}:{offset} is missing or damaged")
 
 
-class ValueLog:
+class _Segments:
+    """What both value logs share: the segments' sizes, and deleting them
+    while no snapshot reader pins them."""
+
+    active: int
+    sizes: dict[int, int]
+    _pins: int
+    _doomed: set[int]
+    _dirty: bool
+
+    @property
+    def dirty(self) -> bool:
+        """Whether entries were appended since the last `sync`."""
+        return self._dirty
+
+    def pin(self) -> None:
+        """No segment is deleted until `unpin` (a snapshot reader is open)."""
+        self._pins += 1
+
+    def unpin(self) -> None:
+        self._pins -= 1
+        if self._pins == 0:
+            for segment in sorted(self._doomed):
+                self._unlink(segment)
+            self._doomed.clear()
+
+    def remove(self, segment: int) -> None:
+        """Deletes a segment no durable record refers to (now, or once the
+        last pin is released). The active segment is never removed."""
+        if segment == self.active:
+            raise ValueError("the active segment of the value log cannot be removed")
+        self.sizes.pop(segment, None)
+        if self._pins:
+            self._doomed.add(segment)
+        else:
+            self._unlink(segment)
+
+    def _unlink(self, segment: int) -> None:
+        raise NotImplementedError
+
+    def disk_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+class ValueLog(_Segments):
     """The value log of one replica: segment files in `directory`."""
 
     def __init__(self, directory: str | os.PathLike[str], segment_bytes: int = SEGMENT_BYTES):
@@ -154,10 +198,6 @@ class ValueLog:
         self.sizes[self.active] = self._size
         self._dirty = True
         return _REF.pack(self.active, offset, len(value), crc, slot)
-
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
 
     def sync(self) -> None:
         """Makes every appended entry durable."""
@@ -207,37 +247,12 @@ class ValueLog:
             os.close(self._readers.popitem(last=False)[1])
         return fd
 
-    def pin(self) -> None:
-        """No segment is deleted until `unpin` (a snapshot reader is open)."""
-        self._pins += 1
-
-    def unpin(self) -> None:
-        self._pins -= 1
-        if self._pins == 0:
-            for segment in sorted(self._doomed):
-                self._unlink(segment)
-            self._doomed.clear()
-
-    def remove(self, segment: int) -> None:
-        """Deletes a segment no durable record refers to (now, or once the
-        last pin is released). The active segment is never removed."""
-        if segment == self.active:
-            raise ValueError("the active segment of the value log cannot be removed")
-        self.sizes.pop(segment, None)
-        if self._pins:
-            self._doomed.add(segment)
-        else:
-            self._unlink(segment)
-
     def _unlink(self, segment: int) -> None:
         fd = self._readers.pop(segment, None)
         if fd is not None:
             os.close(fd)
         self._path(segment).unlink(missing_ok=True)
         self.sizes.pop(segment, None)
-
-    def disk_bytes(self) -> int:
-        return sum(self.sizes.values())
 
     def close(self) -> None:
         if self._fd is not None:
@@ -251,7 +266,7 @@ class ValueLog:
         return self.directory / f"{segment:08d}{_SUFFIX}"
 
 
-class MemoryValueLog:
+class MemoryValueLog(_Segments):
     """`ValueLog` in memory, for the simulator: `crash()` loses every byte
     that was not synced; a synced entry survives."""
 
@@ -294,10 +309,6 @@ class MemoryValueLog:
         self._dirty = True
         return _REF.pack(self.active, offset, len(value), crc, slot)
 
-    @property
-    def dirty(self) -> bool:
-        return self._dirty
-
     def sync(self) -> None:
         if not self._dirty or self.skip_sync:
             return
@@ -317,33 +328,11 @@ class MemoryValueLog:
             size += _HEADER.unpack(head)[1]
         return _check(ref, bytes(data[offset : offset + size]))
 
-    def pin(self) -> None:
-        self._pins += 1
-
-    def unpin(self) -> None:
-        self._pins -= 1
-        if self._pins == 0:
-            for segment in sorted(self._doomed):
-                self._unlink(segment)
-            self._doomed.clear()
-
-    def remove(self, segment: int) -> None:
-        if segment == self.active:
-            raise ValueError("the active segment of the value log cannot be removed")
-        self.sizes.pop(segment, None)
-        if self._pins:
-            self._doomed.add(segment)
-        else:
-            self._unlink(segment)
-
     def _unlink(self, segment: int) -> None:
         self.removed += 1
         self._data.pop(segment, None)
         self._durable.pop(segment, None)
         self.sizes.pop(segment, None)
-
-    def disk_bytes(self) -> int:
-        return sum(self.sizes.values())
 
     def crash(self, power_loss: bool = True) -> None:
         """Power loss: every segment keeps what was synced of it (a killed

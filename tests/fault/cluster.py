@@ -60,11 +60,13 @@ class FaultCluster(Cluster):
         net: NetnsNetwork | None = None,
         compaction: dict[str, int] | None = None,
         replica_args: Sequence[str] = (),
+        storage: dict[str, int] | None = None,
     ) -> None:
         super().__init__(root, replicas, tick_ms=tick_ms, replica_args=replica_args)
         self.module = module
         self.net = net
         self.compaction = dict(compaction or {})
+        self.storage = dict(storage or {})
         self._slot: dict[int, int] = {}  # replica id -> the slot it took over (replace)
         self._next_id = replicas + 1
         if net is not None:
@@ -87,6 +89,10 @@ class FaultCluster(Cluster):
             with open(self.config_path, "a", encoding="utf-8") as fh:
                 fh.write("\n[compaction]\n")
                 fh.writelines(f"{name} = {value}\n" for name, value in self.compaction.items())
+        if self.storage:
+            with open(self.config_path, "a", encoding="utf-8") as fh:
+                fh.write("\n[storage]\n")
+                fh.writelines(f"{name} = {value}\n" for name, value in self.storage.items())
 
     def slot(self, rid: int) -> int:
         """The slot (the first replica id of those addresses) replica rid runs in."""

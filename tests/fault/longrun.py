@@ -102,6 +102,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="run the replicas with --lease-reads (linearizable reads on the leader's "
         "read lease): pauses and partitions then test the lease's bound",
     )
+    p.add_argument(
+        "--value-log-min-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="[storage] value_log_min_bytes of the replicas (default: theirs, 16 KiB); the "
+        "workload's values are a few bytes, so 1 puts every value in the value log",
+    )
     p.add_argument("--scenario", choices=("random", "stale-read"), default="random")
     p.add_argument(
         "--read",
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 epoch_s=args.epoch, op_timeout_s=args.op_timeout,
                 think_s=args.think_ms / 1000.0, module=args.module, net=args.net,
                 lease_reads=args.lease_reads,
+                value_log_min_bytes=args.value_log_min_bytes,
                 fault_min_s=args.fault_min, fault_max_s=args.fault_max,
                 quiet_min_s=args.quiet_min, quiet_max_s=args.quiet_max,
                 verbose=not args.quiet,

@@ -117,6 +117,10 @@ class RunConfig:
     module: str = REPLICA_MODULE
     lease_reads: bool = False
     """The replicas run with --lease-reads (reads on the leader's lease)."""
+    value_log_min_bytes: int | None = None
+    """`[storage] value_log_min_bytes` (None: the default, 16 KiB; the
+    workload's values are a few bytes, so 1 puts every value in the value
+    log, kvstore/values.py)."""
     net: str = "netns"
     """"netns": each replica in a namespace of its own, partitions by
     iptables inside them; "loopback": all on 127.0.0.1, partitions by the
@@ -171,6 +175,11 @@ class Summary:
             f"{cfg.duration_s:g}s of faults '{cfg.nemesis}', {cfg.clients} clients"
             + (f" + {cfg.bank_clients} bank clients" if cfg.bank_clients else "")
             + (", lease reads" if cfg.lease_reads else "")
+            + (
+                f", value log from {cfg.value_log_min_bytes} B"
+                if cfg.value_log_min_bytes is not None
+                else ""
+            )
         )
         lines = [
             f"{title}; {self.seconds:.0f}s in all; files in {self.root}",
@@ -564,6 +573,11 @@ class FaultRun:
             module=cfg.module,
             compaction=cfg.compaction,
             replica_args=("--lease-reads",) if cfg.lease_reads else (),
+            storage=(
+                {"value_log_min_bytes": cfg.value_log_min_bytes}
+                if cfg.value_log_min_bytes is not None
+                else None
+            ),
         )
         nemesis = Nemesis(
             cluster,

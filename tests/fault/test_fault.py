@@ -115,6 +115,18 @@ def test_short_run(family: str, replicas: int, netns_ok: None, run_dir: Path) ->
     assert f"{NETNS_PREFIX}{os.getpid()}-" not in _namespaces(), "namespaces were left behind"
 
 
+def test_short_run_with_every_value_in_the_value_log(netns_ok: None, run_dir: Path) -> None:
+    """The kill family with `[storage] value_log_min_bytes = 1`: every value
+    the workload writes lives in the replicas' value logs (kvstore/values.py),
+    read back through kill -9s, restarts, snapshot installs and the value
+    log's garbage collection, and checked like any run."""
+    cfg = RunConfig(replicas=3, seed=31, nemesis="kill", value_log_min_bytes=1, **SHORT)
+    summary = run(cfg, run_dir)
+    _check_short_run(summary, "kill")
+    assert "value_log_min_bytes = 1" in (run_dir / "cluster" / "cluster.toml").read_text()
+    assert list((run_dir / "cluster").glob("data*/values/*.vlog")), "no value log segment"
+
+
 def test_short_run_on_loopback(firewall_ok: None, run_dir: Path) -> None:
     """The same partitions with every replica on 127.0.0.1, cut by gid."""
     cfg = RunConfig(

@@ -78,6 +78,12 @@ def parts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any,
     db.close()
 
 
+def collect(sm: KVStateMachine) -> None:
+    """All the garbage collection there is to do, as the idle loop would."""
+    while sm.collect_garbage():
+        pass
+
+
 def stored_fields(sm: KVStateMachine, key: bytes) -> list[Any]:
     return msgpack.unpackb(sm._db.get(sm._gen.data + key), raw=False)
 
@@ -203,16 +209,14 @@ def test_overwrites_and_deletes_make_garbage_that_is_collected(parts: tuple[Any,
         w.put(b"k%d" % (i % 4), value(i))
     assert sm._live.count == 4
     assert values.disk_bytes() > 10 * sm._live.count * 1000
-    while sm.collect_garbage():
-        pass
+    collect(sm)
     # At most about twice the live values stay, plus the segment being written.
     assert values.disk_bytes() <= 2 * 4 * 1050 + values.segment_bytes + 1050
     assert [sm.get(b"k%d" % i)[0] for i in range(4)] == [value(36 + i) for i in range(4)]
     for i in range(4):
         w.delete(b"k%d" % i)
     assert sm._live.count == 0
-    while sm.collect_garbage():
-        pass
+    collect(sm)
     assert set(values.sizes) <= {values.active}
     assert list(db.iterator(prefix=sm._gen.values)) == []
 
@@ -238,8 +242,7 @@ def test_an_open_snapshot_keeps_its_segments(parts: tuple[Any, Any]) -> None:
     reader = sm.snapshot_reader()
     for i in range(6):
         w.delete(b"k%d" % i)
-    while sm.collect_garbage():
-        pass
+    collect(sm)
     items, _ = reader.chunk(None, 1 << 20)
     got = {k: msgpack.unpackb(r)[0] for k, r in items if k.startswith(b"d")}
     assert got == {b"dk%d" % i: value(i) for i in range(6)}
@@ -362,15 +365,13 @@ def test_watch_events_keep_replaced_values_in_the_log(parts: tuple[Any, Any]) ->
     assert [e.prev_value for e in events] == [None] + [value(i, 2000) for i in range(3)]
     assert sm._live.count == 4  # the record's and three events'
     assert len(list(db.iterator(prefix=b"rw"))) == 3
-    while sm.collect_garbage():  # moves the events' values out of mostly dead segments
-        pass
+    collect(sm)  # moves the events' values out of mostly dead segments
     events, _ = sm.watch_events(1, b"k", None)
     assert [e.value for e in events] == [value(i, 2000) for i in range(4)]
     for i in range(4, 8):
         w.put(b"k", value(i, 2000))
     assert sm._live.count == 4 and sm.events.floor == 5
-    while sm.collect_garbage():
-        pass
+    collect(sm)
     events, _ = sm.watch_events(5, b"k", None)
     assert [e.value for e in events] == [value(i, 2000) for i in range(4, 8)]
     assert values.disk_bytes() <= 2 * 4 * 2050 + values.segment_bytes + 2050
