@@ -35,6 +35,7 @@ from kvstore.config import (
 )
 from kvstore.security import ClientKeys, client_keys, cluster_keys
 from kvstore.statemachine import KVStateMachine
+from kvstore.values import VALUE_LOG_DIR, ValueLog
 from replica import launch
 
 T = TypeVar("T")
@@ -308,12 +309,16 @@ class Cluster:
             if self.is_running(rid):
                 raise RuntimeError(f"replica {rid} is running; stop it first")
             db = plyvel.DB(str(self.data_dir(rid)))
+            values_dir = self.data_dir(rid) / VALUE_LOG_DIR  # large values (kvstore/values.py)
+            values = ValueLog(values_dir) if values_dir.is_dir() else None
             try:
-                sm = KVStateMachine(db)
+                sm = KVStateMachine(db, None, values)
                 states.append(
                     ReplicaState(rid, sm.applied_index, sm.revision, sm.checksum(), sm.key_count())
                 )
             finally:
+                if values is not None:
+                    values.close()
                 db.close()
         return states
 
