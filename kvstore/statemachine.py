@@ -347,6 +347,7 @@ class ValueLog(Protocol):
     def pin(self) -> None: ...
     def unpin(self) -> None: ...
     def remove(self, segment: int) -> None: ...
+    def start_after(self, segment: int) -> None: ...
 
 
 _range_end = prefix_end  # of the state machine's own prefixes (never 0xff)
@@ -1490,6 +1491,8 @@ class KVStateMachine:
             refs=_EventRefs(self) if values is not None else None,
         )
         self._live = self._count_live()
+        if values is not None and self._live.entries:
+            values.start_after(max(self._live.entries))
 
     def _count_live(self) -> _Live:
         """The value log's live entries: the current generation's records'

@@ -153,6 +153,15 @@ class _Segments:
     def _unlink(self, segment: int) -> None:
         raise NotImplementedError
 
+    def start_after(self, segment: int) -> None:
+        """Appends go to a segment numbered above `segment` (the highest a
+        record names: a segment that a power failure took whole is never
+        numbered again while records still name its lost entries). Called
+        at start, before any append (a log already appended to is kept)."""
+        if segment >= self.active and not self.sizes.get(self.active):
+            self.sizes.pop(self.active, None)
+            self.active = segment + 1
+
     def disk_bytes(self) -> int:
         return sum(self.sizes.values())
 
@@ -335,13 +344,19 @@ class MemoryValueLog(_Segments):
         self.sizes.pop(segment, None)
 
     def crash(self, power_loss: bool = True) -> None:
-        """Power loss: every segment keeps what was synced of it (a killed
+        """Power loss: every segment keeps what was synced of it, and one
+        never synced is gone, its directory entry with it (a killed
         process, power_loss False, loses nothing: the page cache stays)."""
         if not power_loss:
             for segment, data in self._data.items():
                 self._durable[segment] = len(data)
         for segment, data in list(self._data.items()):
-            del data[self._durable.get(segment, 0) :]
+            durable = self._durable.get(segment, 0)
+            if not durable:
+                self._unlink(segment)
+                self.removed -= 1  # not garbage collected
+                continue
+            del data[durable:]
             self.sizes[segment] = len(data)
         self._dirty = False
 

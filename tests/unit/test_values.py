@@ -377,3 +377,28 @@ def test_watch_events_keep_replaced_values_in_the_log(parts: tuple[Any, Any]) ->
     assert values.disk_bytes() <= 2 * 4 * 2050 + values.segment_bytes + 2050
     reopened = KVStateMachine(db, (4, 1 << 20), values, BIG)
     assert reopened._live.count == 4
+
+
+def test_a_segment_lost_whole_is_never_numbered_again() -> None:
+    """A segment that was never synced may be gone after a power failure,
+    file and all; the records naming it are restored into a segment with a
+    higher number, so no new entry takes an old reference's place."""
+    db, values = MemoryDB(), MemoryValueLog(segment_bytes=2000)  # two entries each
+    sm = KVStateMachine(db, None, values, BIG)
+    w = Writer(sm)
+    log = {}
+    for slot in range(3):
+        log[slot] = (w.cmd(op=Op.PUT, key=b"k%d" % slot, value=value(slot)),)
+        sm.apply([(slot, log[slot])])
+        if slot == 0:
+            sm.sync_values()
+    assert sorted(values.sizes) == [1, 2]
+    db.crash(keep=None)
+    values.crash()  # segment 1 was synced when it was closed, segment 2 never
+    assert sorted(values.sizes) == [1]
+    sm = KVStateMachine(db, None, values.restart(), BIG)
+    assert values.active == 3
+    assert sm.repair_values(log.get, 0) == 1
+    assert [sm.get(b"k%d" % i)[0] for i in range(3)] == [value(i) for i in range(3)]
+    reopened = KVStateMachine(db, None, values.restart(), BIG)
+    assert reopened._live.count == 3 and reopened.repair_values(log.get, 0) == 0
