@@ -25,6 +25,14 @@ command wrote the value (28 bytes), so a read checks that it found the
 very entry it was given, and a lost entry can be written again from
 that slot's command.
 
+Appending does not even write: `append` computes the entry's reference
+and keeps its bytes, and `flush` writes every kept entry with one
+`writev` (the state machine flushes just before it writes the batch of
+records that names them, which the driver does after it answered the
+writers: a 100 KiB write into fresh page-cache pages took 0.1-0.3 ms of
+the commit path on the test VM). `read`, `sync` and closing a segment
+flush first, so a reader never misses an entry.
+
 Durability: appending does not sync. A record that names an entry may
 thus survive a power failure that the entry does not; the entry is then
 restored from the chosen value of its slot, which the acceptor log still
@@ -62,6 +70,7 @@ _REF = struct.Struct(">IQIIQ")  # segment, offset, value length, crc32, slot
 REF_BYTES = _REF.size
 _SUFFIX = ".vlog"
 _OPEN_FILES = 64
+_IOV_MAX = 512  # buffers per writev (Linux takes up to 1,024)
 
 
 class CorruptValue(Exception):
@@ -128,6 +137,10 @@ class _Segments:
         """Whether entries were appended since the last `sync`."""
         return self._dirty
 
+    def flush(self) -> None:
+        """Writes the appended entries still held in memory (not synced)."""
+        raise NotImplementedError
+
     def pin(self) -> None:
         """No segment is deleted until `unpin` (a snapshot reader is open)."""
         self._pins += 1
@@ -181,7 +194,8 @@ class ValueLog(_Segments):
         # that a crash may have torn.
         self.active = max(self.sizes, default=0) + 1
         self._fd: int | None = None
-        self._size = 0
+        self._size = 0  # with the entries not written yet
+        self._unwritten: list[bytes] = []  # their buffers, in order
         self._dirty = False
         self._new = True  # the directory entry of the active segment is not synced
         self._readers: OrderedDict[int, int] = OrderedDict()
@@ -190,7 +204,8 @@ class ValueLog(_Segments):
 
     def append(self, key: bytes, value: bytes, slot: int) -> bytes:
         """Appends an entry for the value `key` got from the command of log
-        slot `slot` (not synced) and returns its reference."""
+        slot `slot` (not written until `flush`, not synced) and returns its
+        reference."""
         if self._fd is not None and self._size >= self.segment_bytes:
             self._roll()
         if self._fd is None:
@@ -200,19 +215,29 @@ class ValueLog(_Segments):
             self._new = True
         header, crc = _entry(key, value)
         offset = self._size
-        size = _HEADER.size + len(key) + len(value)
-        if os.writev(self._fd, (header, key, value)) != size:
-            raise OSError(f"short write to the value log segment {self.active}")
-        self._size += size
+        self._unwritten += (header + key, value)
+        self._size += _HEADER.size + len(key) + len(value)
         self.sizes[self.active] = self._size
         self._dirty = True
         return _REF.pack(self.active, offset, len(value), crc, slot)
+
+    def flush(self) -> None:
+        buffers = self._unwritten
+        if not buffers:
+            return
+        assert self._fd is not None
+        self._unwritten = []
+        for start in range(0, len(buffers), _IOV_MAX):
+            part = buffers[start : start + _IOV_MAX]
+            if os.writev(self._fd, part) != sum(map(len, part)):
+                raise OSError(f"short write to the value log segment {self.active}")
 
     def sync(self) -> None:
         """Makes every appended entry durable."""
         if not self._dirty:
             return
         assert self._fd is not None
+        self.flush()
         os.fdatasync(self._fd)
         if self._new:
             dir_fd = os.open(self.directory, os.O_RDONLY)
@@ -232,6 +257,8 @@ class ValueLog(_Segments):
 
     def read(self, ref: bytes) -> bytes:
         """The value `ref` refers to; CorruptValue if it is not there."""
+        if self._unwritten:
+            self.flush()
         segment, offset, length, _, _ = _REF.unpack(ref)
         fd = self._reader(segment)
         if fd is None:
@@ -265,6 +292,7 @@ class ValueLog(_Segments):
 
     def close(self) -> None:
         if self._fd is not None:
+            self.flush()
             os.close(self._fd)
             self._fd = None
         for fd in self._readers.values():
@@ -283,6 +311,7 @@ class MemoryValueLog(_Segments):
         self.segment_bytes = segment_bytes
         self._data: dict[int, bytearray] = {}
         self._durable: dict[int, int] = {}  # segment -> bytes synced
+        self._unwritten: list[tuple[int, bytes]] = []  # (segment, entry), not flushed
         self.sizes: dict[int, int] = {}
         self.active = 1
         self._dirty = False
@@ -303,30 +332,39 @@ class MemoryValueLog(_Segments):
 
     def append(self, key: bytes, value: bytes, slot: int) -> bytes:
         data = self._data.get(self.active)
-        if data is not None and len(data) >= self.segment_bytes:
+        if data is not None and self.sizes[self.active] >= self.segment_bytes:
             self.sync()
             self.active += 1
             data = None
         if data is None:
             data = self._data[self.active] = bytearray()
             self._durable.setdefault(self.active, 0)
+            self.sizes[self.active] = 0
         header, crc = _entry(key, value)
-        offset = len(data)
-        data += header + key + value
+        offset = self.sizes[self.active]
+        entry = header + key + value
+        self._unwritten.append((self.active, entry))
         self.appends += 1
-        self.sizes[self.active] = len(data)
+        self.sizes[self.active] = offset + len(entry)
         self._dirty = True
         return _REF.pack(self.active, offset, len(value), crc, slot)
+
+    def flush(self) -> None:
+        for segment, entry in self._unwritten:
+            self._data[segment] += entry
+        self._unwritten.clear()
 
     def sync(self) -> None:
         if not self._dirty or self.skip_sync:
             return
+        self.flush()
         for segment, data in self._data.items():
             self._durable[segment] = len(data)
         self._dirty = False
         self.syncs += 1
 
     def read(self, ref: bytes) -> bytes:
+        self.flush()
         segment, offset, length, _, _ = _REF.unpack(ref)
         data = self._data.get(segment)
         if data is None:
@@ -345,8 +383,12 @@ class MemoryValueLog(_Segments):
 
     def crash(self, power_loss: bool = True) -> None:
         """Power loss: every segment keeps what was synced of it, and one
-        never synced is gone, its directory entry with it (a killed
-        process, power_loss False, loses nothing: the page cache stays)."""
+        never synced is gone, its directory entry with it. A killed
+        process (power_loss False) loses only the entries not flushed
+        (they were in its memory): the page cache keeps the rest."""
+        self._unwritten.clear()
+        for segment, data in self._data.items():
+            self.sizes[segment] = len(data)
         if not power_loss:
             for segment, data in self._data.items():
                 self._durable[segment] = len(data)

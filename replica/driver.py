@@ -260,6 +260,15 @@ Effects message costs a send, the I/O threads of both ends and, when the
 follower is idle, a wake-up of its loop of its own: with one client (one
 command per slot) they made the 1-client PUT ~0.15 ms slower."""
 
+GC_LOOP_SHARE = 0.25
+"""A busy loop spends at most about this share of its time collecting
+garbage (`_collect_garbage`): a step of s seconds is followed by 3s
+without one. The value log's moves keep up with writes at that share
+(a step moves up to 1 MiB: kvstore/statemachine.py VALUE_GC_BYTES); an
+idle loop collects at every tick."""
+GC_IDLE_S = 0.05
+"""With nothing to collect, a busy loop looks again after this long."""
+
 OVERLAP_MIN_COMMANDS = 8
 """Applying beside the sync (the module docstring) only pays when there is
 enough to apply: handing a batch to the writer thread and waiting for it
@@ -498,6 +507,7 @@ class ReplicaDriver:
             replica_id, state_machine, BACKUP_CHUNK_BYTES, SNAPSHOT_IDLE_TICKS, BACKUP_EXPORTS
         )
         self._installer: Installer | None = None
+        self._gc_next = 0.0  # a busy loop collects garbage again from then on
         self._held: deque[tuple[int, int]] = deque()  # (slot, bytes) applied since compaction
         self._effects_in: dict[int, Effects] = {}  # follower: the leader's, by first slot
         self._effects_out: Effects | None = None  # leader: to send after the answers
@@ -565,6 +575,7 @@ class ReplicaDriver:
         if self.read_lease_s:
             self._note_read_lease(acc, before)
         self._finish(acc)
+        self._collect_garbage(quiet=not messages and not requests)
         self._after_iteration()
 
     def _submit(self, acc: Ready) -> None:
@@ -799,9 +810,27 @@ class ReplicaDriver:
             self._note_applied(acc.committed)
             if self.tracer is not None:
                 self._trace_slots(acc.committed, "applied")
-        elif self._installer is None:
-            self.sm.collect_garbage()  # what an install left behind, a bit at a time
         return results
+
+    def _collect_garbage(self, quiet: bool) -> None:
+        """One step of the state machine's garbage collection (what an
+        install left behind, the value log's dead segments and moves), after
+        the iteration answered its clients: in a quiet iteration (no input:
+        the loop was idle until a tick), or once GC_LOOP_SHARE of the busy
+        loop's time since the last step allows it. A step can take a few
+        milliseconds (its value log and LevelDB syncs); run in every
+        iteration without commits, as it was, it sat between a leader's
+        Phase2a and the Phase2b answering it (a 100 KiB PUT's p50 0.2-0.3 ms
+        longer: benchmarks/README.md, "Session 14")."""
+        if self._installer is not None:
+            return
+        now = self._clock()
+        if not quiet and now < self._gc_next:
+            return
+        if self.sm.collect_garbage():
+            self._gc_next = now + (self._clock() - now) / GC_LOOP_SHARE
+        else:
+            self._gc_next = now + GC_IDLE_S
 
     def _send_effects(self) -> None:
         """The leader's effects of the slots it just applied, to every peer

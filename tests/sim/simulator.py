@@ -143,6 +143,7 @@ replica and runs with its ticks, so replicas' clocks drift apart."""
 KEYS = (b"x", b"y")
 VALUE_LOG_MINS = (0, 1, 7)  # by replica id mod 3: see SimStateMachine
 VALUE_SEGMENT_BYTES = 2500  # a few entries per value log segment
+VALUE_SPARE = (None, -VALUE_SEGMENT_BYTES, None)  # by id mod 3: when live values move
 CLIENTS = 3
 ADMIN = -1
 """The envelope's client index of the membership admin's requests."""
@@ -351,12 +352,16 @@ class SimStateMachine(KVStateMachine):
     Its value log (kvstore/values.py) is the node's `MemoryValueLog`: replica
     1 (mod 3) puts every value there, 2 only those of 7 bytes and more (the
     simulator's values are 5 to 9 bytes, or over 1 KiB: `_value`), 0 none;
-    tiny segments make the value log's garbage collection run all the time."""
+    tiny segments make the value log's garbage collection run all the time,
+    and replica 1 (mod 3) moves live values whenever a segment is mostly dead
+    (`VALUE_SPARE`), not only once the log outgrows twice its live values."""
 
     def __init__(self, sim: Simulation, node: Node) -> None:
         values = node.values.restart()
         values.skip_sync = not sim.value_sync
-        super().__init__(node.db, None, values, VALUE_LOG_MINS[node.id % 3])
+        super().__init__(
+            node.db, None, values, VALUE_LOG_MINS[node.id % 3], VALUE_SPARE[node.id % 3]
+        )
         self._sim, self._node = sim, node
 
     def apply(self, entries, defer_write: bool = False, capture: bool = False) -> list[Result]:  # noqa: ANN001

@@ -136,14 +136,41 @@ def test_the_memory_twin_loses_what_was_not_synced() -> None:
     log = MemoryValueLog()
     kept = log.append(b"k", value(1), 1)
     log.sync()
-    lost = log.append(b"k", value(2), 2)
-    log.crash(power_loss=False)  # a killed process: the page cache stays
-    assert log.read(lost) == value(2)
-    lost = log.restart().append(b"k", value(3), 3)
+    flushed = log.append(b"k", value(2), 2)
+    log.flush()
+    held = log.append(b"k", value(3), 3)
+    log.crash(power_loss=False)  # a killed process: the page cache stays, its memory not
+    assert log.read(flushed) == value(2)
+    with pytest.raises(CorruptValue):
+        log.read(held)
+    lost = log.restart().append(b"k", value(4), 4)
+    log.flush()
     log.crash()
     assert log.read(kept) == value(1)
     with pytest.raises(CorruptValue):
         log.read(lost)
+
+
+def test_appends_are_written_by_flush_and_read_sees_them_before(tmp_path: Path) -> None:
+    log = ValueLog(tmp_path / "v", segment_bytes=1 << 20)
+    refs = [log.append(b"k%d" % i, value(i), i) for i in range(3)]
+    segment = log._path(log.active)
+    assert segment.stat().st_size == 0  # kept in memory until flushed
+    log.flush()
+    size = segment.stat().st_size
+    assert size == log.sizes[log.active] == sum(12 + 2 + 1000 for _ in refs)
+    more = log.append(b"k9", value(9), 9)
+    assert log.read(more) == value(9)  # a read writes what is held first
+    assert segment.stat().st_size > size
+    held = log.append(b"k8", value(8), 8)
+    log.close()  # closing writes it too
+    again = ValueLog(tmp_path / "v", segment_bytes=1 << 20)
+    assert [again.read(r) for r in [*refs, more, held]] == [
+        *(value(i) for i in range(3)),
+        value(9),
+        value(8),
+    ]
+    again.close()
 
 
 # ------------------------------------------------------ in the state machine
@@ -219,6 +246,32 @@ def test_overwrites_and_deletes_make_garbage_that_is_collected(parts: tuple[Any,
     collect(sm)
     assert set(values.sizes) <= {values.active}
     assert list(db.iterator(prefix=sm._gen.values)) == []
+
+
+def test_live_entries_are_moved_only_while_the_log_is_over_its_bound() -> None:
+    values = MemoryValueLog(segment_bytes=4096)
+    sm = KVStateMachine(MemoryDB(), None, values, BIG)
+    w = Writer(sm)
+    keys = [b"k%02d" % i for i in range(20)]
+    for i, key in enumerate(keys):
+        w.put(key, value(i))
+    for i, key in enumerate(keys):
+        if i % 5 < 3:  # three of every five: each old segment is less than half live
+            w.put(key, value(100 + i))
+    live = sum(sm._live.bytes.values())
+    assert values.disk_bytes() <= 2 * live + values.segment_bytes
+    appended = values.appends
+    collect(sm)
+    assert values.appends == appended  # within the bound: nothing is moved
+    for i, key in enumerate(keys):
+        if i % 5:  # four of every five deleted: the log is now far over the bound
+            w.delete(key)
+    live = sum(sm._live.bytes.values())
+    assert values.disk_bytes() > 2 * live + values.segment_bytes
+    collect(sm)
+    assert values.appends > appended  # the survivors of mostly dead segments moved
+    assert values.disk_bytes() <= 2 * live + values.segment_bytes + 1050
+    assert [sm.get(key)[0] for key in keys[::5]] == [value(100 + i) for i in range(0, 20, 5)]
 
 
 def test_a_reopened_state_machine_counts_what_is_live(parts: tuple[Any, Any]) -> None:
