@@ -81,6 +81,17 @@ the driver to install the peer's state machine snapshot; `installed(S)`
 then moves the log past S. A Phase2a below the compaction point is not
 voted on (the slot is chosen and applied already).
 
+A leader behind its followers. A promiser may compact after its Phase1b
+(it applied more, or installed a snapshot while the election went on), so
+a leader can re-propose a slot that every other voter has chosen, applied
+and compacted: none of them votes there again and, in three replicas,
+the leader waits forever (the simulator found this). So a leader whose
+follower reports (HeartbeatAck) a first unchosen slot above the leader's
+commit index asks it by catch-up for what it knows, and learns the chosen
+values from the reply; if that follower compacted past the leader's
+commit index, the leader steps down and installs its snapshot as a
+follower. Learning a chosen value is always safe; so is stepping down.
+
 Membership changes
 ------------------
 Who votes changes through the log (kvstore/membership.py): a config command
@@ -834,6 +845,8 @@ class PaxosCore:
         must install its snapshot: it compacted past what we need."""
         self._catchup_age = None
         if self._joining or (not msg.entries and msg.compacted > self._commit_index):
+            if self._role is not Role.FOLLOWER:  # a snapshot is installed as a follower
+                self._step_down()
             self._ready.install_from = msg.sender
             return
         for slot, value in msg.entries.items():
@@ -1127,6 +1140,10 @@ class PaxosCore:
         self._hb_ticks += 1
         if self._hb_ticks >= self.config.heartbeat_ticks:
             self._send_heartbeats()
+        if self._catchup_age is not None:
+            self._catchup_age += 1
+            if self._catchup_age > self.config.retransmit_ticks:
+                self._catchup_age = None  # the next HeartbeatAck asks again
         if (
             not self._pending
             and not self._in_flight
@@ -1181,6 +1198,11 @@ class PaxosCore:
             return
         self._heard_from.add(msg.sender)
         self._progress[msg.sender] = msg.first_unchosen
+        if msg.first_unchosen > self._commit_index and self._catchup_age is None:
+            # A follower knows slots chosen that we do not ("A leader behind
+            # its followers" in the module docstring).
+            self._catchup_age = 0
+            self._send(msg.sender, CatchupRequest(self.id, self._ballot, self._commit_index))
         if msg.sender == self._transfer:
             self._try_transfer(now=True)
         acks = self._hb_acks.get(msg.round)

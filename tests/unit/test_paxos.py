@@ -529,3 +529,43 @@ def test_transfer_refuses_a_non_voter_and_is_abandoned_if_the_target_is_silent()
     assert leader.is_leader  # still leading: the hand-over was abandoned
     r = leader.propose([b"after"])
     assert sent(r, Phase2a)  # and proposing again
+
+
+def _leader_at(commit: int) -> PaxosCore:
+    """A leader (replica 1 of three) that knows slots below `commit` chosen."""
+    c = core(1, durable=_chosen_log(commit), applied=commit)
+    campaign(c)
+    c.step(Phase1b(2, c.status().ballot, commit, {}, 0))
+    assert c.is_leader and c.status().commit_index == commit
+    return c
+
+
+def test_a_leader_behind_a_follower_learns_the_chosen_values_from_it():
+    leader = _leader_at(10)
+    ballot = leader.status().ballot
+    r = leader.step(HeartbeatAck(2, ballot, 0, 13))
+    [(dst, req)] = sent(r, CatchupRequest)
+    assert dst == 2 and req.from_slot == 10
+    again = leader.step(HeartbeatAck(2, ballot, 0, 13))
+    assert sent(again, CatchupRequest) == []  # one request in flight
+    entries = {s: (b"chosen%d" % s,) for s in range(10, 13)}
+    r = leader.step(CatchupReply(2, ballot, entries, 13, 0))
+    assert leader.is_leader and leader.status().commit_index == 13
+    assert [slot for slot, _ in r.committed] == [10, 11, 12]
+
+
+def test_a_leader_behind_a_follower_s_compaction_point_steps_down_to_install():
+    leader = _leader_at(10)
+    ballot = leader.status().ballot
+    leader.step(HeartbeatAck(3, ballot, 0, 14))
+    r = leader.step(CatchupReply(3, ballot, {}, 14, 14))
+    assert not leader.is_leader and r.install_from == 3
+
+
+def test_a_leader_asks_again_when_the_catch_up_answer_is_lost():
+    leader = _leader_at(10)
+    ballot = leader.status().ballot
+    assert sent(leader.step(HeartbeatAck(2, ballot, 0, 12)), CatchupRequest)
+    for _ in range(CFG.retransmit_ticks + 1):
+        leader.tick()
+    assert sent(leader.step(HeartbeatAck(2, ballot, 0, 12)), CatchupRequest)
