@@ -58,6 +58,7 @@ import os
 import struct
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 VALUE_LOG_MIN_BYTES = 16 * 1024
@@ -120,6 +121,21 @@ def _check(ref: bytes, raw: bytes) -> bytes:
         ):
             return raw[_HEADER.size + key_len :]
     raise CorruptValue(f"value log entry {segment}:{offset} is missing or damaged")
+
+
+def _entries(data: bytes) -> Iterator[tuple[int, bytes, bytes]]:
+    """(offset, key, value) of the entries of a segment's bytes, in order,
+    up to the first that is incomplete or damaged (a torn, unsynced tail)."""
+    offset, end = 0, len(data)
+    view = memoryview(data)
+    while offset + _HEADER.size <= end:
+        crc, key_len, value_len = _HEADER.unpack_from(data, offset)
+        stop = offset + _HEADER.size + key_len + value_len
+        if stop > end or zlib.crc32(view[offset + 4 : stop]) != crc:
+            return
+        start = offset + _HEADER.size
+        yield offset, bytes(view[start : start + key_len]), bytes(view[start + key_len : stop])
+        offset = stop
 
 
 class _Segments:
@@ -269,6 +285,16 @@ class ValueLog(_Segments):
             size += _HEADER.unpack(head)[1]
         return _check(ref, os.pread(fd, size, offset))
 
+    def scan(self, segment: int) -> Iterator[tuple[int, bytes, bytes]]:
+        """(offset, key, value) of every intact entry of `segment`, in order,
+        up to a torn tail (the vote log's recovery: replica/storage.py)."""
+        self.flush()
+        try:
+            data = self._path(segment).read_bytes()
+        except FileNotFoundError:
+            return iter(())
+        return _entries(data)
+
     def _reader(self, segment: int) -> int | None:
         fd = self._readers.get(segment)
         if fd is not None:
@@ -374,6 +400,10 @@ class MemoryValueLog(_Segments):
         if len(head) == _HEADER.size:
             size += _HEADER.unpack(head)[1]
         return _check(ref, bytes(data[offset : offset + size]))
+
+    def scan(self, segment: int) -> Iterator[tuple[int, bytes, bytes]]:
+        self.flush()
+        return _entries(bytes(self._data.get(segment, b"")))
 
     def _unlink(self, segment: int) -> None:
         self.removed += 1

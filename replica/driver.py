@@ -139,7 +139,10 @@ Step (1) syncs the value log before it persists a compaction point
 (`sync_values`): the slots below it, whose values could no longer be
 restored, have every entry durable. The simulator loses unsynced value
 log entries in its power failures and catches a replica that does not
-restore them, or compacts before syncing them (tests/sim).
+restore them, or compacts before syncing them (tests/sim). The vote of
+such a PUT is persisted in the storage's vote log instead of LevelDB
+(replica/storage.py, "The vote log"); step (1)'s sync covers both, in
+the same place of the iteration, so nothing above changes.
 
 The seams (typing.Protocol): `AcceptorStorage` (replica/storage.py), and
 `StateMachine`, `PeerSender`, `ClientReplier` and `Clock` below.

@@ -65,7 +65,14 @@ from replica.messages import Message
 from replica.metrics import MetricsServer, ReplicaMetrics, probe_db
 from replica.paxos import CoreConfig
 from replica.reclaim import Reclaimer
-from replica.storage import LOG_PREFIXES, LevelDBStorage, SyncWriter, slot_key
+from replica.storage import (
+    LOG_PREFIXES,
+    VOTE_LOG_DIR,
+    VOTE_SEGMENT_BYTES,
+    LevelDBStorage,
+    SyncWriter,
+    slot_key,
+)
 from replica.trace import Tracer
 from replica.transport import BindError, ClientTransport, Envelope, PeerTransport
 
@@ -143,10 +150,12 @@ class Replica:
         self.event_reclaimer = Reclaimer(self.db, (EVENT_PREFIX,), _event_key)
         self.sync_writer = SyncWriter()  # the loop applies while it fsyncs
         self.values: ValueLog | None = None
+        self.vote_log: ValueLog | None = None
         try:
             watch = watch or WatchSettings()
             storage = storage or StorageSettings()
             self.values = ValueLog(self.data_dir / VALUE_LOG_DIR)
+            self.vote_log = ValueLog(self.data_dir / VOTE_LOG_DIR, VOTE_SEGMENT_BYTES)
             self.sm = KVStateMachine(
                 self.db,
                 (watch.retain_events, watch.retain_bytes),
@@ -158,7 +167,13 @@ class Replica:
                 self.driver = driver_class(
                     me.id,
                     [r.id for r in cluster],
-                    LevelDBStorage(self.db, on_compacted=self._compacted, writer=self.sync_writer),
+                    LevelDBStorage(
+                        self.db,
+                        on_compacted=self._compacted,
+                        writer=self.sync_writer,
+                        votes=self.vote_log,
+                        vote_min_bytes=storage.value_log_min_bytes,
+                    ),
                     self.sm,
                     self.peers,
                     self.clients,
@@ -179,8 +194,9 @@ class Replica:
                 raise
         except BaseException:
             self._close_reclaimers()
-            if self.values is not None:
-                self.values.close()
+            for log_ in (self.values, self.vote_log):
+                if log_ is not None:
+                    log_.close()
             self.db.close()
             raise
         self._known_peers = self.driver.core.peers
@@ -361,8 +377,9 @@ class Replica:
         self._close_reclaimers()
         if self.driver.tracer is not None:
             self.driver.tracer.close()
-        if self.values is not None:
-            self.values.close()
+        for log_ in (self.values, self.vote_log):
+            if log_ is not None:
+                log_.close()
         self.db.close()
         log.info("replica %d stopped", self.id)
 

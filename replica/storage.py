@@ -18,17 +18,44 @@ Big-endian slots keep LevelDB's key order equal to slot order. The
 simulator runs this very class on `replica.inmem.MemoryDB`, whose crash
 model loses what was not synced, exactly what a skipped fsync loses on
 power failure.
+
+The vote log: votes of large values outside LevelDB
+---------------------------------------------------
+A vote whose value holds a command of at least `vote_min_bytes` (the
+replica's `[storage] value_log_min_bytes`: a large PUT) is not put into
+LevelDB: it is appended to the vote log (`votes/` in the data directory,
+segment files of kvstore/values.py, VOTE_SEGMENT_BYTES each), an entry
+whose key is (slot, ballot) and whose value is the packed commands. The
+vote log is synced before the batch's LevelDB part is written (and an
+iteration whose batch holds nothing else writes no LevelDB batch at all),
+so the batch is durable on return, as before; only where it lives
+changed. In LevelDB a 100 KiB vote was written three times (its log,
+the memtable's flush, a compaction) before log compaction deleted it;
+in the vote log it is written once, and a segment is deleted whole once
+every entry in it is below the compaction point (benchmarks/README.md,
+"Session 14": each replica wrote ~400 KiB per 100 KiB PUT, ~230 after).
+
+`load` reads the vote log's segments in order, up to a torn tail in each
+(a tail that was never synced, so never revealed), and takes for every
+slot at or above the compaction point the vote of the highest ballot
+among LevelDB's and the vote log's; the promise loaded is at least the
+highest ballot voted in (a vote implies its promise, and the two may sit
+in different files). Chosen values learned by catch-up stay in LevelDB.
+The simulator gives two replicas of three a vote log, crashes them in
+its sync, loses what was not synced, checks that no revealed vote is
+forgotten, and catches a vote log that is not synced (tests/sim).
 """
 
 from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import msgpack
 
+from kvstore.values import ref_segment
 from replica.messages import Ballot, Value, Vote
 from replica.paxos import DurableState
 
@@ -62,6 +89,19 @@ class AcceptorStorage(Protocol):
         ...
 
 
+class VoteLog(Protocol):
+    """kvstore/values.py `ValueLog` (`MemoryValueLog` in the simulator)."""
+
+    active: int
+    sizes: dict[int, int]
+
+    def append(self, key: bytes, value: bytes, slot: int) -> bytes: ...
+    def flush(self) -> None: ...
+    def sync(self) -> None: ...
+    def scan(self, segment: int) -> Iterator[tuple[int, bytes, bytes]]: ...
+    def remove(self, segment: int) -> None: ...
+
+
 class PendingPersist(Protocol):
     def wait(self) -> None:
         """Returns once the batch is on disk (raises what its write raised)."""
@@ -74,6 +114,12 @@ _CHOSEN_PREFIX = b"c"
 _COMPACTED_KEY = b"p"
 _SLOT = struct.Struct(">Q")
 _PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
+_VOTE_ENTRY = struct.Struct(">QQQ")  # a vote log entry's key: slot, ballot
+VOTE_LOG_DIR = "votes"
+VOTE_SEGMENT_BYTES = 4 * 1024 * 1024
+"""The vote log's segments: a segment is deleted once the compaction point
+passed every slot in it, so smaller ones give the disk back sooner (the
+log compacts every few MiB: `[compaction]` in README "Configuration")."""
 
 
 LOG_PREFIXES = (_VOTE_PREFIX, _CHOSEN_PREFIX)
@@ -92,15 +138,23 @@ class LevelDBStorage:
         db,  # noqa: ANN001
         on_compacted: Callable[[int], None] | None = None,
         writer: SyncWriter | None = None,
+        votes: VoteLog | None = None,
+        vote_min_bytes: int = 0,
     ) -> None:
         """`db` is a plyvel.DB (or the simulator's MemoryDB); `on_compacted`
         is called with each new compaction point once its batch is written
         (the server reclaims the disk then: replica/reclaim.py). `writer`:
         the thread that `persist_begin` hands synced batches to (without
-        one, `persist_begin` writes at once)."""
+        one, `persist_begin` writes at once). `votes`: the vote log, where
+        votes holding a command of at least `vote_min_bytes` go (0: none;
+        module docstring)."""
         self._db = db
         self._on_compacted = on_compacted
         self._writer = writer
+        self._votes = votes if vote_min_bytes > 0 else None
+        self._vote_min = vote_min_bytes
+        self._vote_log = votes  # read at load even when no new vote goes there
+        self._vote_segments: dict[int, int] = {}  # segment -> the highest slot in it
         raw = db.get(_COMPACTED_KEY)
         self._compacted = 0 if raw is None else _SLOT.unpack(raw)[0]
 
@@ -116,7 +170,33 @@ class LevelDBStorage:
             state.votes[_SLOT.unpack(key[1:])[0]] = Vote(Ballot(r, rid), tuple(cmds))
         for key, raw in self._db.iterator(prefix=_CHOSEN_PREFIX):
             state.chosen[_SLOT.unpack(key[1:])[0]] = tuple(msgpack.unpackb(raw))
+        if self._vote_log is not None:
+            self._load_vote_log(state)
+        if state.votes:
+            state.promised = max(state.promised, max(v.ballot for v in state.votes.values()))
         return state
+
+    def _load_vote_log(self, state: DurableState) -> None:
+        """Adds the vote log's votes to `state` (module docstring) and
+        deletes the segments that hold none at or above the compaction
+        point."""
+        votes, compacted = self._vote_log, state.compacted
+        assert votes is not None
+        for segment in sorted(votes.sizes):
+            top = -1
+            for _, key, raw in votes.scan(segment):
+                if len(key) != _VOTE_ENTRY.size:
+                    break  # not a vote log entry: a damaged segment
+                slot, r, rid = _VOTE_ENTRY.unpack(key)
+                top = max(top, slot)
+                ballot = Ballot(r, rid)
+                old = state.votes.get(slot)
+                if slot >= compacted and (old is None or old.ballot < ballot):
+                    state.votes[slot] = Vote(ballot, tuple(msgpack.unpackb(raw)))
+            if top >= compacted:
+                self._vote_segments[segment] = top
+            elif segment != votes.active:
+                votes.remove(segment)
 
     def persist(
         self,
@@ -157,24 +237,51 @@ class LevelDBStorage:
         chosen: dict[int, Value],
         sync: bool,
         compacted: int | None,
-    ) -> tuple[Any, bool]:
+    ) -> tuple[_Batch, bool]:
         new_point = compacted is not None and compacted > self._compacted
         wb = self._db.write_batch(sync=sync)
+        written = new_point or promised is not None or bool(chosen)
         if new_point:
             self._delete_below(wb, compacted)
         if promised is not None:
             wb.put(_PROMISED_KEY, msgpack.packb(list(promised)))
+        logged = False
+        vote_log, least = self._votes, self._vote_min
         for slot, (ballot, value) in votes.items():
+            if vote_log is not None and any(len(cmd) >= least for cmd in value):
+                ref = vote_log.append(_VOTE_ENTRY.pack(slot, *ballot), _PACK(value), slot)
+                segment = ref_segment(ref)
+                if self._vote_segments.get(segment, -1) < slot:
+                    self._vote_segments[segment] = slot
+                logged = True
+                continue
             wb.put(
                 slot_key(_VOTE_PREFIX, slot),
                 _PACK([ballot[0], ballot[1], value]),
             )
+            written = True
         for slot, value in chosen.items():
             wb.put(slot_key(_CHOSEN_PREFIX, slot), _PACK(value))
-        return wb, new_point
+        return _Batch(self, wb if written else None, logged, sync), new_point
+
+    def _sync_votes(self, sync: bool) -> None:
+        """Writes the vote log's new entries, synced with `sync`."""
+        assert self._votes is not None
+        if sync:
+            self._votes.sync()
+        else:
+            self._votes.flush()
 
     def _written(self, new_point: bool) -> None:
-        if new_point and self._on_compacted is not None:
+        if not new_point:
+            return
+        log = self._vote_log
+        if log is not None:  # the batch with the new point is on disk
+            for segment, top in list(self._vote_segments.items()):
+                if top < self._compacted and segment != log.active:
+                    del self._vote_segments[segment]
+                    log.remove(segment)
+        if self._on_compacted is not None:
             self._on_compacted(self._compacted)
 
     def _delete_below(self, wb, compacted: int) -> None:  # noqa: ANN001 - a WriteBatch
@@ -192,6 +299,22 @@ class LevelDBStorage:
                 wb.delete(key)
         wb.put(_COMPACTED_KEY, _SLOT.pack(compacted))
         self._compacted = compacted
+
+
+class _Batch:
+    """One persist: the vote log's new entries, then the LevelDB batch
+    (None: nothing for LevelDB)."""
+
+    __slots__ = ("_logged", "_storage", "_sync", "_wb")
+
+    def __init__(self, storage: LevelDBStorage, wb: Any, logged: bool, sync: bool) -> None:
+        self._storage, self._wb, self._logged, self._sync = storage, wb, logged, sync
+
+    def write(self) -> None:
+        if self._logged:
+            self._storage._sync_votes(self._sync)
+        if self._wb is not None:
+            self._wb.write()
 
 
 class _Done:

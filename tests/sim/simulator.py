@@ -144,6 +144,8 @@ KEYS = (b"x", b"y")
 VALUE_LOG_MINS = (0, 1, 7)  # by replica id mod 3: see SimStateMachine
 VALUE_SEGMENT_BYTES = 2500  # a few entries per value log segment
 VALUE_SPARE = (None, -VALUE_SEGMENT_BYTES, None)  # by id mod 3: when live values move
+VOTE_LOG_MINS = (0, 1, 1000)  # by id mod 3: votes with a command this large go to the vote log
+VOTE_SEGMENT_BYTES = 3000  # a few votes per vote log segment
 CLIENTS = 3
 ADMIN = -1
 """The envelope's client index of the membership admin's requests."""
@@ -213,6 +215,14 @@ class _CoreHandingOverItsBallot(PaxosCore):
         if self._role is Role.LEADER and target != self.id:
             self._send(target, TimeoutNow(self.id, self._ballot))
         return self._take_ready()
+
+    def step(self, msg) -> Ready:  # noqa: ANN001
+        """The core dispatches through a table of PaxosCore's own handlers
+        (replica/paxos.py `_HANDLERS`): route TimeoutNow to the one below."""
+        if type(msg) is TimeoutNow and msg.sender != self.id:
+            self._on_timeout_now(msg)
+            return self._take_ready()
+        return super().step(msg)
 
     def _on_timeout_now(self, msg) -> None:  # noqa: ANN001
         if msg.ballot == self._leader_ballot and self._role is Role.FOLLOWER:
@@ -300,12 +310,30 @@ class LeaseTooLong(ReplicaDriver):
 
 
 class SimStorage(LevelDBStorage):
-    """The real acceptor storage; tells the observer which votes are durable."""
+    """The real acceptor storage; tells the observer which votes are durable.
+    Replica 1 (mod 3) puts every vote in its vote log (`node.votes`,
+    replica/storage.py), 2 those with a command of a large value, 0 none;
+    the vote log's sync is a crash point like LevelDB's."""
 
     def __init__(self, sim: Simulation, node: Node) -> None:
-        super().__init__(node.db)
+        votes = node.votes.restart()
+        votes.skip_sync = not sim.vote_sync
+        super().__init__(node.db, votes=votes, vote_min_bytes=VOTE_LOG_MINS[node.id % 3])
         self._sim, self._node = sim, node
         self._unsynced: list[dict[int, Vote]] = []
+
+    def _sync_votes(self, sync: bool) -> None:
+        hook = self._node.db.sync_hook if sync else None
+        try:
+            if hook is not None:
+                hook("before")
+            super()._sync_votes(sync)
+            self._sim.stats.vote_log_syncs += sync
+            if hook is not None:
+                hook("after")
+        except SimCrash:
+            self._sim.stats.vote_log_crashes += 1
+            raise
 
     def persist(self, promised, votes, chosen, sync=True, compacted=None) -> None:  # noqa: ANN001
         self._unsynced.append(dict(votes))
@@ -485,6 +513,7 @@ class Node:
     paused: bool = False  # stopped, not crashed (the pause nemesis, lease_reads runs)
     checked_index: int = -1  # the applied index check_state last compared
     values: MemoryValueLog = field(default_factory=lambda: MemoryValueLog(VALUE_SEGMENT_BYTES))
+    votes: MemoryValueLog = field(default_factory=lambda: MemoryValueLog(VOTE_SEGMENT_BYTES))
 
 
 @dataclass
@@ -513,6 +542,9 @@ class Stats:
     state_checks: int = 0  # states compared with another replica's at the same index
     value_appends: int = 0  # values put into value logs (kvstore/values.py)
     value_segments_removed: int = 0  # value log segments deleted as garbage
+    vote_log_syncs: int = 0  # synced batches with votes in a vote log (replica/storage.py)
+    vote_segments_removed: int = 0  # vote log segments deleted below compaction points
+    vote_log_crashes: int = 0  # crashes just before or after a vote log's sync
     value_moves: int = 0  # live values the value log's garbage collection moved
     values_restored: int = 0  # value log entries restored from the log at a start
 
@@ -690,9 +722,11 @@ class Simulation:
         lease_reads: bool = False,
         value_sync: bool = True,
         state_machine_class: type[SimStateMachine] | None = None,
+        vote_sync: bool = True,
     ) -> None:
         """`value_sync` False: the broken variant whose value logs never
-        sync (kvstore/values.py); `state_machine_class`: another broken one."""
+        sync (kvstore/values.py); `state_machine_class`: another broken one;
+        `vote_sync` False: vote logs that never sync (replica/storage.py)."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = list(range(1, replicas + 1))
@@ -701,6 +735,7 @@ class Simulation:
         self.members = members
         self.lease_reads = lease_reads
         self.value_sync = value_sync
+        self.vote_sync = vote_sync
         self.state_machine_class = state_machine_class or SimStateMachine
         self.time = 0.0  # with lease_reads: the one clock every replica reads
         self.driver_classes = driver_classes or {}
@@ -796,6 +831,9 @@ class Simulation:
         self.stats.lease_reads += node.driver.counters.lease_reads - leased
         if node.driver.core.is_leader and not was_leader:
             self.stats.elections += 1
+            ballot = node.driver.core.status().ballot
+            if ballot.replica_id != node.id:  # ballots are unique: a proposer's own
+                self.fail(f"replica {node.id} leads in ballot {ballot}, another's")
         if node.driver.core.status().refused is not None:  # the replica stops
             self.stats.refusals += 1
             node.refused = True
@@ -822,6 +860,7 @@ class Simulation:
         node.requests.clear()
         node.db.crash(keep)
         node.values.crash(power_loss=keep is not None)
+        node.votes.crash(power_loss=keep is not None)
         self.stats.crashes += 1
 
     def _restart(self, node: Node) -> None:
@@ -1108,6 +1147,7 @@ class Simulation:
         node.db = MemoryDB()
         self._count_values(node)
         node.values = MemoryValueLog(VALUE_SEGMENT_BYTES)
+        node.votes = MemoryValueLog(VOTE_SEGMENT_BYTES)
         node.applied.clear()
         node.revealed_promise = Ballot(0, 0)
         node.revealed_votes.clear()
@@ -1271,7 +1311,8 @@ class Simulation:
     def _count_values(self, node: Node) -> None:
         self.stats.value_appends += node.values.appends
         self.stats.value_segments_removed += node.values.removed
-        node.values.appends = node.values.removed = 0
+        self.stats.vote_segments_removed += node.votes.removed
+        node.values.appends = node.values.removed = node.votes.removed = 0
 
     def _check_history(self) -> None:
         for node in self.nodes.values():

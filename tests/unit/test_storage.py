@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import plyvel
 import pytest
 
+from kvstore.values import MemoryValueLog, ValueLog
 from replica.inmem import MemoryDB
 from replica.messages import Ballot, Vote
 from replica.storage import LevelDBStorage, SyncWriter
@@ -118,3 +119,116 @@ def test_persist_begin_is_persist_in_two_halves(tmp_path) -> None:  # noqa: ANN0
     finally:
         writer.close()
         db.close()
+
+
+# ------------------------------------------------------------- the vote log
+
+BIG = 100  # the tests' vote_min_bytes: a vote with a command this long goes to the vote log
+
+
+@pytest.fixture(params=["files", "memory"])
+def logged(request, tmp_path) -> Iterator[tuple[object, object]]:
+    """(db, vote log): plyvel and segment files, or their in-memory twins."""
+    if request.param == "memory":
+        yield MemoryDB(), MemoryValueLog(segment_bytes=1000)
+        return
+    handle = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    votes = ValueLog(tmp_path / "db" / "votes", segment_bytes=1000)
+    yield handle, votes
+    votes.close()
+    handle.close()
+
+
+def _reopen(votes):  # noqa: ANN001, ANN202
+    """The vote log as a replica that starts again opens it."""
+    if isinstance(votes, MemoryValueLog):
+        return votes.restart()
+    votes.close()
+    return ValueLog(votes.directory, segment_bytes=votes.segment_bytes)
+
+
+_B21 = Ballot(2, 1)
+
+
+def _big(slot: int, ballot: Ballot = _B21) -> Vote:
+    return Vote(ballot, (b"small", b"%d" % slot + b"v" * BIG))
+
+
+def test_votes_with_a_large_command_live_in_the_vote_log(logged) -> None:
+    db, votes = logged
+    storage = LevelDBStorage(db, votes=votes, vote_min_bytes=BIG)
+    small = _votes(range(3))
+    big = {s: _big(s) for s in range(3, 6)}
+    storage.persist(Ballot(2, 1), {**small, **big}, {})
+    assert [k[1:] for k, _ in db.iterator(prefix=b"v")] == [
+        b"\0" * 7 + bytes([s]) for s in range(3)
+    ]
+    assert votes.sizes and not votes.dirty  # written and synced before persist returned
+    state = LevelDBStorage(db, votes=_reopen(votes), vote_min_bytes=BIG).load()
+    assert state.votes == {**small, **big}
+
+
+def test_the_highest_ballot_wins_and_the_promise_covers_it(logged) -> None:
+    db, votes = logged
+    storage = LevelDBStorage(db, votes=votes, vote_min_bytes=BIG)
+    storage.persist(Ballot(2, 1), {1: _big(1), 2: _votes(range(2, 3))[2]}, {})
+    later = Vote(Ballot(5, 3), (b"smaller now",))
+    storage.persist(None, {1: later, 2: _big(2, Ballot(4, 2))}, {})
+    state = LevelDBStorage(db, votes=_reopen(votes), vote_min_bytes=BIG).load()
+    assert state.votes == {1: later, 2: _big(2, Ballot(4, 2))}
+    # The promise was last written at (2, 1): a durable vote implies its own.
+    assert state.promised == Ballot(5, 3)
+
+
+def test_a_compaction_deletes_the_vote_log_segments_below_it(logged) -> None:
+    db, votes = logged
+    storage = LevelDBStorage(db, votes=votes, vote_min_bytes=BIG)
+    for slot in range(40):  # about eight votes per segment
+        storage.persist(None, {slot: _big(slot)}, {})
+    before = set(votes.sizes)
+    assert len(before) > 4
+    storage.persist(None, {}, {}, compacted=30)
+    after = set(votes.sizes)
+    assert after < before and len(after) <= 3
+    state = LevelDBStorage(db, votes=_reopen(votes), vote_min_bytes=BIG).load()
+    assert sorted(state.votes) == list(range(30, 40)) and state.compacted == 30
+
+
+def test_a_torn_tail_of_the_vote_log_is_not_a_vote(tmp_path) -> None:
+    db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    votes = ValueLog(tmp_path / "votes", segment_bytes=1 << 20)
+    storage = LevelDBStorage(db, votes=votes, vote_min_bytes=BIG)
+    storage.persist(None, {1: _big(1), 2: _big(2)}, {})
+    votes.close()
+    segment = max(votes.sizes)
+    path = votes._path(segment)
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])  # the last entry, cut short (never synced whole)
+    state = LevelDBStorage(db, votes=ValueLog(tmp_path / "votes"), vote_min_bytes=BIG).load()
+    assert state.votes == {1: _big(1)}
+    db.close()
+
+
+def test_the_vote_log_is_read_when_no_new_vote_goes_there(logged) -> None:
+    """A replica restarted with `value_log_min_bytes = 0` still loads the
+    votes its vote log holds, and keeps new ones in LevelDB."""
+    db, votes = logged
+    LevelDBStorage(db, votes=votes, vote_min_bytes=BIG).persist(None, {1: _big(1)}, {})
+    storage = LevelDBStorage(db, votes=_reopen(votes), vote_min_bytes=0)
+    assert storage.load().votes == {1: _big(1)}
+    storage.persist(None, {2: _big(2)}, {})
+    assert db.get(b"v" + (2).to_bytes(8, "big")) is not None
+
+
+def test_persist_begin_syncs_the_vote_log_in_the_writer(tmp_path) -> None:  # noqa: ANN001
+    db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    votes = ValueLog(tmp_path / "votes", segment_bytes=1 << 20)
+    writer = SyncWriter()
+    storage = LevelDBStorage(db, writer=writer, votes=votes, vote_min_bytes=BIG)
+    pending = storage.persist_begin(None, {1: _big(1)}, {})
+    pending.wait()
+    assert not votes.dirty and writer.writes == 1
+    votes.close()
+    assert LevelDBStorage(db, votes=ValueLog(tmp_path / "votes")).load().votes == {1: _big(1)}
+    writer.close()
+    db.close()
