@@ -143,6 +143,15 @@ def test_compaction_and_snapshot_installs_happen(replicas):
     assert totals["installs"] >= 50 and totals["install_crashes"] >= 5, totals
 
 
+def _summed(*fields: str) -> list[int]:
+    """The totals of these `Stats` fields over seeds 0-19 of three replicas."""
+    totals = [0] * len(fields)
+    for seed in range(20):
+        stats = Simulation(seed, 3).run(2000)
+        totals = [t + getattr(stats, f) for t, f in zip(totals, fields, strict=True)]
+    return totals
+
+
 def _first_violation(seeds: range, replicas: int, wanted: str = "", **kwargs):
     """The first seed whose run breaks an invariant (with `wanted` in what it
     says, if given: the seeds whose broken variant fails otherwise first are
@@ -206,12 +215,7 @@ def test_applying_while_the_batch_is_synced_happens_in_both_orders():
     simulator writes that batch before or after the state machine's, at
     random, and crashes in the sync keep a random prefix of the unsynced
     writes. Both orders occur in the CI seed range, under every check."""
-    overlapped = deferred = crashes = 0
-    for seed in range(20):
-        stats = Simulation(seed, 3).run(2000)
-        overlapped += stats.overlapped
-        deferred += stats.deferred_syncs
-        crashes += stats.sync_crashes
+    overlapped, deferred, crashes = _summed("overlapped", "deferred_syncs", "sync_crashes")
     assert deferred > 100 and overlapped - deferred > 100 and crashes > 0
 
 
@@ -292,12 +296,7 @@ def test_votes_of_large_values_go_to_the_vote_log():
     log"), crash in its syncs and lose what was not synced; no revealed
     vote is forgotten across a restart (the durability check), and
     segments below the compaction point are deleted."""
-    syncs = removed = crashes = 0
-    for seed in range(20):
-        stats = Simulation(seed, 3).run(2000)
-        syncs += stats.vote_log_syncs
-        removed += stats.vote_segments_removed
-        crashes += stats.vote_log_crashes
+    syncs, removed, crashes = _summed("vote_log_syncs", "vote_segments_removed", "vote_log_crashes")
     assert syncs > 1000 and removed > 100 and crashes > 10, (syncs, removed, crashes)
 
 
