@@ -208,7 +208,7 @@ class LevelDBStorage:
     ) -> None:
         batch, new_point = self._batch(promised, votes, chosen, sync, compacted)
         batch.write()
-        self._written(new_point)
+        self._written(new_point, durable=sync)
 
     def persist_begin(
         self,
@@ -272,11 +272,15 @@ class LevelDBStorage:
         else:
             self._votes.flush()
 
-    def _written(self, new_point: bool) -> None:
+    def _written(self, new_point: bool, durable: bool = True) -> None:
+        """After a batch is written (`durable`: synced): a new compaction
+        point lets the vote log's segments below it go, once it is durable
+        (else a crash could bring back the point before it with their votes
+        gone), and is reported to `on_compacted`."""
         if not new_point:
             return
         log = self._vote_log
-        if log is not None:  # the batch with the new point is on disk
+        if log is not None and durable:
             for segment, top in list(self._vote_segments.items()):
                 if top < self._compacted and segment != log.active:
                     del self._vote_segments[segment]
