@@ -61,7 +61,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-VALUE_LOG_MIN_BYTES = 16 * 1024
+VALUE_LOG_MIN_BYTES = 4 * 1024
 """Values at least this large go to the value log by default (0: none)."""
 SEGMENT_BYTES = 16 * 1024 * 1024
 """A segment is closed once it holds about this much; the next one starts."""

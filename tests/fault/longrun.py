@@ -107,7 +107,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="N",
-        help="[storage] value_log_min_bytes of the replicas (default: theirs, 16 KiB); the "
+        help="[storage] value_log_min_bytes of the replicas (default: theirs, 4 KiB); the "
         "workload's values are a few bytes, so 1 puts every value in the value log",
     )
     p.add_argument("--scenario", choices=("random", "stale-read"), default="random")

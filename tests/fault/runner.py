@@ -118,7 +118,7 @@ class RunConfig:
     lease_reads: bool = False
     """The replicas run with --lease-reads (reads on the leader's lease)."""
     value_log_min_bytes: int | None = None
-    """`[storage] value_log_min_bytes` (None: the default, 16 KiB; the
+    """`[storage] value_log_min_bytes` (None: the default, 4 KiB; the
     workload's values are a few bytes, so 1 puts every value in the value
     log, kvstore/values.py)."""
     net: str = "netns"

@@ -378,7 +378,7 @@ def test_sigterm_exits_cleanly_while_alone(cluster_factory: Callable[..., Cluste
 
 
 def test_large_values_survive_kill9_and_a_lost_value_log(cluster: Cluster) -> None:
-    """Values of 16 KiB and up live in each replica's value log
+    """Values of 4 KiB and up live in each replica's value log
     (kvstore/values.py), written without a sync of their own. A replica
     killed with its value log emptied, as a power failure may leave the
     entries not synced yet, restores them from its log when it starts and
