@@ -91,6 +91,17 @@ log = logging.getLogger("replica.transport")
 _SEND = zmq.backend.Socket.send
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+# And its `recv` and `get`, for the drains: a drain takes frames one by one
+# and stops when the socket's EVENTS say nothing is left, instead of
+# `recv_multipart` until `zmq.Again`. Right after the loop wakes, with cold
+# caches, raising and catching that exception is what a drain of one
+# message mostly cost: 25 us at p50 against 10 this way (a PULL socket, one
+# 60-byte message after a 0.3 ms sleep; hot, 5 against 3).
+_RECV = zmq.backend.Socket.recv
+_GET = zmq.backend.Socket.get
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 PEER_SNDHWM = 10_000
 """Messages queued per peer before further sends to it are dropped."""
@@ -241,25 +252,35 @@ class PeerTransport:
             return self._recv_curve(limit, out)
         inbox = self.inbox
         peer_ids = self._peer_ids
+        bad = self.bad
+        received, received_bytes = self.received_messages, self.received_bytes
         for _ in range(limit):
             try:
-                frames = inbox.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+                frame = _RECV(inbox, _NOBLOCK)
+            except zmq.Again:  # the poll's event was stale
                 return False
-            if len(frames) != 1:
-                self.bad.note("peer_envelope", f"{len(frames)} frames instead of 1")
-                continue
-            try:
-                msg = codec.decode(frames[0])
-            except codec.CodecError as exc:
-                self.bad.note("peer_undecodable", str(exc))
-                continue
-            if msg.sender not in peer_ids:
-                self.bad.note("peer_unknown", f"a message from replica {msg.sender}, not a peer")
-                continue
-            self.received_messages[msg.sender] += 1
-            self.received_bytes[msg.sender] += len(frames[0])
-            out.append(msg)
+            if _GET(inbox, _RCVMORE):
+                count = 1
+                while _GET(inbox, _RCVMORE):
+                    _RECV(inbox, _NOBLOCK)  # the rest of the message, dropped with it
+                    count += 1
+                bad.note("peer_envelope", f"{count} frames instead of 1")
+            else:
+                try:
+                    msg = codec.decode(frame)
+                except codec.CodecError as exc:
+                    bad.note("peer_undecodable", str(exc))
+                    msg = None
+                if msg is None:
+                    pass
+                elif msg.sender not in peer_ids:
+                    bad.note("peer_unknown", f"a message from replica {msg.sender}, not a peer")
+                else:
+                    received[msg.sender] += 1
+                    received_bytes[msg.sender] += len(frame)
+                    out.append(msg)
+            if not _GET(inbox, _EVENTS) & _POLLIN:
+                return False
         return True
 
     def _recv_curve(self, limit: int, out: list[Message]) -> bool:
@@ -323,14 +344,18 @@ class ClientTransport:
         router = self.router
         for _ in range(limit):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+                frames = [_RECV(router, _NOBLOCK)]
+            except zmq.Again:  # the poll's event was stale
                 return False
+            while _GET(router, _RCVMORE):
+                frames.append(_RECV(router, _NOBLOCK))
             if len(frames) < 3 or frames[-2] != b"":
                 self.bad.note("client_envelope", f"{len(frames)} frames without a delimiter")
-                continue
-            payload = frames.pop()
-            out.append((frames, payload))
+            else:
+                payload = frames.pop()
+                out.append((frames, payload))
+            if not _GET(router, _EVENTS) & _POLLIN:
+                return False
         return True
 
     def reply(self, envelope: Envelope, payload: bytes) -> None:

@@ -90,6 +90,40 @@ def test_unknown_senders_multipart_and_garbage_are_dropped_and_counted(pair) -> 
     assert two.bad.as_dict() == {"peer_unknown": 2, "peer_envelope": 1, "peer_undecodable": 1}
 
 
+def test_a_drain_takes_at_most_its_limit_and_says_when_it_stopped_there(pair) -> None:
+    """`recv` takes frames one by one and ends on the socket's EVENTS: a
+    message of three frames is dropped whole (the next one is intact), and
+    True (call again at once) comes only with `limit` messages read (taken
+    or dropped)."""
+    make, addr = pair
+    two = make(2)
+    stranger = zmq.Context.instance().socket(zmq.PUSH)
+    stranger.setsockopt(zmq.LINGER, 1000)
+    stranger.connect(addr[2])
+    got: list[Message] = []
+    calls: list[tuple[int, bool]] = []
+    try:
+        stranger.send(codec.encode(_hb(1, 1)))
+        stranger.send_multipart([codec.encode(_hb(1, 2)), b"x", b"y"])
+        for r in range(3, 7):
+            stranger.send(codec.encode(_hb(1, r)))
+        deadline = time.monotonic() + 10
+        while len(got) < 5:
+            assert time.monotonic() < deadline, f"only received {got}"
+            if two.inbox.poll(50):
+                before, dropped = len(got), sum(two.bad.as_dict().values())
+                more = two.recv(2, got)
+                read = len(got) - before + sum(two.bad.as_dict().values()) - dropped
+                calls.append((read, more))
+        assert two.recv(2, got) is False  # nothing left: no exception, nothing taken
+    finally:
+        stranger.close()
+    assert got == [_hb(1, r) for r in (1, 3, 4, 5, 6)]
+    assert two.bad.as_dict() == {"peer_envelope": 1}
+    assert all(read == 2 for read, more in calls if more)
+    assert all(1 <= read <= 2 for read, _ in calls)
+
+
 def test_a_peer_back_on_the_same_address_is_heard_again(pair) -> None:
     """Replica 1 goes away and a new incarnation binds the same address: the
     stale connection and the new one need no handover; 2's PUSH reconnects."""
