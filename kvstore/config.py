@@ -339,6 +339,12 @@ PUTs took about twice as long (benchmarks/README.md, "Speed"). With 4 MiB,
 1M overwrites of 1,000 keys peaked at 14.7-21.8 MiB of data directory.
 A store written with large values for long is faster with more
 (`[storage]` `write_buffer_bytes`, README "Configuration")."""
+VOTE_LOG_MIN_BYTES = 1
+"""Votes of commands this large and up go to the vote log (`[storage]`
+vote_log_min_bytes): with 1, every vote of a write. Small votes in
+LevelDB cost its background thread ~1-2 us per write per replica more at
+64 clients, and the 64-client p99 ~1-4 ms (benchmarks/README.md,
+"Session 15"); until session 15 the value log's threshold applied."""
 MIN_WRITE_BUFFER_BYTES = 64 << 10
 MAX_WRITE_BUFFER_BYTES = 1 << 30
 """LevelDB's own bounds of the write buffer (it clamps to them silently;
@@ -365,12 +371,25 @@ class StorageSettings:
     reference: written once instead of again at every LevelDB compaction.
     0 keeps every value in LevelDB. Changing it affects new writes only:
     values already written stay where they are, and both kinds are read."""
+    vote_log_min_bytes: int = VOTE_LOG_MIN_BYTES
+    """A vote whose value holds a command of at least this many bytes is
+    synced in the replica's vote log (replica/storage.py) instead of its
+    LevelDB: written once and deleted a segment at a time after log
+    compaction, not again by LevelDB's memtable flushes and compactions.
+    1 (the default) sends every vote of commands there; 0 keeps every vote
+    in LevelDB. Votes already written are read from both, whatever it is."""
 
 
 def load_storage_settings(path: str | os.PathLike[str]) -> StorageSettings:
     """The `[storage]` table of a cluster config file (defaults for what it omits)."""
     table = _int_table(
-        path, "storage", {"write_buffer_bytes": MIN_WRITE_BUFFER_BYTES, "value_log_min_bytes": 0}
+        path,
+        "storage",
+        {
+            "write_buffer_bytes": MIN_WRITE_BUFFER_BYTES,
+            "value_log_min_bytes": 0,
+            "vote_log_min_bytes": 0,
+        },
     )
     size = table.get("write_buffer_bytes", WRITE_BUFFER_BYTES)
     if size > MAX_WRITE_BUFFER_BYTES:
@@ -378,7 +397,11 @@ def load_storage_settings(path: str | os.PathLike[str]) -> StorageSettings:
             f"cluster config {path}, [storage]: write_buffer_bytes must be at most "
             f"{MAX_WRITE_BUFFER_BYTES} (1 GiB), got {size}"
         )
-    return StorageSettings(size, table.get("value_log_min_bytes", VALUE_LOG_MIN_BYTES))
+    return StorageSettings(
+        size,
+        table.get("value_log_min_bytes", VALUE_LOG_MIN_BYTES),
+        table.get("vote_log_min_bytes", VOTE_LOG_MIN_BYTES),
+    )
 
 
 ELECTION_HEARTBEAT_RATIO = 5

@@ -172,7 +172,7 @@ class Replica:
                         on_compacted=self._compacted,
                         writer=self.sync_writer,
                         votes=self.vote_log,
-                        vote_min_bytes=storage.value_log_min_bytes,
+                        vote_min_bytes=storage.vote_log_min_bytes,
                     ),
                     self.sm,
                     self.peers,

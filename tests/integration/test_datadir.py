@@ -81,3 +81,22 @@ def test_another_replicas_directory_is_refused(cluster_factory: Callable[..., Cl
     # Its own directory still starts (the flag is ignored once it has an identity).
     c.start_replica(1, cluster_state="existing")
     c.wait_ready(1)
+
+
+def test_the_votes_of_small_writes_are_in_the_vote_log(cluster: Cluster) -> None:
+    """`[storage] vote_log_min_bytes` is 1 by default: the vote of a
+    100-byte PUT is synced in `votes/` on every replica, not in LevelDB."""
+    client = cluster.client()
+    try:
+        for i in range(20):
+            client.put(b"k%d" % i, b"v" * 100)
+    finally:
+        client.close()
+
+    def logged() -> bool:
+        return all(
+            sum(p.stat().st_size for p in (cluster.data_dir(rid) / "votes").glob("*.vlog")) > 2000
+            for rid in cluster.ids
+        )
+
+    wait_for("every replica's vote log to hold the votes", logged)

@@ -168,6 +168,23 @@ def test_votes_with_a_large_command_live_in_the_vote_log(logged) -> None:
     assert state.votes == {**small, **big}
 
 
+def test_with_a_threshold_of_one_every_vote_of_commands_is_in_the_vote_log(logged) -> None:
+    """The default (`[storage] vote_log_min_bytes = 1`): an iteration of
+    votes alone leaves LevelDB untouched; a vote of no command (a gap
+    filled with a no-op) still goes to LevelDB."""
+    db, votes = logged
+    storage = LevelDBStorage(db, votes=votes, vote_min_bytes=1)
+    small = _votes(range(3))
+    storage.persist(None, small, {})
+    assert list(db.iterator()) == []
+    assert votes.sizes and not votes.dirty
+    empty = Vote(_B21, ())
+    storage.persist(None, {3: empty}, {})
+    assert [k for k, _ in db.iterator(prefix=b"v")] == [b"v" + (3).to_bytes(8, "big")]
+    state = LevelDBStorage(db, votes=_reopen(votes), vote_min_bytes=1).load()
+    assert state.votes == {**small, 3: empty}
+
+
 def test_the_highest_ballot_wins_and_the_promise_covers_it(logged) -> None:
     db, votes = logged
     storage = LevelDBStorage(db, votes=votes, vote_min_bytes=BIG)

@@ -14,7 +14,7 @@ import msgpack
 import plyvel
 import pytest
 
-from kvstore.config import ConfigError, load_storage_settings
+from kvstore.config import VOTE_LOG_MIN_BYTES, ConfigError, load_storage_settings
 from kvstore.protocol import (
     Compare,
     CompareOp,
@@ -393,6 +393,20 @@ def test_the_threshold_comes_from_the_storage_table(tmp_path: Path) -> None:
     assert load_storage_settings(path).value_log_min_bytes == VALUE_LOG_MIN_BYTES
     path.write_text("[storage]\nvalue_log_min_bytes = -1\n")
     with pytest.raises(ConfigError, match="value_log_min_bytes must be an integer >= 0"):
+        load_storage_settings(path)
+
+
+def test_the_vote_log_threshold_comes_from_the_storage_table(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text("")
+    assert load_storage_settings(path).vote_log_min_bytes == VOTE_LOG_MIN_BYTES == 1
+    path.write_text("[storage]\nvote_log_min_bytes = 0\nvalue_log_min_bytes = 0\n")
+    assert load_storage_settings(path).vote_log_min_bytes == 0
+    path.write_text("[storage]\nvote_log_min_bytes = 5000\n")
+    assert load_storage_settings(path).vote_log_min_bytes == 5000
+    assert load_storage_settings(path).value_log_min_bytes == VALUE_LOG_MIN_BYTES
+    path.write_text("[storage]\nvote_log_min_bytes = true\n")
+    with pytest.raises(ConfigError, match="vote_log_min_bytes must be an integer >= 0"):
         load_storage_settings(path)
 
 
