@@ -2,11 +2,17 @@
 
 py-spy (PyPI, in the bench extra) samples the leader replica's Python
 stacks from outside, without slowing it much (`--nonblocking`). The samples
-include idle ones (`--idle`): the replica is one thread, so the shares are
-of wall-clock time, and the time spent waiting in poll() or in an fsync shows
-up as such. The raw collapsed stacks are kept beside the results; the
-summary (top frames by self time, top functions by inclusive time) goes
-into the JSON and the stdout report.
+include idle ones (`--idle`), so the shares are of wall-clock time, and the
+time spent waiting in poll() or in an fsync shows up as such. The replica
+has Python threads beside its loop (the sync writer, the reclaimer), idle
+nearly always: the summary counts the loop thread's samples only (those
+under `run_once`), the top frames by self time, the top functions by
+inclusive time, and `loop_split`, where the loop's wall-clock time went:
+idle in poll, its own synced batch (`persist`), waiting for the writer
+thread (to take the batch, and for its sync while applying beside it),
+ZeroMQ sends, and the rest (its
+Python work). The raw collapsed stacks are kept beside the results; the
+summary goes into the JSON and the stdout report.
 
 py-spy 0.4.3 cannot read the version of a pyenv-built Python (it fails with
 "Failed to find python version from target process"); 0.4.2 and older work.
@@ -82,40 +88,77 @@ def _frame_name(frame: str) -> tuple[str, str]:
     return (f"{func} ({file}:{line})" if line else f"{func} ({file})"), f"{func} ({file})"
 
 
+LOOP = "run_once (server.py)"
+"""The frame under which every sample of the replica's loop thread lies."""
+
+SPLIT = (
+    "idle in poll",
+    "own synced batch",
+    "waiting for the writer",
+    "ZeroMQ sends",
+    "Python",
+)
+"""`loop_split`'s parts, in the order they are printed."""
+
+
+def _part(funcs: list[str]) -> str:
+    """Which part of SPLIT a loop sample (its functions, root first) is in."""
+    leaf = funcs[-1]
+    names = set(funcs)
+    if leaf == "poll (poll.py)":
+        return SPLIT[0]
+    if "persist (storage.py)" in names and leaf in ("write (storage.py)", "sync (values.py)"):
+        return SPLIT[1]
+    if "wait (storage.py)" in names or "begin (storage.py)" in names:
+        return SPLIT[2]  # the hand-over waits for the writer thread to wake up
+    if "send (transport.py)" in names or "reply (transport.py)" in names:
+        return SPLIT[3]
+    return SPLIT[4]
+
+
 def summarize(raw: str, top: int = 25) -> dict[str, Any]:
-    """Top frames by self samples and top functions by inclusive samples,
-    as percentages of all samples, from py-spy's raw (collapsed) output:
-    one line per distinct stack, `frame;frame;...;leaf COUNT`."""
+    """From py-spy's raw (collapsed) output, one line per distinct stack,
+    `frame;frame;...;leaf COUNT`, the loop thread's samples only: top
+    frames by self samples, top functions by inclusive samples, and
+    `loop_split` (module docstring), as percentages of those samples."""
     self_c: Counter = Counter()
     incl_c: Counter = Counter()
+    split: Counter = Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        n = int(count)
-        total += n
         frames = [
             f for f in stack.split(";") if "(" in f and not f.startswith(("process ", "thread "))
         ]
-        if not frames:
-            continue
+        funcs = [_frame_name(f)[1] for f in frames]
+        if LOOP not in funcs:
+            continue  # another thread of the replica
+        n = int(count)
+        total += n
         self_c[_frame_name(frames[-1])[0]] += n
-        for func in {_frame_name(f)[1] for f in frames}:
+        for func in set(funcs):
             incl_c[func] += n
+        split[_part(funcs)] += n
 
     def pct(c: Counter) -> list[list[Any]]:
         return (
             [[name, round(100.0 * n / total, 1)] for name, n in c.most_common(top)] if total else []
         )
 
-    return {"samples": total, "self_top": pct(self_c), "inclusive_top": pct(incl_c)}
+    return {
+        "samples": total,
+        "self_top": pct(self_c),
+        "inclusive_top": pct(incl_c),
+        "loop_split": {p: round(100.0 * split[p] / total, 1) for p in SPLIT} if total else {},
+    }
 
 
 def render(summary: dict[str, Any], lines: int = 12) -> str:
     if "error" in summary:
         return f"profile: {summary['error']}"
-    out = [f"profile of the leader ({summary['samples']} samples, idle included):",
+    out = [f"profile of the leader's loop thread ({summary['samples']} samples, idle included):",
            "  self time                                          |  inclusive time"]  # fmt: skip
     left = summary["self_top"][:lines]
     # the root chain (<module>, main, run ...) is ~100 % and says nothing
@@ -124,4 +167,8 @@ def render(summary: dict[str, Any], lines: int = 12) -> str:
         a = f"{left[i][1]:5.1f}% {left[i][0][:44]}" if i < len(left) else ""
         b = f"{right[i][1]:5.1f}% {right[i][0][:44]}" if i < len(right) else ""
         out.append(f"  {a:<51}|  {b}")
+    split = summary.get("loop_split")
+    if split:
+        parts = ", ".join(f"{split[p]:.0f}% {p}" for p in SPLIT)
+        out.append(f"  the loop's wall-clock time: {parts}")
     return "\n".join(out)
