@@ -177,7 +177,10 @@ leader's setting takes effect for the whole cluster (an old 9-byte clock
 command carries no TTL and leaves it unchanged; before any clock command it
 is `SESSION_TTL_MS`). A session is expired once `last_used <
 expired_before`, i.e. once it has been idle for longer than the TTL in
-force. `expired_before` never goes back, so a session once expired stays
+force and at most one stamp step more: `last_used` is the log time of its
+last use rounded up to the step (`_stamp`: the TTL / 16, at most 1 s), so
+that a busy session's `t` key moves once per step and not with every
+write. `expired_before` never goes back, so a session once expired stays
 expired even if a later clock command raises the TTL (otherwise a session
 already refused with SESSION_EXPIRED but not yet deleted could come back,
 and a delayed copy of the refused request could then be applied after the
@@ -801,7 +804,8 @@ class _Sessions:
                     batch.delete(gen.sessions + client_id)
             else:
                 batch.put(gen.sessions + client_id, session.pack())
-                batch.put(gen.index_key(session.last_used, client_id), b"")
+                if old is None or session.last_used != old.last_used:
+                    batch.put(gen.index_key(session.last_used, client_id), b"")
 
 
 _UNREAD = object()  # _Pending.assign: the caller did not read the old record
@@ -1357,6 +1361,25 @@ def _session_expired(seq: int, ttl_ms: int) -> Response:
     )
 
 
+SESSION_STAMP_MAX_MS = 1_000
+"""The most a session's `last_used` is rounded up by (`_stamp`)."""
+
+
+def _stamp(log_time: int, ttl_ms: int) -> int:
+    """A session's `last_used` when it is used at `log_time`: log time
+    rounded UP to a multiple of the stamp step, the TTL in force / 16 and at
+    most SESSION_STAMP_MAX_MS (62 ms for a 1 s TTL, 1 s for the default
+    hour). Its `t` index key, which holds `last_used`, then moves at most
+    once per step instead of on every write: a busy client's writes carry
+    a new log time in almost every slot (the leader's clock command), and
+    moving the key was two of a PUT's six LevelDB operations, on every
+    replica, plus the tombstones LevelDB compacts later. A session still
+    expires only after it was idle for longer than the TTL (`last_used` is
+    never before its last use), and at most one step later than that."""
+    step = min(SESSION_STAMP_MAX_MS, ttl_ms // 16) or 1
+    return -(-log_time // step) * step
+
+
 def _answer(req: Request, command: bytes, pending: _Pending) -> Response:
     """One write with the exactly-once session rules around it."""
     sessions = pending.sessions
@@ -1371,13 +1394,17 @@ def _answer(req: Request, command: bytes, pending: _Pending) -> Response:
                 Status.BAD_REQUEST,
                 error=f"client id reused: seq {req.seq} already answered for a different request",
             )
-        if session.last_used != sessions.log_time:
-            sessions.put(req.client_id, session._replace(last_used=sessions.log_time))
+        stamp = _stamp(sessions.log_time, sessions.ttl_ms)
+        if stamp > session.last_used:
+            sessions.put(req.client_id, session._replace(last_used=stamp))
         return session.response()  # a retry
     elif req.seq < session.seq:
         return _STALE
     resp = _execute(req, pending)
-    record = _Session(req.seq, digest, sessions.log_time, int(resp.status), resp.version)
+    stamp = _stamp(sessions.log_time, sessions.ttl_ms)
+    if session is not None and session.last_used > stamp:  # the TTL, and the step, shrank
+        stamp = session.last_used
+    record = _Session(req.seq, digest, stamp, int(resp.status), resp.version)
     sessions.put(req.client_id, record)
     return resp
 

@@ -499,9 +499,14 @@ def test_expiry_uses_the_ttl_of_the_log(sm: KVStateMachine) -> None:
     c = Client()
     clock(sm, T0, 1000)
     run_one(sm, c.put(b"k", b"v"))
+    # Its last_used: T0 rounded up to the stamp step, TTL / 16 = 62 ms.
+    stamp = -(-T0 // 62) * 62
+    assert T0 < stamp < T0 + 62
     clock(sm, T0 + 1000, 1000)  # idle exactly the TTL: kept
     assert sm.session_count() == 1
-    clock(sm, T0 + 1001, 1000)  # idle longer: deleted
+    clock(sm, stamp + 1000, 1000)  # idle for the TTL and part of a step: kept
+    assert sm.session_count() == 1
+    clock(sm, stamp + 1001, 1000)  # longer: deleted
     assert sm.session_count() == 0
     resp = run_one(sm, c.put(b"k", b"w"))
     assert resp.status == Status.SESSION_EXPIRED
@@ -511,6 +516,28 @@ def test_expiry_uses_the_ttl_of_the_log(sm: KVStateMachine) -> None:
         "(a new client id, seq 1)"
     )
     assert sm.get(b"k") == (b"v", 1) and sm.session_count() == 0
+
+
+def test_a_busy_sessions_index_key_moves_once_per_stamp_step(sm: KVStateMachine) -> None:
+    """A write in every slot, each slot with a clock command 2 ms later: the
+    session's `t` key moves only when log time enters the next stamp step
+    (1 s for the default hour), not on every write; its last_used is never
+    before its last use, and the index stays exact."""
+    c = Client()
+    moves, last = 0, None
+    for i in range(1500):
+        now = T0 + 2 * i
+        sm.apply([(sm.applied_index, (clk(now), c.put(b"k", b"v%d" % i)))], capture=True)
+        effects = msgpack.unpackb(sm.take_effects())
+        ops = zip(effects[6][::2], effects[6][1::2], strict=True)
+        index_puts = [k for k, v in ops if k.startswith(sm._gen.index) and v is not None]
+        stamp = msgpack.unpackb(sm._db.get(sm._gen.sessions + c.client_id))[2]
+        assert now <= stamp < now + 1000
+        moves += bool(index_puts)
+        assert (stamp != last) == bool(index_puts)
+        last = stamp
+        check_session_index(sm)
+    assert moves in (3, 4)  # 3 s of log time: the first write and each new second
 
 
 @pytest.mark.parametrize(
@@ -544,21 +571,25 @@ def test_a_higher_ttl_never_revives_an_expired_session(sm: KVStateMachine) -> No
     expired when a later clock raises the TTL: a delayed copy of a request
     refused with SESSION_EXPIRED must never be applied afterwards."""
     old = _open_sessions_at(sm, 2 * SESSION_EXPIRY_PER_CLOCK + 10, T0, 1000)
-    clock(sm, T0 + 1001, 1000)  # all expired; only SESSION_EXPIRY_PER_CLOCK deleted
+    clock(sm, T0 + _PAST, 1000)  # all expired; only SESSION_EXPIRY_PER_CLOCK deleted
     assert sm.session_count() == len(old) - SESSION_EXPIRY_PER_CLOCK
     late = old[-1].put(b"k", b"late")
     assert run_one(sm, late).status == Status.SESSION_EXPIRED
-    clock(sm, T0 + 1002, SESSION_TTL_MS)  # one hour again
+    clock(sm, T0 + _PAST + 1, SESSION_TTL_MS)  # one hour again
     old[-1].seq -= 1
     assert run_one(sm, late).status == Status.SESSION_EXPIRED  # still refused
     young = Client(b"y" * 16)
     run_one(sm, young.put(b"y", b"1"))
-    clock(sm, T0 + 1003, SESSION_TTL_MS)
+    clock(sm, T0 + _PAST + 2, SESSION_TTL_MS)
     clock(sm, T0 + 60_000, SESSION_TTL_MS)  # the backlog goes; young is live under 1 h
     assert sm.session_count() == 1
     check_session_index(sm)
     assert run_one(sm, young.put(b"y", b"2")).status == Status.OK
     assert sm.get(b"k") == (b"v", len(old))
+
+
+_PAST = 1000 + 62 + 1
+"""Idle longer than a 1 s TTL and its stamp step (62 ms): expired."""
 
 
 def _open_sessions_at(sm: KVStateMachine, count: int, at: int, ttl_ms: int) -> list[Client]:
@@ -591,8 +622,8 @@ def test_a_state_of_the_format_before_the_ttl_is_read_with_the_default(db: Any) 
 def test_a_snapshot_carries_the_ttl_and_the_expiry_cutoff(new_db: NewDB) -> None:
     src, dst = KVStateMachine(new_db()), KVStateMachine(new_db())
     old = _open_sessions_at(src, 3 * SESSION_EXPIRY_PER_CLOCK + 10, T0, 1000)
-    clock(src, T0 + 1001, 1000)
-    clock(src, T0 + 1002, 5000)  # raised: the cutoff must travel, not just the TTL
+    clock(src, T0 + _PAST, 1000)
+    clock(src, T0 + _PAST + 1, 5000)  # raised: the cutoff must travel, not just the TTL
     assert src.session_count() > SESSION_EXPIRY_PER_CLOCK  # expired ones not yet deleted
     with src.snapshot_reader() as reader:
         assert reader.session_ttl_ms == 5000

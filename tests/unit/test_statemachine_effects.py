@@ -1015,7 +1015,7 @@ def test_executing_after_effects_continues_like_the_leader(new_db: NewDB, restar
     warmup.append((len(warmup), (change,)))
     for sm in (a, b, c):
         sm.apply(warmup)
-    now = T0 + 10 + ttl
+    now = T0 + 10 + ttl + ttl // 16  # idle past the TTL and its stamp step
     late = Client(b"z" * 16)
     effects_batch = [
         (a.applied_index, (clk(now, ttl), late.put(b"k01", b"w" * 1500))),  # 256 sessions expire
