@@ -102,8 +102,11 @@ Executing a command (parse, session, record, watch event, msgpack) is the
 largest Python cost per write, and every replica paid it. The leader now
 applies with `capture=True` and sends the batch it wrote, as one `Effects`
 message per apply (of at least EFFECTS_MIN_COMMANDS commands) and peer,
-after step (4) answered its clients; a follower about to apply
-exactly those slots writes that batch instead (`apply_effects`,
+held until its next message to the peers (a Phase2a or a heartbeat, in
+the next iteration) and sent right ahead of it, so that both mostly
+travel in one TCP write and a follower takes them in one turn of its
+loop; a follower about to apply exactly those slots writes that batch
+instead (`apply_effects`,
 kvstore/statemachine.py "Effects", which checks that the leader made it
 from the same state) and executes whatever no fitting effects cover. It is
 the same batch, since applying is deterministic and a slot's chosen value
@@ -513,7 +516,7 @@ class ReplicaDriver:
         self._gc_next = 0.0  # a busy loop collects garbage again from then on
         self._held: deque[tuple[int, int]] = deque()  # (slot, bytes) applied since compaction
         self._effects_in: dict[int, Effects] = {}  # follower: the leader's, by first slot
-        self._effects_out: Effects | None = None  # leader: to send after the answers
+        self._effects_out: list[Effects] = []  # leader: sent before its next peer message
         self._held_bytes = 0
         self._compact_to: int | None = None
         self._clock = clock
@@ -726,7 +729,7 @@ class ReplicaDriver:
         if messages:
             if tracer is not None:  # handed to ZeroMQ now (the send may yield the core)
                 self._trace_sent(messages)
-            self.peers.send(messages)
+            self._send(messages)
         self._apply_and_answer(acc)
         self._watches.poll(self._clock())
 
@@ -745,7 +748,7 @@ class ReplicaDriver:
         if messages:
             if self.tracer is not None:
                 self._trace_sent(messages)
-            self.peers.send(messages)
+            self._send(messages)
         self._answer(acc, results)
         self._watches.poll(self._clock())
 
@@ -776,7 +779,7 @@ class ReplicaDriver:
             return messages
         if self.tracer is not None:
             self._trace_sent(early)
-        self.peers.send(early)
+        self._send(early)
         if len(early) == len(messages):
             return []
         return [m for m in messages if type(m[1]) is not Phase2a]
@@ -804,9 +807,9 @@ class ReplicaDriver:
             ):
                 results = self.sm.apply(acc.committed, defer_write=True, capture=True)
                 effects = self.sm.take_effects()
-                if effects is not None:  # sent once the clients are answered
+                if effects is not None:  # sent ahead of the next peer message
                     end = acc.committed[-1][0] + 1
-                    self._effects_out = Effects(self.id, acc.committed[0][0], end, effects)
+                    self._effects_out.append(Effects(self.id, acc.committed[0][0], end, effects))
             else:
                 results = self.sm.apply(acc.committed, defer_write=True)
             self.counters.committed_slots += len(acc.committed)
@@ -836,13 +839,18 @@ class ReplicaDriver:
         else:
             self._gc_next = now + GC_IDLE_S
 
-    def _send_effects(self) -> None:
-        """The leader's effects of the slots it just applied, to every peer
-        ("Followers write the leader's effects" in the module docstring),
-        after its clients' answers: they are off their path."""
-        msg, self._effects_out = self._effects_out, None
-        if msg is not None:
-            self.peers.send([(peer, msg) for peer in self.core.peers])
+    def _send(self, messages: list[tuple[int, Message]]) -> None:
+        """Sends peer messages, with the leader's effects held since its last
+        send ahead of them ("Followers write the leader's effects" in the
+        module docstring): every peer gets them before any message that
+        could tell it those slots are chosen, and both leave together."""
+        held = self._effects_out
+        if held:
+            self._effects_out = []
+            if self.core.is_leader:
+                peers = self.core.peers
+                messages = [(peer, msg) for msg in held for peer in peers] + messages
+        self.peers.send(messages)
 
     def _on_effects(self, msg: Effects) -> None:
         """Keeps the current leader's effects of slots not applied yet."""
@@ -893,8 +901,6 @@ class ReplicaDriver:
             self._answer_reads(acc.reads)
         if acc.failed_reads:
             self._fail_reads(acc.failed_reads)
-        if self._effects_out is not None:
-            self._send_effects()
 
     # ------------------------------------------------- the trace (replica/trace.py)
 
@@ -991,6 +997,7 @@ class ReplicaDriver:
             self._hb_sent.clear()
             self._leader_since_ms = None
             self._expiring.clear()
+            self._effects_out.clear()
             if key is not None and self._wall_clock is not None:
                 self._leader_since_ms = int(self._wall_clock() * 1000)
             if self._waiting or self._reads:
