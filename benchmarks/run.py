@@ -27,6 +27,8 @@ from typing import Any
 
 from benchmarks import etcd as etcd_mod
 from benchmarks.cluster import server_available
+from benchmarks.floor import describe as describe_floor
+from benchmarks.floor import put1_floor
 from benchmarks.harness import Progress
 from benchmarks.scenarios import (
     API_SCENARIOS,
@@ -280,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CURVE on every socket of our cluster, load generators included (README, "
         "Security; etcd stays plaintext): compare with a run without it",
+    )
+    ap.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure the floor under a 1-client PUT on this machine first (benchmarks/floor.py, "
+        "~7 s; JSON: machine.put1_floor); default: on when paxoskv runs the steady scenario, "
+        "except in the smoke suite",
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     ap.add_argument(
@@ -687,6 +697,9 @@ def render_table(doc: dict[str, Any]) -> str:
         f"{m.get('data_fs')}, fsync p50 {m.get('fsync_ms', {}).get('p50', float('nan')):.2f} ms; "
         f"load avg {m.get('load_average_at_start')}",
     ]
+    floor = describe_floor(m.get("put1_floor"))
+    if floor:
+        lines.append(floor)
     if cfg.get("write_buffer_bytes"):  # what the replicas ran with
         lines.append(f"paxoskv replicas with write_buffer_bytes = {cfg['write_buffer_bytes']:,}")
     for name, s in doc["systems"].items():
@@ -833,6 +846,12 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.to_dict(),
         "systems": {name: {"status": "skipped", "reason": why} for name, why in skipped.items()},
     }
+    want_floor = args.floor
+    if want_floor is None:
+        want_floor = args.suite != "smoke" and "steady" in cfg.scenarios
+    if want_floor and "paxoskv" in systems:
+        progress.note("measuring the PUT x1 floor of this machine (benchmarks/floor.py)")
+        doc["machine"]["put1_floor"] = put1_floor(data_dir=doc["machine"].get("data_dir"))
     for name in systems:
         t0 = time.monotonic()
         runner = SystemRunner(name, cfg, progress)

@@ -1,0 +1,74 @@
+"""The PUT x1 floor mock (benchmarks/floor.py): it answers through the four
+processes, cleans up after itself, and its report line says what it is."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmarks import floor
+from benchmarks.run import build_parser, render_table
+
+
+def test_the_mock_answers_and_leaves_nothing_behind(tmp_path) -> None:
+    before = set(os.listdir(tmp_path))
+    for sync in (False, True):
+        r = floor.measure(seconds=0.3, sync=sync, data_dir=str(tmp_path))
+        assert r["n"] > 10
+        assert 0 < r["p50_ms"] <= r["p99_ms"] < 1000
+    assert set(os.listdir(tmp_path)) == before  # the vote files and their directory are gone
+
+
+def test_a_mock_that_cannot_start_is_an_error_not_a_traceback(tmp_path) -> None:
+    missing = tmp_path / "not-there"
+    out = floor.put1_floor(seconds=0.1, data_dir=str(missing))
+    assert set(out) == {"error"}
+    assert "not-there" in out["error"]
+    assert floor.describe(out).startswith("PUT x1 floor: not measured (")
+
+
+def test_the_report_line_gives_both_medians() -> None:
+    line = floor.describe(
+        {
+            "hops": {"p50_ms": 0.4, "p99_ms": 0.6, "n": 9},
+            "hops_fsync": {"p50_ms": 0.61, "p99_ms": 0.9, "n": 9},
+        }
+    )
+    assert "p50 0.61 ms" in line and "hops alone 0.40" in line
+    assert floor.describe(None) is None
+
+
+def test_the_table_header_carries_the_floor() -> None:
+    doc = {
+        "machine": {
+            "cores": 2,
+            "put1_floor": {
+                "hops": {"p50_ms": 0.4, "p99_ms": 0.6, "n": 9},
+                "hops_fsync": {"p50_ms": 0.6, "p99_ms": 0.9, "n": 9},
+            },
+        },
+        "config": {
+            "replicas": 3,
+            "value_size": 100,
+            "keys": 10,
+            "distribution": "uniform",
+            "name": "t",
+        },
+        "systems": {},
+    }
+    assert "PUT x1 floor here" in render_table(doc)
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"), [([], None), (["--floor"], True), (["--no-floor"], False)]
+)
+def test_the_floor_flag(argv: list[str], want: bool | None) -> None:
+    assert build_parser().parse_args(argv).floor is want
+
+
+def test_the_cli_refuses_a_nonsense_duration(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        floor.main(["--seconds", "0"])
+    assert exc.value.code == 2
+    assert "--seconds must be positive" in capsys.readouterr().err
