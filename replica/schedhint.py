@@ -22,6 +22,15 @@ SCHED_OTHER once it was busy for at most OTHER_BUSY of one (every thread:
 `/proc/self/task`). Both policies are unprivileged, so nothing is needed in
 a container. Where the call is missing or refused, the hint turns itself
 off and the replica runs as before.
+
+"Busy" is wall-clock time outside `poll`, so a loop's own fsync counts:
+with one client writing, each loop is busy 40-60 % of the time on the
+project's VM (the leader most), and the replicas spend most windows under
+SCHED_BATCH there too. Measured in place (one cluster, 1 client, 16
+alternating 2-second rounds of every thread under SCHED_BATCH and under
+SCHED_OTHER, benchmarks/README.md "Session 17"): PUT p50 +33 us and GET
+p50 -6 us under SCHED_BATCH, against a spread of +-100 us between rounds;
+so this was left as it is rather than judged on another measure.
 """
 
 from __future__ import annotations
