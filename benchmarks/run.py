@@ -803,6 +803,16 @@ def _print_cost(doc: dict[str, Any]) -> None:
         print(render_cost(steady["cost"]))
 
 
+def wants_floor(flag: bool | None, suite: str, scenarios: list[str], systems: list[str]) -> bool:
+    """Whether to measure the PUT x1 floor first (`--floor/--no-floor`; by
+    default when paxoskv runs the steady scenario outside the smoke suite)."""
+    if "paxoskv" not in systems:
+        return False
+    if flag is not None:
+        return flag
+    return suite != "smoke" and "steady" in scenarios
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
@@ -846,10 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.to_dict(),
         "systems": {name: {"status": "skipped", "reason": why} for name, why in skipped.items()},
     }
-    want_floor = args.floor
-    if want_floor is None:
-        want_floor = args.suite != "smoke" and "steady" in cfg.scenarios
-    if want_floor and "paxoskv" in systems:
+    if wants_floor(args.floor, args.suite, cfg.scenarios, systems):
         progress.note("measuring the PUT x1 floor of this machine (benchmarks/floor.py)")
         doc["machine"]["put1_floor"] = put1_floor(data_dir=doc["machine"].get("data_dir"))
     for name in systems:

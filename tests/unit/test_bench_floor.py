@@ -8,7 +8,7 @@ import os
 import pytest
 
 from benchmarks import floor
-from benchmarks.run import build_parser, render_table
+from benchmarks.run import build_parser, render_table, wants_floor
 
 
 def test_the_mock_answers_and_leaves_nothing_behind(tmp_path) -> None:
@@ -72,3 +72,13 @@ def test_the_cli_refuses_a_nonsense_duration(capsys) -> None:
         floor.main(["--seconds", "0"])
     assert exc.value.code == 2
     assert "--seconds must be positive" in capsys.readouterr().err
+
+
+def test_when_the_floor_is_measured() -> None:
+    both = ["paxoskv", "etcd"]
+    assert wants_floor(None, "standard", ["steady", "values"], both)
+    assert not wants_floor(None, "smoke", ["steady"], both)  # the test suite's runs stay short
+    assert not wants_floor(None, "standard", ["values"], both)  # no PUT x1 to read it against
+    assert not wants_floor(True, "standard", ["steady"], ["etcd"])  # it is a floor for ours
+    assert wants_floor(True, "smoke", ["values"], both)
+    assert not wants_floor(False, "standard", ["steady"], both)
