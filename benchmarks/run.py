@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -803,6 +804,10 @@ def _print_cost(doc: dict[str, Any]) -> None:
         print(render_cost(steady["cost"]))
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def wants_floor(flag: bool | None, suite: str, scenarios: list[str], systems: list[str]) -> bool:
     """Whether to measure the PUT x1 floor first (`--floor/--no-floor`; by
     default when paxoskv runs the steady scenario outside the smoke suite)."""
@@ -824,6 +829,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_cost(doc)
         return 0
     cfg = config_from_args(args)
+    # A SIGTERM (`timeout`, `kill`, a CI job's end) unwinds like Ctrl-C
+    # would, so every cluster's context manager stops its replicas and
+    # removes its directory instead of leaving them running.
+    signal.signal(signal.SIGTERM, _terminated)
     progress = Progress(enabled=args.progress)
     t_suite = time.monotonic()
     now = dt.datetime.now(dt.UTC).astimezone()
