@@ -414,9 +414,12 @@ def test_counting_learners_towards_a_majority_is_caught(replicas):
     """A leader that counts every acknowledgement (learners' included) towards
     a majority of the voters chooses values no majority of voters holds:
     even without the durability checks, two replicas apply different values
-    at one slot within the CI seed range. The same seed with the real
-    driver holds every invariant."""
-    for seed in range(300):
+    at one slot within the CI seed range (with five replicas it takes a few
+    hundred seeds: seed 699 since followers holding effects stopped
+    applying beside their sync, which moved every schedule; it stops at
+    the first catch). The same seed with the real driver holds every
+    invariant."""
+    for seed in range(1000):
         sim = Simulation(
             seed, replicas, members=True, driver_class=CountsLearners, check_durability=False
         )
