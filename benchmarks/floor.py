@@ -20,6 +20,12 @@ without them ("hops": the four ZeroMQ hops and the loops' wake-ups alone).
 `python -m benchmarks.run` measures it at the start of every run of ours
 (`machine.put1_floor` in the JSON, printed under the table), so a PUT x1
 figure can be read against the floor of the same machine at the same time.
+
+It also counts the CPU time the three mock replicas spend per write
+("cpu_us_per_op": user and system, from /proc, all their threads), to set
+beside the cluster's CPU per write at one client (`cost` in the JSON): on
+this 2-core VM a 1-client write keeps both cores busy enough that the CPU
+it takes on the replicas is latency, also where it is not on the path.
 """
 
 from __future__ import annotations
@@ -122,14 +128,32 @@ def _leader(
         ctx.destroy(0)
 
 
+def _cpu_seconds(pids: list[int]) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of these processes, all threads (Linux
+    /proc), or None where that cannot be read."""
+    user = system = 0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            user += int(fields[11])
+            system += int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
 def _percentile(samples: list[float], q: float) -> float:
     return samples[min(len(samples) - 1, int(len(samples) * q))]
 
 
 def measure(seconds: float = 3.0, sync: bool = True, data_dir: str | None = None) -> dict[str, Any]:
     """The client's latency through the mock for `seconds` (after 200
-    warm-up requests): {"p50_ms", "p99_ms", "n"}. Raises RuntimeError if
-    the mock does not answer (its processes are stopped either way)."""
+    warm-up requests): {"p50_ms", "p99_ms", "n"}, with "cpu_us_per_op"
+    ({"user", "sys"}: the mock replicas' CPU per request) where /proc
+    tells it. Raises RuntimeError if the mock does not answer (its
+    processes are stopped either way)."""
     directory = tempfile.mkdtemp(prefix="floor-", dir=data_dir)
     client_port, leader_port, f1, f2 = free_ports(4)
     spawn = mp.get_context("spawn")
@@ -156,11 +180,14 @@ def measure(seconds: float = 3.0, sync: bool = True, data_dir: str | None = None
         for _ in range(200):
             one()
         samples: list[float] = []
+        pids = [p.pid for p in procs if p.pid is not None]
+        cpu_before = _cpu_seconds(pids)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             t0 = time.perf_counter()
             one()
             samples.append((time.perf_counter() - t0) * 1000)
+        cpu_after = _cpu_seconds(pids)
         client.send_multipart([b"", STOP])
         for p in procs:
             p.join(5)
@@ -172,11 +199,17 @@ def measure(seconds: float = 3.0, sync: bool = True, data_dir: str | None = None
         ctx.destroy(0)
         shutil.rmtree(directory, ignore_errors=True)
     samples.sort()
-    return {
+    out: dict[str, Any] = {
         "p50_ms": round(_percentile(samples, 0.5), 3),
         "p99_ms": round(_percentile(samples, 0.99), 3),
         "n": len(samples),
     }
+    if cpu_before is not None and cpu_after is not None:
+        out["cpu_us_per_op"] = {
+            "user": round((cpu_after[0] - cpu_before[0]) / len(samples) * 1e6, 1),
+            "sys": round((cpu_after[1] - cpu_before[1]) / len(samples) * 1e6, 1),
+        }
+    return out
 
 
 def put1_floor(seconds: float = 3.0, data_dir: str | None = None) -> dict[str, Any]:
@@ -196,11 +229,16 @@ def describe(floor: dict[str, Any] | None) -> str | None:
         return None
     if "error" in floor:
         return f"PUT x1 floor: not measured ({floor['error']})"
-    return (
+    synced = floor["hops_fsync"]
+    line = (
         "PUT x1 floor here (benchmarks/floor.py: four ZeroMQ hops, three synced appends, "
-        f"no work): p50 {floor['hops_fsync']['p50_ms']:.2f} ms "
+        f"no work): p50 {synced['p50_ms']:.2f} ms "
         f"(hops alone {floor['hops']['p50_ms']:.2f})"
     )
+    cpu = synced.get("cpu_us_per_op")
+    if cpu:
+        line += f"; its replicas' CPU per write {cpu['user'] + cpu['sys']:.0f} us"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(floor))
         if "error" not in floor:
             for name, r in floor.items():
+                cpu = r.get("cpu_us_per_op")
+                spent = f"  CPU {cpu['user']:.0f} user + {cpu['sys']:.0f} sys us/op" if cpu else ""
                 print(
                     f"  {name:<10} p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  n={r['n']}"
+                    + spent
                 )
     return 1 if "error" in floor else 0
 

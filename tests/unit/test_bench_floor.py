@@ -17,6 +17,8 @@ def test_the_mock_answers_and_leaves_nothing_behind(tmp_path) -> None:
         r = floor.measure(seconds=0.3, sync=sync, data_dir=str(tmp_path))
         assert r["n"] > 10
         assert 0 < r["p50_ms"] <= r["p99_ms"] < 1000
+        cpu = r["cpu_us_per_op"]  # three processes that receive, send (and sync) per request
+        assert cpu["user"] >= 0 and cpu["sys"] >= 0 and cpu["user"] + cpu["sys"] > 0
     assert set(os.listdir(tmp_path)) == before  # the vote files and their directory are gone
 
 
@@ -36,7 +38,28 @@ def test_the_report_line_gives_both_medians() -> None:
         }
     )
     assert "p50 0.61 ms" in line and "hops alone 0.40" in line
+    assert "CPU" not in line  # not measured: not printed
     assert floor.describe(None) is None
+
+
+def test_the_report_line_gives_the_mock_replicas_cpu_when_measured() -> None:
+    line = floor.describe(
+        {
+            "hops": {"p50_ms": 0.4, "p99_ms": 0.6, "n": 9},
+            "hops_fsync": {
+                "p50_ms": 0.61,
+                "p99_ms": 0.9,
+                "n": 9,
+                "cpu_us_per_op": {"user": 180.0, "sys": 505.4},
+            },
+        }
+    )
+    assert line.endswith("its replicas' CPU per write 685 us")
+
+
+def test_cpu_of_a_process_that_is_gone_is_unknown() -> None:
+    assert floor._cpu_seconds([os.getpid()]) is not None
+    assert floor._cpu_seconds([2**22 + 12345]) is None  # above pid_max's default ceiling
 
 
 def test_the_table_header_carries_the_floor() -> None:
