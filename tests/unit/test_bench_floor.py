@@ -105,3 +105,39 @@ def test_when_the_floor_is_measured() -> None:
     assert not wants_floor(True, "standard", ["steady"], ["etcd"])  # it is a floor for ours
     assert wants_floor(True, "smoke", ["values"], both)
     assert not wants_floor(False, "standard", ["steady"], both)
+
+
+def test_cpuprobe_arithmetic_and_report() -> None:
+    from benchmarks import cpuprobe
+
+    before = {"totals": {"A.x": [1_000_000, 10], "A.y": [0, 0]}, "missing": []}
+    after = {"totals": {"A.x": [5_000_000, 30], "A.y": [0, 0]}, "missing": ["m.B.z"]}
+    steps = cpuprobe.per_request(before, after, requests=10)
+    assert steps == {
+        "A.x": {"us_per_request": 400.0, "calls_per_request": 2.0, "us_per_call": 200.0}
+    }
+    report = cpuprobe.render(
+        {
+            "op": "put",
+            "requests": 10,
+            "replicas": {
+                1: {
+                    "role": "leader",
+                    "loop_cpu_us_per_request": 512.0,
+                    "steps": steps,
+                    "missing": ["m.B.z"],
+                }
+            },
+        }
+    )
+    assert "replica 1 (leader): loop thread 512 us per request" in report
+    assert "A.x" in report and "not probed (not found): m.B.z" in report
+
+
+def test_cpuprobe_cli_refuses_a_nonsense_window(capsys) -> None:
+    from benchmarks import cpuprobe
+
+    with pytest.raises(SystemExit) as exc:
+        cpuprobe.main(["--seconds", "-1"])
+    assert exc.value.code == 2
+    assert "--seconds must be positive" in capsys.readouterr().err
