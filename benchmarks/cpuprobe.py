@@ -82,11 +82,92 @@ def _wait_for_probes(out_dir: Path, pids: dict[int, int], timeout: float = 20.0)
     )
 
 
-def measure(op: str = "put", seconds: float = 4.0) -> dict[str, Any]:
-    """Runs the cluster and the client; returns {"op", "requests", "replicas":
-    {id: {"role", "loop_cpu_us_per_request", "steps", "missing"}}}."""
-    from benchmarks.cluster import KVCluster
+def _snapshot(out_dir: Path, pids: dict[int, int]) -> tuple[dict, dict]:
+    return (
+        {rid: _read_probe(out_dir, pid) for rid, pid in pids.items()},
+        {rid: _thread_cpu_s(pid, pid) for rid, pid in pids.items()},
+    )
+
+
+def _window_one(cluster, leader, pids, out_dir, op, seconds):  # type: ignore[no-untyped-def]
+    """One KVClient thread, requests back to back; the probes read after the
+    warm-up and after the window."""
     from client.client import KVClient
+
+    done = [0]
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            with KVClient([cluster.endpoints()[leader]], timeout=5) as kv:
+                value = b"x" * 100
+                while not stop.is_set():
+                    key = b"cpuprobe-%d" % (done[0] % 1000)
+                    if op == "get":
+                        kv.get(key)
+                    else:
+                        kv.put(key, value)
+                    done[0] += 1
+        except BaseException as exc:  # reported by the caller
+            failure.append(exc)
+
+    client = threading.Thread(target=load, name="cpuprobe-client")
+    client.start()
+    try:
+        time.sleep(WARMUP_S)
+        first, cpu0 = _snapshot(out_dir, pids)
+        n0 = done[0]
+        time.sleep(seconds + 2 * 0.25)  # two probe periods: the last write is fresh
+        last, cpu1 = _snapshot(out_dir, pids)
+        requests = done[0] - n0
+    finally:
+        stop.set()
+        client.join(10)
+    if failure:
+        raise RuntimeError(f"the client failed: {failure[0]}")
+    return first, cpu0, last, cpu1, requests
+
+
+def _window_many(cluster, leader, pids, out_dir, op, seconds, clients):  # type: ignore[no-untyped-def]
+    """`clients` closed-loop clients in the benchmark's worker processes
+    (benchmarks/driver.py, as `python -m benchmarks.run` drives them); the
+    probes read when the workers' completed count passes the warm-up and
+    again after the window."""
+    from benchmarks.driver import RunSpec
+    from benchmarks.harness import run_workload
+    from benchmarks.workload import GET, PUT, WorkloadSpec
+
+    spec = RunSpec(
+        system="paxoskv",
+        endpoints=cluster.endpoints(),
+        leader=leader,
+        clients=clients,
+        workload=WorkloadSpec(mix={GET if op == "get" else PUT: 1.0}),
+        duration=WARMUP_S + seconds + 1.0,
+        warmup=0.0,
+    )
+    marks: dict[str, Any] = {}
+    end_at = WARMUP_S + seconds + 2 * 0.25  # two probe periods: the last write is fresh
+
+    def on_progress(elapsed: float, done: int) -> None:
+        if "first" not in marks and elapsed >= WARMUP_S:
+            marks["first"] = (*_snapshot(out_dir, pids), done)
+        elif "first" in marks and "last" not in marks and elapsed >= end_at:
+            marks["last"] = (*_snapshot(out_dir, pids), done)
+
+    run_workload(spec, on_progress=on_progress)
+    if "last" not in marks:
+        raise RuntimeError("the load ended before the measured window did")
+    first, cpu0, n0 = marks["first"]
+    last, cpu1, n1 = marks["last"]
+    return first, cpu0, last, cpu1, n1 - n0
+
+
+def measure(op: str = "put", seconds: float = 4.0, clients: int = 1) -> dict[str, Any]:
+    """Runs the cluster and the clients; returns {"op", "clients", "requests",
+    "replicas": {id: {"role", "loop_cpu_us_per_request", "steps", "missing"}}}."""
+    from benchmarks.cluster import KVCluster
 
     with tempfile.TemporaryDirectory(prefix="cpuprobe-") as tmp:
         out_dir = Path(tmp)
@@ -100,40 +181,14 @@ def measure(op: str = "put", seconds: float = 4.0) -> dict[str, Any]:
                 leader = cluster.leader()
                 pids = cluster.pids()
                 _wait_for_probes(out_dir, pids)
-                done = [0]
-                stop = threading.Event()
-                failure: list[BaseException] = []
-
-                def load() -> None:
-                    try:
-                        with KVClient([cluster.endpoints()[leader]], timeout=5) as kv:
-                            value = b"x" * 100
-                            while not stop.is_set():
-                                key = b"cpuprobe-%d" % (done[0] % 1000)
-                                if op == "get":
-                                    kv.get(key)
-                                else:
-                                    kv.put(key, value)
-                                done[0] += 1
-                    except BaseException as exc:  # reported by the caller
-                        failure.append(exc)
-
-                client = threading.Thread(target=load, name="cpuprobe-client")
-                client.start()
-                try:
-                    time.sleep(WARMUP_S)
-                    first = {rid: _read_probe(out_dir, pid) for rid, pid in pids.items()}
-                    cpu0 = {rid: _thread_cpu_s(pid, pid) for rid, pid in pids.items()}
-                    n0 = done[0]
-                    time.sleep(seconds + 2 * 0.25)  # two probe periods: the last write is fresh
-                    last = {rid: _read_probe(out_dir, pid) for rid, pid in pids.items()}
-                    cpu1 = {rid: _thread_cpu_s(pid, pid) for rid, pid in pids.items()}
-                    requests = done[0] - n0
-                finally:
-                    stop.set()
-                    client.join(10)
-                if failure:
-                    raise RuntimeError(f"the client failed: {failure[0]}")
+                if clients > 1:
+                    first, cpu0, last, cpu1, requests = _window_many(
+                        cluster, leader, pids, out_dir, op, seconds, clients
+                    )
+                else:
+                    first, cpu0, last, cpu1, requests = _window_one(
+                        cluster, leader, pids, out_dir, op, seconds
+                    )
         finally:
             for key, old in saved.items():
                 if old is None:
@@ -154,13 +209,14 @@ def measure(op: str = "put", seconds: float = 4.0) -> dict[str, Any]:
             "steps": per_request(a, b, requests) if a and b else {},
             "missing": (b or {}).get("missing", []),
         }
-    return {"op": op, "requests": requests, "replicas": replicas}
+    return {"op": op, "clients": clients, "requests": requests, "replicas": replicas}
 
 
 def render(result: dict[str, Any]) -> str:
     """The report: per replica, the loop's CPU per request and its steps."""
     lines = [
-        f"{result['op'].upper()} x1: {result['requests']:,} requests in the window "
+        f"{result['op'].upper()} x{result.get('clients', 1)}: {result['requests']:,} "
+        "requests in the window "
         "(CPU of each replica's loop thread; steps nest, read them as inclusive)"
     ]
     for rid, rep in result["replicas"].items():
@@ -183,20 +239,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.cpuprobe",
         description="Where each replica's loop spends its CPU per request: a local "
-        "3-replica cluster, one client sending requests back to back, the loop's "
+        "3-replica cluster, closed-loop clients sending requests back to back, the loop's "
         "steps timed with the thread's CPU clock (Linux).",
     )
     ap.add_argument("--op", choices=("put", "get"), default="put", help="request kind (put)")
     ap.add_argument("--seconds", type=float, default=4.0, help="measured window (default 4)")
+    ap.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="closed-loop clients (default 1: one KVClient thread; more run in the "
+        "benchmark's worker processes, as `python -m benchmarks.run` drives them)",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
     if args.seconds <= 0:
         ap.error("--seconds must be positive")
+    if not 1 <= args.clients <= 1024:
+        ap.error("--clients must be between 1 and 1024")
     if not sys.platform.startswith("linux"):
         print("cpuprobe: needs Linux (/proc and the thread CPU clock)", file=sys.stderr)
         return 2
     try:
-        result = measure(args.op, args.seconds)
+        result = measure(args.op, args.seconds, args.clients)
     except (OSError, RuntimeError) as exc:
         print(f"cpuprobe: {exc}", file=sys.stderr)
         return 1

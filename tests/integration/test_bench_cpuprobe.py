@@ -30,3 +30,16 @@ def test_every_step_is_probed_on_every_replica() -> None:
     leader = next(rep for rep in replicas.values() if rep["role"] == "leader")
     assert leader["steps"]["ClientTransport.recv"]["calls_per_request"] > 0  # it took the GETs
     assert "PUT" not in cpuprobe.render(result) and "GET x1" in cpuprobe.render(result)
+
+
+def test_many_clients_run_in_the_benchmark_workers() -> None:
+    """With --clients > 1 the load comes from the benchmark's worker processes:
+    the window counts their completed requests, and at 8 clients the leader
+    batches, so its loop iterates less than once per request."""
+    result = cpuprobe.measure(op="put", seconds=1.0, clients=8)
+    assert result["clients"] == 8 and result["requests"] > 0
+    leader = next(rep for rep in result["replicas"].values() if rep["role"] == "leader")
+    assert leader["missing"] == []
+    assert leader["steps"]["ClientTransport.recv"]["calls_per_request"] > 0
+    assert leader["steps"]["KVStateMachine.apply"]["calls_per_request"] < 1
+    assert "PUT x8:" in cpuprobe.render(result)

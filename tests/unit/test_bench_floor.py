@@ -141,3 +141,13 @@ def test_cpuprobe_cli_refuses_a_nonsense_window(capsys) -> None:
         cpuprobe.main(["--seconds", "-1"])
     assert exc.value.code == 2
     assert "--seconds must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("clients", ["0", "-3", "2000"])
+def test_cpuprobe_cli_refuses_a_nonsense_client_count(capsys, clients: str) -> None:
+    from benchmarks import cpuprobe
+
+    with pytest.raises(SystemExit) as exc:
+        cpuprobe.main(["--clients", clients])
+    assert exc.value.code == 2
+    assert "--clients must be between 1 and 1024" in capsys.readouterr().err
