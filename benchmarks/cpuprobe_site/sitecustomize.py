@@ -39,7 +39,10 @@ PROBES = [
     ("replica.driver", "ReplicaDriver", "_collect_garbage"),
     ("replica.driver", "ReplicaDriver", "_after_iteration"),
     ("kvstore.statemachine", "KVStateMachine", "apply"),
+    ("kvstore.statemachine", "KVStateMachine", "apply_effects"),
     ("kvstore.statemachine", "KVStateMachine", "write_applied"),
+    ("kvstore.events", "EventLog", "store"),
+    ("kvstore.events", "EventLog", "_trim"),
 ]
 PERIOD_S = 0.25
 WAIT_S = 10.0  # how long to wait for the classes to be defined
