@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -221,6 +222,58 @@ def put1_floor(seconds: float = 3.0, data_dir: str | None = None) -> dict[str, A
         }
     except (OSError, RuntimeError, zmq.ZMQError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def wait_until_quiet(
+    threshold_ms: float,
+    max_seconds: float,
+    interval_s: float = 60.0,
+    seconds: float = 2.0,
+    data_dir: str | None = None,
+    note: Callable[[str], None] = lambda _msg: None,
+    reading: Callable[[], float | None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Measure the synced floor's p50 every `interval_s` until a reading is
+    at most `threshold_ms` or `max_seconds` have passed (a reading that
+    fails counts as not quiet). Returns {"threshold_ms", "met", "waited_s",
+    "readings_ms"} for the run's JSON (machine.quiet_wait). `reading`,
+    `sleep` and `clock` are there for the tests."""
+
+    def measure_once() -> float | None:
+        try:
+            return measure(seconds, sync=True, data_dir=data_dir)["p50_ms"]
+        except (OSError, RuntimeError, zmq.ZMQError):
+            return None
+
+    read = reading or measure_once
+    start = clock()
+    readings: list[float | None] = []
+    while True:
+        r = read()
+        readings.append(r)
+        waited = clock() - start
+        if r is not None and r <= threshold_ms:
+            note(f"machine quiet: PUT x1 floor p50 {r:.2f} ms <= {threshold_ms:g} ms")
+            met = True
+            break
+        left = max_seconds - waited
+        if left <= 0:
+            met = False
+            break
+        shown = "not measured" if r is None else f"{r:.2f} ms"
+        note(
+            f"waiting for a quiet machine: PUT x1 floor p50 {shown} > {threshold_ms:g} ms "
+            f"({waited:.0f} of {max_seconds:.0f} s)"
+        )
+        sleep(min(interval_s, left))
+    return {
+        "threshold_ms": threshold_ms,
+        "met": met,
+        "waited_s": round(clock() - start, 1),
+        "readings_ms": readings,
+    }
 
 
 def describe(floor: dict[str, Any] | None) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import signal
 import sys
@@ -29,7 +30,7 @@ from typing import Any
 from benchmarks import etcd as etcd_mod
 from benchmarks.cluster import server_available
 from benchmarks.floor import describe as describe_floor
-from benchmarks.floor import put1_floor
+from benchmarks.floor import put1_floor, wait_until_quiet
 from benchmarks.harness import Progress
 from benchmarks.scenarios import (
     API_SCENARIOS,
@@ -291,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the floor under a 1-client PUT on this machine first (benchmarks/floor.py, "
         "~7 s; JSON: machine.put1_floor); default: on when paxoskv runs the steady scenario, "
         "except in the smoke suite",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="MS",
+        help="before anything else, measure the PUT x1 floor (its synced p50; ~3 s) every "
+        "minute until it reads MS or less, so that runs to compare start on an equally quiet "
+        "machine (on the project's VM: ~0.6 quiet, 0.75-0.9 busy). Gives up after --wait-max "
+        "with exit status 3 and no results. JSON: machine.quiet_wait",
+    )
+    ap.add_argument(
+        "--wait-max",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="with --wait-quiet: how long to wait at most (default 3600)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     ap.add_argument(
@@ -701,6 +718,14 @@ def render_table(doc: dict[str, Any]) -> str:
     floor = describe_floor(m.get("put1_floor"))
     if floor:
         lines.append(floor)
+    quiet = m.get("quiet_wait")
+    if quiet:
+        seen = quiet["readings_ms"]
+        lines.append(
+            f"started after {quiet['waited_s']:.0f} s waiting for a quiet machine "
+            f"(--wait-quiet {quiet['threshold_ms']:g}: floor p50 "
+            f"{seen[-1]:.2f} ms at the last of {len(seen)} readings)"
+        )
     if cfg.get("write_buffer_bytes"):  # what the replicas ran with
         lines.append(f"paxoskv replicas with write_buffer_bytes = {cfg['write_buffer_bytes']:,}")
     for name, s in doc["systems"].items():
@@ -828,6 +853,10 @@ def main(argv: list[str] | None = None) -> int:
             print(render_table(doc))
             _print_cost(doc)
         return 0
+    if args.wait_quiet is not None and not args.wait_quiet > 0:
+        build_parser().error("--wait-quiet must be a positive number of milliseconds")
+    if not args.wait_max >= 0:
+        build_parser().error("--wait-max must be zero or more seconds")
     cfg = config_from_args(args)
     # A SIGTERM (`timeout`, `kill`, a CI job's end) unwinds like Ctrl-C
     # would, so every cluster's context manager stops its replicas and
@@ -836,6 +865,28 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress(enabled=args.progress)
     t_suite = time.monotonic()
     now = dt.datetime.now(dt.UTC).astimezone()
+
+    quiet = None
+    if args.wait_quiet is not None:
+        quiet = wait_until_quiet(
+            args.wait_quiet,
+            args.wait_max,
+            data_dir=os.environ.get("BENCH_DATA_DIR") or None,
+            note=progress.note,
+        )
+        if not quiet["met"]:
+            seen = [r for r in quiet["readings_ms"] if r is not None]
+            print(
+                f"benchmarks.run: the machine did not get quiet: the PUT x1 floor's p50 stayed "
+                f"above {args.wait_quiet:g} ms for {quiet['waited_s']:.0f} s "
+                f"({len(quiet['readings_ms'])} readings, lowest "
+                + (f"{min(seen):.2f} ms" if seen else "none measured")
+                + "); nothing was run",
+                file=sys.stderr,
+            )
+            return 3
+        t_suite = time.monotonic()  # the run's own seconds, without the wait
+        now = dt.datetime.now(dt.UTC).astimezone()
 
     systems: list[str] = []
     skipped: dict[str, str] = {}
@@ -865,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": cfg.to_dict(),
         "systems": {name: {"status": "skipped", "reason": why} for name, why in skipped.items()},
     }
+    if quiet is not None:
+        doc["machine"]["quiet_wait"] = quiet
     if wants_floor(args.floor, args.suite, cfg.scenarios, systems):
         progress.note("measuring the PUT x1 floor of this machine (benchmarks/floor.py)")
         doc["machine"]["put1_floor"] = put1_floor(data_dir=doc["machine"].get("data_dir"))

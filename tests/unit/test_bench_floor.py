@@ -151,3 +151,141 @@ def test_cpuprobe_cli_refuses_a_nonsense_client_count(capsys, clients: str) -> N
         cpuprobe.main(["--clients", clients])
     assert exc.value.code == 2
     assert "--clients must be between 1 and 1024" in capsys.readouterr().err
+
+
+class _Clock:
+    """A fake monotonic clock that a fake sleep (and each reading) advance."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        assert s > 0
+        self.t += s
+
+
+def _readings(clock: _Clock, values: list[float | None]):
+    it = iter(values)
+
+    def read() -> float | None:
+        clock.t += 3.0  # a reading takes time too
+        return next(it)
+
+    return read
+
+
+def test_waiting_for_a_quiet_machine_stops_at_the_first_quiet_reading() -> None:
+    clock = _Clock()
+    notes: list[str] = []
+    out = floor.wait_until_quiet(
+        0.64,
+        600,
+        interval_s=60,
+        note=notes.append,
+        reading=_readings(clock, [0.9, None, 0.65, 0.61, 0.5]),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+    assert out["met"] is True
+    assert out["readings_ms"] == [0.9, None, 0.65, 0.61]  # the 0.5 never read
+    assert out["waited_s"] == 3 * 63 + 3
+    assert "not measured" in notes[1] and notes[-1].startswith("machine quiet: ")
+
+
+def test_waiting_gives_up_after_the_maximum_without_oversleeping() -> None:
+    clock = _Clock()
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock.sleep(s)
+
+    out = floor.wait_until_quiet(
+        0.6,
+        100,
+        interval_s=60,
+        reading=_readings(clock, [0.8] * 10),
+        sleep=sleep,
+        clock=clock,
+    )
+    assert out["met"] is False
+    assert slept == [60, 100 - 63 - 3]  # the last sleep ends at the deadline
+    assert out["readings_ms"] == [0.8, 0.8, 0.8]
+    assert out["waited_s"] == 103
+
+
+def test_a_zero_wait_reads_once() -> None:
+    clock = _Clock()
+    out = floor.wait_until_quiet(
+        0.6, 0, reading=_readings(clock, [0.7, 0.1]), sleep=clock.sleep, clock=clock
+    )
+    assert (out["met"], out["readings_ms"]) == (False, [0.7])
+
+
+def test_run_gives_up_on_a_busy_machine_with_status_3_and_writes_nothing(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from benchmarks import run
+
+    calls: list[tuple] = []
+
+    def never_quiet(threshold_ms, max_seconds, **kw):
+        calls.append((threshold_ms, max_seconds))
+        return {"threshold_ms": threshold_ms, "met": False, "waited_s": 5.0, "readings_ms": [0.9]}
+
+    monkeypatch.setattr(run, "wait_until_quiet", never_quiet)
+    argv = ["--suite", "smoke", "--out", str(tmp_path), "--wait-quiet", "0.6", "--wait-max", "5"]
+    assert run.main(argv) == 3
+    assert calls == [(0.6, 5.0)]
+    err = capsys.readouterr().err
+    assert "did not get quiet" in err and "lowest 0.90 ms" in err and "nothing was run" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flags", [["--wait-quiet", "0"], ["--wait-quiet", "1", "--wait-max", "-1"]]
+)
+def test_run_refuses_a_nonsense_wait(flags, tmp_path, capsys) -> None:
+    from benchmarks import run
+
+    with pytest.raises(SystemExit) as e:
+        run.main(["--suite", "smoke", "--out", str(tmp_path), *flags])
+    assert e.value.code == 2
+    assert "--wait-" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_table_header_says_how_long_the_run_waited() -> None:
+    doc = {
+        "machine": {
+            "cores": 2,
+            "quiet_wait": {
+                "threshold_ms": 0.62,
+                "met": True,
+                "waited_s": 312.4,
+                "readings_ms": [0.8, None, 0.6],
+            },
+        },
+        "config": {
+            "replicas": 3,
+            "value_size": 100,
+            "keys": 10,
+            "distribution": "uniform",
+            "name": "t",
+        },
+        "systems": {},
+    }
+    text = render_table(doc)
+    assert "started after 312 s waiting for a quiet machine" in text
+    assert "--wait-quiet 0.62: floor p50 0.60 ms at the last of 3 readings" in text
+
+
+def test_waiting_measures_the_real_mock(tmp_path) -> None:
+    out = floor.wait_until_quiet(1000, 0, seconds=0.2, data_dir=str(tmp_path))
+    assert out["met"] is True and len(out["readings_ms"]) == 1
+    assert 0 < out["readings_ms"][0] < 1000
+    missing = floor.wait_until_quiet(1000, 0, seconds=0.2, data_dir=str(tmp_path / "gone"))
+    assert missing["met"] is False and missing["readings_ms"] == [None]  # a failure is not quiet
