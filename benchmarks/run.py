@@ -43,7 +43,7 @@ from benchmarks.scenarios import (
     scan_requests,
     written_per_op,
 )
-from benchmarks.sysinfo import load_average, machine_info, versions
+from benchmarks.sysinfo import cpu_times, load_average, machine_info, steal_percent, versions
 from benchmarks.workload import parse_mix
 from kvstore.config import MAX_WRITE_BUFFER_BYTES, MIN_WRITE_BUFFER_BYTES
 
@@ -726,6 +726,16 @@ def render_table(doc: dict[str, Any]) -> str:
             f"(--wait-quiet {quiet['threshold_ms']:g}: floor p50 "
             f"{seen[-1]:.2f} ms at the last of {len(seen)} readings)"
         )
+    steal = [
+        f"{n} {doc['systems'][n]['cpu_steal_pct']:.1f} %"
+        for n in names
+        if doc["systems"][n].get("cpu_steal_pct") is not None
+    ]
+    if steal:
+        lines.append(
+            "CPU steal (of the CPU time the cores wanted, what the host gave elsewhere): "
+            + ", ".join(steal)
+        )
     if cfg.get("write_buffer_bytes"):  # what the replicas ran with
         lines.append(f"paxoskv replicas with write_buffer_bytes = {cfg['write_buffer_bytes']:,}")
     for name, s in doc["systems"].items():
@@ -923,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["machine"]["put1_floor"] = put1_floor(data_dir=doc["machine"].get("data_dir"))
     for name in systems:
         t0 = time.monotonic()
+        cpu0 = cpu_times()
         runner = SystemRunner(name, cfg, progress)
         try:
             scen = runner.run_all()
@@ -930,6 +941,7 @@ def main(argv: list[str] | None = None) -> int:
                 "status": "ok",
                 "scenarios": scen,
                 "seconds": round(time.monotonic() - t0, 1),
+                "cpu_steal_pct": steal_percent(cpu0, cpu_times()),
             }
         except KeyboardInterrupt:
             raise

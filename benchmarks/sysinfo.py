@@ -73,6 +73,35 @@ def load_average() -> list[float] | None:
         return None
 
 
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times(stat: str | None = None) -> dict[str, int] | None:
+    """The machine's CPU time in ticks since boot, all cores (the first line
+    of /proc/stat, or `stat` given), or None where it cannot be read."""
+    try:
+        text = Path("/proc/stat").read_text() if stat is None else stat
+        fields = text.splitlines()[0].split()
+        if fields[0] != "cpu":
+            return None
+        return {name: int(v) for name, v in zip(_CPU_FIELDS, fields[1:9], strict=True)}
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def steal_percent(before: dict[str, int] | None, after: dict[str, int] | None) -> float | None:
+    """Of the CPU time this machine's cores wanted between two `cpu_times`
+    readings, the share the hypervisor gave to someone else (steal), in
+    percent: how contended the host was. None if unknown or nothing ran."""
+    if not before or not after:
+        return None
+    d = {k: after[k] - before[k] for k in _CPU_FIELDS}
+    wanted = sum(d[k] for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+    if wanted <= 0:
+        return None
+    return round(100 * d["steal"] / wanted, 1)
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
