@@ -62,15 +62,10 @@ def test_cpu_of_a_process_that_is_gone_is_unknown() -> None:
     assert floor._cpu_seconds([2**22 + 12345]) is None  # above pid_max's default ceiling
 
 
-def test_the_table_header_carries_the_floor() -> None:
-    doc = {
-        "machine": {
-            "cores": 2,
-            "put1_floor": {
-                "hops": {"p50_ms": 0.4, "p99_ms": 0.6, "n": 9},
-                "hops_fsync": {"p50_ms": 0.6, "p99_ms": 0.9, "n": 9},
-            },
-        },
+def table_doc(machine: dict, systems: dict | None = None) -> dict:
+    """The least result document `render_table` prints a header for."""
+    return {
+        "machine": {"cores": 2, **machine},
         "config": {
             "replicas": 3,
             "value_size": 100,
@@ -78,8 +73,19 @@ def test_the_table_header_carries_the_floor() -> None:
             "distribution": "uniform",
             "name": "t",
         },
-        "systems": {},
+        "systems": systems or {},
     }
+
+
+def test_the_table_header_carries_the_floor() -> None:
+    doc = table_doc(
+        {
+            "put1_floor": {
+                "hops": {"p50_ms": 0.4, "p99_ms": 0.6, "n": 9},
+                "hops_fsync": {"p50_ms": 0.6, "p99_ms": 0.9, "n": 9},
+            }
+        }
+    )
     assert "PUT x1 floor here" in render_table(doc)
 
 
@@ -259,25 +265,16 @@ def test_run_refuses_a_nonsense_wait(flags, tmp_path, capsys) -> None:
 
 
 def test_the_table_header_says_how_long_the_run_waited() -> None:
-    doc = {
-        "machine": {
-            "cores": 2,
+    doc = table_doc(
+        {
             "quiet_wait": {
                 "threshold_ms": 0.62,
                 "met": True,
                 "waited_s": 312.4,
                 "readings_ms": [0.8, None, 0.6],
-            },
-        },
-        "config": {
-            "replicas": 3,
-            "value_size": 100,
-            "keys": 10,
-            "distribution": "uniform",
-            "name": "t",
-        },
-        "systems": {},
-    }
+            }
+        }
+    )
     text = render_table(doc)
     assert "started after 312 s waiting for a quiet machine" in text
     assert "--wait-quiet 0.62: floor p50 0.60 ms at the last of 3 readings" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from benchmarks.run import render_table
 from benchmarks.sysinfo import cpu_times, steal_percent
+from tests.unit.test_bench_floor import table_doc
 
 STAT = "cpu  100 5 50 900 20 3 2 40 0 0\ncpu0 50 2 25 450 10 1 1 20 0 0\nintr 1\n"
 
@@ -43,20 +44,13 @@ def test_steal_is_a_share_of_the_time_the_cores_wanted() -> None:
 
 
 def test_the_table_header_reports_steal_per_system() -> None:
-    doc = {
-        "machine": {"cores": 2},
-        "config": {
-            "replicas": 3,
-            "value_size": 100,
-            "keys": 10,
-            "distribution": "uniform",
-            "name": "t",
-        },
-        "systems": {
+    doc = table_doc(
+        {},
+        {
             "paxoskv": {"status": "ok", "scenarios": {}, "cpu_steal_pct": 6.25},
             "etcd": {"status": "ok", "scenarios": {}, "cpu_steal_pct": None},
         },
-    }
+    )
     text = render_table(doc)
     assert "CPU steal" in text and "paxoskv 6.2 %" in text
     assert "etcd" not in text.split("CPU steal", 1)[1].splitlines()[0]  # unknown: not shown
