@@ -8,24 +8,37 @@ Applying a command that changes keys (kvstore/statemachine.py) records one
 event per key it changed, at the command's revision, in the same batch as
 the change itself: PUT (key, value, version = mod revision, create
 revision) or DELETE (key), with the key's mod revision before the change
-(0: it did not exist). Keys:
+(0: it did not exist). The events of one apply are stored together, as
+records of whole revisions (a record holds up to RECORD_EVENTS events or
+RECORD_BYTES of keys and values, more only when one revision has more):
 
-    w + revision (8 bytes BE) + index in the revision (4 bytes BE) -> msgpack
-        [kind (0 put, 1 delete), key, value (None for a delete), version,
-         create_revision, prev_revision]
-
-(an event of a release before previous values has no prev_revision: it
-reads as PREV_UNKNOWN).
+    W + the record's last revision (8 bytes BE) -> a header (flags: 1 if
+        an event holds a value log reference; the event count, u32 BE)
+        + msgpack [[revision, kind (0 put, 1 delete), key, value (None
+        for a delete), version, create_revision, prev_revision], ...]
     m + b"watch" -> 24 bytes: floor, count, bytes (three big-endian u64)
+
+Why records: one LevelDB key per event cost each replica ~3.5 us per
+event to store and trim (a key, a msgpack call, a put, and a read and a
+delete when trimmed), the largest part of a write's cost in the watch
+log; a record of 25 events costs ~1.5 us per event (benchmarks/README.md,
+"Session 22"). A record is found from a revision by one seek (the first
+key at or above it: its key is its last revision), and no record holds
+revisions on both sides of the floor. The span's bytes count each
+record's bytes and its key's 8. An event migrated from the layout before
+records (`w` + revision + index: `_migrate`, once, when the data
+directory is opened) or written by the release before previous values
+has prev_revision PREV_UNKNOWN.
 
 `floor` is the oldest revision whose events are all here: every revision
 from the floor up to the state machine's revision is complete, so a
 watcher may start anywhere in [floor, revision + 1]; below it the answer
 is "compacted, the oldest available is <floor>". Retention is bounded by
 count and bytes (`retain_events`, `retain_bytes`): each apply that adds
-events deletes the oldest whole revisions while the log is over either
-bound (at most twice as many events as it added, plus a few, so one apply
-stays cheap and the log converges), raising the floor. Events are not part
+events deletes the oldest whole records while the log is over either
+bound (until it has deleted twice as many events as it added, plus a
+few, so one apply stays cheap and the log converges), raising the floor
+past them. Events are not part
 of the replicated state: two replicas may keep different spans, but the
 events of a revision are the same everywhere (they come from the same
 command applied to the same state). They are independent of log
@@ -44,17 +57,17 @@ Previous values (a watcher's prev_kv) are found at read time, not kept
 twice: the write path only adds the previous mod revision P to each event
 (a few bytes; the apply already read the old record), and a read that asks
 for them looks up the event of the same key at revision P, which holds the
-value written then (a key has at most one event per revision): a point
-read of P's first event, a scan of P only when it has several. So an
+value written then (a key has at most one event per revision): one seek
+to the record that holds P. So an
 overwrite costs no second copy of its value in the byte-bounded log, and
 writers that nobody watches with prev_kv pay nothing more. The price: once
 revision P is trimmed from this replica's log, the previous value is gone
 (the event says `prev_revision` P with `prev_value` None, "no longer
 kept"), even while the event itself is still kept; a key rewritten rarely
-on a busy store loses it first. A read scans a revision P of several
-events once (its PUTs kept in a dict), and the events it looks at for
-previous values count toward `MAX_WATCH_SCAN`, checked at revision
-boundaries as the rest.
+on a busy store loses it first. A read decodes the record of a revision P
+once (the PUTs of all its revisions kept in a dict), and the events it
+looks at for previous values count toward `MAX_WATCH_SCAN`, checked at
+revision boundaries as the rest.
 
 Large values
 ------------
@@ -63,7 +76,8 @@ vote and the key's record): its PUT event is stored as PUT_IN_RECORD with
 no value, and a read takes the value from the key's record, which is at
 that revision. When the key changes again (overwritten, deleted, expired
 with its lease), the apply that changes it copies the old value into the
-old event, in the same batch, if that revision is still kept. So at any
+old event (rewriting its record), in the same batch, if that revision is
+still kept. So at any
 time a PUT_IN_RECORD event of revision R has its key's record at R, and a
 read that finds otherwise (only possible for revisions an install left
 below the floor, which previous-value lookups may still touch) answers
@@ -82,11 +96,19 @@ trimming deletes the event (`ValueRefs.drop`); the value log's garbage
 collection moves such a value like a record's (`repoint`). The span's
 bytes count the value such an event keeps, so `retain_bytes` bounds the
 history kept in the value log as it bounds the event log. A value is thus
-written once however often it is overwritten while watched.
+written once however often it is overwritten while watched. The index
+entry names the event by its record's key and its index there (13
+bytes), so several events of one record may change in one batch (an
+apply that replaces several values, a garbage collection step): the
+record is decoded once, changed in memory (`_edit`) and put once at the
+end (`_flush_edits`, `flush`), since LevelDB's reads do not see a batch
+(tests/unit/test_values.py shows a log that rewrites a record per change
+losing references).
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -99,10 +121,16 @@ from kvstore.values import ref_length
 if TYPE_CHECKING:  # the driver imports this module and must not import plyvel
     import plyvel
 
-EVENT_PREFIX = b"w"
+EVENT_PREFIX = b"W"
+OLD_EVENT_PREFIX = b"w"
+"""One LevelDB record per event: the layout before records (migrated at open)."""
 WATCH_META_KEY = b"mwatch"
-_EVENT_KEY = struct.Struct(">QI")
+_RECORD_KEY = struct.Struct(">Q")
+_EVENT_ID = struct.Struct(">I")
+_HEADER = struct.Struct(">BI")
+_OLD_EVENT_KEY = struct.Struct(">QI")
 _WATCH_META = struct.Struct(">QQQ")
+_IN_LOG = 1  # header flag: some event of the record is PUT_IN_LOG
 
 PUT, DELETE = 0, 1
 PUT_IN_RECORD = 2
@@ -111,7 +139,7 @@ log: it is the key's data record while that record is at the event's
 revision (see "Large values" in the module doc)."""
 PUT_IN_LOG = 3
 """The stored kind of a PUT event whose value is in the replica's value
-log (kvstore/values.py): field 2 holds the reference (see "Large values")."""
+log (kvstore/values.py): field 3 holds the reference (see "Large values")."""
 INLINE_VALUE_BYTES = 1024
 """A PUT event keeps a value up to this size itself; a larger one stays in
 the key's record until the key changes again."""
@@ -129,13 +157,45 @@ MAX_WATCH_BYTES = 1024 * 1024
 """... and about this many bytes of keys and values."""
 MAX_WATCH_SCAN = 10_000
 """Events looked at for one reply (a filtered watcher moves on anyway)."""
+RECORD_EVENTS = 128
+"""A record holds about this many events at most (whole revisions: one
+revision of more events is one record) ..."""
+RECORD_BYTES = 32 * 1024
+"""... and about this many bytes of keys and values, so that trimming,
+which deletes whole records, stays fine-grained."""
 _TRIM_SLACK = 64
-_EVENT_END = b"x"  # EVENT_PREFIX + 1
+_EVENT_END = b"X"  # EVENT_PREFIX + 1
+_OLD_EVENT_END = b"x"
 
 
 def event_key(revision: int) -> bytes:
-    """The key of the first event of `revision` (and the end of those before)."""
-    return EVENT_PREFIX + _EVENT_KEY.pack(revision, 0)
+    """The key of the first record that may hold events of `revision` (and
+    the end of the records of earlier revisions only)."""
+    return EVENT_PREFIX + _RECORD_KEY.pack(revision)
+
+
+def record_count(raw: bytes) -> int:
+    """The number of events of a stored record."""
+    return _HEADER.unpack_from(raw)[1]
+
+
+def record_events(raw: bytes) -> list[list[Any]]:
+    """The events of a stored record: [revision, kind, key, value, version,
+    create_revision, prev_revision] each (see the module doc)."""
+    return msgpack.unpackb(memoryview(raw)[_HEADER.size :], raw=False)
+
+
+def valid_record(key: Any, raw: Any) -> bool:
+    """Whether (`key`, `raw`) looks like a stored record: the shape a
+    follower checks in a leader's effects before it stores them."""
+    return (
+        type(key) is bytes
+        and type(raw) is bytes
+        and len(key) == 1 + _RECORD_KEY.size
+        and key[:1] == EVENT_PREFIX
+        and len(raw) > _HEADER.size
+        and raw[0] in (0, _IN_LOG)
+    )
 
 
 class ValueRefs(Protocol):
@@ -143,6 +203,7 @@ class ValueRefs(Protocol):
 
     def read(self, ref: bytes) -> bytes: ...
     def keep(self, batch: Any, ref: bytes, event: bytes) -> None: ...
+    def rename(self, batch: Any, ref: bytes, event: bytes) -> None: ...
     def drop(self, batch: Any, ref: bytes) -> None: ...
 
 
@@ -172,6 +233,10 @@ def _in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
     return start <= key and (end is None or key < end)
 
 
+def _pack_record(events: list[Any], flags: int = 0) -> bytes:
+    return _HEADER.pack(flags, len(events)) + _PACK(events)
+
+
 class EventLog:
     """The event log of one replica's state machine (see the module doc)."""
 
@@ -195,16 +260,75 @@ class EventLog:
         self._refs = refs
         self.retain_events = retain_events
         self.retain_bytes = retain_bytes
+        # Records rewritten in a batch not yet written: db key -> [flags,
+        # events, stored length] (`_edit`, written by `_flush_edits`).
+        self._edits: dict[bytes, list[Any]] = {}
         raw = db.get(WATCH_META_KEY)
         # A data directory from before watch: events from the next revision on.
         self._span = _Span(revision + 1, 0, 0) if raw is None else _Span(*_WATCH_META.unpack(raw))
+        self._migrate()
         # The oldest revision that may still have events here: trimming
-        # seeks to it instead of walking the tombstones of every event it
+        # seeks to it instead of walking the tombstones of every record it
         # deleted before (LevelDB keeps them until its compactions run).
         self._oldest = 0
-        for db_key in db.iterator(start=EVENT_PREFIX, stop=_EVENT_END, include_value=False):
-            self._oldest = _EVENT_KEY.unpack_from(db_key, 1)[0]
+        for _, raw in db.iterator(start=EVENT_PREFIX, stop=_EVENT_END):
+            self._oldest = record_events(raw)[0][0]
             break
+
+    def _migrate(self) -> None:
+        """Rewrites the events of the layout before records (one LevelDB
+        record per event, under OLD_EVENT_PREFIX) as records, in one synced
+        batch; the value log's index entries of PUT_IN_LOG events are
+        renamed to the new events. The span is recounted."""
+        old = self._db.iterator(start=OLD_EVENT_PREFIX, stop=_OLD_EVENT_END)
+        first = next(old, None)
+        if first is None:
+            return
+        batch = self._db.write_batch(sync=True)
+        floor = self._span.floor
+        count = size = 0
+        chunk: list[Any] = []
+        chunk_bytes = 0
+        last = -1
+
+        def finish() -> None:
+            nonlocal count, size
+            key = event_key(last)
+            flags = _IN_LOG if any(e[1] == PUT_IN_LOG for e in chunk) else 0
+            raw = _pack_record(chunk, flags)
+            batch.put(key, raw)
+            count += len(chunk)
+            size += len(raw) + _RECORD_KEY.size
+            for index, event in enumerate(chunk):
+                if event[1] == PUT_IN_LOG:
+                    self._refs.rename(batch, event[3], key + _EVENT_ID.pack(index))  # type: ignore[union-attr]
+                    size += ref_length(event[3])
+
+        for db_key, raw in itertools.chain((first,), old):
+            batch.delete(db_key)
+            revision = _OLD_EVENT_KEY.unpack_from(db_key, 1)[0]
+            if (
+                revision != last
+                and chunk
+                and (
+                    len(chunk) >= RECORD_EVENTS
+                    or chunk_bytes >= RECORD_BYTES
+                    or last < floor <= revision  # no record on both sides of the floor
+                )
+            ):
+                finish()
+                chunk, chunk_bytes = [], 0
+            last = revision
+            fields = msgpack.unpackb(raw, raw=False)
+            if len(fields) < 6:  # a release before previous values
+                fields.append(PREV_UNKNOWN)
+            chunk.append([revision, *fields])
+            chunk_bytes += len(raw)
+        if chunk:
+            finish()
+        self._span = _Span(floor, count, size)
+        batch.put(WATCH_META_KEY, _WATCH_META.pack(*self._span))
+        batch.write()  # LevelDB's own compactions drop the old records' tombstones
 
     @property
     def floor(self) -> int:
@@ -231,29 +355,42 @@ class EventLog:
         replaced_refs: Iterable[tuple[bytes, bytes, int]] = (),
     ) -> None:
         """Adds `events` ((revision, kind, key, value, version, create,
-        prev_revision), in order) to `batch`, then trims the oldest
-        revisions over retention. `final`: each changed key's record after
-        this batch (None: deleted); a large value stays in it when it is
-        still at the event's revision. `replaced`: (key, value, revision)
+        prev_revision), in order) to `batch` as records, then trims the
+        oldest records over retention. `final`: each changed key's record
+        after this batch (None: deleted); a large value stays in it when it
+        is still at the event's revision. `replaced`: (key, value, revision)
         of each large value this batch replaced in a record; still-kept
         events of those revisions get their value copied in. `stored`, if
-        given, gets each new event's key and record (for `store` on another
+        given, gets each new record's key and bytes (for `store` on another
         replica: kvstore/statemachine.py, "Effects"). `replaced_refs`: (key,
         reference, revision) of each large value this batch replaced that
         is in the value log; still-kept events of those revisions take the
         reference (PUT_IN_LOG)."""
-        entries = []
-        last, index = -1, 0
+        entries: list[bytes] = []
+        chunk: list[Any] = []
+        chunk_bytes = 0
+        last = -1
         inline = final is None or self._value_at is None
-        for revision, *fields in events:
-            index = index + 1 if revision == last else 0
-            last = revision
-            if not inline and fields[0] == PUT and len(fields[2]) > INLINE_VALUE_BYTES:
-                record = final.get(fields[1])  # type: ignore[union-attr]
-                if record is not None and record[1] == revision:
-                    fields = [PUT_IN_RECORD, fields[1], None, *fields[3:]]
-            entries.append(EVENT_PREFIX + _EVENT_KEY.pack(revision, index))
-            entries.append(_PACK(fields))
+        for event in events:
+            revision = event[0]
+            if revision != last:
+                if len(chunk) >= RECORD_EVENTS or chunk_bytes >= RECORD_BYTES:
+                    entries.append(event_key(last))
+                    entries.append(_pack_record(chunk))
+                    chunk, chunk_bytes = [], 0
+                last = revision
+            value = event[3]
+            if value is not None:
+                if not inline and event[1] == PUT and len(value) > INLINE_VALUE_BYTES:
+                    record = final.get(event[2])  # type: ignore[union-attr]
+                    if record is not None and record[1] == revision:
+                        event = (revision, PUT_IN_RECORD, event[2], None, *event[4:])
+                        value = b""
+                chunk_bytes += len(value)
+            chunk.append(event)
+        if chunk:
+            entries.append(event_key(last))
+            entries.append(_pack_record(chunk))
         if stored is not None:
             stored += entries
         self.store(batch, entries, replaced, replaced_refs)
@@ -265,17 +402,18 @@ class EventLog:
         replaced: Iterable[tuple[bytes, bytes, int]] = (),
         replaced_refs: Iterable[tuple[bytes, bytes, int]] = (),
     ) -> None:
-        """The second half of `append`: puts the new events `entries` (event
-        key, record, event key, record, ...) into `batch`, trims, copies
-        the `replaced` values and records the span."""
+        """The second half of `append`: puts the new records `entries`
+        (record key, record, record key, record, ...) into `batch`, trims,
+        copies the `replaced` values and records the span."""
         floor, count, size = self._span
-        added = len(entries) // 2
+        added = 0
         put = batch.put
         records = entries[1::2]
         for key, raw in zip(entries[::2], records, strict=True):
             put(key, raw)
+            added += _HEADER.unpack_from(raw)[1]
         count += added
-        size += sum(map(len, records)) + added * _EVENT_KEY.size
+        size += sum(map(len, records)) + len(records) * _RECORD_KEY.size
         if added:
             span = self._trim(batch, _Span(floor, count, size), 2 * added + _TRIM_SLACK)
             floor, count, size = span
@@ -285,9 +423,47 @@ class EventLog:
         for key, ref, revision in replaced_refs:
             if revision >= self._oldest:
                 size += self._copy_value(batch, key, ref, revision, in_log=True)
+        size += self._flush_edits(batch)
         self._span = _Span(floor, count, size)
         if added or replaced or replaced_refs:
             batch.put(WATCH_META_KEY, _WATCH_META.pack(*self._span))
+
+    def _record_at(self, revision: int) -> tuple[bytes, bytes] | None:
+        """(db key, stored bytes) of the record that holds `revision`'s
+        events if it has any (else the next record, or None)."""
+        for item in self._db.iterator(start=event_key(revision), stop=_EVENT_END):
+            return item
+        return None
+
+    def _edit(self, db_key: bytes, raw: bytes | None = None) -> list[Any] | None:
+        """The record `db_key` to change in the current batch: [flags,
+        events, stored length], the same list for every change until
+        `_flush_edits` (several events of one record may change in one
+        batch, which LevelDB's reads do not see). None if there is none."""
+        edit = self._edits.get(db_key)
+        if edit is None:
+            if raw is None:
+                raw = self._db.get(db_key)
+                if raw is None:
+                    return None
+            edit = self._edits[db_key] = [raw[0], record_events(raw), len(raw)]
+        return edit
+
+    def _flush_edits(self, batch: plyvel.WriteBatch) -> int:
+        """Puts the records changed since the last call into `batch`; returns
+        the bytes they added."""
+        added = 0
+        for db_key, (flags, events, length) in self._edits.items():
+            raw = _pack_record(events, flags)
+            batch.put(db_key, raw)
+            added += len(raw) - length
+        self._edits.clear()
+        return added
+
+    def flush(self, batch: plyvel.WriteBatch) -> None:
+        """Puts the records `repoint` changed into `batch`: the caller's last
+        step before it writes the batch."""
+        self._flush_edits(batch)
 
     def _copy_value(
         self,
@@ -298,42 +474,55 @@ class EventLog:
         in_log: bool = False,
     ) -> int:
         """Writes `value` (`in_log`: a value log reference) into the
-        PUT_IN_RECORD event of `key` at `revision`, if there is one;
-        returns the bytes it added to the span (a reference counts the
-        value it keeps in the value log)."""
-        start, stop = event_key(revision), event_key(revision + 1)
-        for db_key, raw in self._db.iterator(start=start, stop=stop):
-            fields = msgpack.unpackb(raw, raw=False)
-            if fields[1] != key:
+        PUT_IN_RECORD event of `key` at `revision`, if there is one (the
+        record is put by `_flush_edits`); returns the bytes it added to the
+        span beside the record's growth (a reference counts the value it
+        keeps in the value log)."""
+        found = self._record_at(revision)
+        if found is None:
+            return 0
+        edit = self._edit(*found)
+        assert edit is not None
+        for index, event in enumerate(edit[1]):
+            if event[0] != revision or event[2] != key:
                 continue
-            if fields[0] != PUT_IN_RECORD:
+            if event[1] != PUT_IN_RECORD:
                 return 0
-            fields[0], fields[2] = (PUT_IN_LOG if in_log else PUT), value
-            new = _PACK(fields)
-            batch.put(db_key, new)
+            event[1], event[3] = (PUT_IN_LOG if in_log else PUT), value
             if not in_log:
-                return len(new) - len(raw)
-            self._refs.keep(batch, value, db_key)  # type: ignore[union-attr]
-            return len(new) - len(raw) + ref_length(value)
+                return 0
+            edit[0] |= _IN_LOG
+            self._refs.keep(batch, value, found[0] + _EVENT_ID.pack(index))  # type: ignore[union-attr]
+            return ref_length(value)
         return 0
 
+    def _event(self, event: bytes) -> tuple[list[Any], list[Any]] | None:
+        """(record edit, the event's fields) of the event id `event` (record
+        key + index), or None."""
+        edit = self._edit(event[: 1 + _RECORD_KEY.size])
+        if edit is None:
+            return None
+        index = _EVENT_ID.unpack_from(event, 1 + _RECORD_KEY.size)[0]
+        return (edit, edit[1][index]) if index < len(edit[1]) else None
+
     def event_of(self, event: bytes) -> bytes | None:
-        """The key of the stored event `event` (its db key), or None."""
-        raw = self._db.get(event)
-        return None if raw is None else msgpack.unpackb(raw, raw=False)[1]
+        """The key of the stored event `event` (its id: record key + index),
+        or None."""
+        found = self._event(event)
+        return None if found is None else found[1][2]
 
     def repoint(self, batch: plyvel.WriteBatch, event: bytes, ref: bytes, new: bytes) -> bool:
         """The value log moved the value of PUT_IN_LOG event `event` from
-        `ref` to `new`: the event takes the new reference. False if the
-        event is gone or holds another value."""
-        raw = self._db.get(event)
-        if raw is None:
+        `ref` to `new`: the event takes the new reference (in the record
+        that `flush` puts). False if the event is gone or holds another
+        value."""
+        found = self._event(event)
+        if found is None:
             return False
-        fields = msgpack.unpackb(raw, raw=False)
-        if fields[0] != PUT_IN_LOG or fields[2] != ref:
+        fields = found[1]
+        if fields[1] != PUT_IN_LOG or fields[3] != ref:
             return False
-        fields[2] = new
-        batch.put(event, _PACK(fields))
+        fields[3] = new
         return True
 
     def _stored_value(self, kind: int, key: bytes, value: bytes | None, revision: int):  # noqa: ANN202
@@ -346,38 +535,35 @@ class EventLog:
         return PUT, found
 
     def _trim(self, batch: plyvel.WriteBatch, span: _Span, budget: int) -> _Span:
-        """Deletes whole revisions, oldest first, while over retention (or
-        below the floor), within `budget` events (a revision is finished)."""
+        """Deletes whole records, oldest first, while over retention (or
+        below the floor), within `budget` events (a record is finished)."""
         floor, count, size = span
         if self._oldest >= floor and count <= self.retain_events and size <= self.retain_bytes:
             return span  # nothing to delete: no iterator (a seek per apply)
-        current = None
-        oldest = None  # the oldest revision left, once the scan stops in one
-        entries = self._db.iterator(start=event_key(self._oldest), stop=_EVENT_END)
-        for db_key, raw in entries:
-            revision = _EVENT_KEY.unpack_from(db_key, 1)[0]
-            if revision != current:
-                if current is not None:
-                    floor = max(floor, current + 1)
-                over = count > self.retain_events or size > self.retain_bytes
-                if budget <= 0 or (revision >= floor and not over):
-                    oldest = revision
-                    break
-                current = revision
+        oldest = self._oldest
+        for db_key, raw in self._db.iterator(start=event_key(oldest), stop=_EVENT_END):
+            last = _RECORD_KEY.unpack_from(db_key, 1)[0]
+            over = count > self.retain_events or size > self.retain_bytes
+            if last >= floor and not over:
+                # No record holds revisions on both sides of the floor
+                # (an install's and trimming's floors are record bounds).
+                oldest = max(oldest, floor)
+                break
+            if budget <= 0:
+                break
+            flags, events = _HEADER.unpack_from(raw)
             batch.delete(db_key)
-            count -= 1
-            size -= len(raw) + _EVENT_KEY.size
-            if raw[1] == PUT_IN_LOG:  # [kind, ...]: a fixarray, then the kind
-                ref = msgpack.unpackb(raw, raw=False)[2]
-                self._refs.drop(batch, ref)  # type: ignore[union-attr]
-                size -= ref_length(ref)
-            budget -= 1
-        else:
-            if current is not None:
-                floor = max(floor, current + 1)
-                oldest = current + 1
-        if oldest is not None:
-            self._oldest = oldest
+            count -= events
+            size -= len(raw) + _RECORD_KEY.size
+            if flags & _IN_LOG:
+                for event in record_events(raw):
+                    if event[1] == PUT_IN_LOG:
+                        self._refs.drop(batch, event[3])  # type: ignore[union-attr]
+                        size -= ref_length(event[3])
+            budget -= events
+            floor = max(floor, last + 1)
+            oldest = last + 1
+        self._oldest = oldest
         return _Span(floor, count, size)
 
     @property
@@ -409,43 +595,44 @@ class EventLog:
         found: list[Event] = []
         size = 0
         current = None
-        prev = _PrevValues(self._db, self._oldest, self._stored_value) if prev_kv else None
-        entries = self._db.iterator(start=event_key(start), stop=_EVENT_END)
-        for scanned, (db_key, raw) in enumerate(entries):
-            rev = _EVENT_KEY.unpack_from(db_key, 1)[0]
-            if rev != current:
-                full = len(found) >= max_events or size >= max_bytes
-                looked = scanned + (0 if prev is None else prev.scanned)
-                if current is not None and (full or looked >= MAX_WATCH_SCAN):
-                    return found, current + 1
-                current = rev
-            fields = msgpack.unpackb(raw, raw=False)
-            k = fields[1]
-            if _in_range(k, key, end):
-                fields[0], fields[2] = self._stored_value(fields[0], k, fields[2], rev)
-                if prev is None:
-                    found.append(Event(rev, *fields[:5]))
-                else:
-                    before = prev.of(k, fields[5] if len(fields) > 5 else PREV_UNKNOWN)
-                    found.append(Event(rev, *fields[:5], *before))
-                    size += len(before[1] or b"")
-                size += len(k) + len(fields[2] or b"")
+        scanned = 0
+        prev = _PrevValues(self, self._oldest) if prev_kv else None
+        for _, raw in self._db.iterator(start=event_key(start), stop=_EVENT_END):
+            for fields in record_events(raw):
+                rev = fields[0]
+                if rev < start:
+                    continue
+                if rev != current:
+                    full = len(found) >= max_events or size >= max_bytes
+                    looked = scanned + (0 if prev is None else prev.scanned)
+                    if current is not None and (full or looked >= MAX_WATCH_SCAN):
+                        return found, current + 1
+                    current = rev
+                scanned += 1
+                k = fields[2]
+                if _in_range(k, key, end):
+                    kind, value = self._stored_value(fields[1], k, fields[3], rev)
+                    if prev is None:
+                        found.append(Event(rev, kind, k, value, fields[4], fields[5]))
+                    else:
+                        before = prev.of(k, fields[6] if len(fields) > 6 else PREV_UNKNOWN)
+                        found.append(Event(rev, kind, k, value, fields[4], fields[5], *before))
+                        size += len(before[1] or b"")
+                    size += len(k) + len(value or b"")
         return found, revision + 1
 
 
 class _PrevValues:
     """The previous values of one read: the value of a key at revision P
     is the value of its event at P (a PUT: the key existed after P). The
-    first event of P is read by a point lookup (most revisions are one
-    command of one key); a revision of several events is scanned once and
-    its PUTs kept for the rest of the read."""
+    record that holds P is read once, and the PUTs of every revision in it
+    kept for the rest of the read."""
 
-    def __init__(self, db: plyvel.DB, oldest: int, stored: Callable[..., Any]) -> None:
-        self._db = db
+    def __init__(self, log: EventLog, oldest: int) -> None:
+        self._log = log
         self._oldest = oldest  # nothing below it is left
-        self._stored = stored  # EventLog._stored_value
-        self._puts: dict[int, dict[bytes, bytes]] = {}
-        self.scanned = 0  # events looked at in the revisions resolved
+        self._puts: dict[int, dict[bytes, tuple[int, Any]]] = {}
+        self.scanned = 0  # events looked at in the records read
 
     def of(self, key: bytes, prev_revision: int) -> tuple[int, bytes | None]:
         """(prev_revision, prev_value) of an event of `key` (see WatchEvent)."""
@@ -454,24 +641,18 @@ class _PrevValues:
         return prev_revision, self._value(prev_revision, key)
 
     def _value(self, revision: int, key: bytes) -> bytes | None:
-        puts = self._puts.get(revision)
-        if puts is not None:
-            return puts.get(key)
-        raw = self._db.get(event_key(revision)) if revision >= self._oldest else None
-        if raw is None:  # trimmed (revisions go whole)
+        if revision not in self._puts:
             self._puts[revision] = {}
+            found = self._log._record_at(revision) if revision >= self._oldest else None
+            if found is not None:  # every revision of a record is in it whole
+                events = record_events(found[1])
+                self.scanned += len(events)
+                for rev, kind, k, value, *_ in events:
+                    puts = self._puts.setdefault(rev, {})
+                    if kind != DELETE:
+                        puts[k] = (kind, value)
+        stored = self._puts[revision].get(key)
+        if stored is None:
             return None
-        self.scanned += 1
-        kind, k, value = msgpack.unpackb(raw, raw=False)[:3]
-        if k == key:
-            kind, value = self._stored(kind, k, value, revision)
-            return value if kind == PUT else None
-        puts = self._puts[revision] = {}
-        start, stop = event_key(revision), event_key(revision + 1)
-        for _, raw in self._db.iterator(start=start, stop=stop):
-            self.scanned += 1
-            kind, k, value = msgpack.unpackb(raw, raw=False)[:3]
-            kind, value = self._stored(kind, k, value, revision)
-            if kind == PUT:
-                puts[k] = value
-        return puts.get(key)
+        kind, value = self._log._stored_value(stored[0], key, stored[1], revision)
+        return value if kind == PUT else None

@@ -229,7 +229,7 @@ import msgpack
 import plyvel
 
 from kvstore import values as vlog
-from kvstore.events import DELETE, INLINE_VALUE_BYTES, PUT, Event, EventLog
+from kvstore.events import DELETE, INLINE_VALUE_BYTES, PUT, Event, EventLog, valid_record
 from kvstore.limits import (
     EFFECTS_MAX_BYTES,
     MAX_DELETE_RANGE_KEYS,
@@ -1428,7 +1428,7 @@ class _Install(NamedTuple):
         return cls(*_unpack(raw))
 
 
-_EFFECTS_FORMAT = 1
+_EFFECTS_FORMAT = 2  # 2: the event log's records (kvstore/events.py); 1 before
 _MAX_REVISION = 2**63  # a revision in effects beyond it is malformed (event keys are u64)
 _BYTES = frozenset((bytes,))
 _OPTIONAL = frozenset((bytes, type(None)))
@@ -1459,8 +1459,9 @@ class _Recorder:
 class _EventRefs:
     """The value log as the watch event log uses it (kvstore/events.py,
     PUT_IN_LOG): an event that keeps a replaced value's reference has an
-    index entry `rw + segment + offset -> reference + event key`, and the
-    value stays live until the event is trimmed."""
+    index entry `rw + segment + offset -> reference + event id` (its
+    record's key and its index there), and the value stays live until the
+    event is trimmed."""
 
     __slots__ = ("_sm",)
 
@@ -1473,6 +1474,11 @@ class _EventRefs:
     def keep(self, batch: plyvel.WriteBatch, ref: bytes, event: bytes) -> None:
         batch.put(EVENT_REFS + ref[:_REF_POSITION], ref + event)
         self._sm._live.add(ref)
+
+    def rename(self, batch: plyvel.WriteBatch, ref: bytes, event: bytes) -> None:
+        """The event that keeps `ref` is now `event` (a migration of the
+        event log's layout: the entry stays live)."""
+        batch.put(EVENT_REFS + ref[:_REF_POSITION], ref + event)
 
     def drop(self, batch: plyvel.WriteBatch, ref: bytes) -> None:
         batch.delete(EVENT_REFS + ref[:_REF_POSITION])
@@ -1756,7 +1762,7 @@ class KVStateMachine:
             Schedule.unpack(meta.schedule)  # raises if malformed
         if not set(map(type, ops[::2])) <= _BYTES or not set(map(type, ops[1::2])) <= _OPTIONAL:
             return "malformed"
-        if not set(map(type, events)) <= _BYTES:
+        if not all(map(valid_record, events[::2], events[1::2])):
             return "malformed"
         for item in replaced:
             if (
@@ -1829,6 +1835,7 @@ class KVStateMachine:
                 self._rename(batch, prefix, index_key, name, ref, new)
                 restored += 1
         if restored:
+            self.events.flush(batch)
             values.sync()
             batch.write()
         return restored
@@ -2255,6 +2262,7 @@ class KVStateMachine:
                     batch.delete(index_key)  # names nothing (cannot happen: same batches)
                     live.drop(ref)
                 moved += len(value)
+        self.events.flush(batch)
         values.sync()  # the moved entries may be below the compaction point
         batch.write()
         return True

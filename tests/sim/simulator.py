@@ -91,10 +91,8 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-import msgpack
-
 from kvstore.config import CompactionSettings
-from kvstore.events import EVENT_PREFIX, INLINE_VALUE_BYTES, PUT_IN_LOG
+from kvstore.events import EVENT_PREFIX, INLINE_VALUE_BYTES, PUT_IN_LOG, record_events
 from kvstore.membership import ALPHA, ChangeKind, Membership, Schedule
 from kvstore.protocol import (
     Op,
@@ -430,11 +428,10 @@ class SimStateMachine(KVStateMachine):
         self._sim.check_state(self._node, self)
 
 
-def _kept_in_log(event: bytes) -> int:
-    """The bytes of value log an event's span counts beside its own
-    (kvstore/events.py, PUT_IN_LOG)."""
-    fields = msgpack.unpackb(event)
-    return ref_length(fields[2]) if fields[0] == PUT_IN_LOG else 0
+def _kept_in_log(record: bytes) -> int:
+    """The bytes of value log a record's events count in the span beside
+    their own (kvstore/events.py, PUT_IN_LOG)."""
+    return sum(ref_length(e[3]) for e in record_events(record) if e[1] == PUT_IN_LOG)
 
 
 class SkipsTheValueBarrier(SimStateMachine):
@@ -999,13 +996,9 @@ class Simulation:
 
     def _check_events(self, node: Node, sm: KVStateMachine) -> None:
         floor, count, size = sm.events.span
-        revisions = [
-            int.from_bytes(key[1:9], "big")
-            for key in node.db.iterator(prefix=EVENT_PREFIX, include_value=False)
-        ]
-        stored = sum(
-            len(v) + len(k) - 1 + _kept_in_log(v) for k, v in node.db.iterator(prefix=EVENT_PREFIX)
-        )
+        records = list(node.db.iterator(prefix=EVENT_PREFIX))
+        revisions = [event[0] for _, raw in records for event in record_events(raw)]
+        stored = sum(len(v) + len(k) - 1 + _kept_in_log(v) for k, v in records)
         if count != len(revisions) or size != stored:
             self.fail(
                 f"replica {node.id}: event log span says {count} events of {size} bytes, "

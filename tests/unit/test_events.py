@@ -12,6 +12,7 @@ release, and never a second copy of a value on the write path."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import msgpack
@@ -24,17 +25,20 @@ from kvstore.events import (
     DELETE,
     EVENT_PREFIX,
     INLINE_VALUE_BYTES,
+    OLD_EVENT_PREFIX,
     PUT,
     PUT_IN_RECORD,
+    RECORD_EVENTS,
     WATCH_RETAIN_BYTES,
     WATCH_RETAIN_EVENTS,
     Event,
-    event_key,
+    record_events,
 )
 from kvstore.protocol import (
     FROM_KEY,
     PREV_UNKNOWN,
     Op,
+    Status,
     Txn,
     TxnOp,
     TxnOpKind,
@@ -200,8 +204,8 @@ def test_a_transaction_that_deletes_and_puts_a_key_has_its_previous_value(
 def test_the_write_path_keeps_no_second_copy_of_a_value(sm: KVStateMachine) -> None:
     c = WatchClient()
     run(sm, c.put(b"k", b"x" * 1000), c.put(b"k", b"y"), c.delete(b"k"))
-    sizes = [len(raw) for _, raw in sm._db.iterator(prefix=EVENT_PREFIX)]
-    assert sizes[0] > 1000 and sizes[1] < 20 and sizes[2] < 20  # the 1000 bytes once
+    stored = b"".join(raw for _, raw in sm._db.iterator(prefix=EVENT_PREFIX))
+    assert 1000 < len(stored) < 1100 and stored.count(b"x" * 1000) == 1  # the 1000 bytes once
     assert prevs(everything(sm, prev_kv=True))[1:] == [
         (2, b"k", 1, b"x" * 1000),
         (3, b"k", 2, b"y"),
@@ -224,15 +228,29 @@ def test_a_trimmed_previous_revision_is_no_longer_kept(new_db: NewDB) -> None:
     assert busy is not None and all(e.prev_value is not None for e in busy[0])
 
 
+def as_old_layout(db: object, fields: int = 6) -> None:
+    """Rewrites the event log of `db` as the release before records wrote it:
+    one LevelDB record per event under OLD_EVENT_PREFIX, `fields` fields
+    each (five: the release before previous values)."""
+    records = list(db.iterator(prefix=EVENT_PREFIX))  # type: ignore[attr-defined]
+    last, index = -1, 0
+    for db_key, raw in records:
+        db.delete(db_key)  # type: ignore[attr-defined]
+        for event in record_events(raw):
+            index = index + 1 if event[0] == last else 0
+            last = event[0]
+            old_key = OLD_EVENT_PREFIX + struct.pack(">QI", event[0], index)
+            db.put(old_key, msgpack.packb(event[1 : 1 + fields], use_bin_type=True))  # type: ignore[attr-defined]
+
+
 def test_events_of_the_previous_release_read_as_unknown(new_db: NewDB) -> None:
     db = new_db()
     sm = KVStateMachine(db)
     c = WatchClient()
     run(sm, c.put(b"a", b"1"), c.put(b"a", b"2"), c.put(b"b", b"1"))
-    # What the release before previous values wrote: five fields an event.
-    for db_key, raw in list(db.iterator(start=event_key(1), stop=event_key(4))):
-        db.put(db_key, msgpack.packb(msgpack.unpackb(raw)[:5], use_bin_type=True))
+    as_old_layout(db, fields=5)  # what the release before previous values wrote
     sm = KVStateMachine(db)  # a restart on that data directory
+    assert list(db.iterator(prefix=OLD_EVENT_PREFIX)) == []  # migrated
     run(sm, c.put(b"a", b"3"), c.delete(b"b"))
     assert prevs(everything(sm, prev_kv=True)) == [
         (1, b"a", PREV_UNKNOWN, None),
@@ -272,7 +290,9 @@ BIG = b"B" * (INLINE_VALUE_BYTES + 1)
 
 
 def stored_events(sm: KVStateMachine) -> list[list]:
-    return [msgpack.unpackb(raw) for _, raw in sm._db.iterator(prefix=EVENT_PREFIX)]
+    """The stored events, in order, without their revisions."""
+    records = sm._db.iterator(prefix=EVENT_PREFIX)
+    return [event[1:] for _, raw in records for event in record_events(raw)]
 
 
 def test_a_large_value_stays_in_its_record_until_the_key_changes(sm: KVStateMachine) -> None:
@@ -368,3 +388,52 @@ def test_watchers_see_the_same_events_as_with_every_value_kept(calls: list) -> N
         finally:
             for db in dbs:
                 db.close()
+
+
+# --- records: many events under one LevelDB key ------------------------------------------
+
+
+def records(sm: KVStateMachine) -> list[tuple[int, list[int]]]:
+    """(the key's revision, the events' revisions) of each stored record."""
+    return [
+        (struct.unpack_from(">Q", key, 1)[0], [e[0] for e in record_events(raw)])
+        for key, raw in sm._db.iterator(prefix=EVENT_PREFIX)
+    ]
+
+
+def test_an_apply_s_events_are_records_of_whole_revisions(new_db: NewDB) -> None:
+    sm = KVStateMachine(new_db(), watch_retention=(1000, 1 << 30))
+    c = WatchClient()
+    run(sm, *(c.put(b"k%03d" % i, b"v") for i in range(300)))  # revisions 1-300
+    assert [(key, len(revs)) for key, revs in records(sm)] == [
+        (RECORD_EVENTS, RECORD_EVENTS),
+        (2 * RECORD_EVENTS, RECORD_EVENTS),
+        (300, 300 - 2 * RECORD_EVENTS),
+    ]  # keyed by their last revision
+    assert run_one(sm, c.delete_range(b"k", b"l")).status == Status.OK
+    assert records(sm)[-1] == (301, [301] * 300)  # one revision: never split
+    run(sm, c.put(b"big", b"x" * 1000), *(c.put(b"b%02d" % i, b"x" * 1000) for i in range(40)))
+    assert [len(revs) for _, revs in records(sm)[-2:]] == [33, 8]  # ~RECORD_BYTES each
+    assert sm.events.count == 641
+    # Reads start in the middle of a record and stop at a revision boundary.
+    found = sm.events.read(100, b"\0", None, sm.revision, max_events=250)
+    assert found is not None
+    assert [e.revision for e in found[0]] == list(range(100, 301)) + [301] * 300
+    assert found[1] == 302
+    found = sm.events.read(130, b"k", b"l", sm.revision, max_events=5)
+    assert found is not None and [e.revision for e in found[0]] == [130, 131, 132, 133, 134]
+    assert found[1] == 135
+
+
+def test_trimming_deletes_whole_records_and_raises_the_floor_to_the_next(new_db: NewDB) -> None:
+    sm = KVStateMachine(new_db(), watch_retention=(300, 1 << 30))
+    c = WatchClient()
+    run(sm, *(c.put(b"k%03d" % i, b"v") for i in range(300)))
+    assert sm.events.floor == 1 and sm.events.count == 300
+    run_one(sm, c.put(b"k", b"v"))  # 301 events: the oldest record goes
+    assert sm.events.floor == RECORD_EVENTS + 1 == sm.events.oldest
+    assert sm.events.count == 301 - RECORD_EVENTS
+    assert sm.watch_events(RECORD_EVENTS, b"\0", FROM_KEY) is None  # compacted
+    found = sm.watch_events(RECORD_EVENTS + 1, b"\0", FROM_KEY)
+    assert found is not None and found[0][0].revision == RECORD_EVENTS + 1
+    assert [revs[0] for _, revs in records(sm)] == [RECORD_EVENTS + 1, 2 * RECORD_EVENTS + 1, 301]

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from kvstore.events import EVENT_PREFIX, INLINE_VALUE_BYTES, WATCH_META_KEY, event_key
+from kvstore.events import EVENT_PREFIX, INLINE_VALUE_BYTES, WATCH_META_KEY, record_events
 from kvstore.limits import SESSION_TTL_MS
 from kvstore.membership import (
     Change,
@@ -298,16 +298,17 @@ def check_bounds(sm: KVStateMachine) -> None:
     if first is not None:
         oldest_use = struct.unpack_from(">Q", first, len(index))[0]
         assert sm._session_floor <= oldest_use, "the session floor is above a stored index key"
-    events = list(sm._db.iterator(prefix=EVENT_PREFIX))
+    records = list(sm._db.iterator(prefix=EVENT_PREFIX))
+    events = [event for _, raw in records for event in record_events(raw)]
     if events:
-        assert sm.events.oldest <= struct.unpack_from(">Q", events[0][0], 1)[0], (
-            "events.oldest is above a stored event"
-        )
+        assert sm.events.oldest <= events[0][0], "events.oldest is above a stored event"
+    for key, raw in records:  # a record's key is its last revision
+        assert struct.unpack_from(">Q", key, 1)[0] == record_events(raw)[-1][0], "a record's key"
     floor, count, size = span(sm)
     assert count == len(events), "the event span's count is not the events stored"
-    assert size == sum(len(raw) + 12 for _, raw in events), "the event span's bytes are off"
+    assert size == sum(len(raw) + 8 for _, raw in records), "the event span's bytes are off"
     if events:
-        assert struct.unpack_from(">Q", events[-1][0], 1)[0] <= sm.revision, "a future event"
+        assert events[-1][0] <= sm.revision, "a future event"
 
 
 def check_reopened(sm: KVStateMachine, retention: tuple[int, int] | None) -> None:
@@ -376,7 +377,11 @@ def assert_same_replicated(a: KVStateMachine, b: KVStateMachine, where: str = ""
     assert memory_state(a, events=False) == memory_state(b, events=False), where
     assert reads(a) == reads(b), f"{where}: reads differ"
     floor = max(a.events.floor, b.events.floor)
-    common = [list(sm._db.iterator(start=event_key(floor), stop=b"x")) for sm in (a, b)]
+    common = [
+        [event for _, raw in sm._db.iterator(prefix=EVENT_PREFIX) for event in record_events(raw)]
+        for sm in (a, b)
+    ]
+    common = [[((e[0], e[2]), e) for e in events if e[0] >= floor] for events in common]
     diffs = _first_differences(*common)
     assert common[0] == common[1], f"{where}: events from {floor} differ: {diffs}"
     # Without previous values: one replica may keep the revision a previous
@@ -707,7 +712,18 @@ def _malformed(effects: bytes) -> dict[str, bytes]:
         "one field short": pack(header[:-1]),
         "one field more": pack([*header, 0]),
         "another format": pack([header[0] + 1, *header[1:]]),
+        "the format before event log records": pack([1, *header[1:]]),
     }
+    events = header[7]
+    assert events, "the batch has events"
+    for name, key, raw in (
+        ("an event record of the layout before", b"w" + events[0][1:] + b"\0\0\0\0", events[1]),
+        ("an event record without its header", events[0], events[1][:5]),
+        ("an event record with unknown flags", events[0], b"\x07" + events[1][1:]),
+        ("an event record's key of another prefix", b"d0" + events[0][1:], events[1]),
+        ("an event record that is not bytes", events[0], 5),
+    ):
+        cases[name] = pack([*header[:7], [key, raw, *events[2:]], *header[8:]])
     return cases
 
 

@@ -6,6 +6,7 @@ name them, garbage collected, and lost only by a broken variant."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import plyvel
 import pytest
 
 from kvstore.config import VOTE_LOG_MIN_BYTES, ConfigError, load_storage_settings
+from kvstore.events import EVENT_PREFIX, EventLog, record_events
 from kvstore.protocol import (
     Compare,
     CompareOp,
@@ -469,3 +471,89 @@ def test_a_segment_lost_whole_is_never_numbered_again() -> None:
     assert [sm.get(b"k%d" % i)[0] for i in range(3)] == [value(i) for i in range(3)]
     reopened = KVStateMachine(db, None, values.restart(), BIG)
     assert reopened._live.count == 3 and reopened.repair_values(log.get, 0) == 0
+
+
+def _many_events_of_one_record(parts: tuple[Any, Any]) -> KVStateMachine:
+    """Large values of six keys written in one apply (one event log record),
+    replaced in one apply (six events of that record take their old values'
+    references in one batch), then moved by garbage collection (six
+    references in one record renamed in one batch); returns the machine
+    after the values were read back."""
+    db, values = parts
+    sm = KVStateMachine(db, (100, 1 << 20), values, BIG)
+    w = Writer(sm)
+    keys = [b"k%d" % i for i in range(6)]
+    w.run(*(w.cmd(op=Op.PUT, key=k, value=value(i, 2000)) for i, k in enumerate(keys)))
+    assert len(list(db.iterator(prefix=EVENT_PREFIX))) == 1
+    w.run(*(w.cmd(op=Op.PUT, key=k, value=value(10 + i, 2000)) for i, k in enumerate(keys)))
+    for i in range(20):  # dead values, so that the first segments are collected
+        w.put(b"other", value(100 + i, 2000))
+    collect(sm)
+    events, _ = sm.watch_events(1, b"k", b"l")
+    assert [e.value for e in events] == [value(i, 2000) for i in (*range(6), *range(10, 16))]
+    return sm
+
+
+def test_several_events_of_one_record_change_in_one_batch(parts: tuple[Any, Any]) -> None:
+    sm = _many_events_of_one_record(parts)
+    assert len(list(sm._db.iterator(prefix=b"rw"))) == 6 + 19  # the events' ("other": 19)
+    assert sm._live.count == 6 + 19 + 7  # the events', the records'
+
+
+class _RewritesEachChange(EventLog):
+    """A broken event log: each change of a record rereads it from LevelDB,
+    which does not see the batch, so the batch keeps only the last."""
+
+    def _edit(self, db_key: bytes, raw: bytes | None = None) -> Any:
+        self._edits.pop(db_key, None)
+        return super()._edit(db_key, raw)
+
+
+def test_a_record_rewritten_per_change_loses_references(
+    parts: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above fails for a log that rewrites a record per change."""
+    monkeypatch.setattr("kvstore.statemachine.EventLog", _RewritesEachChange)
+    with pytest.raises((AssertionError, CorruptValue)):
+        _many_events_of_one_record(parts)
+
+
+def test_events_in_the_layout_before_records_are_migrated(parts: tuple[Any, Any]) -> None:
+    """A data directory of the release before records: one LevelDB record
+    per event, value log references naming those (13-byte) keys. Opening it
+    rewrites the events as records with their references renamed, and they
+    read, trim and are collected as before."""
+    db, values = parts
+    sm = KVStateMachine(db, (100, 1 << 20), values, BIG)
+    w = Writer(sm)
+    for i in range(3):
+        w.put(b"k", value(i, 2000))
+    w.run(w.cmd(op=Op.PUT, key=b"a", value=b"1"), w.cmd(op=Op.DELETE, key=b"a"))
+    before = sm.watch_events(1, b"\0", None, prev_kv=True)
+    span, live = sm.events.span, sm._live.count
+    old_ids = {}
+    last, index = -1, 0
+    for db_key, raw in list(db.iterator(prefix=EVENT_PREFIX)):
+        db.delete(db_key)
+        for n, event in enumerate(record_events(raw)):
+            index = index + 1 if event[0] == last else 0
+            last = event[0]
+            old_key = b"w" + struct.pack(">QI", event[0], index)
+            db.put(old_key, msgpack.packb(event[1:], use_bin_type=True))
+            old_ids[db_key + struct.pack(">I", n)] = old_key
+    for index_key, item in list(db.iterator(prefix=b"rw")):
+        db.put(index_key, item[: len(item) - 13] + old_ids[item[len(item) - 13 :]])
+    reopened = KVStateMachine(db, (100, 1 << 20), values, BIG)
+    assert list(db.iterator(prefix=b"w")) == []
+    assert reopened.watch_events(1, b"\0", None, prev_kv=True) == before
+    assert reopened.events.floor == span[0] and reopened.events.count == span[1] == 5
+    assert reopened._live.count == live == 3
+    assert all(
+        reopened.events.event_of(item[-13:]) == b"k" for _, item in db.iterator(prefix=b"rw")
+    )
+    w.sm = reopened
+    for i in range(3, 30):
+        w.put(b"other", value(i, 2000))
+    collect(reopened)
+    events, _ = reopened.watch_events(1, b"k", None)
+    assert [e.value for e in events] == [value(i, 2000) for i in range(3)]
