@@ -45,6 +45,8 @@ bounded time, heal it, and again, until stopped. Faults by family:
                before and exits 2: checked), then replace it through the
                membership: remove it, add a new id in its slot, start that
                one joining, wait until the leader recorded it, promote it
+               once it has caught up (retried while the leader answers
+               that it is still behind)
 
 `--nemesis all` draws from every family: the kinds come in rounds, every
 kind once per round in a seeded random order, so even a short run sees each.
@@ -64,7 +66,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tests.fault.cluster import FaultCluster
 
@@ -489,15 +491,31 @@ class Nemesis:
             admin.member_add(new, address.peer, address.client)
             cluster.start_replica(new, cluster_state="existing")
             end = time.monotonic() + 30
-            while new not in admin.member_list()["started"]:
+            while not self._promoted(admin, new):
                 if time.monotonic() > end:
                     self.problems.append(f"replica {new} did not catch up within 30 s")
                     break
                 time.sleep(0.2)
-            else:
-                admin.member_promote(new)
         self._down.discard(victim)
         self.log(f"nemesis: replica {victim} replaced by {new}")
+
+    @staticmethod
+    def _promoted(admin: Any, new: int) -> bool:
+        """Promotes learner `new` once it has started and caught up, as an
+        operator would: False while it has not (the leader refuses a
+        learner still applying the log after its snapshot: more than
+        PROMOTE_MAX_BEHIND slots behind, replica/driver.py)."""
+        from client import BadRequest
+
+        if new not in admin.member_list()["started"]:
+            return False
+        try:
+            admin.member_promote(new)
+        except BadRequest as exc:
+            if "behind the leader" not in str(exc):
+                raise
+            return False
+        return True
 
     def _restart(self, rids: list[int]) -> None:
         for rid in rids:
