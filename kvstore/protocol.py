@@ -126,6 +126,8 @@ class Op(IntEnum):
     SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
     MEMBER = 17  # membership: value None lists it, else a packed change (member_change)
     MOVE_LEADER = 18  # hand leadership to replica int(value) (kvctl move-leader)
+    VOUCH = 19  # to a follower, never answered: vouch for the read (client_id, seq)
+    # to replica expected_version (a GET's expected_version: followers asked)
 
 
 WRITE_OPS = frozenset(
@@ -401,6 +403,8 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
     if req.op in (Op.STATUS, Op.SNAPSHOT, Op.MEMBER, Op.MOVE_LEADER):
         # No session (client_id, seq) and no key: see Request and parse_request.
         return None
+    if req.op is Op.VOUCH:
+        return _check_vouch(req)
     if len(req.client_id) != CLIENT_ID_BYTES:
         return Status.BAD_REQUEST, f"client_id must be {CLIENT_ID_BYTES} bytes"
     if req.seq < 1:
@@ -416,11 +420,23 @@ def validate_request(req: Request) -> tuple[Status, str] | None:
     return _check_values(req)
 
 
+def _check_vouch(req: Request) -> tuple[Status, str] | None:
+    if len(req.client_id) != CLIENT_ID_BYTES:
+        return Status.BAD_REQUEST, f"client_id must be {CLIENT_ID_BYTES} bytes"
+    if req.seq < 1:
+        return Status.BAD_REQUEST, "seq must be >= 1"
+    if req.expected_version is None or req.expected_version < 0:
+        return Status.BAD_REQUEST, "VOUCH needs the id of the read's replica (expected_version)"
+    return None
+
+
 def _check_values(req: Request) -> tuple[Status, str] | None:
     """The key, the values, and what PUT and CAS need."""
     problem = _check_key(req.key, "key")
     if problem is not None:
         return problem
+    if req.op == Op.GET and req.expected_version is not None and req.expected_version < 0:
+        return Status.BAD_REQUEST, "a GET's vouchers (expected_version) must be >= 0"
     for name in ("value", "expected_value"):
         v = getattr(req, name)
         if v is not None and len(v) > MAX_VALUE_BYTES:
@@ -834,9 +850,14 @@ def _parse_plain(frame: bytes) -> Request | None:
         or not 0 < len(key) <= MAX_KEY_BYTES
         or type(stale) is not bool
         or exp_value is not None
-        or exp_version is not None
     ):
         return None
+    if exp_version is not None:  # a GET's vouchers (see Op.VOUCH)
+        if op != _GET_OP or type(op) is not int or type(exp_version) is not int:
+            return None
+        if value is not None or exp_version < 0:
+            return None
+        return Request(Op.GET, client_id, seq, key, None, None, exp_version, stale)
     if op == _PUT_OP and type(op) is int:
         if type(value) is not bytes or len(value) > MAX_VALUE_BYTES:
             return None

@@ -29,6 +29,7 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    ReadVouch,
     SnapshotChunk,
     SnapshotRequest,
     TimeoutNow,
@@ -42,6 +43,8 @@ class CodecError(ValueError):
 
 
 _MAX_INT = 2**63 - 1
+VOUCH_TOKEN_BYTES = 24  # a client_id (16) and a seq (8, big-endian)
+MAX_VOUCH_TOKENS = 4096  # per ReadVouch: more than any iteration's requests
 _PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
 
 
@@ -112,6 +115,15 @@ def _items(x: Any) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _tokens(x: Any) -> tuple[bytes, ...]:
+    if type(x) is not list or len(x) > MAX_VOUCH_TOKENS:
+        raise CodecError(f"expected an array of at most {MAX_VOUCH_TOKENS} tokens")
+    for token in x:
+        if type(token) is not bytes or len(token) != VOUCH_TOKEN_BYTES:
+            raise CodecError(f"a token must be {VOUCH_TOKEN_BYTES} bytes")
+    return tuple(x)
+
+
 def _enc_items(items: list[tuple[bytes, bytes]]) -> list:
     return [[k, r] for k, r in items]
 
@@ -176,6 +188,7 @@ _REGISTRY: dict[int, tuple[type, list[tuple[Callable, Callable]]]] = {
     ),
     14: (TimeoutNow, [(_ident, _int), (_as_list, _ballot)]),
     15: (Effects, [(_ident, _int), (_ident, _int), (_ident, _int), (_ident, _bytes)]),
+    16: (ReadVouch, [(_ident, _int), (_as_list, _ballot), (_as_list, _tokens)]),
 }
 _TAG_OF: dict[type, int] = {cls: tag for tag, (cls, _) in _REGISTRY.items()}
 

@@ -69,6 +69,7 @@ class DriverCounters:
         "last_install_bytes",
         "last_install_keys",
         "lease_reads",
+        "vouched_reads",
     )
 
     def __init__(self) -> None:
@@ -85,6 +86,9 @@ class DriverCounters:
         (none included), as etcd's leader_changes_seen_total."""
         self.lease_reads = 0
         """Linearizable reads the leader answered on a read lease (--lease-reads)."""
+        self.vouched_reads = 0
+        """Linearizable reads the leader confirmed by followers' vouches
+        (replica/paxos.py, "Vouched reads")."""
         self.installs_started = 0
         self.installs_completed = 0
         self.installs_abandoned = 0

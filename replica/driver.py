@@ -535,6 +535,8 @@ class ReplicaDriver:
         self._read_seq = 0
         self._writes: list[bytes] = []  # this iteration's new write commands
         self._new_reads: list[Hashable] = []  # this iteration's new read ids
+        self._new_tokens: list[bytes | None] = []  # their vouch tokens (if any has one)
+        self._vouches: dict[int, list[bytes]] = {}  # VOUCH requests: target -> tokens
         self._leader_since_ms: int | None = None  # wall clock when this leadership began
         self._next_lease_check = 0.0
         self._expiring: dict[int, float] = {}  # lease id -> when named in an expiry command
@@ -578,6 +580,10 @@ class ReplicaDriver:
                     self._trace_message(msg, began)
         for envelope, payload in requests:
             self._on_request(envelope, payload)
+        if self._vouches:
+            for target, tokens in self._vouches.items():
+                acc.merge(self.core.vouch(target, tokens))
+            self._vouches.clear()
         self._propose_lease_expiry()
         self._submit(acc)
         if tracer is not None and acc.votes and self.core.is_leader:
@@ -597,6 +603,7 @@ class ReplicaDriver:
         if not self.core.is_leader:
             self._writes.clear()
             self._new_reads.clear()
+            self._new_tokens.clear()
             self._move_to = None
             return
         if self._move_to is not None:
@@ -615,10 +622,11 @@ class ReplicaDriver:
             acc.merge(self.core.propose(writes))
         if self._new_reads:
             reads, self._new_reads = self._new_reads, []
+            tokens, self._new_tokens = self._new_tokens, []
             leased = self.read_lease_s > 0 and self._clock() < self._read_lease_until
             if leased:
                 self.counters.lease_reads += len(reads)
-            acc.merge(self.core.read_index(reads, leased=leased))
+            acc.merge(self.core.read_index(reads, leased=leased, tokens=tokens or None))
 
     def _note_read_lease(self, acc: Ready, before: float) -> None:
         """Notes when this iteration's heartbeat rounds go out (`before`: the
@@ -905,6 +913,7 @@ class ReplicaDriver:
         finally:
             self.sm.write_applied()
         if acc.reads:
+            self.counters.vouched_reads += acc.vouched_reads
             self._answer_reads(acc.reads)
         if acc.failed_reads:
             self._fail_reads(acc.failed_reads)
@@ -1196,6 +1205,9 @@ class ReplicaDriver:
             self._watches.on_request(envelope, req, self._clock())
         elif op is Op.MOVE_LEADER:
             self._on_move_leader(envelope, req)
+        elif op is Op.VOUCH:  # never answered (see "Vouched reads" in replica/paxos.py)
+            token = req.client_id + req.seq.to_bytes(8, "big")
+            self._vouches.setdefault(req.expected_version, []).append(token)  # type: ignore[arg-type]
         else:  # Op.STATUS: answered by every replica itself
             self._reply(envelope, Response(Status.OK, info=self.status_info()))
 
@@ -1223,6 +1235,13 @@ class ReplicaDriver:
         self._read_seq += 1
         self._reads[self._read_seq] = (envelope, req)
         self._new_reads.append(self._read_seq)
+        vouchers = req.expected_version if req.op is Op.GET else None
+        if vouchers and vouchers + 1 >= self.core.quorum:  # enough were asked to vouch
+            if not self._new_tokens:
+                self._new_tokens = [None] * (len(self._new_reads) - 1)
+            self._new_tokens.append(req.client_id + req.seq.to_bytes(8, "big"))
+        elif self._new_tokens:
+            self._new_tokens.append(None)
 
     def _on_backup(self, envelope: Envelope, req: Request) -> None:
         """A backup (kvstore/backup.py): a new export starts after a read-index

@@ -33,6 +33,13 @@ Heartbeat(ballot, commit_index, round)
 HeartbeatAck(ballot, round, first_unchosen)
     A follower accepts `ballot` as the current leader's; `first_unchosen` lets
     the leader see who is behind.
+ReadVouch(ballot, tokens)
+    A follower that a client asked to vouch for its reads (Op.VOUCH) tells
+    the replica the client sent them to that it has promised no ballot
+    above `ballot` (its promise, after the client sent the reads); the
+    leader of that ballot counts it towards confirming those reads
+    (replica/paxos.py, "Vouched reads"). `tokens`: each read's client_id +
+    seq (8 bytes, big-endian).
 CatchupRequest(ballot, from_slot)
     A replica that lacks chosen values asks the leader for slots >= from_slot.
 CatchupReply(ballot, entries, commit_index, compacted)
@@ -150,6 +157,13 @@ class HeartbeatAck:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadVouch:
+    sender: int
+    ballot: Ballot  # the sender's promised ballot when it sent this
+    tokens: tuple[bytes, ...]  # the reads' (client_id + seq), see replica/paxos.py
+
+
+@dataclass(frozen=True, slots=True)
 class CatchupRequest:
     sender: int
     ballot: Ballot
@@ -223,6 +237,7 @@ Message = (
     | Nack
     | Heartbeat
     | HeartbeatAck
+    | ReadVouch
     | CatchupRequest
     | CatchupReply
     | PreVote

@@ -257,6 +257,7 @@ class Snapshot:
     effects_slots: int = 0
     leader_changes: int = 0
     lease_reads: int = 0
+    vouched_reads: int = 0
     installs_started: int = 0
     installs_completed: int = 0
     installs_abandoned: int = 0
@@ -392,6 +393,7 @@ class ReplicaMetrics:
             effects_slots=c.effects_slots,
             leader_changes=c.leader_changes,
             lease_reads=c.lease_reads,
+            vouched_reads=c.vouched_reads,
             installs_started=c.installs_started,
             installs_completed=c.installs_completed,
             installs_abandoned=c.installs_abandoned,
@@ -534,6 +536,11 @@ def families(
         "lease_reads",
         "Linearizable reads answered on a read lease as leader (--lease-reads)",
         snap.lease_reads,
+    )
+    yield _counter(
+        "vouched_reads",
+        "Linearizable reads confirmed as leader by followers' vouches (no heartbeat round)",
+        snap.vouched_reads,
     )
     yield from _log_families(snap)
     yield from _traffic_families(snap)

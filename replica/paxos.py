@@ -209,7 +209,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -230,10 +230,14 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    ReadVouch,
     TimeoutNow,
     Value,
     Vote,
 )
+
+MAX_EARLY_VOUCHES = 65536
+"""Vouches kept for reads that have not arrived (per generation of a tick)."""
 
 
 @dataclass(slots=True)
@@ -310,6 +314,9 @@ class Ready:
     drop_read_lease: bool = False
     """Leader: a membership change was chosen; any read lease ends now
     (replica/paxos.py, "Leader leases")."""
+    vouched_reads: int = 0
+    """Leader: reads of `reads` confirmed by followers' vouches ("Vouched
+    reads"), for the driver's counters."""
 
     def must_persist(self) -> bool:
         return (
@@ -349,6 +356,8 @@ class Ready:
             self.read_lease_round = max(later.read_lease_round, self.read_lease_round or 0)
         if later.drop_read_lease:
             self.drop_read_lease = True
+        if later.vouched_reads:
+            self.vouched_reads += later.vouched_reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +505,11 @@ class PaxosCore:
         self._reads_unsent: list[tuple[Hashable, int]] = []
         self._reads_waiting: dict[int, list[tuple[Hashable, int]]] = {}
         self._reads_confirmed: list[tuple[Hashable, int]] = []
+        # Vouched reads (see "Vouched reads"): token -> [read id, index,
+        # vouchers, tick registered]; vouches that came before their read.
+        self._reads_vouched: dict[bytes, list] = {}
+        self._early_vouches: dict[bytes, set[int]] = {}
+        self._early_vouches_before: dict[bytes, set[int]] = {}  # of the previous tick
         self._heard_from: set[int] = set()
         self._progress: dict[int, int] = {}  # leader: each peer's last reported commit index
         self._joined_proposed: set[int] = set()
@@ -600,13 +614,20 @@ class PaxosCore:
         self._fill_window()
         return self._take_ready()
 
-    def read_index(self, read_ids: list[Hashable], leased: bool = False) -> Ready:
+    def read_index(
+        self,
+        read_ids: list[Hashable],
+        leased: bool = False,
+        tokens: Sequence[bytes | None] | None = None,
+    ) -> Ready:
         """Registers linearizable reads; each id comes back in `Ready.reads`
         once the leader confirmed it still leads and applied far enough, or in
         `Ready.failed_reads` if it loses leadership first. `leased`: the
         driver holds a read lease now (see "Leader leases"), which confirms
         the leadership without a heartbeat round (ignored once a transfer
-        began)."""
+        began). `tokens` (one per read, None for none): a read with a token
+        waits for the vouches of followers that its client asked (see
+        "Vouched reads") instead of a heartbeat round of its own."""
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader_id)
         index = max(self._commit_index, self._recovery_end)
@@ -614,8 +635,44 @@ class PaxosCore:
             self._reads_confirmed.extend((rid, index) for rid in read_ids)
             self._release_reads()
             return self._take_ready()
-        self._reads_unsent.extend((rid, index) for rid in read_ids)
-        self._send_heartbeats()
+        if tokens is None:
+            self._reads_unsent.extend((rid, index) for rid in read_ids)
+        else:
+            for rid, token in zip(read_ids, tokens, strict=True):
+                if token is None:
+                    self._reads_unsent.append((rid, index))
+                else:
+                    self._register_vouched(rid, index, token)
+        if self._reads_unsent:
+            self._send_heartbeats()
+        elif self._reads_confirmed:
+            self._release_reads()
+        return self._take_ready()
+
+    def _register_vouched(self, rid: Hashable, index: int, token: bytes) -> None:
+        vouchers = (
+            self._early_vouches.pop(token, None)
+            or self._early_vouches_before.pop(token, None)
+            or set()
+        )
+        vouchers.add(self.id)
+        if self._majority_everywhere(vouchers):
+            self._reads_confirmed.append((rid, index))
+            self._ready.vouched_reads += 1
+            return
+        older = self._reads_vouched.get(token)
+        if older is not None:  # the same read again (a retry): the older one goes by heartbeat
+            self._reads_unsent.append((older[0], older[1]))
+        self._reads_vouched[token] = [rid, index, vouchers, self._ticks_up]
+
+    def vouch(self, target: int, tokens: list[bytes]) -> Ready:
+        """A client asked this replica to confirm to `target` (the replica it
+        sent a read to) that it has promised no ballot above the one it
+        reports ("Vouched reads"). Sent after this iteration's sync, like
+        every message that reveals acceptor state; dropped when there is
+        nobody to tell (`target` is not a peer, or we are not a voter)."""
+        if target in self.peers and self._voter and not self._joining and tokens:
+            self._send(target, ReadVouch(self.id, self._promised, tuple(tokens)))
         return self._take_ready()
 
     def transfer(self, target: int) -> Ready:
@@ -1038,6 +1095,7 @@ class PaxosCore:
         for reads in self._reads_waiting.values():
             self._ready.failed_reads.extend(rid for rid, _ in reads)
         self._ready.failed_reads.extend(rid for rid, _ in self._reads_confirmed)
+        self._ready.failed_reads.extend(entry[0] for entry in self._reads_vouched.values())
         commit, emitted = self._commit_index, self._emitted_index
         self._init_leader_state()
         self._commit_index, self._emitted_index = commit, emitted
@@ -1138,8 +1196,10 @@ class PaxosCore:
             else:
                 self._try_transfer()
         self._hb_ticks += 1
-        if self._hb_ticks >= self.config.heartbeat_ticks:
+        if self._hb_ticks >= self.config.heartbeat_ticks or self._vouches_overdue():
             self._send_heartbeats()
+        # A vouch that came before its read waits for it one to two ticks.
+        self._early_vouches_before, self._early_vouches = self._early_vouches, {}
         if self._catchup_age is not None:
             self._catchup_age += 1
             if self._catchup_age > self.config.retransmit_ticks:
@@ -1186,12 +1246,39 @@ class PaxosCore:
         self._hb_ticks = 0
         self._hb_round += 1
         self._hb_acks[self._hb_round] = {self.id}
+        overdue = self._vouches_overdue()
+        if overdue:  # reads whose vouches did not come in a tick: this round decides
+            for token in overdue:
+                rid, index, _, _ = self._reads_vouched.pop(token)
+                self._reads_unsent.append((rid, index))
         if self._reads_unsent:
             self._reads_waiting[self._hb_round] = self._reads_unsent
             self._reads_unsent = []
         commit = self._advertised_commit()
         self._broadcast(Heartbeat(self.id, self._ballot, commit, self._hb_round))
         self._check_heartbeat_round(self._hb_round)
+
+    def _on_read_vouch(self, msg: ReadVouch) -> None:
+        """Followers' word that they promised nothing above our ballot after
+        the reads' clients sent them (see "Vouched reads")."""
+        if self._role is not Role.LEADER or msg.ballot != self._ballot:
+            return  # a higher ballot: the next heartbeat round finds out
+        sender = msg.sender
+        vouched, early = self._reads_vouched, self._early_vouches
+        for token in msg.tokens:
+            entry = vouched.get(token)
+            if entry is None:  # before its read: kept a little (see _leader_tick)
+                if len(early) >= MAX_EARLY_VOUCHES:
+                    del early[next(iter(early))]
+                early.setdefault(token, set()).add(sender)
+                continue
+            entry[2].add(sender)
+            if self._majority_everywhere(entry[2]):
+                del vouched[token]
+                self._reads_confirmed.append((entry[0], entry[1]))
+                self._ready.vouched_reads += 1
+        if self._reads_confirmed:
+            self._release_reads()
 
     def _on_heartbeat_ack(self, msg: HeartbeatAck) -> None:
         if self._role is not Role.LEADER or msg.ballot != self._ballot:
@@ -1209,6 +1296,13 @@ class PaxosCore:
         if acks is not None:
             acks.add(msg.sender)
             self._check_heartbeat_round(msg.round)
+
+    def _vouches_overdue(self) -> list[bytes]:
+        """The vouched reads that waited a whole tick (one to two)."""
+        if not self._reads_vouched:
+            return []
+        before = self._ticks_up - 1
+        return [t for t, entry in self._reads_vouched.items() if entry[3] < before]
 
     def _check_heartbeat_round(self, round_: int) -> None:
         """A majority acknowledged heartbeat `round_`: we were still leader when
@@ -1240,6 +1334,7 @@ _HANDLERS = {
     Nack: PaxosCore._on_nack,
     Heartbeat: PaxosCore._on_heartbeat,
     HeartbeatAck: PaxosCore._on_heartbeat_ack,
+    ReadVouch: PaxosCore._on_read_vouch,
     CatchupRequest: PaxosCore._on_catchup_request,
     CatchupReply: PaxosCore._on_catchup_reply,
     PreVote: PaxosCore._on_prevote,

@@ -114,6 +114,7 @@ from replica.messages import (
     Phase1b,
     Phase2a,
     Phase2b,
+    ReadVouch,
     TimeoutNow,
     Value,
     Vote,
@@ -294,6 +295,25 @@ class OverlapsOwnQuorum(ReplicaDriver):
             self._finish_overlapped(acc, acc.messages)
             return
         super()._finish(acc)
+
+
+class _CoreCountingAnyVouch(PaxosCore):
+    def step(self, msg) -> Ready:  # noqa: ANN001
+        """Routed past the core's dispatch table (see _CoreHandingOverItsBallot):
+        a vouch counts as if its sender had promised our ballot."""
+        if type(msg) is ReadVouch and msg.sender != self.id:
+            self._on_read_vouch(ReadVouch(msg.sender, self._ballot, msg.tokens))
+            return self._take_ready()
+        return super().step(msg)
+
+
+class CountsAnyVouch(ReplicaDriver):
+    """BROKEN: a leader counts a follower's vouch for a read whatever ballot
+    the follower promised (replica/paxos.py, "Vouched reads"): a leader that
+    was deposed while paused answers a read from its old state on the vouch
+    of a follower that promised the new leader."""
+
+    core_class = _CoreCountingAnyVouch
 
 
 class LeaseTooLong(ReplicaDriver):
@@ -518,6 +538,8 @@ class Stats:
     events: int = 0
     delivered: int = 0
     iterations: int = 0
+    vouches: int = 0  # vouches delivered in a directed scenario
+    vouched_reads: int = 0  # reads a leader confirmed by vouches
     crashes: int = 0
     compactions: int = 0
     installs: int = 0
@@ -572,15 +594,21 @@ class SimClient:
         self.attempt = 0
         self.sent_at = 0
         self.answers: dict[int, bytes] = {}  # seq -> first OK answer (writes)
+        self.vouchers = 0  # a vouched GET: followers asked to vouch at each send
+        self.forced_vouchers: list[int] | None = None
 
     @property
     def busy(self) -> bool:
         return self.handle is not None
 
-    def start(self, force: tuple[Kind, int] | None = None) -> None:
-        """A random operation, or `force`: (PUT or GET of key x, at this replica)."""
+    def start(
+        self, force: tuple[Kind, int] | None = None, vouchers: list[int] | None = None
+    ) -> None:
+        """A random operation, or `force`: (PUT or GET of key x, at this replica);
+        a forced GET with `vouchers` asks those replicas to vouch for it."""
         rng, sim = self.sim.rng, self.sim
         self.seq += 1
+        self.vouchers, self.forced_vouchers = 0, vouchers
         if force is not None:
             kind, self.target = force
             if kind is Kind.PUT:
@@ -588,7 +616,10 @@ class SimClient:
                 req = Request(Op.PUT, self.cid, self.seq, KEYS[0], value)
                 self.handle = sim.history.invoke(self.index, Kind.PUT, KEYS[0], value)
             else:
-                req = Request(Op.GET, self.cid, self.seq, KEYS[0])
+                self.vouchers = len(vouchers or ())
+                req = Request(
+                    Op.GET, self.cid, self.seq, KEYS[0], expected_version=self.vouchers or None
+                )
                 self.handle = sim.history.invoke(self.index, Kind.GET, KEYS[0])
             self.kind = kind
             self.frame = encode_request(req)
@@ -605,7 +636,11 @@ class SimClient:
             self.kind, req = Kind.PUT, Request(Op.PUT, self.cid, self.seq, key, value)
             self.handle = sim.history.invoke(self.index, Kind.PUT, key, value)
         elif pick < 0.65:
-            self.kind, req = Kind.GET, Request(Op.GET, self.cid, self.seq, key)
+            if rng.random() < 0.5:  # vouched by as many others as a majority needs
+                self.vouchers = len(sim.ids) // 2
+            vouchers = self.vouchers or None
+            req = Request(Op.GET, self.cid, self.seq, key, expected_version=vouchers)
+            self.kind = Kind.GET
             self.handle = sim.history.invoke(self.index, Kind.GET, key)
         elif pick < 0.85:
             expected = self._expected(key)
@@ -634,6 +669,21 @@ class SimClient:
         if target is not None:
             self.target = target
         self.sim.nodes[self.target].requests.append(((self.index, self.attempt), self.frame))
+        if self.vouchers:
+            self._ask_vouches()
+
+    def _ask_vouches(self) -> None:
+        """VOUCH requests for this attempt of the GET, to random other
+        replicas (or the forced ones); never answered (attempt 0)."""
+        sim = self.sim
+        chosen = self.forced_vouchers
+        if chosen is None:
+            others = [i for i in sim.nodes if i != self.target]
+            chosen = sim.rng.sample(others, min(self.vouchers, len(others)))
+        req = Request(Op.VOUCH, self.cid, self.seq, expected_version=self.target)
+        frame = encode_request(req)
+        for rid in chosen:
+            sim.nodes[rid].requests.append(((self.index, 0), frame))
 
     def other_replica(self) -> int:
         others = [i for i in self.sim.ids if i != self.target] or self.sim.ids
@@ -817,6 +867,7 @@ class Simulation:
         node.sent_phase2a = False
         was_leader = node.driver.core.is_leader
         leased = node.driver.counters.lease_reads
+        vouched = node.driver.counters.vouched_reads
         self.stats.iterations += 1
         try:
             node.driver.iterate(messages, requests)
@@ -826,6 +877,7 @@ class Simulation:
         except CorruptValue as exc:  # a record whose value the value log lost
             self.fail(f"replica {node.id} lost a value: {exc}")
         self.stats.lease_reads += node.driver.counters.lease_reads - leased
+        self.stats.vouched_reads += node.driver.counters.vouched_reads - vouched
         if node.driver.core.is_leader and not was_leader:
             self.stats.elections += 1
             ballot = node.driver.core.status().ballot
@@ -927,8 +979,8 @@ class Simulation:
 
     def reveal(self, node: Node, msg: Message) -> None:
         """Remembers what the network learned of this acceptor's state."""
-        if isinstance(msg, (Phase1b, Nack)):
-            promised = msg.ballot if isinstance(msg, Phase1b) else msg.promised
+        if isinstance(msg, (Phase1b, Nack, ReadVouch)):
+            promised = msg.promised if isinstance(msg, Nack) else msg.ballot
             node.revealed_promise = max(node.revealed_promise, promised)
         if isinstance(msg, Phase1b):
             for slot, vote in msg.votes.items():
@@ -1278,6 +1330,41 @@ class Simulation:
         reader.start(force=(Kind.GET, old.id))
         old.paused = False
         self._iterate(old, [])  # its client requests before any peer message
+        self._finish()
+        self._check_history()
+        return self.stats
+
+    def vouch_scenario(self) -> Stats:
+        """A leader takes a write and pauses; the others elect a new leader
+        that takes another; then a vouched read reaches the old leader when it
+        resumes (before any message of the new leader), and a follower of the
+        new leader vouches for it to the old one. Its vouch names the new
+        ballot: the old leader must not count it (it answers only once a
+        round confirms it, i.e. never: it learns it was deposed)."""
+        assert len(self.ids) == 3
+        self.faults = False
+        quiet = ("deliver", "serve", "tick")
+        old = self._run_until(lambda: self._leader(), quiet)
+        first, second, reader = self.clients
+        first.start(force=(Kind.PUT, old.id))
+        self._run_until(lambda: not first.busy and self._leader() is old, quiet)
+        old.paused = True
+        new = self._run_until(
+            lambda: (n := self._leader()) is not None and n is not old and n, quiet
+        )
+        second.start(force=(Kind.PUT, new.id))
+        self._run_until(lambda: not second.busy, quiet)
+        (voucher,) = [n for n in self.nodes.values() if n is not old and n is not new]
+        reader.start(force=(Kind.GET, old.id), vouchers=[voucher.id])
+        old.paused = False
+        self._iterate(old, [])  # the read, before any peer message
+        self._iterate(voucher, [])  # the VOUCH: a ReadVouch to the old leader
+        found = [i for i, m in enumerate(self.network) if type(m[2]) is ReadVouch]
+        if not found:
+            self.fail("the follower did not vouch")
+        _, _, vouch = self._pop(found[0])
+        self.stats.vouches += 1
+        self._iterate(old, [vouch])
         self._finish()
         self._check_history()
         return self.stats

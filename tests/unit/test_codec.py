@@ -23,6 +23,7 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    ReadVouch,
     SnapshotChunk,
     SnapshotRequest,
     TimeoutNow,
@@ -49,6 +50,8 @@ SAMPLES = [
     SnapshotChunk(1, b"\x00" * 8, 9, 4, [(b"dk", b"rec")], None, b"dj"),
     TimeoutNow(1, Ballot(4, 1)),
     Effects(1, 10, 12, b"\x9b\x01"),
+    ReadVouch(2, Ballot(4, 1), (b"c" * 24, b"d" * 24)),
+    ReadVouch(2, Ballot(4, 1), ()),
 ]
 
 
@@ -76,6 +79,10 @@ def test_round_trip(msg):
         b"\x02" + msgpack.packb([1, [1, 1], 0, [[0, [1, 1]]]]),  # vote of 2 fields
         b"\x0b" + msgpack.packb([1, 1, 1]),  # bool field given an int
         b"\x01" + msgpack.packb([1, [1, 1], 2**64 - 1]),  # out of range
+        b"\x10" + msgpack.packb([1, [1, 1], [b"short"]]),  # a token not of 24 bytes
+        b"\x10" + msgpack.packb([1, [1, 1], ["c" * 24]]),  # a token of str
+        b"\x10" + msgpack.packb([1, [1, 1], b"c" * 24]),  # tokens not an array
+        b"\x10" + msgpack.packb([1, [1, 1], [b"c" * 24] * 4097]),  # too many tokens
     ],
 )
 def test_malformed_frames_raise_codec_error(frame):

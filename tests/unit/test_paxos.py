@@ -24,6 +24,7 @@ from replica.messages import (
     Phase2b,
     PreVote,
     PreVoteReply,
+    ReadVouch,
     Vote,
 )
 from replica.paxos import CoreConfig, DurableState, NotLeader, PaxosCore, Ready, Role
@@ -391,6 +392,95 @@ def test_read_index_on_a_follower_raises():
     follower = next(c for c in net.cores.values() if not c.is_leader)
     with pytest.raises(NotLeader):
         follower.read_index(["r"])
+
+
+def _token(seq: int) -> bytes:
+    return b"c" * 16 + seq.to_bytes(8, "big")
+
+
+def _followers(net: Net, leader: PaxosCore) -> list[PaxosCore]:
+    return [c for c in net.cores.values() if c is not leader]
+
+
+def test_a_vouched_read_is_confirmed_by_a_followers_vouch_without_a_heartbeat_round():
+    net = Net()
+    leader = net.elect()
+    r = leader.read_index(["r1"], tokens=[_token(1)])
+    assert r.reads == [] and sent(r, Heartbeat) == []
+    follower = _followers(net, leader)[0]
+    v = follower.vouch(leader.id, [_token(1)])
+    ((dst, vouch),) = sent(v, ReadVouch)
+    assert dst == leader.id and vouch.ballot == leader.status().ballot
+    assert leader.step(vouch).reads == ["r1"]
+
+
+def test_a_vouch_may_come_before_its_read():
+    net = Net()
+    leader = net.elect()
+    follower = _followers(net, leader)[0]
+    ((_, vouch),) = sent(follower.vouch(leader.id, [_token(2)]), ReadVouch)
+    assert leader.step(vouch).reads == []
+    assert leader.read_index(["r2"], tokens=[_token(2)]).reads == ["r2"]
+
+
+def test_a_vouch_of_another_ballot_confirms_nothing():
+    """A follower that promised a higher ballot (a new leader's) reports it;
+    the old leader does not count it, and its next heartbeat round finds
+    out that it was deposed."""
+    net = Net()
+    leader = net.elect()
+    follower = _followers(net, leader)[0]
+    follower.step(Phase1a(3, Ballot(leader.status().ballot.round + 1, 3), 0))
+    leader.read_index(["r3"], tokens=[_token(3)])
+    ((_, vouch),) = sent(follower.vouch(leader.id, [_token(3)]), ReadVouch)
+    assert vouch.ballot > leader.status().ballot
+    assert leader.step(vouch).reads == []
+
+
+def test_a_vouched_read_without_its_vouches_goes_by_heartbeat_after_a_tick():
+    net = Net()
+    leader = net.elect()
+    leader.read_index(["r4"], tokens=[_token(4)])
+    hbs = []
+    for _ in range(3):
+        hbs = sent(leader.tick(), Heartbeat)
+        if hbs:
+            break
+    assert hbs
+    ack = HeartbeatAck(hbs[0][0], leader.status().ballot, hbs[0][1].round, 0)
+    assert leader.step(ack).reads == ["r4"]
+    follower = _followers(net, leader)[0]  # a late vouch changes nothing
+    ((_, vouch),) = sent(follower.vouch(leader.id, [_token(4)]), ReadVouch)
+    assert leader.step(vouch).reads == []
+
+
+def test_vouched_reads_fail_when_leadership_is_lost():
+    net = Net()
+    leader = net.elect()
+    leader.read_index(["r5", "r6"], tokens=[_token(5), None])
+    other = _followers(net, leader)[0].id
+    r = leader.step(Nack(other, leader.status().ballot, Ballot(9, other)))
+    assert sorted(r.failed_reads) == ["r5", "r6"]
+
+
+def test_five_replicas_need_two_vouches():
+    net = Net(5)
+    leader = net.elect()
+    leader.read_index(["r7"], tokens=[_token(7)])
+    first, second = _followers(net, leader)[:2]
+    ((_, v1),) = sent(first.vouch(leader.id, [_token(7)]), ReadVouch)
+    ((_, v2),) = sent(second.vouch(leader.id, [_token(7)]), ReadVouch)
+    assert leader.step(v1).reads == []
+    assert leader.step(v1).reads == []  # the same voucher twice is one vouch
+    assert leader.step(v2).reads == ["r7"]
+
+
+def test_a_vouch_goes_only_to_a_peer():
+    net = Net()
+    leader = net.elect()
+    follower = _followers(net, leader)[0]
+    assert sent(follower.vouch(follower.id, [_token(8)]), ReadVouch) == []
+    assert sent(follower.vouch(99, [_token(8)]), ReadVouch) == []
 
 
 def test_constructor_rejects_an_id_outside_the_cluster():

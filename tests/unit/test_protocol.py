@@ -82,6 +82,8 @@ REQUESTS = [
     Request(Op.PUT, CID, 2**63, b"\x00\xff", b""),
     Request(Op.GET, CID, 3, b"k"),
     Request(Op.GET, CID, 4, b"k", stale=True),
+    Request(Op.GET, CID, 4, b"k", expected_version=1),  # one follower asked to vouch
+    Request(Op.VOUCH, CID, 4, expected_version=2),  # vouch to replica 2 for that read
     Request(Op.DELETE, CID, 5, b"k"),
     Request(Op.CAS, CID, 6, b"k", b"new", expected_value=b"old"),
     Request(Op.CAS, CID, 7, b"k", b"new", expected_version=0),
@@ -324,6 +326,11 @@ def test_valid_requests_pass(req: Request) -> None:
         ),
         (_req(Op.CAS, value=None, expected_version=1), Status.BAD_REQUEST, "new value"),
         (_req(Op.CAS, expected_version=-1), Status.BAD_REQUEST, "expected_version"),
+        (_req(Op.GET, value=None, expected_version=-1), Status.BAD_REQUEST, "vouchers"),
+        (Request(Op.VOUCH, CID, 1), Status.BAD_REQUEST, "the id of the read's replica"),
+        (Request(Op.VOUCH, CID, 1, expected_version=-2), Status.BAD_REQUEST, "the id"),
+        (Request(Op.VOUCH, CID, 0, expected_version=1), Status.BAD_REQUEST, "seq"),
+        (Request(Op.VOUCH, b"short", 1, expected_version=1), Status.BAD_REQUEST, "client_id"),
         *INVALID_RANGES_AND_TXNS,
     ],
 )
@@ -908,5 +915,9 @@ def test_the_hot_path_takes_the_usual_frames() -> None:
     for op, value in ((Op.PUT, b"v"), (Op.GET, None), (Op.DELETE, None)):
         req = Request(op, CID, 3, b"key", value)
         assert _parse_plain(encode_request(req)) == req
+    vouched = Request(Op.GET, CID, 3, b"key", expected_version=2)
+    assert _parse_plain(encode_request(vouched)) == vouched
     cas = Request(Op.CAS, CID, 3, b"key", b"v", expected_version=1)
     assert _parse_plain(encode_request(cas)) is None
+    vouch = Request(Op.VOUCH, CID, 3, expected_version=1)
+    assert _parse_plain(encode_request(vouch)) is None  # the full path: no key
