@@ -79,6 +79,9 @@ class RunSpec:
     # logical clients are then threads with blocking clients (KVClient, gRPC)
     api: dict[str, Any] | None = None
     kv_args: dict[str, str] = field(default_factory=dict)  # KVClient's key files (CURVE)
+    # linearizable GETs vouched for by the other replicas, as KVClient sends them
+    # (replica/paxos.py "Vouched reads"); False: a heartbeat round confirms them
+    vouch_reads: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -173,29 +176,51 @@ def _record(
 # --------------------------------------------------------------------------
 # paxoskv over ZeroMQ
 # --------------------------------------------------------------------------
-def fast_encode(op: str, cid: bytes, seq: int, key: bytes, value: bytes) -> bytes:
+def fast_encode(
+    op: str, cid: bytes, seq: int, key: bytes, value: bytes, vouched: bool = False
+) -> bytes:
     """`kvstore.protocol.encode_request` of a PUT, GET or CAS (expected value =
     new value), without building a Request; the unit tests check that the
-    bytes are identical."""
+    bytes are identical. `vouched`: a GET whose vouch nonce is `seq` (every
+    request of a logical client has a seq of its own)."""
     from kvstore.protocol import PROTOCOL_VERSION, Op
 
     if op == PUT:
         fields = [PROTOCOL_VERSION, int(Op.PUT), cid, seq, key, value, None, None, False]
     elif op == GET:
-        fields = [PROTOCOL_VERSION, int(Op.GET), cid, seq, key, None, None, None, False]
+        nonce = seq if vouched else None
+        fields = [PROTOCOL_VERSION, int(Op.GET), cid, seq, key, None, None, nonce, False]
     else:
         fields = [PROTOCOL_VERSION, int(Op.CAS), cid, seq, key, value, value, None, False]
+    return _packb(fields, use_bin_type=True)
+
+
+def fast_vouch(cid: bytes, nonce: int, target: int) -> bytes:
+    """`encode_request` of the VOUCH for the GET of nonce `nonce` sent to
+    replica `target`."""
+    from kvstore.protocol import PROTOCOL_VERSION, Op
+
+    fields = [PROTOCOL_VERSION, int(Op.VOUCH), cid, nonce, b"", None, None, target, False]
     return _packb(fields, use_bin_type=True)
 
 
 def fast_status(frame: bytes) -> int:
     """The status of an encoded Response (-1 if it is not a response); the
     full `decode_response` runs only for the rare non-final statuses."""
+    return fast_status_pause(frame)[0]
+
+
+def fast_status_pause(frame: bytes) -> tuple[int, bool]:
+    """`fast_status`, and whether the answer asks for GETs without VOUCH
+    for a while (its `info` is {"vouch": False}: a busy leader)."""
     try:
         obj = _unpackb(frame, raw=False)
-        return obj[1] if isinstance(obj, list) and len(obj) == 7 else -1
     except Exception:  # noqa: BLE001
-        return -1
+        return -1, False
+    if not isinstance(obj, list) or len(obj) != 7:
+        return -1, False
+    info = obj[6]
+    return obj[1], type(info) is dict and info.get("vouch") is False
 
 
 def check_workload(workload: WorkloadSpec) -> None:
@@ -222,7 +247,7 @@ def check_workload(workload: WorkloadSpec) -> None:
 
 class _ZClient:
     __slots__ = ("idx", "cid", "seq", "stream", "op", "frame", "t0", "target", "attempt",
-                 "deadline", "backoff", "active")  # fmt: skip
+                 "deadline", "backoff", "active", "vouched", "vouch_from")  # fmt: skip
 
     def __init__(self, idx: int, stream: OpStream, cid: bytes) -> None:
         self.idx = idx
@@ -237,6 +262,8 @@ class _ZClient:
         self.deadline = 0
         self.backoff = BACKOFF_MIN_NS
         self.active = False
+        self.vouched = False  # the request in flight is a GET with VOUCHes
+        self.vouch_from = 0  # its GETs ask for vouches from this time on (monotonic ns)
 
 
 def run_paxoskv(
@@ -254,7 +281,7 @@ def run_paxoskv(
     the replicas see them."""
     import zmq
 
-    from kvstore.protocol import Status, decode_response
+    from kvstore.protocol import VOUCH_PAUSE_S, Status, decode_response
 
     ctx = zmq.Context()
     SNDMORE = int(zmq.SNDMORE)
@@ -293,13 +320,25 @@ def run_paxoskv(
         socks[rid] = s
         poller.register(s, zmq.POLLIN)
 
+    vouch_reads = spec.vouch_reads and len(ids) > 1
+    vouch_pause_ns = int(VOUCH_PAUSE_S * 1e9)
+
     def send(c: _ZClient, now: int) -> None:
         c.attempt += 1
-        s = socks[c.target]
+        target = c.target
+        s = socks[target]
         s.send(((c.attempt << 16) | c.idx).to_bytes(8, "little"), SNDMORE)
         s.send(b"", SNDMORE)
         s.send(c.frame, 0, copy=True)
         c.deadline = now + timeout_ns
+        if c.vouched:
+            vouch = fast_vouch(c.cid, c.seq, target)
+            tag = c.idx.to_bytes(8, "little")  # attempt 0: an answer would be dropped
+            for rid, other in socks.items():
+                if rid != target:
+                    other.send(tag, SNDMORE)
+                    other.send(b"", SNDMORE)
+                    other.send(vouch, 0)
 
     def start_next(c: _ZClient, now: int) -> None:
         nxt = c.stream.next() if win.may_issue(now) else None
@@ -310,7 +349,8 @@ def run_paxoskv(
         c.seq += 1
         c.op = op
         v = urandom(vsize) if fresh and op == PUT else value
-        c.frame = fast_encode(op, c.cid, c.seq, key, v)
+        c.vouched = vouch_reads and op == GET and now >= c.vouch_from
+        c.frame = fast_encode(op, c.cid, c.seq, key, v, c.vouched)
         c.t0 = now
         c.target = leader[0]
         c.backoff = BACKOFF_MIN_NS
@@ -349,7 +389,9 @@ def run_paxoskv(
         c = clients[idx]
         if not c.active or (tag >> 16) != c.attempt:
             return  # a reply to an attempt we gave up on
-        st = fast_status(frames[2])
+        st, pause = fast_status_pause(frames[2])
+        if pause and c.vouched:  # a busy leader: GETs without VOUCH for a while
+            c.vouch_from = now + vouch_pause_ns
         if st in FINAL:
             if st == NOT_FOUND:
                 stats.not_found += 1

@@ -280,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         "is a heartbeat round per batch of reads",
     )
     ap.add_argument(
+        "--no-vouch-reads",
+        dest="vouch_reads",
+        action="store_false",
+        help="our load generators and KVClient send GETs without asking the other replicas to "
+        "vouch for them (README 'Linearizable'): the leader confirms each batch of reads by a "
+        "heartbeat round, as before vouched reads",
+    )
+    ap.add_argument(
         "--curve",
         action="store_true",
         help="CURVE on every socket of our cluster, load generators included (README, "
@@ -380,6 +388,7 @@ def config_from_args(args: argparse.Namespace) -> SuiteConfig:
         cfg.profile_dir = str(args.out)
     cfg.curve = args.curve
     cfg.lease_reads = args.lease_reads
+    cfg.vouch_reads = args.vouch_reads
     if args.write_buffer is not None:
         if not MIN_WRITE_BUFFER_BYTES <= args.write_buffer <= MAX_WRITE_BUFFER_BYTES:
             raise SystemExit(

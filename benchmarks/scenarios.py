@@ -157,6 +157,8 @@ class SuiteConfig:
     trace_every: int = 0
     # our replicas answer linearizable reads on the leader's read lease
     lease_reads: bool = False
+    # our load generators' GETs are vouched for by the other replicas (KVClient's default)
+    vouch_reads: bool = True
     # our replicas' [storage] write_buffer_bytes (None: their default)
     write_buffer_bytes: int | None = None
 
@@ -258,6 +260,7 @@ class SystemRunner:
             ops=kw.pop("ops", None),
             warmup=kw.pop("warmup", self.cfg.warmup),
             attempt_timeout=kw.pop("attempt_timeout", self.cfg.attempt_timeout),
+            vouch_reads=self.cfg.vouch_reads,
             **kw,
         )
         result = run_workload(
@@ -443,7 +446,8 @@ class SystemRunner:
         rng = random.Random(cfg.seed)
         out: dict[str, Any] = {"duration_s": cfg.kvclient_duration}
         addrs = [cluster.endpoints()[rid] for rid in sorted(cluster.endpoints())]
-        with KVClient(addrs, timeout=10.0, **getattr(cluster, "client_key_args", {})) as kv:
+        kv_args = dict(getattr(cluster, "client_key_args", {}))
+        with KVClient(addrs, timeout=10.0, vouch_reads=cfg.vouch_reads, **kv_args) as kv:
             for op in ("put", "get"):
                 hist = Histogram()
                 t_end = time.monotonic() + cfg.kvclient_duration

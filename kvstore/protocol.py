@@ -95,6 +95,8 @@ from kvstore.limits import (
 )
 
 PROTOCOL_VERSION = 1
+VOUCH_PAUSE_S = 1.0
+"""How long a client sends GETs without VOUCH after a leader asked it to."""
 CLIENT_ID_BYTES = 16
 _UNPACKB = msgpack.unpackb
 _PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
@@ -126,8 +128,8 @@ class Op(IntEnum):
     SNAPSHOT = 16  # a backup chunk: value = export id (None: start one), key = after
     MEMBER = 17  # membership: value None lists it, else a packed change (member_change)
     MOVE_LEADER = 18  # hand leadership to replica int(value) (kvctl move-leader)
-    VOUCH = 19  # to a follower, never answered: vouch for the read (client_id, seq)
-    # to replica expected_version (a GET's expected_version: followers asked)
+    VOUCH = 19  # to a follower, never answered: vouch for the read (client_id, nonce =
+    # seq) to replica expected_version (None: the leader it knows); see Request
 
 
 WRITE_OPS = frozenset(
@@ -346,6 +348,20 @@ class Request:
     answered from what the answering replica applied, so the flag had no
     other meaning for WATCH, and a replica of an earlier release ignores
     it: its events then come without them (PREV_UNKNOWN), never refused.
+    Vouched reads (replica/paxos.py, "Vouched reads"): a GET whose
+    `expected_version` is set (a nonce >= 1, never reused by this
+    client_id) waits on its leader for the vouches of followers instead of
+    a heartbeat round; the client sends, as it sends the GET, VOUCH
+    (client_id, seq = that nonce, `expected_version` = the id of the
+    replica the GET went to, or None for the leader the follower knows) to
+    the other replicas, which answer nothing and tell that replica what
+    they promised. Without enough vouches within a tick the read goes by
+    the next heartbeat round, as an ordinary GET; a replica of an earlier
+    release ignores the nonce and answers VOUCH with BAD_REQUEST. A leader
+    that takes many reads at once answers a vouched GET with `info`
+    {"vouch": False}: its heartbeat rounds then serve reads in batches more
+    cheaply, and the client sends its GETs without VOUCH for a while
+    (VOUCH_PAUSE_S).
     """
 
     op: Op
@@ -425,8 +441,8 @@ def _check_vouch(req: Request) -> tuple[Status, str] | None:
         return Status.BAD_REQUEST, f"client_id must be {CLIENT_ID_BYTES} bytes"
     if req.seq < 1:
         return Status.BAD_REQUEST, "seq must be >= 1"
-    if req.expected_version is None or req.expected_version < 0:
-        return Status.BAD_REQUEST, "VOUCH needs the id of the read's replica (expected_version)"
+    if req.expected_version is not None and req.expected_version < 0:
+        return Status.BAD_REQUEST, "a VOUCH's replica id (expected_version) must be >= 0"
     return None
 
 
@@ -435,8 +451,8 @@ def _check_values(req: Request) -> tuple[Status, str] | None:
     problem = _check_key(req.key, "key")
     if problem is not None:
         return problem
-    if req.op == Op.GET and req.expected_version is not None and req.expected_version < 0:
-        return Status.BAD_REQUEST, "a GET's vouchers (expected_version) must be >= 0"
+    if req.op == Op.GET and req.expected_version is not None and req.expected_version < 1:
+        return Status.BAD_REQUEST, "a GET's vouch nonce (expected_version) must be >= 1"
     for name in ("value", "expected_value"):
         v = getattr(req, name)
         if v is not None and len(v) > MAX_VALUE_BYTES:
@@ -820,6 +836,7 @@ def _decode_txn_op(raw: Any) -> TxnOp:
 
 
 _PUT_OP, _GET_OP, _DELETE_OP = int(Op.PUT), int(Op.GET), int(Op.DELETE)
+_VOUCH_OP = int(Op.VOUCH)
 
 
 def _parse_plain(frame: bytes) -> Request | None:
@@ -839,6 +856,8 @@ def _parse_plain(frame: bytes) -> Request | None:
     if type(obj) is not list or len(obj) != 9:
         return None
     version, op, client_id, seq, key, value, exp_value, exp_version, stale = obj
+    if op == _VOUCH_OP and key == b"":  # a follower takes one per vouched GET
+        return _parse_vouch(version, op, client_id, seq, value, exp_value, exp_version, stale)
     if (
         type(version) is not int
         or version != PROTOCOL_VERSION
@@ -852,10 +871,10 @@ def _parse_plain(frame: bytes) -> Request | None:
         or exp_value is not None
     ):
         return None
-    if exp_version is not None:  # a GET's vouchers (see Op.VOUCH)
+    if exp_version is not None:  # a GET's vouch nonce (see Request)
         if op != _GET_OP or type(op) is not int or type(exp_version) is not int:
             return None
-        if value is not None or exp_version < 0:
+        if value is not None or exp_version < 1:
             return None
         return Request(Op.GET, client_id, seq, key, None, None, exp_version, stale)
     if op == _PUT_OP and type(op) is int:
@@ -869,6 +888,36 @@ def _parse_plain(frame: bytes) -> Request | None:
     if op == _DELETE_OP:
         return Request(Op.DELETE, client_id, seq, key, None, None, None, stale)
     return None
+
+
+def _parse_vouch(
+    version: Any,
+    op: Any,
+    client_id: Any,
+    seq: Any,
+    value: Any,
+    exp_value: Any,
+    exp_version: Any,
+    stale: Any,
+) -> Request | None:
+    """`_parse_plain` of a VOUCH in its usual shape (no key, value or
+    expected value), as the full path would build it; None otherwise."""
+    if (
+        type(version) is not int
+        or version != PROTOCOL_VERSION
+        or type(op) is not int
+        or type(client_id) is not bytes
+        or len(client_id) != CLIENT_ID_BYTES
+        or type(seq) is not int
+        or seq < 1
+        or value is not None
+        or exp_value is not None
+        or type(stale) is not bool
+    ):
+        return None
+    if exp_version is not None and (type(exp_version) is not int or exp_version < 0):
+        return None
+    return Request(Op.VOUCH, client_id, seq, b"", None, None, exp_version, stale)
 
 
 def parse_request(frame: bytes) -> Request | Response:

@@ -43,7 +43,7 @@ class CodecError(ValueError):
 
 
 _MAX_INT = 2**63 - 1
-VOUCH_TOKEN_BYTES = 24  # a client_id (16) and a seq (8, big-endian)
+VOUCH_TOKEN_BYTES = 24  # a client_id (16) and a read's nonce (8, big-endian)
 MAX_VOUCH_TOKENS = 4096  # per ReadVouch: more than any iteration's requests
 _PACK = msgpack.Packer(use_bin_type=True).pack  # see kvstore/statemachine.py
 

@@ -39,7 +39,7 @@ ReadVouch(ballot, tokens)
     above `ballot` (its promise, after the client sent the reads); the
     leader of that ballot counts it towards confirming those reads
     (replica/paxos.py, "Vouched reads"). `tokens`: each read's client_id +
-    seq (8 bytes, big-endian).
+    nonce (8 bytes, big-endian).
 CatchupRequest(ballot, from_slot)
     A replica that lacks chosen values asks the leader for slots >= from_slot.
 CatchupReply(ballot, entries, commit_index, compacted)
@@ -160,7 +160,7 @@ class HeartbeatAck:
 class ReadVouch:
     sender: int
     ballot: Ballot  # the sender's promised ballot when it sent this
-    tokens: tuple[bytes, ...]  # the reads' (client_id + seq), see replica/paxos.py
+    tokens: tuple[bytes, ...]  # the reads' client_id + nonce, see replica/paxos.py
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,9 @@ Every replica plays the three Paxos roles for an unbounded log of slots:
   effects"). CatchupReply carries the full commit index.
 
 Linearizable reads use a read index: the leader records the index reads must
-wait for, confirms with a majority (a heartbeat round) that it still leads,
-and releases the reads once everything up to that index is applied.
+wait for, confirms with a majority (a heartbeat round, or the followers'
+vouches: "Vouched reads") that it still leads, and releases the reads once
+everything up to that index is applied.
 
 The `Ready` contract (the driver MUST honour this order):
   1. persist `promised`, `votes` and `chosen` in one atomic synced batch;
@@ -183,6 +184,45 @@ A lease read is answered from the state at index max(commit index,
 recovery end) at the time it arrived, exactly as a read index would be: the
 lease only replaces the confirmation round. The simulator runs leases with
 one clock for all replicas, and catches a lease longer than the bound.
+
+Vouched reads
+-------------
+A read index costs four hops on the read's path: client -> leader ->
+followers (heartbeat) -> leader -> client. A vouched read starts its
+confirmation at the client instead: as the client sends the GET (with a
+nonce it never reuses), it sends every other replica a VOUCH for it (Op.VOUCH,
+kvstore/protocol.py), and each follower tells the read's replica, in a
+ReadVouch (one per iteration, carrying the tokens = client id + nonce of
+every VOUCH it took), the ballot it has promised. The leader counts the
+vouches of its own ballot and releases the read once it and the vouchers
+make a majority of every membership from the commit index on: client ->
+follower -> leader -> client, three hops.
+
+Why it is linearizable, as a read index is: the read must see every write
+that completed before it was invoked and is answered from the state at index
+max(commit index, recovery end) when it reached the leader (at or after
+its invocation, so that state holds every write this leader completed
+before it, and every earlier leader's, by recovery). The only danger is a
+newer leader that completed a write this leader does not know. A newer
+leader needs promises of a majority for its higher ballot, and that
+majority meets the vouchers: one of them promised the higher ballot either
+before it vouched (then its vouch names that ballot and is not counted) or
+after (then the newer leader's Phase 1, and every write it completes, ends
+after the vouch, which the follower sent after the client sent the VOUCH,
+at or after the read's invocation: such a write is concurrent with the
+read, which may miss it). A vouch may reach the leader before its read
+(kept for one to two ticks) or after (the read waits): either way it was
+made after the invocation, which is all the argument uses. A ReadVouch
+reveals the promise, so it waits for the iteration's sync like a
+HeartbeatAck. A nonce reused by its client (a bug) could let a vouch made
+before the read confirm it; tokens are never trusted beyond that.
+
+A read whose vouches do not come within a tick (followers down, VOUCHes
+lost, a client asking too few) goes by the next heartbeat round, which
+also finds out if the leader was deposed. The simulator's clients vouch
+for half their GETs (to as many others as a majority needs, or to all;
+delayed, lost, to replicas that moved on), and a directed scenario catches
+a leader that counts a vouch of another ballot (tests/sim, CountsAnyVouch).
 
 Joining
 -------

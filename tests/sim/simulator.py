@@ -617,9 +617,8 @@ class SimClient:
                 self.handle = sim.history.invoke(self.index, Kind.PUT, KEYS[0], value)
             else:
                 self.vouchers = len(vouchers or ())
-                req = Request(
-                    Op.GET, self.cid, self.seq, KEYS[0], expected_version=self.vouchers or None
-                )
+                nonce = self.seq if vouchers else None  # a seq is never reused: a nonce
+                req = Request(Op.GET, self.cid, self.seq, KEYS[0], expected_version=nonce)
                 self.handle = sim.history.invoke(self.index, Kind.GET, KEYS[0])
             self.kind = kind
             self.frame = encode_request(req)
@@ -636,10 +635,10 @@ class SimClient:
             self.kind, req = Kind.PUT, Request(Op.PUT, self.cid, self.seq, key, value)
             self.handle = sim.history.invoke(self.index, Kind.PUT, key, value)
         elif pick < 0.65:
-            if rng.random() < 0.5:  # vouched by as many others as a majority needs
-                self.vouchers = len(sim.ids) // 2
-            vouchers = self.vouchers or None
-            req = Request(Op.GET, self.cid, self.seq, key, expected_version=vouchers)
+            if rng.random() < 0.5:  # vouched: as many others as a majority needs, or all
+                self.vouchers = len(sim.ids) // 2 if rng.random() < 0.5 else len(sim.ids)
+            nonce = self.seq if self.vouchers else None  # a seq is never reused: a nonce
+            req = Request(Op.GET, self.cid, self.seq, key, expected_version=nonce)
             self.kind = Kind.GET
             self.handle = sim.history.invoke(self.index, Kind.GET, key)
         elif pick < 0.85:
@@ -680,7 +679,8 @@ class SimClient:
         if chosen is None:
             others = [i for i in sim.nodes if i != self.target]
             chosen = sim.rng.sample(others, min(self.vouchers, len(others)))
-        req = Request(Op.VOUCH, self.cid, self.seq, expected_version=self.target)
+        target = None if sim.rng.random() < 0.3 else self.target  # None: the leader it knows
+        req = Request(Op.VOUCH, self.cid, self.seq, expected_version=target)
         frame = encode_request(req)
         for rid in chosen:
             sim.nodes[rid].requests.append(((self.index, 0), frame))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.driver import check_workload, fast_encode, fast_status
+from benchmarks.driver import check_workload, fast_encode, fast_status, fast_vouch
 from benchmarks.workload import WorkloadSpec
 from kvstore.limits import MAX_VALUE_BYTES
 from kvstore.protocol import Op, Request, Response, Status, encode_request, encode_response
@@ -21,6 +21,9 @@ def test_fast_encode_is_encode_request(value):
     assert fast_encode("cas", cid, 2**40, key, value) == encode_request(
         Request(Op.CAS, cid, 2**40, key, value, expected_value=value)
     )
+    vouched = Request(Op.GET, cid, 9, key, expected_version=9)
+    assert fast_encode("get", cid, 9, key, value, vouched=True) == encode_request(vouched)
+    assert fast_vouch(cid, 9, 2) == encode_request(Request(Op.VOUCH, cid, 9, expected_version=2))
 
 
 def test_fast_status_reads_the_status():

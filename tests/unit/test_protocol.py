@@ -82,8 +82,9 @@ REQUESTS = [
     Request(Op.PUT, CID, 2**63, b"\x00\xff", b""),
     Request(Op.GET, CID, 3, b"k"),
     Request(Op.GET, CID, 4, b"k", stale=True),
-    Request(Op.GET, CID, 4, b"k", expected_version=1),  # one follower asked to vouch
-    Request(Op.VOUCH, CID, 4, expected_version=2),  # vouch to replica 2 for that read
+    Request(Op.GET, CID, 4, b"k", expected_version=7),  # vouched, nonce 7
+    Request(Op.VOUCH, CID, 7, expected_version=2),  # vouch to replica 2 for that read
+    Request(Op.VOUCH, CID, 7),  # ... to the leader the follower knows
     Request(Op.DELETE, CID, 5, b"k"),
     Request(Op.CAS, CID, 6, b"k", b"new", expected_value=b"old"),
     Request(Op.CAS, CID, 7, b"k", b"new", expected_version=0),
@@ -326,9 +327,8 @@ def test_valid_requests_pass(req: Request) -> None:
         ),
         (_req(Op.CAS, value=None, expected_version=1), Status.BAD_REQUEST, "new value"),
         (_req(Op.CAS, expected_version=-1), Status.BAD_REQUEST, "expected_version"),
-        (_req(Op.GET, value=None, expected_version=-1), Status.BAD_REQUEST, "vouchers"),
-        (Request(Op.VOUCH, CID, 1), Status.BAD_REQUEST, "the id of the read's replica"),
-        (Request(Op.VOUCH, CID, 1, expected_version=-2), Status.BAD_REQUEST, "the id"),
+        (_req(Op.GET, value=None, expected_version=0), Status.BAD_REQUEST, "vouch nonce"),
+        (Request(Op.VOUCH, CID, 1, expected_version=-2), Status.BAD_REQUEST, "replica id"),
         (Request(Op.VOUCH, CID, 0, expected_version=1), Status.BAD_REQUEST, "seq"),
         (Request(Op.VOUCH, b"short", 1, expected_version=1), Status.BAD_REQUEST, "client_id"),
         *INVALID_RANGES_AND_TXNS,
@@ -841,7 +841,8 @@ _FIELD_CHOICES = st.one_of(
 
 def _plain_fields(op: Op) -> list[Any]:
     value = b"value" if op in (Op.PUT, Op.CAS) else None
-    return [PROTOCOL_VERSION, int(op), CID, 2, b"key", value, None, None, False]
+    key = b"" if op is Op.VOUCH else b"key"
+    return [PROTOCOL_VERSION, int(op), CID, 2, key, value, None, None, False]
 
 
 def _assert_hot_path_agrees(frame: bytes) -> bool:
@@ -857,7 +858,7 @@ def _assert_hot_path_agrees(frame: bytes) -> bool:
     return fast is not None
 
 
-@pytest.mark.parametrize("op", [Op.PUT, Op.GET, Op.DELETE, Op.CAS, Op.STATUS])
+@pytest.mark.parametrize("op", [Op.PUT, Op.GET, Op.DELETE, Op.CAS, Op.STATUS, Op.VOUCH])
 def test_the_hot_path_agrees_on_every_edge_in_every_field(op: Op) -> None:
     """Each field of the common frame in turn replaced by each edge value
     (types, bounds, limits), and the frame cut and grown by one field."""
@@ -870,7 +871,7 @@ def test_the_hot_path_agrees_on_every_edge_in_every_field(op: Op) -> None:
     for fields in (_plain_fields(op)[:8], [*_plain_fields(op), None]):
         assert not _assert_hot_path_agrees(msgpack.packb(fields, use_bin_type=True))
     plain = msgpack.packb(_plain_fields(op), use_bin_type=True)
-    assert _assert_hot_path_agrees(plain) == (op in (Op.PUT, Op.GET, Op.DELETE))
+    assert _assert_hot_path_agrees(plain) == (op in (Op.PUT, Op.GET, Op.DELETE, Op.VOUCH))
     assert taken > 0  # e.g. an edge value that is the op's own
 
 
@@ -878,13 +879,13 @@ def test_the_hot_path_agrees_on_every_edge_in_every_field(op: Op) -> None:
 def _near_plain_frames(draw: st.DrawFn) -> bytes:
     """Frames of PUT, GET, DELETE (and others) in the common 9-field shape,
     with any field possibly swapped for something else, or cut or grown."""
-    op = draw(st.sampled_from([Op.PUT, Op.GET, Op.DELETE, Op.CAS, Op.STATUS]))
+    op = draw(st.sampled_from([Op.PUT, Op.GET, Op.DELETE, Op.CAS, Op.STATUS, Op.VOUCH]))
     fields: list[Any] = [
         PROTOCOL_VERSION,
         int(op),
         CID,
         draw(st.integers(1, 5)),
-        b"key",
+        b"" if op is Op.VOUCH else b"key",
         b"value" if op in (Op.PUT, Op.CAS) else None,
         None,
         None,
@@ -919,5 +920,6 @@ def test_the_hot_path_takes_the_usual_frames() -> None:
     assert _parse_plain(encode_request(vouched)) == vouched
     cas = Request(Op.CAS, CID, 3, b"key", b"v", expected_version=1)
     assert _parse_plain(encode_request(cas)) is None
-    vouch = Request(Op.VOUCH, CID, 3, expected_version=1)
-    assert _parse_plain(encode_request(vouch)) is None  # the full path: no key
+    for target in (1, None):
+        vouch = Request(Op.VOUCH, CID, 3, expected_version=target)
+        assert _parse_plain(encode_request(vouch)) == vouch
