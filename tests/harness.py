@@ -18,6 +18,7 @@ import importlib.util
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -140,6 +141,25 @@ class Cluster:
         if address is None:
             raise ValueError("this cluster was made without metrics=True")
         return address
+
+    def counter(self, rid: int, name: str) -> float:
+        """The value of replica `rid`'s unlabelled metric `name` (e.g.
+        "paxoskv_lease_reads_total"), read from its /metrics (metrics=True)."""
+        url = f"http://{self.metrics_address(rid)}/metrics"
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            metric, _, value = line.partition(" ")
+            if metric == name or metric.startswith(name + "{"):
+                return float(value)
+        raise AssertionError(f"{name} is not exported")
+
+    def write_and_read(self, client: KVClient, tag: str, keys: int = 20) -> None:
+        """Puts k0.. = tag0.., then reads each back (asserting the value)."""
+        for i in range(keys):
+            client.put(f"k{i}", f"{tag}{i}")
+        for i in range(keys):
+            assert client.get(f"k{i}") == f"{tag}{i}".encode()
 
     def client_key_files(self) -> tuple[str, str]:
         """(client secret key file, server public key file) with curve=True,

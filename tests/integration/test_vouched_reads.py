@@ -8,23 +8,15 @@ CountsAnyVouch); here, that the pieces meet over the wire."""
 
 from __future__ import annotations
 
-import re
-import urllib.request
 from collections.abc import Callable
 
 from client import KVClient
 from tests.harness import Cluster
 from tests.integration.test_replica import wait_agreed_leader
 
-VOUCHED = re.compile(rb"^paxoskv_vouched_reads_total(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
-
 
 def vouched_reads(cluster: Cluster, rid: int) -> float:
-    url = f"http://{cluster.metrics_address(rid)}/metrics"
-    with urllib.request.urlopen(url, timeout=3) as resp:
-        found = VOUCHED.search(resp.read())
-    assert found, "paxoskv_vouched_reads_total is exported"
-    return float(found.group(1))
+    return cluster.counter(rid, "paxoskv_vouched_reads_total")
 
 
 def test_gets_are_confirmed_by_vouches_and_stay_right_across_kills(
@@ -33,10 +25,7 @@ def test_gets_are_confirmed_by_vouches_and_stay_right_across_kills(
     cluster = cluster_factory(3, metrics=True)
     client = cluster.client()
     leader = wait_agreed_leader(cluster)
-    for i in range(20):
-        client.put(f"k{i}", f"v{i}")
-    for i in range(20):
-        assert client.get(f"k{i}") == f"v{i}".encode()
+    cluster.write_and_read(client, "v")
     assert vouched_reads(cluster, leader) >= 10, "the leader confirmed reads by vouches"
 
     plain = KVClient(client.addresses, timeout=10.0, vouch_reads=False)

@@ -146,6 +146,7 @@ VALUE_SPARE = (None, -VALUE_SEGMENT_BYTES, None)  # by id mod 3: when live value
 VOTE_LOG_MINS = (0, 1, 1000)  # by id mod 3: votes with a command this large go to the vote log
 VOTE_SEGMENT_BYTES = 3000  # a few votes per vote log segment
 CLIENTS = 3
+_QUIET = ("deliver", "serve", "tick")  # the events of the directed scenarios
 ADMIN = -1
 """The envelope's client index of the membership admin's requests."""
 SPARE_IDS = 4
@@ -1312,21 +1313,12 @@ class Simulation:
         (before any message of the new leader): it must not answer from its
         old state. Then the run settles and the history is checked."""
         assert self.lease_reads and len(self.ids) >= 3
-        self.faults = False
-        quiet = ("deliver", "serve", "tick")
-        old = self._run_until(lambda: self._leader(), quiet)
-        first, second, reader = self.clients
-        first.start(force=(Kind.PUT, old.id))
-        self._run_until(lambda: not first.busy and self._leader() is old, quiet)
-        self._run_until(lambda: old.driver._read_lease_until > old.clock, quiet)
+        old = self._leader_with_a_write()
+        reader = self.clients[2]
+        self._run_until(lambda: old.driver._read_lease_until > old.clock, _QUIET)
         reader.start(force=(Kind.GET, old.id))  # on the lease
-        self._run_until(lambda: not reader.busy, quiet)
-        old.paused = True
-        new = self._run_until(
-            lambda: (n := self._leader()) is not None and n is not old and n, quiet
-        )
-        second.start(force=(Kind.PUT, new.id))
-        self._run_until(lambda: not second.busy, quiet)
+        self._run_until(lambda: not reader.busy, _QUIET)
+        self._pause_and_replace(old)
         reader.start(force=(Kind.GET, old.id))
         old.paused = False
         self._iterate(old, [])  # its client requests before any peer message
@@ -1342,20 +1334,10 @@ class Simulation:
         ballot: the old leader must not count it (it answers only once a
         round confirms it, i.e. never: it learns it was deposed)."""
         assert len(self.ids) == 3
-        self.faults = False
-        quiet = ("deliver", "serve", "tick")
-        old = self._run_until(lambda: self._leader(), quiet)
-        first, second, reader = self.clients
-        first.start(force=(Kind.PUT, old.id))
-        self._run_until(lambda: not first.busy and self._leader() is old, quiet)
-        old.paused = True
-        new = self._run_until(
-            lambda: (n := self._leader()) is not None and n is not old and n, quiet
-        )
-        second.start(force=(Kind.PUT, new.id))
-        self._run_until(lambda: not second.busy, quiet)
+        old = self._leader_with_a_write()
+        new = self._pause_and_replace(old)
         (voucher,) = [n for n in self.nodes.values() if n is not old and n is not new]
-        reader.start(force=(Kind.GET, old.id), vouchers=[voucher.id])
+        self.clients[2].start(force=(Kind.GET, old.id), vouchers=[voucher.id])
         old.paused = False
         self._iterate(old, [])  # the read, before any peer message
         self._iterate(voucher, [])  # the VOUCH: a ReadVouch to the old leader
@@ -1368,6 +1350,28 @@ class Simulation:
         self._finish()
         self._check_history()
         return self.stats
+
+    def _leader_with_a_write(self) -> Node:
+        """The directed scenarios' start: no more faults, a leader, and a
+        write (the first client's) that it took."""
+        self.faults = False
+        old = self._run_until(lambda: self._leader(), _QUIET)
+        first = self.clients[0]
+        first.start(force=(Kind.PUT, old.id))
+        self._run_until(lambda: not first.busy and self._leader() is old, _QUIET)
+        return old
+
+    def _pause_and_replace(self, old: Node) -> Node:
+        """Pauses leader `old` until the others elected a new leader that
+        took a write (the second client's); returns the new leader."""
+        old.paused = True
+        new = self._run_until(
+            lambda: (n := self._leader()) is not None and n is not old and n, _QUIET
+        )
+        second = self.clients[1]
+        second.start(force=(Kind.PUT, new.id))
+        self._run_until(lambda: not second.busy, _QUIET)
+        return new
 
     def _leader(self) -> Node | None:
         leaders = [n for n in self._live() if n.driver.core.is_leader]
