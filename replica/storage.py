@@ -44,7 +44,9 @@ clients, and the 64-client p99 fell by 1-4 ms ("Session 15").
 slot at or above the compaction point the vote of the highest ballot
 among LevelDB's and the vote log's; the promise loaded is at least the
 highest ballot voted in (a vote implies its promise, and the two may sit
-in different files). Chosen values learned by catch-up stay in LevelDB.
+in different files), and is written back (synced) when a vote raised it,
+so that it outlives the compaction of those votes. Chosen values learned
+by catch-up stay in LevelDB.
 The simulator gives two replicas of three a vote log, crashes them in
 its sync, loses what was not synced, checks that no revealed vote is
 forgotten, and catches a vote log that is not synced (tests/sim).
@@ -177,7 +179,14 @@ class LevelDBStorage:
         if self._vote_log is not None:
             self._load_vote_log(state)
         if state.votes:
-            state.promised = max(state.promised, max(v.ballot for v in state.votes.values()))
+            voted = max(v.ballot for v in state.votes.values())
+            if voted > state.promised:
+                # A vote whose promise did not reach the disk (another batch,
+                # or the vote log). The replica now holds that promise and may
+                # reveal it (Nack, ReadVouch): made durable now, it outlives
+                # the compaction of those votes (the simulator, seed 940).
+                state.promised = voted
+                self._db.put(_PROMISED_KEY, msgpack.packb(list(voted)), sync=True)
         return state
 
     def _load_vote_log(self, state: DurableState) -> None:

@@ -48,6 +48,21 @@ def test_compaction_deletes_below_the_point_in_the_same_batch(db) -> None:
     assert LevelDBStorage(db).load().compacted == 6
 
 
+def test_a_promise_implied_by_votes_outlives_their_compaction(db) -> None:
+    """A replica may restart with votes of a ballot whose promise did not
+    reach the disk (it sits in another batch, or another file: the vote
+    log): it loads that ballot as its promise, and may reveal it (a Nack, a
+    ReadVouch). The promise must then survive the compaction of those
+    votes (the simulator found a replica reverting to its older promise)."""
+    storage = LevelDBStorage(db)
+    storage.persist(Ballot(3, 2), {}, {})
+    storage.persist(None, {5: Vote(Ballot(4, 2), (b"cmd",))}, {})  # the vote alone
+    assert LevelDBStorage(db).load().promised == Ballot(4, 2)  # a restart
+    storage.persist(None, {}, {}, compacted=6)  # the vote is compacted away
+    state = LevelDBStorage(db).load()
+    assert state.votes == {} and state.promised == Ballot(4, 2)
+
+
 def test_a_crash_keeps_what_was_synced_and_a_prefix_of_the_rest() -> None:
     db = MemoryDB()
     storage = LevelDBStorage(db)
