@@ -53,12 +53,13 @@ def test_every_slot_is_traced_on_the_leader_and_the_follower_that_completed_it(
         )
         cluster.stop()
         led = [r for r in _records(cluster, leader) if r["role"] == "leader"]
-        followed = {
-            (r["replica"], r["slot"]): r
-            for rid in cluster.ids
-            if rid != leader
-            for r in _records(cluster, rid)
-        }
+        followed: dict[tuple[int, int], dict] = {}
+        for rid in cluster.ids:
+            if rid != leader:
+                for r in _records(cluster, rid):
+                    # The first: a Phase2a retransmitted while the leader's
+                    # sync stalled (a loaded machine) is traced again, later.
+                    followed.setdefault((r["replica"], r["slot"]), r)
     joined = 0
     for record in led:
         marks = [record[stage] for stage in LEADER_STAGES]
